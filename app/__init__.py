@@ -1,0 +1,3 @@
+"""Social Prescribing Referral Bridge."""
+
+__version__ = "0.1.0"

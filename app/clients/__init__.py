@@ -1,0 +1,1 @@
+"""API clients: who may call, with which role, for which organisation."""

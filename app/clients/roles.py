@@ -1,0 +1,37 @@
+"""Client roles and which operations each may call (DESIGN §7; hardened by the security issue)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    CLINICAL_SYSTEM = "clinical-system"
+    PLATFORM = "platform"
+    ADVISOR = "advisor"
+    REPORTING = "reporting"
+    ADMIN = "admin"
+
+
+class Operation(StrEnum):
+    REFERRAL_CREATE = "referral.create"
+    REFERRAL_UPDATE = "referral.update"
+    REFERRAL_READ = "referral.read"
+    TASK_READ = "task.read"
+    CLIENT_MANAGE = "client.manage"
+    SERVICE_MANAGE = "service.manage"
+    SERVICE_READ = "service.read"
+
+
+# One declarative table of who may do what; every route asks it.
+PERMISSIONS: dict[Operation, frozenset[Role]] = {
+    Operation.REFERRAL_CREATE: frozenset({Role.CLINICAL_SYSTEM}),
+    Operation.REFERRAL_UPDATE: frozenset({Role.CLINICAL_SYSTEM}),
+    Operation.REFERRAL_READ: frozenset(
+        {Role.CLINICAL_SYSTEM, Role.PLATFORM, Role.ADVISOR, Role.ADMIN}
+    ),
+    Operation.TASK_READ: frozenset({Role.CLINICAL_SYSTEM, Role.PLATFORM, Role.ADVISOR, Role.ADMIN}),
+    Operation.CLIENT_MANAGE: frozenset({Role.ADMIN}),
+    Operation.SERVICE_MANAGE: frozenset({Role.ADMIN}),
+    Operation.SERVICE_READ: frozenset(Role),
+}

@@ -1,0 +1,1 @@
+"""Delivery: the transactional outbox and the destinations it feeds (DESIGN §3)."""

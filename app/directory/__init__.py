@@ -1,0 +1,1 @@
+"""The social prescribing services that referrals are sent to."""

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONDoc, UTCDateTime, utcnow
+
+
+class SocialPrescribingService(Base):
+    """A service that receives referrals (e.g. The Life Rooms), and the adapter that serves it."""
+
+    __tablename__ = "services"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    organisation: Mapped[str] = mapped_column(String(16), index=True)
+    adapter: Mapped[str] = mapped_column(String(64))
+    adapter_config: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

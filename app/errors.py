@@ -1,0 +1,212 @@
+"""Errors that carry their HTTP status, and how they are rendered.
+
+Under ``/fhir`` an error is a FHIR OperationOutcome; everywhere else it is JSON problem details
+(RFC 9457). Diagnostics are written by us, never echo input, and so never carry patient data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found: a FHIR issue code, where (FHIRPath) and what, in plain words."""
+
+    code: str
+    diagnostics: str
+    expression: str | None = None
+    severity: str = "error"
+
+
+class AppError(Exception):
+    status: ClassVar[int] = 500
+    issue_code: ClassVar[str] = "exception"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        diagnostics: str,
+        *,
+        expression: str | None = None,
+        issue_code: str | None = None,
+        issues: Iterable[Issue] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+        extra = list(issues or [])
+        if extra:
+            self.issues = extra
+        else:
+            self.issues = [Issue(issue_code or self.issue_code, diagnostics, expression)]
+        self.headers = headers or {}
+
+
+class BadRequest(AppError):
+    status = 400
+    issue_code = "invalid"
+    title = "Bad request"
+
+
+class Unauthorized(AppError):
+    status = 401
+    issue_code = "login"
+    title = "Authentication required"
+
+
+class Forbidden(AppError):
+    status = 403
+    issue_code = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(AppError):
+    status = 404
+    issue_code = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(AppError):
+    status = 405
+    issue_code = "not-supported"
+    title = "Method not allowed"
+
+
+class Conflict(AppError):
+    status = 409
+    issue_code = "conflict"
+    title = "Conflict"
+
+
+class PreconditionFailed(AppError):
+    status = 412
+    issue_code = "conflict"
+    title = "Precondition failed"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    issue_code = "too-long"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(AppError):
+    status = 415
+    issue_code = "not-supported"
+    title = "Unsupported media type"
+
+
+class BusinessRuleViolation(AppError):
+    status = 422
+    issue_code = "business-rule"
+    title = "Unprocessable entity"
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+FHIR_MEDIA_TYPE = "application/fhir+json"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
+    out = []
+    for issue in issues:
+        entry: dict[str, Any] = {
+            "severity": issue.severity,
+            "code": issue.code,
+            "diagnostics": issue.diagnostics,
+        }
+        if issue.expression:
+            entry["expression"] = [issue.expression]
+        out.append(entry)
+    return {"resourceType": "OperationOutcome", "issue": out}
+
+
+def problem_details(status: int, title: str, issues: list[Issue]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": issues[0].diagnostics if issues else title,
+    }
+    if len(issues) > 1 or (issues and issues[0].expression):
+        body["errors"] = [
+            {"code": i.code, "detail": i.diagnostics, "pointer": i.expression} for i in issues
+        ]
+    return body
+
+
+# --- OpenAPI documentation of error bodies -----------------------------------------------------
+
+
+class OperationOutcomeIssueDoc(BaseModel):
+    severity: str = Field(examples=["error"])
+    code: str = Field(examples=["business-rule"])
+    diagnostics: str = Field(examples=["ServiceRequest.status must be 'active' for a new referral"])
+    expression: list[str] | None = Field(default=None, examples=[["ServiceRequest.status"]])
+
+
+class OperationOutcomeDoc(BaseModel):
+    """A FHIR R4 OperationOutcome (only the elements this service fills)."""
+
+    model_config = ConfigDict(title="OperationOutcome")
+    resourceType: str = Field(default="OperationOutcome", examples=["OperationOutcome"])  # noqa: N815
+    issue: list[OperationOutcomeIssueDoc]
+
+
+class ProblemErrorDoc(BaseModel):
+    code: str
+    detail: str
+    pointer: str | None = None
+
+
+class ProblemDetailsDoc(BaseModel):
+    """JSON problem details (RFC 9457)."""
+
+    model_config = ConfigDict(title="ProblemDetails")
+    type: str = "about:blank"
+    title: str = Field(examples=["Forbidden"])
+    status: int = Field(examples=[403])
+    detail: str = Field(examples=["This operation needs the role admin"])
+    errors: list[ProblemErrorDoc] | None = None
+
+
+_DESCRIPTIONS = {
+    400: "Unparseable or structurally invalid request",
+    401: "No valid credentials",
+    403: "The caller's role may not do this",
+    404: "No such resource visible to the caller",
+    409: "Conflicts with the current state",
+    412: "A precondition (If-Match, If-None-Exist) failed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Breaks a business rule",
+    429: "Too many requests",
+}
+
+
+def fhir_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {
+            "description": _DESCRIPTIONS[status],
+            "model": OperationOutcomeDoc,
+            "content": {FHIR_MEDIA_TYPE: {}},
+        }
+        for status in statuses
+    }
+
+
+def api_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {
+            "description": _DESCRIPTIONS[status],
+            "model": ProblemDetailsDoc,
+            "content": {PROBLEM_MEDIA_TYPE: {}},
+        }
+        for status in statuses
+    }

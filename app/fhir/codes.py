@@ -1,0 +1,25 @@
+"""Systems and codes used across the service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CANONICAL_BASE = "https://fhir.spbridge.org"
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ODS_ORGANISATION_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+NHS_NUMBER_VERIFICATION_EXTENSION = (
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
+)
+SNOMED = "http://snomed.info/sct"
+SNOMED_REFERRAL_TO_SOCIAL_PRESCRIBING = "871731000000106"
+
+SERVICE_ID_SYSTEM = f"{CANONICAL_BASE}/Id/service"
+REASON_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/reason-for-referral"
+REASON_TEXT_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/reason-for-referral-text"
+BUSINESS_STATUS_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/task-business-status"
+TASK_CODE_SYSTEM = "http://hl7.org/fhir/CodeSystem/task-code"
+
+# The data folder beside the packages (DESIGN §4). Installed wheels look in the working directory.
+_REPO_DATA = Path(__file__).resolve().parents[2] / "fhir"
+FHIR_DATA_DIR = _REPO_DATA if _REPO_DATA.is_dir() else Path.cwd() / "fhir"

@@ -1,0 +1,177 @@
+"""Reading a FHIR request body: media type, size, JSON, structure (DESIGN §6 errors, §10 traps).
+
+Everything here fails with a 4xx that names the bad element and never echoes its value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.requests import ClientDisconnect, Request
+
+from app.errors import (
+    BadRequest,
+    BusinessRuleViolation,
+    Issue,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from app.fhir.resources import model_class
+
+ACCEPTED_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
+
+
+def check_media_type(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type not in ACCEPTED_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "Send FHIR resources as application/fhir+json (application/json is also accepted)",
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_size = int(declared)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if declared_size > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest("The client disconnected before the body was complete") from None
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise BadRequest("The request body is empty", issue_code="structure")
+    try:
+        data = orjson.loads(body)
+    except (ValueError, RecursionError):
+        # orjson refuses nesting deeper than 1024 with a ValueError; json would recurse.
+        raise BadRequest("The request body is not valid JSON", issue_code="structure") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The request body is not a JSON object", issue_code="structure")
+    return data
+
+
+def _walk_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            yield where, node
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                if isinstance(key, str) and "\x00" in key:
+                    yield where, key
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(node, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(node))
+
+
+def refuse_nul_characters(body: bytes, data: dict[str, Any], root: str) -> None:
+    """PostgreSQL text cannot hold U+0000: refuse it here rather than fail at insert."""
+    if b"\\u0000" not in body:
+        return
+    for where, text in _walk_strings(data, root):
+        if "\x00" in text:
+            raise BusinessRuleViolation(
+                "Text may not contain the NUL character (U+0000)",
+                issue_code="value",
+                expression=where,
+            )
+
+
+def fhirpath(root: str, loc: tuple[int | str, ...]) -> str:
+    path = root
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "resource_type":
+            path += ".resourceType"
+        elif part.endswith("__ext"):
+            path += f"._{part[:-5]}"
+        else:
+            path += f".{part}"
+    return path
+
+
+_ISSUE_CODES = {
+    "missing": "required",
+    "extra_forbidden": "structure",
+}
+
+
+def _safe_message(error: Any) -> str:
+    kind = error.get("type", "")
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not an element of this resource type"
+    msg = str(error.get("msg", "is invalid")).split("\n", 1)[0]
+    value = error.get("input")
+    # A message that repeats what was sent could carry patient data: say less.
+    if isinstance(value, str | int | float) and len(str(value)) >= 2 and str(value) in msg:
+        return "has an invalid value"
+    return msg
+
+
+def validation_issues(exc: ValidationError, root: str, prefix: tuple[int | str, ...] = ()) -> list[Issue]:
+    issues = []
+    for error in exc.errors(include_url=False, include_context=False):
+        where = fhirpath(root, prefix + tuple(error["loc"]))
+        code = _ISSUE_CODES.get(error["type"], "value")
+        issues.append(Issue(code, f"{where} {_safe_message(error)}", where))
+        if len(issues) >= 20:
+            break
+    return issues
+
+
+def check_resource_type(data: dict[str, Any], expected: str | None, root: str = "") -> str:
+    resource_type = data.get("resourceType")
+    where = f"{root}.resourceType" if root else "resourceType"
+    if not isinstance(resource_type, str):
+        raise BadRequest(
+            "The body is not a FHIR resource: resourceType is missing",
+            issue_code="structure",
+            expression=where,
+        )
+    if expected is not None and resource_type != expected:
+        raise BadRequest(
+            f"Expected a {expected} resource, got {resource_type!s:.40}",
+            issue_code="invalid",
+            expression=where,
+        )
+    return resource_type
+
+
+def parse_resource(data: dict[str, Any], expected: str | None = None) -> Any:
+    """Validate a resource dict with its R4B model; 400 with every structural issue found."""
+    resource_type = check_resource_type(data, expected)
+    try:
+        cls = model_class(resource_type)
+    except (ValueError, KeyError):
+        raise BadRequest(
+            "resourceType names no FHIR R4 resource", issue_code="structure", expression="resourceType"
+        ) from None
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        issues = validation_issues(exc, resource_type)
+        raise BadRequest(issues[0].diagnostics, issues=issues) from None
+    except (ValueError, TypeError, RecursionError):
+        raise BadRequest(f"The {resource_type} is not valid FHIR", issue_code="structure") from None

@@ -1,0 +1,19 @@
+"""Every mapped table, imported once so Alembic and the app see the whole metadata."""
+
+from app.cases.models import Case, CaseEvent
+from app.clients.models import ApiClient
+from app.db import Base
+from app.delivery.models import Delivery, Destination
+from app.directory.models import SocialPrescribingService
+from app.referrals.models import Referral
+
+__all__ = [
+    "ApiClient",
+    "Base",
+    "Case",
+    "CaseEvent",
+    "Delivery",
+    "Destination",
+    "Referral",
+    "SocialPrescribingService",
+]

@@ -1,0 +1,1 @@
+"""Referrals: FHIR ServiceRequests received from clinical record systems."""
