@@ -1,0 +1,122 @@
+"""FHIR search plumbing shared by every resource: parameters, paging, searchset Bundles."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from app.errors import BadRequest
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 100
+# Parameters every search takes besides its own.
+COMMON_PARAMETERS = frozenset({"_count", "_cursor", "_format"})
+DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
+
+
+@dataclass(frozen=True)
+class Page:
+    count: int
+    cursor: tuple[dt.datetime, str] | None
+
+
+def check_parameters(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(params) - allowed - COMMON_PARAMETERS)
+    if unknown:
+        raise BadRequest(
+            f"Unsupported search parameter '{unknown[0]:.60}'; supported: "
+            + ", ".join(sorted(allowed | COMMON_PARAMETERS)),
+            issue_code="not-supported",
+        )
+
+
+def page_of(params: Mapping[str, str]) -> Page:
+    count = DEFAULT_COUNT
+    if "_count" in params:
+        try:
+            count = int(params["_count"])
+        except ValueError:
+            raise BadRequest("_count must be a whole number", expression="_count") from None
+        if count < 0:
+            raise BadRequest("_count must not be negative", expression="_count")
+        count = min(count, MAX_COUNT)
+    cursor = None
+    if params.get("_cursor"):
+        try:
+            raw = base64.urlsafe_b64decode(params["_cursor"].encode()).decode()
+            stamp, _, ident = raw.partition("|")
+            cursor = (dt.datetime.fromisoformat(stamp), ident)
+            if cursor[0].tzinfo is None or not ident:
+                raise ValueError
+        except ValueError:
+            raise BadRequest("_cursor is not one this server issued", expression="_cursor") from None
+    return Page(count, cursor)
+
+
+def encode_cursor(created_at: dt.datetime, ident: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{ident}".encode()).decode()
+
+
+def token(value: str) -> tuple[str | None, str]:
+    """A token parameter 'system|code' (or just 'code')."""
+    if "|" in value:
+        system, _, code = value.partition("|")
+        return system or None, code
+    return None, value
+
+
+def date_bound(value: str, name: str) -> tuple[str, dt.datetime]:
+    """A date parameter like 'ge2026-01-01' as (prefix, instant)."""
+    prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
+    text = value[2:] if value[:2] in DATE_PREFIXES else value
+    try:
+        if len(text) == 4:
+            instant = dt.datetime(int(text), 1, 1, tzinfo=dt.UTC)
+        elif len(text) == 7:
+            instant = dt.datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=dt.UTC)
+        else:
+            instant = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if instant.tzinfo is None:
+                instant = instant.replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise BadRequest(f"{name} must be a FHIR date or dateTime", expression=name) from None
+    if prefix == "ne":
+        raise BadRequest(f"{name} does not support the 'ne' prefix", issue_code="not-supported", expression=name)
+    return prefix, instant
+
+
+def searchset(
+    base_url: str,
+    resource_type: str,
+    query: Sequence[tuple[str, str]],
+    resources: list[dict[str, Any]],
+    total: int,
+    next_cursor: str | None,
+) -> dict[str, Any]:
+    own = [(k, v) for k, v in query if k != "_cursor"]
+    links = [{"relation": "self", "url": f"{base_url}/{resource_type}?{urlencode(query)}"}]
+    if next_cursor:
+        links.append(
+            {
+                "relation": "next",
+                "url": f"{base_url}/{resource_type}?{urlencode([*own, ('_cursor', next_cursor)])}",
+            }
+        )
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{base_url}/{resource_type}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "match"},
+            }
+            for r in resources
+        ],
+    }

@@ -1,0 +1,137 @@
+"""The application: create_app, the lifespan, error rendering."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import app as package
+from app.cases.router import router as task_router
+from app.clients.auth import hash_key
+from app.clients.router import router as clients_router
+from app.config import Settings, get_settings
+from app.db import Database
+from app.directory.router import router as services_router
+from app.errors import (
+    FHIR_MEDIA_TYPE,
+    PROBLEM_MEDIA_TYPE,
+    AppError,
+    BadRequest,
+    BusinessRuleViolation,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    operation_outcome,
+    problem_details,
+)
+from app.metadata.router import router as metadata_router
+from app.referrals.router import router as referrals_router
+from app.requestids import RequestIdMiddleware
+
+log = logging.getLogger("spbridge")
+
+
+def _is_fhir(request: Request) -> bool:
+    path = request.url.path
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
+def render_error(request: Request, error: AppError) -> Response:
+    if _is_fhir(request):
+        body = orjson.dumps(operation_outcome(error.issues))
+        media_type = FHIR_MEDIA_TYPE
+    else:
+        body = orjson.dumps(problem_details(error.status, error.title, error.issues))
+        media_type = PROBLEM_MEDIA_TYPE
+    return Response(body, status_code=error.status, media_type=media_type, headers=error.headers)
+
+
+def _validation_error(request: Request, exc: RequestValidationError) -> AppError:
+    issues = []
+    for error in exc.errors()[:20]:
+        location = [str(part) for part in error.get("loc", ())]
+        where = ".".join(location[1:]) if len(location) > 1 else ".".join(location)
+        # Pydantic's msg names the rule broken, not the value sent.
+        issues.append(Issue("invalid" if _is_fhir(request) else "value", f"{where}: {error.get('msg')}", where))
+    if not issues:
+        issues.append(Issue("invalid", "The request is not valid"))
+    if _is_fhir(request):
+        return BadRequest(issues[0].diagnostics, issues=issues)
+    return BusinessRuleViolation(issues[0].diagnostics, issues=issues)
+
+
+def _install_error_handlers(application: FastAPI) -> None:
+    async def on_app_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AppError)
+        return render_error(request, exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return render_error(request, _validation_error(request, exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        error: AppError
+        if exc.status_code == 404:
+            error = NotFound("No such endpoint")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed("This endpoint does not support that method")
+        else:
+            error = BadRequest(str(exc.detail)[:200])
+            error.status = exc.status_code  # type: ignore[misc]
+        return render_error(request, error)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return render_error(request, AppError("An internal error occurred; it has been logged"))
+
+    application.add_exception_handler(AppError, on_app_error)
+    application.add_exception_handler(RequestValidationError, on_validation_error)
+    application.add_exception_handler(StarletteHTTPException, on_http_error)
+    application.add_exception_handler(Exception, on_unexpected)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        database = Database.from_url(settings.database_url, settings.database_pool_size)
+        application.state.database = database
+        try:
+            yield
+        finally:
+            await database.dispose()
+
+    application = FastAPI(
+        title="Social Prescribing Referral Bridge",
+        version=package.__version__,
+        description=(
+            "Referrals from clinical record systems as FHIR R4 ServiceRequests, turned into social "
+            "prescribing cases, with the patient's journey sent back. FHIR under /fhir; "
+            "everything else under /api/v1. Authenticate with 'Authorization: Bearer <API key>'."
+        ),
+        lifespan=lifespan,
+    )
+    application.state.settings = settings
+    admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+    application.state.admin_key_hash = hash_key(admin_key) if admin_key else None
+
+    application.add_middleware(RequestIdMiddleware)
+    _install_error_handlers(application)
+    for router in (referrals_router, task_router, metadata_router, clients_router, services_router):
+        application.include_router(router)
+
+    @application.get("/healthz", tags=["operations"], summary="Liveness", operation_id="healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    return application

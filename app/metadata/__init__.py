@@ -1,0 +1,1 @@
+"""What the FHIR server supports: the CapabilityStatement."""
