@@ -17,6 +17,9 @@ from app.fhir.codes import NHS_NUMBER_SYSTEM, ODS_ORGANISATION_SYSTEM, SERVICE_I
 from app.fhir.terminology import ReasonMap
 
 ALLOWED_INTENTS = ("order", "original-order")
+# Required bindings the R4B models do not check.
+PRIORITIES = ("routine", "urgent", "asap", "stat")
+GENDERS = ("male", "female", "other", "unknown")
 MAX_IDENTIFIER_LENGTH = 255
 _HEALTHCARE_SERVICE = re.compile(r"(?:^|/)HealthcareService/([A-Za-z0-9\-.]{1,64})$")
 
@@ -122,6 +125,12 @@ def _check_patient(rules: _Rules, sr: Any, contained: dict[str, Any], draft: Ref
         else:
             index = next(i for i, r in enumerate(sr.contained) if r is patient)
             found += _nhs_numbers(patient.identifier, f"ServiceRequest.contained[{index}]")
+            if patient.gender is not None and patient.gender not in GENDERS:
+                rules.fail(
+                    f"ServiceRequest.contained[{index}].gender",
+                    f"gender must be one of {', '.join(GENDERS)}",
+                    "code-invalid",
+                )
             _patient_details(draft, patient)
     if not found:
         rules.fail(
@@ -240,6 +249,8 @@ def assess(
         rules.fail("ServiceRequest.status", "status must be 'active' for a new referral", "value")
     if sr.intent not in ALLOWED_INTENTS:
         rules.fail("ServiceRequest.intent", "intent must be 'order' or 'original-order'", "value")
+    if sr.priority is not None and sr.priority not in PRIORITIES:
+        rules.fail("ServiceRequest.priority", f"priority must be one of {', '.join(PRIORITIES)}", "code-invalid")
     if sr.doNotPerform:
         rules.fail("ServiceRequest.doNotPerform", "a referral cannot be a do-not-perform request")
 

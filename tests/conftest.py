@@ -1,0 +1,195 @@
+"""Test fixtures: every database test runs on SQLite and on PostgreSQL.
+
+Databases are built by running the Alembic migrations, once per backend per run, and emptied
+between tests. PostgreSQL is required in CI (CI=true) or when SPBRIDGE_TEST_REQUIRE_POSTGRES=1;
+elsewhere its tests are skipped, loudly, if it cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.db import Base, create_engine
+from app.main import create_app
+from app.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "spb_test_admin_key_" + "x" * 24
+POSTGRES_URL = os.environ.get(
+    "SPBRIDGE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = [b.strip() for b in os.environ.get("SPBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
+REQUIRE_POSTGRES = bool(os.environ.get("CI")) or os.environ.get("SPBRIDGE_TEST_REQUIRE_POSTGRES") == "1"
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+
+
+async def _admin_execute(statements: list[str]) -> None:
+    engine = create_engine(POSTGRES_URL)
+    try:
+        async with engine.connect() as connection:
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def _postgres_database(name: str) -> str:
+    try:
+        asyncio.run(_admin_execute([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"']))
+    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the server
+        message = f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(exc).__name__}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+_prepared: dict[str, str] = {}
+
+
+def prepared_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated database for this backend, made once per test run."""
+    if backend not in _prepared:
+        if backend == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        else:
+            url = _postgres_database(f"spbridge_test_{os.getpid()}")
+        upgrade(url)
+        _prepared[backend] = url
+    return _prepared[backend]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "postgresql" in _prepared:
+        name = make_url(_prepared["postgresql"]).database
+        asyncio.run(_admin_execute([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        backends = BACKENDS
+        if metafunc.definition.get_closest_marker("postgresql_only"):
+            backends = [b for b in BACKENDS if b == "postgresql"]
+        metafunc.parametrize("backend", backends, scope="session")
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return prepared_url(backend, tmp_path_factory)
+
+
+async def empty_database(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+            if connection.dialect.name == "postgresql":
+                await connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+            else:
+                for table in tables:
+                    await connection.execute(text(f"DELETE FROM {table}"))
+    finally:
+        await engine.dispose()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"database_url": database_url, "admin_api_key": ADMIN_KEY, **overrides}
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change the app's settings."""
+    return {}
+
+
+@pytest.fixture
+async def app(database_url: str, settings_overrides: dict[str, Any]) -> AsyncIterator[Any]:
+    await empty_database(database_url)
+    application = create_app(make_settings(database_url, **settings_overrides))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+class Bridge:
+    """Test helper around the API: register services and clients, make referrals."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    async def service(self, service_id: str = "life-rooms", organisation: str = "LR001") -> str:
+        response = await self.http.post(
+            "/api/v1/services",
+            json={"id": service_id, "name": f"Service {service_id}", "organisation": organisation, "adapter": "local"},
+            headers=self.admin,
+        )
+        assert response.status_code == 201, response.text
+        return service_id
+
+    async def key(self, role: str = "clinical-system", organisation: str = "RW4", default_service: str | None = None) -> dict[str, str]:
+        body: dict[str, Any] = {"name": f"{role} {organisation}", "role": role, "organisation": organisation}
+        if default_service:
+            body["default_service"] = default_service
+        response = await self.http.post("/api/v1/clients", json=body, headers=self.admin)
+        assert response.status_code == 201, response.text
+        return {"Authorization": f"Bearer {response.json()['api_key']}"}
+
+    async def refer(self, headers: dict[str, str], resource: dict[str, Any]) -> httpx.Response:
+        return await self.http.post(
+            "/fhir/ServiceRequest", content=orjson.dumps(resource), headers={**headers, **FHIR_JSON}
+        )
+
+
+@pytest.fixture
+def bridge(client: httpx.AsyncClient) -> Bridge:
+    return Bridge(client)
+
+
+_EXAMPLE = orjson.loads((ROOT / "fhir" / "examples" / "ServiceRequest-social-prescribing-referral.json").read_bytes())
+
+
+def referral_resource(service_id: str = "life-rooms", **overrides: Any) -> dict[str, Any]:
+    """A valid referral with a fresh identifier; keyword arguments replace top-level elements."""
+    resource = copy.deepcopy(_EXAMPLE)
+    resource["identifier"] = [{"system": "https://rio.example.nhs.uk/Id/referral", "value": str(uuid.uuid4())}]
+    resource["performer"] = [{"reference": f"HealthcareService/{service_id}"}]
+    resource.update(overrides)
+    return resource
+
+
+async def row_counts(url: str) -> dict[str, int]:
+    """Rows in each table that a referral writes to."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return {
+                table: (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                for table in ("referrals", "cases", "case_events", "deliveries")
+            }
+    finally:
+        await engine.dispose()
+
+
+NOTHING = {"referrals": 0, "cases": 0, "case_events": 0, "deliveries": 0}
