@@ -27,8 +27,12 @@ def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
-    sandbox: Annotated[bool, typer.Option(help="Sandbox mode: seed a demo service and clients")] = False,
-    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first")] = True,
+    sandbox: Annotated[
+        bool, typer.Option(help="Sandbox mode: seed a demo service and clients")
+    ] = False,
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first")
+    ] = True,
 ) -> None:
     """Run the API (applies migrations first unless told not to)."""
     from app.main import create_app
@@ -48,7 +52,9 @@ def serve(
 
 @cli.command()
 def openapi(
-    output: Annotated[Path, typer.Option(help="Where to write the document")] = Path("openapi/openapi.json"),
+    output: Annotated[Path, typer.Option(help="Where to write the document")] = Path(
+        "openapi/openapi.json"
+    ),
 ) -> None:
     """Write the OpenAPI document generated from the app."""
     from app.openapi import document

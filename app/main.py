@@ -60,7 +60,11 @@ def _validation_error(request: Request, exc: RequestValidationError) -> AppError
         location = [str(part) for part in error.get("loc", ())]
         where = ".".join(location[1:]) if len(location) > 1 else ".".join(location)
         # Pydantic's msg names the rule broken, not the value sent.
-        issues.append(Issue("invalid" if _is_fhir(request) else "value", f"{where}: {error.get('msg')}", where))
+        issues.append(
+            Issue(
+                "invalid" if _is_fhir(request) else "value", f"{where}: {error.get('msg')}", where
+            )
+        )
     if not issues:
         issues.append(Issue("invalid", "The request is not valid"))
     if _is_fhir(request):
@@ -130,7 +134,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (referrals_router, task_router, metadata_router, clients_router, services_router):
         application.include_router(router)
 
-    @application.get("/healthz", tags=["operations"], summary="Liveness", operation_id="healthz")
+    @application.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Liveness",
+        description="Answers while the process is alive; no key needed.",
+        operation_id="healthz",
+    )
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 

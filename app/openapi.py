@@ -11,5 +11,7 @@ def document() -> dict[str, Any]:
     from app.main import create_app
 
     # Fixed settings: the document must not depend on the machine that generates it.
-    spec: dict[str, Any] = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:")).openapi()
+    spec: dict[str, Any] = create_app(
+        Settings(database_url="sqlite+aiosqlite:///:memory:")
+    ).openapi()
     return spec

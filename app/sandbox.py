@@ -63,7 +63,7 @@ async def seed_async(settings: Settings) -> None:
 
 def seed(settings: Settings) -> None:
     asyncio.run(seed_async(settings))
-    print("Sandbox clients (synthetic data only):")  # noqa: T201
+    print("Sandbox clients (synthetic data only):")
     for role, (key, organisation) in SANDBOX_KEYS.items():
-        print(f"  {role.value:16} organisation {organisation:7} Authorization: Bearer {key}")  # noqa: T201
-    print(f"  referrals go to service '{SANDBOX_SERVICE}'; try test NHS number 9000000009")  # noqa: T201
+        print(f"  {role.value:16} organisation {organisation:7} Authorization: Bearer {key}")
+    print(f"  referrals go to service '{SANDBOX_SERVICE}'; try test NHS number 9000000009")

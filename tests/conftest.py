@@ -20,6 +20,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
 from app.db import Base, create_engine
@@ -31,8 +32,14 @@ ADMIN_KEY = "spb_test_admin_key_" + "x" * 24
 POSTGRES_URL = os.environ.get(
     "SPBRIDGE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
-BACKENDS = [b.strip() for b in os.environ.get("SPBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
-REQUIRE_POSTGRES = bool(os.environ.get("CI")) or os.environ.get("SPBRIDGE_TEST_REQUIRE_POSTGRES") == "1"
+BACKENDS = [
+    b.strip()
+    for b in os.environ.get("SPBRIDGE_TEST_DATABASES", "sqlite,postgresql").split(",")
+    if b.strip()
+]
+REQUIRE_POSTGRES = (
+    bool(os.environ.get("CI")) or os.environ.get("SPBRIDGE_TEST_REQUIRE_POSTGRES") == "1"
+)
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
@@ -47,15 +54,37 @@ async def _admin_execute(statements: list[str]) -> None:
         await engine.dispose()
 
 
-def _postgres_database(name: str) -> str:
-    try:
-        asyncio.run(_admin_execute([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"']))
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure to reach the server
-        message = f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(exc).__name__}"
-        if REQUIRE_POSTGRES:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+def _unreachable(exc: BaseException) -> None:
+    message = f"PostgreSQL is not reachable at {POSTGRES_URL}: {type(exc).__name__}: {exc}"
+    if REQUIRE_POSTGRES:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _fresh_database_statements(name: str) -> list[str]:
+    return [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"']
+
+
+def _url_of(name: str) -> str:
     return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def postgres_database(name: str) -> str:
+    """A new empty PostgreSQL database (outside an event loop)."""
+    try:
+        asyncio.run(_admin_execute(_fresh_database_statements(name)))
+    except (OSError, DBAPIError) as exc:
+        _unreachable(exc)
+    return _url_of(name)
+
+
+async def postgres_database_async(name: str) -> str:
+    """A new empty PostgreSQL database (inside an event loop)."""
+    try:
+        await _admin_execute(_fresh_database_statements(name))
+    except (OSError, DBAPIError) as exc:
+        _unreachable(exc)
+    return _url_of(name)
 
 
 _prepared: dict[str, str] = {}
@@ -67,7 +96,7 @@ def prepared_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
         if backend == "sqlite":
             url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
         else:
-            url = _postgres_database(f"spbridge_test_{os.getpid()}")
+            url = postgres_database(f"spbridge_test_{os.getpid()}")
         upgrade(url)
         _prepared[backend] = url
     return _prepared[backend]
@@ -142,14 +171,28 @@ class Bridge:
     async def service(self, service_id: str = "life-rooms", organisation: str = "LR001") -> str:
         response = await self.http.post(
             "/api/v1/services",
-            json={"id": service_id, "name": f"Service {service_id}", "organisation": organisation, "adapter": "local"},
+            json={
+                "id": service_id,
+                "name": f"Service {service_id}",
+                "organisation": organisation,
+                "adapter": "local",
+            },
             headers=self.admin,
         )
         assert response.status_code == 201, response.text
         return service_id
 
-    async def key(self, role: str = "clinical-system", organisation: str = "RW4", default_service: str | None = None) -> dict[str, str]:
-        body: dict[str, Any] = {"name": f"{role} {organisation}", "role": role, "organisation": organisation}
+    async def key(
+        self,
+        role: str = "clinical-system",
+        organisation: str = "RW4",
+        default_service: str | None = None,
+    ) -> dict[str, str]:
+        body: dict[str, Any] = {
+            "name": f"{role} {organisation}",
+            "role": role,
+            "organisation": organisation,
+        }
         if default_service:
             body["default_service"] = default_service
         response = await self.http.post("/api/v1/clients", json=body, headers=self.admin)
@@ -167,13 +210,17 @@ def bridge(client: httpx.AsyncClient) -> Bridge:
     return Bridge(client)
 
 
-_EXAMPLE = orjson.loads((ROOT / "fhir" / "examples" / "ServiceRequest-social-prescribing-referral.json").read_bytes())
+_EXAMPLE = orjson.loads(
+    (ROOT / "fhir" / "examples" / "ServiceRequest-social-prescribing-referral.json").read_bytes()
+)
 
 
 def referral_resource(service_id: str = "life-rooms", **overrides: Any) -> dict[str, Any]:
     """A valid referral with a fresh identifier; keyword arguments replace top-level elements."""
     resource = copy.deepcopy(_EXAMPLE)
-    resource["identifier"] = [{"system": "https://rio.example.nhs.uk/Id/referral", "value": str(uuid.uuid4())}]
+    resource["identifier"] = [
+        {"system": "https://rio.example.nhs.uk/Id/referral", "value": str(uuid.uuid4())}
+    ]
     resource["performer"] = [{"reference": f"HealthcareService/{service_id}"}]
     resource.update(overrides)
     return resource
@@ -185,7 +232,9 @@ async def row_counts(url: str) -> dict[str, int]:
     try:
         async with engine.connect() as connection:
             return {
-                table: (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                table: (
+                    await connection.execute(text(f"SELECT count(*) FROM {table}"))
+                ).scalar_one()
                 for table in ("referrals", "cases", "case_events", "deliveries")
             }
     finally:

@@ -19,11 +19,15 @@ def status(state: CaseState, business: str = "x", task: str = "x") -> CaseStatus
 
 
 def test_received() -> None:
-    assert next_status(None, "referral.received", {}) == CaseStatus(S.RECEIVED, "received", "requested")
+    assert next_status(None, "referral.received", {}) == CaseStatus(
+        S.RECEIVED, "received", "requested"
+    )
 
 
 def test_accepted() -> None:
-    assert next_status(status(S.RECEIVED), "case.accepted", {}) == CaseStatus(S.ACCEPTED, "registered", "accepted")
+    assert next_status(status(S.RECEIVED), "case.accepted", {}) == CaseStatus(
+        S.ACCEPTED, "registered", "accepted"
+    )
 
 
 @pytest.mark.parametrize(
@@ -42,12 +46,19 @@ def test_accepted() -> None:
 )
 def test_in_progress(event: str, data: dict[str, str], business: str) -> None:
     for start in (S.ACCEPTED, S.IN_PROGRESS):
-        assert next_status(status(start), event, data) == CaseStatus(S.IN_PROGRESS, business, "in-progress")
+        assert next_status(status(start), event, data) == CaseStatus(
+            S.IN_PROGRESS, business, "in-progress"
+        )
 
 
 def test_recording_events_keep_the_status() -> None:
     current = CaseStatus(S.IN_PROGRESS, "seen", "in-progress")
-    for event in ("outcome.recorded", "demographics.recorded", "prescription.updated", "referral.updated"):
+    for event in (
+        "outcome.recorded",
+        "demographics.recorded",
+        "prescription.updated",
+        "referral.updated",
+    ):
         assert next_status(current, event, {}) == current
 
 
@@ -77,19 +88,27 @@ def test_completed(reason: str) -> None:
     ],
 )
 def test_discharged(reason: str, contacted: bool, task_status: str) -> None:
-    result = next_status(status(S.IN_PROGRESS), "case.discharged", {"reason": reason}, contacted=contacted)
+    result = next_status(
+        status(S.IN_PROGRESS), "case.discharged", {"reason": reason}, contacted=contacted
+    )
     assert result == CaseStatus(S.DISCHARGED, reason, task_status, reason)
 
 
 def test_rejected() -> None:
     result = next_status(status(S.RECEIVED), "case.rejected", {"reason": "out of area"})
-    assert (result.state, result.task_status, result.status_reason) == (S.REJECTED, "rejected", "out of area")
+    assert (result.state, result.task_status, result.status_reason) == (
+        S.REJECTED,
+        "rejected",
+        "out of area",
+    )
 
 
 def test_cancelled_by_referrer() -> None:
     for start in (S.RECEIVED, S.ACCEPTED, S.IN_PROGRESS, S.ON_HOLD):
         result = next_status(status(start), "referral.cancelled", {})
-        assert result == CaseStatus(S.CANCELLED, "cancelled-by-referrer", "cancelled", "cancelled-by-referrer")
+        assert result == CaseStatus(
+            S.CANCELLED, "cancelled-by-referrer", "cancelled", "cancelled-by-referrer"
+        )
 
 
 @pytest.mark.parametrize("closed", sorted(CLOSED_STATES))

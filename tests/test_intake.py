@@ -26,12 +26,19 @@ def outcome(response: httpx.Response) -> tuple[int, str, list[str] | None]:
     return response.status_code, issue["code"], issue.get("expression")
 
 
-async def test_accepted_referral(bridge: Bridge, referrer: dict[str, str], database_url: str) -> None:
+async def test_accepted_referral(
+    bridge: Bridge, referrer: dict[str, str], database_url: str
+) -> None:
     resource = referral_resource()
-    response = await bridge.refer({**referrer, "X-Request-ID": "req-1", "X-Correlation-ID": "corr-1"}, resource)
+    response = await bridge.refer(
+        {**referrer, "X-Request-ID": "req-1", "X-Correlation-ID": "corr-1"}, resource
+    )
     assert response.status_code == 201, response.text
     body = response.json()
-    assert response.headers["location"] == f"http://testserver/fhir/ServiceRequest/{body['id']}/_history/1"
+    assert (
+        response.headers["location"]
+        == f"http://testserver/fhir/ServiceRequest/{body['id']}/_history/1"
+    )
     assert response.headers["etag"] == 'W/"1"'
     assert response.headers["x-request-id"] == "req-1"
     assert response.headers["x-correlation-id"] == "corr-1"
@@ -41,10 +48,17 @@ async def test_accepted_referral(bridge: Bridge, referrer: dict[str, str], datab
     from fhir.resources.R4B.servicerequest import ServiceRequest
 
     ServiceRequest.model_validate(body)
-    assert await row_counts(database_url) == {"referrals": 1, "cases": 1, "case_events": 1, "deliveries": 0}
+    assert await row_counts(database_url) == {
+        "referrals": 1,
+        "cases": 1,
+        "case_events": 1,
+        "deliveries": 0,
+    }
 
 
-async def test_default_service_used_without_performer(bridge: Bridge, referrer: dict[str, str]) -> None:
+async def test_default_service_used_without_performer(
+    bridge: Bridge, referrer: dict[str, str]
+) -> None:
     resource = referral_resource()
     del resource["performer"]
     response = await bridge.refer(referrer, resource)
@@ -101,7 +115,13 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ),
     ("no requester", _without("requester"), 422, "required", "ServiceRequest.requester"),
     ("no authoredOn", _without("authoredOn"), 422, "required", "ServiceRequest.authoredOn"),
-    ("future authoredOn", referral_resource(authoredOn=FUTURE), 422, "value", "ServiceRequest.authoredOn"),
+    (
+        "future authoredOn",
+        referral_resource(authoredOn=FUTURE),
+        422,
+        "value",
+        "ServiceRequest.authoredOn",
+    ),
     (
         "no NHS number",
         _nested(subject={"reference": "Patient/123"}),
@@ -111,7 +131,9 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ),
     (
         "NHS number fails modulus 11",
-        _nested(subject__identifier__value="3478526985", contained__0__identifier__0__value="3478526985"),
+        _nested(
+            subject__identifier__value="3478526985", contained__0__identifier__0__value="3478526985"
+        ),
         422,
         "value",
         "ServiceRequest.subject.identifier.value",
@@ -151,7 +173,13 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
         "not-found",
         "ServiceRequest.performer",
     ),
-    ("unknown element", referral_resource(colour="blue"), 400, "structure", "ServiceRequest.colour"),
+    (
+        "unknown element",
+        referral_resource(colour="blue"),
+        400,
+        "structure",
+        "ServiceRequest.colour",
+    ),
     (
         "unknown element deep inside",
         _nested(contained__0__name__0__nickname="x"),
@@ -160,7 +188,13 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
         "ServiceRequest.contained[0].name[0].nickname",
     ),
     ("wrong type", referral_resource(status=5), 400, "value", "ServiceRequest.status"),
-    ("unknown priority", referral_resource(priority="whenever"), 422, "code-invalid", "ServiceRequest.priority"),
+    (
+        "unknown priority",
+        referral_resource(priority="whenever"),
+        422,
+        "code-invalid",
+        "ServiceRequest.priority",
+    ),
     (
         "unknown gender",
         _nested(contained__0__gender="robot"),
@@ -215,12 +249,16 @@ async def test_refusals(
 async def test_unparseable_bodies(
     bridge: Bridge, referrer: dict[str, str], database_url: str, body: bytes, code: str
 ) -> None:
-    response = await bridge.http.post("/fhir/ServiceRequest", content=body, headers={**referrer, **FHIR_JSON})
+    response = await bridge.http.post(
+        "/fhir/ServiceRequest", content=body, headers={**referrer, **FHIR_JSON}
+    )
     assert outcome(response)[:2] == (400, code)
     assert await row_counts(database_url) == NOTHING
 
 
-@pytest.mark.parametrize("media_type", ["text/plain", "application/xml", "application/fhir+xml", None])
+@pytest.mark.parametrize(
+    "media_type", ["text/plain", "application/xml", "application/fhir+xml", None]
+)
 async def test_other_media_types_are_refused(
     bridge: Bridge, referrer: dict[str, str], database_url: str, media_type: str | None
 ) -> None:
@@ -257,21 +295,31 @@ async def test_oversized_body_is_refused_before_it_is_read(
     assert await row_counts(database_url) == NOTHING
 
 
-async def test_all_business_rule_failures_are_reported_together(bridge: Bridge, referrer: dict[str, str]) -> None:
+async def test_all_business_rule_failures_are_reported_together(
+    bridge: Bridge, referrer: dict[str, str]
+) -> None:
     resource = referral_resource(status="draft", intent="plan")
     del resource["requester"]
     response = await bridge.refer(referrer, resource)
     expressions = [issue["expression"][0] for issue in response.json()["issue"]]
-    assert expressions == ["ServiceRequest.status", "ServiceRequest.intent", "ServiceRequest.requester"]
+    assert expressions == [
+        "ServiceRequest.status",
+        "ServiceRequest.intent",
+        "ServiceRequest.requester",
+    ]
 
 
-async def test_diagnostics_never_echo_patient_data(bridge: Bridge, referrer: dict[str, str]) -> None:
+async def test_diagnostics_never_echo_patient_data(
+    bridge: Bridge, referrer: dict[str, str]
+) -> None:
     secret = "Zebedee-Quasimodo"
     resources = [
         _nested(contained__0__name__0__family=123),
         _nested(contained__0__birthDate=secret),
         _nested(contained__0__gender=secret),
-        _nested(subject__identifier__value="3478526985", contained__0__identifier__0__value="3478526985"),
+        _nested(
+            subject__identifier__value="3478526985", contained__0__identifier__0__value="3478526985"
+        ),
         _nested(contained__0__telecom__0__value=["07700"]),
     ]
     for resource in resources:
@@ -310,11 +358,16 @@ async def test_consent_not_required_when_switched_off(bridge: Bridge, database_u
             assert response.status_code == 201, response.text
 
 
-async def test_reasons_are_mapped_and_kept(bridge: Bridge, referrer: dict[str, str], database_url: str) -> None:
+async def test_reasons_are_mapped_and_kept(
+    bridge: Bridge, referrer: dict[str, str], database_url: str
+) -> None:
     resource = referral_resource(
         reasonCode=[
             {"text": "Loneliness"},
-            {"coding": [{"system": "https://rio.example/reasons", "code": "R99"}], "text": "Pet care"},
+            {
+                "coding": [{"system": "https://rio.example/reasons", "code": "R99"}],
+                "text": "Pet care",
+            },
         ]
     )
     response = await bridge.refer(referrer, resource)
@@ -329,5 +382,8 @@ async def test_reasons_are_mapped_and_kept(bridge: Bridge, referrer: dict[str, s
     await engine.dispose()
     if isinstance(reasons, str):
         reasons = orjson.loads(reasons)
-    assert [(r["domain"], r["mapped"]) for r in reasons] == [("social-isolation", True), (None, False)]
+    assert [(r["domain"], r["mapped"]) for r in reasons] == [
+        ("social-isolation", True),
+        (None, False),
+    ]
     assert reasons[1]["text"] == "Pet care"

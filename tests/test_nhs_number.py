@@ -3,7 +3,9 @@ import pytest
 from app.fhir import nhs_number
 
 
-@pytest.mark.parametrize("value", ["9434765919", "943 476 5919", "943-476-5919", "9000000009", "4010232137"])
+@pytest.mark.parametrize(
+    "value", ["9434765919", "943 476 5919", "943-476-5919", "9000000009", "4010232137"]
+)
 def test_valid_numbers_pass(value: str) -> None:
     assert nhs_number.is_valid(value)
 
@@ -20,7 +22,16 @@ def test_invalid_check_digit_fails(value: str) -> None:
     assert not nhs_number.is_valid(value)
 
 
-@pytest.mark.parametrize("value", ["943476591", "94347659190", "", "94347659a9", "９４３４７６５９１９"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "943476591",
+        "94347659190",
+        "",
+        "94347659a9",
+        "\uff19\uff14\uff13\uff14\uff17\uff16\uff15\uff19\uff11\uff19",
+    ],
+)
 def test_wrong_length_or_characters_fail(value: str) -> None:
     assert not nhs_number.is_valid(value)
 

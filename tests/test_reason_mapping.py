@@ -37,7 +37,9 @@ def test_free_text_maps_case_and_punctuation_insensitively() -> None:
 
 def test_coding_display_is_tried_when_code_is_unknown() -> None:
     mapped = reason_map().map_reason(
-        concept(coding=[{"system": "https://rio.example/reasons", "code": "R17", "display": "Housing"}])
+        concept(
+            coding=[{"system": "https://rio.example/reasons", "code": "R17", "display": "Housing"}]
+        )
     )
     assert mapped["domain"] == "housing"
 
@@ -68,12 +70,16 @@ def test_a_site_adds_its_own_codes_as_data(tmp_path) -> None:  # type: ignore[no
         {
             "source": "https://rio.example/reasons",
             "target": REASON_SYSTEM,
-            "element": [{"code": "R17", "target": [{"code": "housing", "equivalence": "equivalent"}]}],
+            "element": [
+                {"code": "R17", "target": [{"code": "housing", "equivalence": "equivalent"}]}
+            ],
         }
     )
     (folder / "ConceptMap-reason-for-referral.json").write_text(json.dumps(concept_map))
     site_map = load_reason_map(folder)
-    mapped = site_map.map_reason(concept(coding=[{"system": "https://rio.example/reasons", "code": "R17"}]))
+    mapped = site_map.map_reason(
+        concept(coding=[{"system": "https://rio.example/reasons", "code": "R17"}])
+    )
     assert mapped["domain"] == "housing"
 
 

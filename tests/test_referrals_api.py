@@ -53,7 +53,9 @@ async def test_unknown_referral_is_404(bridge: Bridge, referrer: dict[str, str])
 
 async def test_task_for_a_new_referral(bridge: Bridge, referrer: dict[str, str]) -> None:
     created = await refer(bridge, referrer)
-    response = await bridge.http.get(f"/fhir/Task?focus=ServiceRequest/{created['id']}", headers=referrer)
+    response = await bridge.http.get(
+        f"/fhir/Task?focus=ServiceRequest/{created['id']}", headers=referrer
+    )
     assert response.status_code == 200
     bundle = response.json()
     Bundle.model_validate(bundle)
@@ -71,10 +73,14 @@ async def test_task_for_a_new_referral(bridge: Bridge, referrer: dict[str, str])
     direct = await bridge.http.get(f"/fhir/Task/{task['id']}", headers=referrer)
     assert direct.json() == task
     assert (await bridge.http.get("/fhir/Task", headers=referrer)).status_code == 400
-    assert (await bridge.http.get("/fhir/Task?owner=x&focus=y", headers=referrer)).status_code == 400
+    assert (
+        await bridge.http.get("/fhir/Task?owner=x&focus=y", headers=referrer)
+    ).status_code == 400
 
 
-async def test_repeat_returns_the_held_referral(bridge: Bridge, referrer: dict[str, str], database_url: str) -> None:
+async def test_repeat_returns_the_held_referral(
+    bridge: Bridge, referrer: dict[str, str], database_url: str
+) -> None:
     resource = referral_resource()
     first = await bridge.refer(referrer, resource)
     again = await bridge.refer(referrer, resource)
@@ -128,10 +134,17 @@ async def test_twenty_concurrent_repeats_make_one_referral(
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * 19 + [201]
     assert len({r.json()["id"] for r in responses}) == 1
-    assert await row_counts(database_url) == {"referrals": 1, "cases": 1, "case_events": 1, "deliveries": 0}
+    assert await row_counts(database_url) == {
+        "referrals": 1,
+        "cases": 1,
+        "case_events": 1,
+        "deliveries": 0,
+    }
 
 
-async def test_losing_a_race_answers_with_the_winner(app: Any, bridge: Bridge, referrer: dict[str, str], database_url: str) -> None:
+async def test_losing_a_race_answers_with_the_winner(
+    app: Any, bridge: Bridge, referrer: dict[str, str], database_url: str
+) -> None:
     """Two transactions insert the same identifier; the second sees the constraint, not a 500."""
     from app.clients.auth import Principal
     from app.clients.roles import Role
@@ -143,7 +156,11 @@ async def test_losing_a_race_answers_with_the_winner(app: Any, bridge: Bridge, r
     import datetime as dt
 
     draft = intake.assess(
-        model, now=dt.datetime.now(dt.UTC), clock_skew=dt.timedelta(0), require_consent=True, reason_map=reason_map()
+        model,
+        now=dt.datetime.now(dt.UTC),
+        clock_skew=dt.timedelta(0),
+        require_consent=True,
+        reason_map=reason_map(),
     )
     principal = Principal("c1", "rio", Role.CLINICAL_SYSTEM, "RW4", "life-rooms")
     context = cases.EventContext(None, None, None)
@@ -175,7 +192,9 @@ async def test_organisation_isolation(bridge: Bridge, referrer: dict[str, str]) 
     await bridge.service("other-service", organisation="OTH01")
     mine = await refer(bridge, referrer)
     outsider = await bridge.key(organisation="RXX", default_service="other-service")
-    theirs = await refer(bridge, outsider, performer=[{"reference": "HealthcareService/other-service"}])
+    theirs = await refer(
+        bridge, outsider, performer=[{"reference": "HealthcareService/other-service"}]
+    )
     service_advisor = await bridge.key(role="advisor", organisation="LR001")
     other_advisor = await bridge.key(role="advisor", organisation="OTH01")
 
@@ -185,22 +204,35 @@ async def test_organisation_isolation(bridge: Bridge, referrer: dict[str, str]) 
         (service_advisor, mine, theirs),
         (other_advisor, theirs, mine),
     ):
-        assert (await bridge.http.get(f"/fhir/ServiceRequest/{visible['id']}", headers=key)).status_code == 200
-        assert (await bridge.http.get(f"/fhir/ServiceRequest/{hidden['id']}", headers=key)).status_code == 404
-        search = (await bridge.http.get("/fhir/ServiceRequest?patient.identifier=9000000009", headers=key)).json()
+        assert (
+            await bridge.http.get(f"/fhir/ServiceRequest/{visible['id']}", headers=key)
+        ).status_code == 200
+        assert (
+            await bridge.http.get(f"/fhir/ServiceRequest/{hidden['id']}", headers=key)
+        ).status_code == 404
+        search = (
+            await bridge.http.get("/fhir/ServiceRequest?patient.identifier=9000000009", headers=key)
+        ).json()
         assert [e["resource"]["id"] for e in search["entry"]] == [visible["id"]]
         tasks = (
             await bridge.http.get(
-                f"/fhir/Task?focus=ServiceRequest/{visible['id']},ServiceRequest/{hidden['id']}", headers=key
+                f"/fhir/Task?focus=ServiceRequest/{visible['id']},ServiceRequest/{hidden['id']}",
+                headers=key,
             )
         ).json()
-        assert [e["resource"]["focus"]["reference"] for e in tasks["entry"]] == [f"ServiceRequest/{visible['id']}"]
+        assert [e["resource"]["focus"]["reference"] for e in tasks["entry"]] == [
+            f"ServiceRequest/{visible['id']}"
+        ]
     hidden_task = (
-        await bridge.http.get(f"/fhir/Task?focus=ServiceRequest/{theirs['id']}", headers=bridge.admin)
+        await bridge.http.get(
+            f"/fhir/Task?focus=ServiceRequest/{theirs['id']}", headers=bridge.admin
+        )
     ).json()["entry"][0]["resource"]["id"]
     assert (await bridge.http.get(f"/fhir/Task/{hidden_task}", headers=referrer)).status_code == 404
     reporting = await bridge.key(role="reporting", organisation="LR001")
-    assert (await bridge.http.get(f"/fhir/ServiceRequest/{mine['id']}", headers=reporting)).status_code == 403
+    assert (
+        await bridge.http.get(f"/fhir/ServiceRequest/{mine['id']}", headers=reporting)
+    ).status_code == 403
 
 
 async def test_search_parameters_and_paging(bridge: Bridge, referrer: dict[str, str]) -> None:
@@ -218,7 +250,9 @@ async def test_search_parameters_and_paging(bridge: Bridge, referrer: dict[str, 
     assert await ids(f"identifier={system}|{value}") == [first["id"]]
     assert await ids(f"identifier={value}") == [first["id"]]
     assert await ids("identifier=https://elsewhere|" + value) == []
-    assert await ids("patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009") == [m["id"] for m in made]
+    assert await ids("patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009") == [
+        m["id"] for m in made
+    ]
     assert await ids("patient.identifier=9434765919") == []
     assert await ids("status=active") == [m["id"] for m in made]
     assert await ids("status=revoked") == []
@@ -238,16 +272,26 @@ async def test_search_parameters_and_paging(bridge: Bridge, referrer: dict[str, 
     assert seen == [m["id"] for m in made]
     assert pages == 3
 
-    for bad in ("colour=red", "_count=lots", "_lastUpdated=yesterday", "_cursor=!!!", "_lastUpdated=ne2020"):
+    for bad in (
+        "colour=red",
+        "_count=lots",
+        "_lastUpdated=yesterday",
+        "_cursor=!!!",
+        "_lastUpdated=ne2020",
+    ):
         response = await bridge.http.get(f"/fhir/ServiceRequest?{bad}", headers=referrer)
         assert response.status_code == 400, bad
         assert response.json()["resourceType"] == "OperationOutcome"
 
 
-async def cancel(bridge: Bridge, key: dict[str, str], created: dict[str, Any], **headers: str) -> Any:
+async def cancel(
+    bridge: Bridge, key: dict[str, str], created: dict[str, Any], **headers: str
+) -> Any:
     body = {**created, "status": "revoked"}
     return await bridge.http.put(
-        f"/fhir/ServiceRequest/{created['id']}", content=orjson.dumps(body), headers={**key, **FHIR_JSON, **headers}
+        f"/fhir/ServiceRequest/{created['id']}",
+        content=orjson.dumps(body),
+        headers={**key, **FHIR_JSON, **headers},
     )
 
 
@@ -258,9 +302,14 @@ async def test_cancellation(bridge: Bridge, referrer: dict[str, str]) -> None:
     assert response.json()["status"] == "revoked"
     assert response.json()["meta"]["versionId"] == "2"
     assert response.headers["etag"] == 'W/"2"'
-    task = (await bridge.http.get(f"/fhir/Task?focus=ServiceRequest/{created['id']}", headers=referrer)).json()
+    task = (
+        await bridge.http.get(f"/fhir/Task?focus=ServiceRequest/{created['id']}", headers=referrer)
+    ).json()
     task = task["entry"][0]["resource"]
-    assert (task["status"], task["businessStatus"]["coding"][0]["code"]) == ("cancelled", "cancelled-by-referrer")
+    assert (task["status"], task["businessStatus"]["coding"][0]["code"]) == (
+        "cancelled",
+        "cancelled-by-referrer",
+    )
     assert task["meta"]["versionId"] == "2"
     # Repeating the same update changes nothing.
     again = await cancel(bridge, referrer, created)
@@ -276,28 +325,34 @@ async def test_cancel_refusals(bridge: Bridge, referrer: dict[str, str], app: An
     assert stale.status_code == 412
     changed = {**created, "status": "revoked", "priority": "urgent"}
     response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{created['id']}", content=orjson.dumps(changed), headers={**referrer, **FHIR_JSON}
+        f"/fhir/ServiceRequest/{created['id']}",
+        content=orjson.dumps(changed),
+        headers={**referrer, **FHIR_JSON},
     )
     assert response.status_code == 422
     assert "Only status may change" in response.json()["issue"][0]["diagnostics"]
     assert response.json()["issue"][0]["expression"] == ["ServiceRequest.priority"]
     completed = {**created, "status": "completed"}
     response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{created['id']}", content=orjson.dumps(completed), headers={**referrer, **FHIR_JSON}
+        f"/fhir/ServiceRequest/{created['id']}",
+        content=orjson.dumps(completed),
+        headers={**referrer, **FHIR_JSON},
     )
     assert response.status_code == 422
     wrong_id = {**created, "id": "another", "status": "revoked"}
     response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{created['id']}", content=orjson.dumps(wrong_id), headers={**referrer, **FHIR_JSON}
+        f"/fhir/ServiceRequest/{created['id']}",
+        content=orjson.dumps(wrong_id),
+        headers={**referrer, **FHIR_JSON},
     )
     assert response.status_code == 422
     advisor = await bridge.key(role="advisor", organisation="LR001")
     assert (await cancel(bridge, advisor, created)).status_code == 403
     other = await bridge.key(organisation="RXA")
     assert (await cancel(bridge, other, created)).status_code == 404
-    assert (await bridge.http.get(f"/fhir/ServiceRequest/{created['id']}", headers=referrer)).json()[
-        "status"
-    ] == "active"
+    assert (
+        await bridge.http.get(f"/fhir/ServiceRequest/{created['id']}", headers=referrer)
+    ).json()["status"] == "active"
 
     # Close the case through the one domain path, then a cancellation is a conflict.
     database: Database = app.state.database
@@ -314,7 +369,14 @@ async def test_cancel_refusals(bridge: Bridge, referrer: dict[str, str], app: An
             ("contact.attempted", {"outcome": "reached"}),
             ("case.completed", {"reason": "needs-met"}),
         ):
-            await cases.apply_event(session, case, referral, service, cases.NewEvent(event, "advisor", data=data), context)
+            await cases.apply_event(
+                session,
+                case,
+                referral,
+                service,
+                cases.NewEvent(event, "advisor", data=data),
+                context,
+            )
     response = await cancel(bridge, referrer, created)
     assert response.status_code == 409
     assert "completed" in response.json()["issue"][0]["diagnostics"]
@@ -322,19 +384,40 @@ async def test_cancel_refusals(bridge: Bridge, referrer: dict[str, str], app: An
     assert read["status"] == "completed"
 
 
-async def test_outbox_rows_are_written_with_the_referral(bridge: Bridge, referrer: dict[str, str], app: Any) -> None:
+async def test_outbox_rows_are_written_with_the_referral(
+    bridge: Bridge, referrer: dict[str, str], app: Any
+) -> None:
     database: Database = app.state.database
     async with database.write_sessions() as session, session.begin():
         session.add_all(
             [
-                Destination(id="to-rio", kind="clinical", adapter="fhir_push", organisation="RW4", config={}),
-                Destination(id="to-worklist", kind="webhook", adapter="webhook", service_id="life-rooms", config={}),
                 Destination(
-                    id="cancellations-only", kind="webhook", adapter="webhook", config={},
+                    id="to-rio", kind="clinical", adapter="fhir_push", organisation="RW4", config={}
+                ),
+                Destination(
+                    id="to-worklist",
+                    kind="webhook",
+                    adapter="webhook",
+                    service_id="life-rooms",
+                    config={},
+                ),
+                Destination(
+                    id="cancellations-only",
+                    kind="webhook",
+                    adapter="webhook",
+                    config={},
                     event_types=["referral.cancelled"],
                 ),
-                Destination(id="elsewhere", kind="clinical", adapter="fhir_push", organisation="RXX", config={}),
-                Destination(id="switched-off", kind="webhook", adapter="webhook", config={}, active=False),
+                Destination(
+                    id="elsewhere",
+                    kind="clinical",
+                    adapter="fhir_push",
+                    organisation="RXX",
+                    config={},
+                ),
+                Destination(
+                    id="switched-off", kind="webhook", adapter="webhook", config={}, active=False
+                ),
             ]
         )
     created = await refer(bridge, referrer, **{})
@@ -342,15 +425,21 @@ async def test_outbox_rows_are_written_with_the_referral(bridge: Bridge, referre
     async with database.read_sessions() as session:
         rows = (
             await session.execute(
-                select(Delivery.destination_id, Delivery.event_type, Delivery.event_seq, Delivery.state,
-                       Delivery.request_id, Delivery.referral_id)
-                .order_by(Delivery.event_seq, Delivery.destination_id)
+                select(
+                    Delivery.destination_id,
+                    Delivery.event_type,
+                    Delivery.event_seq,
+                    Delivery.state,
+                    Delivery.request_id,
+                    Delivery.referral_id,
+                ).order_by(Delivery.event_seq, Delivery.destination_id)
             )
         ).all()
         events = list(await session.scalars(select(CaseEvent.type).order_by(CaseEvent.seq)))
         case = await session.scalar(select(Case))
     assert events == ["referral.received", "referral.cancelled"]
-    assert case is not None and case.state == "cancelled"
+    assert case is not None
+    assert case.state == "cancelled"
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
         ("to-rio", "referral.received", 1, "pending"),
         ("to-worklist", "referral.received", 1, "pending"),
@@ -371,17 +460,28 @@ async def test_capability_statement(client: Any) -> None:
     resources = {r.type: r for r in statement.rest[0].resource}
     assert set(resources) == {"ServiceRequest", "Task"}
     assert {p.name for p in resources["ServiceRequest"].searchParam} == {
-        "_id", "identifier", "patient.identifier", "status", "_lastUpdated"
+        "_id",
+        "identifier",
+        "patient.identifier",
+        "status",
+        "_lastUpdated",
     }
 
 
 async def test_capability_statement_matches_the_routes(app: Any) -> None:
     """Every interaction the statement claims has a route, and every FHIR route is claimed."""
-    routes = {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
+    routes = {
+        (method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item
+    }
     claimed = {
-        ("POST", "/fhir/ServiceRequest"), ("GET", "/fhir/ServiceRequest/{referral_id}"),
-        ("PUT", "/fhir/ServiceRequest/{referral_id}"), ("GET", "/fhir/ServiceRequest"),
-        ("GET", "/fhir/Task/{task_id}"), ("GET", "/fhir/Task"), ("POST", "/fhir"), ("GET", "/fhir/metadata"),
+        ("POST", "/fhir/ServiceRequest"),
+        ("GET", "/fhir/ServiceRequest/{referral_id}"),
+        ("PUT", "/fhir/ServiceRequest/{referral_id}"),
+        ("GET", "/fhir/ServiceRequest"),
+        ("GET", "/fhir/Task/{task_id}"),
+        ("GET", "/fhir/Task"),
+        ("POST", "/fhir"),
+        ("GET", "/fhir/metadata"),
     }
     fhir_routes = {(m, p) for m, p in routes if p == "/fhir" or p.startswith("/fhir/")}
     assert fhir_routes == claimed

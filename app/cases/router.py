@@ -60,7 +60,9 @@ async def search_tasks(
 ) -> Response:
     check_parameters(request.query_params, frozenset({"focus"}))
     if not focus:
-        raise BadRequest("Search Tasks by focus=ServiceRequest/{id}", issue_code="required", expression="focus")
+        raise BadRequest(
+            "Search Tasks by focus=ServiceRequest/{id}", issue_code="required", expression="focus"
+        )
     referral_ids = [value.removeprefix("ServiceRequest/") for value in focus.split(",")]
     views = await service.tasks_for_referrals(session, principal, referral_ids[:100])
     return FHIRResponse(

@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases.models import Case, CaseEvent
 from app.cases.states import CaseState, CaseStatus, TransitionRefused, is_contact, next_status
+from app.clients.auth import Principal
 from app.db import utcnow
 from app.delivery import service as delivery
 from app.directory.models import SocialPrescribingService
-from app.clients.auth import Principal
 from app.errors import Conflict, NotFound
 from app.fhir.task import TaskView
 from app.referrals.models import Referral
@@ -45,7 +45,9 @@ class EventContext:
 
 
 def current_status(case: Case) -> CaseStatus:
-    return CaseStatus(CaseState(case.state), case.business_status, case.task_status, case.status_reason)
+    return CaseStatus(
+        CaseState(case.state), case.business_status, case.task_status, case.status_reason
+    )
 
 
 async def lock_case(session: AsyncSession, referral_id: str) -> Case | None:
@@ -164,10 +166,12 @@ async def open_case(
 # --- the Task view of a case ---------------------------------------------------------------
 
 
-def _task_query(principal: Principal) -> Select[Any]:
-    query = select(Case, Referral, SocialPrescribingService.name).join(
-        Referral, Referral.id == Case.referral_id
-    ).join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+def _task_query(principal: Principal) -> Select[Case, Referral, str]:
+    query = (
+        select(Case, Referral, SocialPrescribingService.name)
+        .join(Referral, Referral.id == Case.referral_id)
+        .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+    )
     if not principal.sees_everything:
         query = query.where(
             or_(

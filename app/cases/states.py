@@ -116,7 +116,7 @@ _SOURCES: dict[str, frozenset[CaseState]] = {
     "case.accepted": frozenset({CaseState.RECEIVED}),
     "case.rejected": frozenset({CaseState.RECEIVED, CaseState.ACCEPTED}),
     "contact.attempted": WORKING_STATES,
-    **{event: WORKING_STATES for event in _PROGRESS},
+    **dict.fromkeys(_PROGRESS, WORKING_STATES),
     **{event: WORKING_STATES | {CaseState.ON_HOLD} for event in _RECORDING},
     "case.on_hold": WORKING_STATES,
     "case.resumed": frozenset({CaseState.ON_HOLD}),
@@ -156,7 +156,12 @@ def next_status(
         raise TransitionRefused(state, event_type, f"'{event_type}' is not allowed {where}")
 
     match event_type:
-        case "referral.updated" | "prescription.updated" | "outcome.recorded" | "demographics.recorded":
+        case (
+            "referral.updated"
+            | "prescription.updated"
+            | "outcome.recorded"
+            | "demographics.recorded"
+        ):
             return current
         case "referral.cancelled":
             return _status(CaseState.CANCELLED, "cancelled-by-referrer", "cancelled-by-referrer")
@@ -174,7 +179,9 @@ def next_status(
         case "case.completed":
             reason = data.get("reason", "needs-met")
             if reason not in COMPLETION_REASONS:
-                raise TransitionRefused(state, event_type, "reason must be needs-met or referred-on")
+                raise TransitionRefused(
+                    state, event_type, "reason must be needs-met or referred-on"
+                )
             return _status(CaseState.COMPLETED, reason, reason)
         case "case.discharged":
             reason = data.get("reason")

@@ -14,11 +14,13 @@ from app.errors import BusinessRuleViolation
 
 async def create_client(session: AsyncSession, request: ClientCreate) -> tuple[ApiClient, str]:
     """A new client and its API key; the key is returned here once and only its hash is kept."""
-    if request.default_service is not None:
-        if await session.get(SocialPrescribingService, request.default_service) is None:
-            raise BusinessRuleViolation(
-                "default_service names no registered service", expression="default_service"
-            )
+    if (
+        request.default_service is not None
+        and await session.get(SocialPrescribingService, request.default_service) is None
+    ):
+        raise BusinessRuleViolation(
+            "default_service names no registered service", expression="default_service"
+        )
     key = new_api_key()
     client = ApiClient(
         id=str(uuid.uuid4()),

@@ -25,7 +25,9 @@ class ServiceCreate(BaseModel):
 
     id: str = Field(pattern=SERVICE_ID, description="Also the FHIR HealthcareService id")
     name: str = Field(min_length=1, max_length=200)
-    organisation: str = Field(pattern=ODS_CODE, description="ODS code of the providing organisation")
+    organisation: str = Field(
+        pattern=ODS_CODE, description="ODS code of the providing organisation"
+    )
     adapter: str = Field(description="Platform adapter that holds the cases (`local`: the bridge)")
     adapter_config: dict[str, Any] = Field(default_factory=dict)
 

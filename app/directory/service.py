@@ -14,7 +14,9 @@ from app.directory.schemas import ServiceCreate
 from app.errors import BusinessRuleViolation, Conflict, Issue, NotFound
 
 
-async def register_service(session: AsyncSession, request: ServiceCreate) -> SocialPrescribingService:
+async def register_service(
+    session: AsyncSession, request: ServiceCreate
+) -> SocialPrescribingService:
     platform_adapters = registry.names(AdapterKind.PLATFORM)
     if request.adapter not in platform_adapters:
         raise BusinessRuleViolation(
@@ -54,7 +56,11 @@ async def register_service(session: AsyncSession, request: ServiceCreate) -> Soc
 
 
 async def list_services(session: AsyncSession) -> list[SocialPrescribingService]:
-    return list(await session.scalars(select(SocialPrescribingService).order_by(SocialPrescribingService.id)))
+    return list(
+        await session.scalars(
+            select(SocialPrescribingService).order_by(SocialPrescribingService.id)
+        )
+    )
 
 
 async def get_service(session: AsyncSession, service_id: str) -> SocialPrescribingService:

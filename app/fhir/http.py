@@ -37,7 +37,12 @@ def fhir_body(resource_type: str, example_name: str | None = None) -> dict[str, 
     }
     if example_name:
         media["example"] = example(example_name)
-    return {"requestBody": {"required": True, "content": {FHIR_MEDIA_TYPE: media, "application/json": media}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {FHIR_MEDIA_TYPE: media, "application/json": media},
+        }
+    }
 
 
 def fhir_resource_response(description: str, resource_type: str, **extra: Any) -> dict[str, Any]:

@@ -130,7 +130,9 @@ def _safe_message(error: Any) -> str:
     return msg
 
 
-def validation_issues(exc: ValidationError, root: str, prefix: tuple[int | str, ...] = ()) -> list[Issue]:
+def validation_issues(
+    exc: ValidationError, root: str, prefix: tuple[int | str, ...] = ()
+) -> list[Issue]:
     issues = []
     for error in exc.errors(include_url=False, include_context=False):
         where = fhirpath(root, prefix + tuple(error["loc"]))
@@ -166,7 +168,9 @@ def parse_resource(data: dict[str, Any], expected: str | None = None) -> Any:
         cls = model_class(resource_type)
     except (ValueError, KeyError):
         raise BadRequest(
-            "resourceType names no FHIR R4 resource", issue_code="structure", expression="resourceType"
+            "resourceType names no FHIR R4 resource",
+            issue_code="structure",
+            expression="resourceType",
         ) from None
     try:
         return cls.model_validate(data)

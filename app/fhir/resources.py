@@ -1,4 +1,7 @@
-"""The one place that picks the FHIR model set: R4B (R4-compatible). Plain ``fhir.resources`` is R5."""
+"""The one place that picks the FHIR model set: R4B (R4-compatible).
+
+Plain ``fhir.resources`` is R5.
+"""
 
 from __future__ import annotations
 

@@ -53,7 +53,9 @@ def page_of(params: Mapping[str, str]) -> Page:
             if cursor[0].tzinfo is None or not ident:
                 raise ValueError
         except ValueError:
-            raise BadRequest("_cursor is not one this server issued", expression="_cursor") from None
+            raise BadRequest(
+                "_cursor is not one this server issued", expression="_cursor"
+            ) from None
     return Page(count, cursor)
 
 
@@ -85,7 +87,9 @@ def date_bound(value: str, name: str) -> tuple[str, dt.datetime]:
     except ValueError:
         raise BadRequest(f"{name} must be a FHIR date or dateTime", expression=name) from None
     if prefix == "ne":
-        raise BadRequest(f"{name} does not support the 'ne' prefix", issue_code="not-supported", expression=name)
+        raise BadRequest(
+            f"{name} does not support the 'ne' prefix", issue_code="not-supported", expression=name
+        )
     return prefix, instant
 
 

@@ -67,7 +67,11 @@ def task_resource(view: TaskView) -> dict[str, Any]:
         "intent": "order",
         "code": {
             "coding": [
-                {"system": TASK_CODE_SYSTEM, "code": "fulfill", "display": "Fulfill the focal request"}
+                {
+                    "system": TASK_CODE_SYSTEM,
+                    "code": "fulfill",
+                    "display": "Fulfill the focal request",
+                }
             ]
         },
         "focus": {"reference": f"ServiceRequest/{view.referral_id}", "type": "ServiceRequest"},
@@ -79,7 +83,10 @@ def task_resource(view: TaskView) -> dict[str, Any]:
         "lastModified": _instant(view.updated_at),
         "requester": {
             "type": "Organization",
-            "identifier": {"system": ODS_ORGANISATION_SYSTEM, "value": view.requesting_organisation},
+            "identifier": {
+                "system": ODS_ORGANISATION_SYSTEM,
+                "value": view.requesting_organisation,
+            },
         },
         "owner": {
             "reference": f"HealthcareService/{view.service_id}",

@@ -79,8 +79,10 @@ def load_reason_map(folder: Path = FHIR_DATA_DIR) -> ReasonMap:
         source = group.get("source")
         for element in group.get("element", []):
             targets = [
-                t for t in element.get("target", [])
-                if t.get("equivalence") not in ("unmatched", "disjoint") and t.get("code") in domains
+                t
+                for t in element.get("target", [])
+                if t.get("equivalence") not in ("unmatched", "disjoint")
+                and t.get("code") in domains
             ]
             if not targets:
                 continue

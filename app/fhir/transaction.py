@@ -42,10 +42,11 @@ def _rewrite_references(node: Any, targets: dict[str, str]) -> None:
 
 
 def unbundle(bundle: dict[str, Any]) -> UnbundledReferral:
-    """The referral a structurally valid transaction Bundle carries; 422 if it carries another shape."""
+    """The referral a structurally valid transaction Bundle carries; 422 for any other shape."""
     if bundle.get("type") != "transaction":
         raise BusinessRuleViolation(
-            "Only transaction Bundles are accepted at POST /fhir", issue_code="not-supported",
+            "Only transaction Bundles are accepted at POST /fhir",
+            issue_code="not-supported",
             expression="Bundle.type",
         )
     entries = bundle.get("entry") or []
@@ -61,15 +62,29 @@ def unbundle(bundle: dict[str, Any]) -> UnbundledReferral:
             continue
         kind = resource.get("resourceType")
         if request.get("method") != "POST":
-            issues.append(Issue("not-supported", f"{where}.request.method must be POST", f"{where}.request.method"))
+            issues.append(
+                Issue(
+                    "not-supported",
+                    f"{where}.request.method must be POST",
+                    f"{where}.request.method",
+                )
+            )
         if kind == "ServiceRequest":
             if sr_index is not None:
-                issues.append(Issue("not-supported", "A Bundle carries one referral (ServiceRequest)", f"{where}.resource"))
+                issues.append(
+                    Issue(
+                        "not-supported",
+                        "A Bundle carries one referral (ServiceRequest)",
+                        f"{where}.resource",
+                    )
+                )
             sr_index = index
         elif kind in SUPPORTING_TYPES:
             counts[kind] = counts.get(kind, 0) + 1
             if kind == "Patient" and counts[kind] > 1:
-                issues.append(Issue("not-supported", "A Bundle carries one Patient", f"{where}.resource"))
+                issues.append(
+                    Issue("not-supported", "A Bundle carries one Patient", f"{where}.resource")
+                )
         else:
             issues.append(
                 Issue(
@@ -106,7 +121,10 @@ def unbundle(bundle: dict[str, Any]) -> UnbundledReferral:
         while local_id in taken:
             local_id += "-b"
         taken.add(local_id)
-        for key in (entry.get("fullUrl"), f"{kind}/{resource.get('id')}" if resource.get("id") else None):
+        for key in (
+            entry.get("fullUrl"),
+            f"{kind}/{resource.get('id')}" if resource.get("id") else None,
+        ):
             if key:
                 targets[key] = f"#{local_id}"
         resource["id"] = local_id

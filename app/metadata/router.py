@@ -19,7 +19,9 @@ router = APIRouter(prefix="/fhir", tags=["FHIR metadata"])
 
 @lru_cache(maxsize=1)
 def _capability_statement() -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads((FHIR_DATA_DIR / "CapabilityStatement-spbridge.json").read_bytes())
+    data: dict[str, Any] = orjson.loads(
+        (FHIR_DATA_DIR / "CapabilityStatement-spbridge.json").read_bytes()
+    )
     return data
 
 
@@ -27,7 +29,8 @@ def _capability_statement() -> dict[str, Any]:
     "/metadata",
     response_class=FHIRResponse,
     summary="What this FHIR server supports",
-    description="The CapabilityStatement: resources, interactions and search parameters. No key needed.",
+    description="The CapabilityStatement: resources, interactions and search parameters. "
+    "No key needed.",
     operation_id="readCapabilityStatement",
     responses={200: fhir_resource_response("CapabilityStatement", "CapabilityStatement")},
 )

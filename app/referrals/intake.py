@@ -86,7 +86,9 @@ def _patient_details(draft: ReferralDraft, patient: Any) -> None:
     names = patient.name or []
     if names:
         name = next((n for n in names if n.use == "official"), names[0])
-        draft.patient_name = name.text or " ".join([*(name.given or []), name.family or ""]).strip() or None
+        draft.patient_name = (
+            name.text or " ".join([*(name.given or []), name.family or ""]).strip() or None
+        )
     if patient.birthDate is not None:
         draft.birth_date = str(patient.birthDate)
     draft.gender = patient.gender
@@ -110,9 +112,9 @@ def _nhs_numbers(identifiers: list[Any] | None, where: str) -> list[tuple[str, s
 def _check_patient(rules: _Rules, sr: Any, contained: dict[str, Any], draft: ReferralDraft) -> None:
     subject = sr.subject
     found: list[tuple[str, str]] = []
-    if subject.identifier is not None and subject.identifier.system == NHS_NUMBER_SYSTEM:
-        if subject.identifier.value:
-            found.append((subject.identifier.value, "ServiceRequest.subject.identifier.value"))
+    identifier = subject.identifier
+    if identifier is not None and identifier.system == NHS_NUMBER_SYSTEM and identifier.value:
+        found.append((identifier.value, "ServiceRequest.subject.identifier.value"))
     local = _local(subject.reference)
     if local is not None:
         patient = contained.get(local)
@@ -146,12 +148,16 @@ def _check_patient(rules: _Rules, sr: Any, contained: dict[str, Any], draft: Ref
         return
     value, where = found[0]
     if not nhs_number.is_valid(value):
-        rules.fail(where, "The NHS number is not valid (ten digits with a modulus-11 check digit)", "value")
+        rules.fail(
+            where, "The NHS number is not valid (ten digits with a modulus-11 check digit)", "value"
+        )
         return
     draft.nhs_number = nhs_number.normalise(value)
 
 
-def _check_requester(rules: _Rules, sr: Any, contained: dict[str, Any], draft: ReferralDraft) -> None:
+def _check_requester(
+    rules: _Rules, sr: Any, contained: dict[str, Any], draft: ReferralDraft
+) -> None:
     requester = sr.requester
     if requester is None:
         rules.fail("ServiceRequest.requester", "requester (who refers) is required", "required")
@@ -165,9 +171,9 @@ def _check_requester(rules: _Rules, sr: Any, contained: dict[str, Any], draft: R
         kind = resource.get_resource_type()
         if kind == "PractitionerRole" and resource.organization is not None:
             draft.referring_team = resource.organization.display
-            if resource.organization.identifier is not None:
-                if resource.organization.identifier.system == ODS_ORGANISATION_SYSTEM:
-                    draft.requester_ods = draft.requester_ods or resource.organization.identifier.value
+            ods = resource.organization.identifier
+            if ods is not None and ods.system == ODS_ORGANISATION_SYSTEM:
+                draft.requester_ods = draft.requester_ods or ods.value
         elif kind in ("Organization", "CareTeam"):
             draft.referring_team = resource.name
         draft.requester_display = draft.requester_display or getattr(resource, "name", None)
@@ -222,14 +228,20 @@ def _check_target(rules: _Rules, sr: Any, draft: ReferralDraft) -> None:
             if identifier.value:
                 draft.service_id = identifier.value
                 return
-            rules.fail(f"ServiceRequest.performer[{index}].identifier.value", "has no value", "required")
+            rules.fail(
+                f"ServiceRequest.performer[{index}].identifier.value", "has no value", "required"
+            )
 
 
 def _reasons(sr: Any, contained: dict[str, Any], reason_map: ReasonMap) -> list[dict[str, Any]]:
     reasons = [reason_map.map_reason(concept) for concept in sr.reasonCode or []]
     for reference in sr.reasonReference or []:
         condition = contained.get(_local(reference.reference) or "")
-        if condition is not None and condition.get_resource_type() == "Condition" and condition.code:
+        if (
+            condition is not None
+            and condition.get_resource_type() == "Condition"
+            and condition.code
+        ):
             reasons.append(reason_map.map_reason(condition.code))
     return reasons
 
@@ -250,7 +262,11 @@ def assess(
     if sr.intent not in ALLOWED_INTENTS:
         rules.fail("ServiceRequest.intent", "intent must be 'order' or 'original-order'", "value")
     if sr.priority is not None and sr.priority not in PRIORITIES:
-        rules.fail("ServiceRequest.priority", f"priority must be one of {', '.join(PRIORITIES)}", "code-invalid")
+        rules.fail(
+            "ServiceRequest.priority",
+            f"priority must be one of {', '.join(PRIORITIES)}",
+            "code-invalid",
+        )
     if sr.doNotPerform:
         rules.fail("ServiceRequest.doNotPerform", "a referral cannot be a do-not-perform request")
 
@@ -261,17 +277,32 @@ def assess(
             "identifier (the referrer's own referral id, with system and value) is required",
             "required",
         )
-    elif len(identifier.system) > MAX_IDENTIFIER_LENGTH or len(identifier.value) > MAX_IDENTIFIER_LENGTH:
-        rules.fail("ServiceRequest.identifier", "identifier system and value are limited to 255 characters", "value")
+    elif (
+        len(identifier.system) > MAX_IDENTIFIER_LENGTH
+        or len(identifier.value) > MAX_IDENTIFIER_LENGTH
+    ):
+        rules.fail(
+            "ServiceRequest.identifier",
+            "identifier system and value are limited to 255 characters",
+            "value",
+        )
 
     authored_on = ""
     if sr.authoredOn is None:
-        rules.fail("ServiceRequest.authoredOn", "authoredOn (when the referral was made) is required", "required")
+        rules.fail(
+            "ServiceRequest.authoredOn",
+            "authoredOn (when the referral was made) is required",
+            "required",
+        )
     else:
-        authored_on = sr.authoredOn.isoformat() if hasattr(sr.authoredOn, "isoformat") else str(sr.authoredOn)
+        authored_on = (
+            sr.authoredOn.isoformat() if hasattr(sr.authoredOn, "isoformat") else str(sr.authoredOn)
+        )
         earliest = _earliest_instant(sr.authoredOn)
         if earliest is None or len(authored_on) > 40:
-            rules.fail("ServiceRequest.authoredOn", "authoredOn is not a usable date and time", "value")
+            rules.fail(
+                "ServiceRequest.authoredOn", "authoredOn is not a usable date and time", "value"
+            )
         elif earliest > now + clock_skew:
             rules.fail("ServiceRequest.authoredOn", "authoredOn is in the future", "value")
 

@@ -1,4 +1,4 @@
-"""FHIR ServiceRequest endpoints: intake (alone or in a transaction Bundle), read, search, cancel."""
+"""FHIR ServiceRequest endpoints: intake (alone or in a Bundle), read, search, cancel."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from app.referrals.models import Referral
 router = APIRouter(prefix="/fhir", tags=["FHIR referrals"])
 
 _LOCATION = {"Location": {"description": "The new version's URL", "schema": {"type": "string"}}}
-_ETAG = {"ETag": {"description": "The version, as W/\"n\"", "schema": {"type": "string"}}}
+_ETAG = {"ETag": {"description": 'The version, as W/"n"', "schema": {"type": "string"}}}
 
 
 def _context(request: Request, principal: Principal) -> cases.EventContext:
@@ -50,7 +50,9 @@ def _headers(referral: Referral, base: str) -> dict[str, str]:
     }
 
 
-async def _read_resource(request: Request, settings: Settings, resource_type: str) -> tuple[bytes, dict[str, Any], Any]:
+async def _read_resource(
+    request: Request, settings: Settings, resource_type: str
+) -> tuple[bytes, dict[str, Any], Any]:
     parsing.check_media_type(request.headers.get("content-type"))
     body = await parsing.read_body(request, settings.max_body_bytes)
     data = parsing.parse_json(body)
@@ -84,8 +86,12 @@ def _assess(model: Any, settings: Settings) -> ReferralDraft:
     operation_id="createServiceRequest",
     openapi_extra=fhir_body("ServiceRequest", "ServiceRequest-social-prescribing-referral"),
     responses={
-        201: fhir_resource_response("Referral accepted", "ServiceRequest", headers={**_LOCATION, **_ETAG}),
-        200: fhir_resource_response("Already held: the existing referral", "ServiceRequest", headers=_ETAG),
+        201: fhir_resource_response(
+            "Referral accepted", "ServiceRequest", headers={**_LOCATION, **_ETAG}
+        ),
+        200: fhir_resource_response(
+            "Already held: the existing referral", "ServiceRequest", headers=_ETAG
+        ),
         **fhir_error_responses(400, 401, 403, 412, 413, 415, 422),
     },
 )
@@ -223,15 +229,22 @@ async def search_service_requests(
     session: ReadSession,
     settings: AppSettings,
     principal: Annotated[Principal, Depends(require(Operation.REFERRAL_READ, writes=False))],
-    identifier: Annotated[str | None, Query(description="system|value of the referrer's id")] = None,
-    patient_identifier: Annotated[
-        str | None, Query(alias="patient.identifier", description="NHS number (system|value or value)")
+    identifier: Annotated[
+        str | None, Query(description="system|value of the referrer's id")
     ] = None,
-    status: Annotated[str | None, Query(description="active, revoked, completed (comma: any of)")] = None,
+    patient_identifier: Annotated[
+        str | None,
+        Query(alias="patient.identifier", description="NHS number (system|value or value)"),
+    ] = None,
+    status: Annotated[
+        str | None, Query(description="active, revoked, completed (comma: any of)")
+    ] = None,
     last_updated: Annotated[
         list[str] | None, Query(alias="_lastUpdated", description="e.g. ge2026-01-01 (repeatable)")
     ] = None,
-    count: Annotated[int | None, Query(alias="_count", ge=0, description="page size (max 100)")] = None,
+    count: Annotated[
+        int | None, Query(alias="_count", ge=0, description="page size (max 100)")
+    ] = None,
 ) -> Response:
     query = list(request.query_params.multi_items())
     params = {k: v for k, v in query if k != "_lastUpdated"}
@@ -256,12 +269,15 @@ async def search_service_requests(
     summary="Cancel a referral",
     description=(
         "A FHIR update whose only change is status 'revoked' cancels a referral that is still "
-        "open (409 once its case is closed). Any other change is refused with 422. Honours If-Match."
+        "open (409 once its case is closed). Any other change is refused with 422. "
+        "Honours If-Match."
     ),
     operation_id="updateServiceRequest",
     openapi_extra=fhir_body("ServiceRequest"),
     responses={
-        200: fhir_resource_response("The referral after the update", "ServiceRequest", headers=_ETAG),
+        200: fhir_resource_response(
+            "The referral after the update", "ServiceRequest", headers=_ETAG
+        ),
         **fhir_error_responses(400, 401, 403, 404, 409, 412, 413, 415, 422),
     },
 )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from urllib.parse import parse_qsl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -69,13 +69,17 @@ def service_request_resource(referral: Referral) -> dict[str, Any]:
     resource = dict(referral.resource)
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(referral.version_id)
-    meta["lastUpdated"] = referral.last_updated.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    meta["lastUpdated"] = (
+        referral.last_updated.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    )
     resource["meta"] = meta
     resource["status"] = referral.status
     return {"resourceType": "ServiceRequest", "id": referral.id, **resource}
 
 
-async def _existing(session: AsyncSession, organisation: str, draft: ReferralDraft) -> Referral | None:
+async def _existing(
+    session: AsyncSession, organisation: str, draft: ReferralDraft
+) -> Referral | None:
     return await session.scalar(
         select(Referral).where(
             Referral.organisation == organisation,
@@ -176,7 +180,9 @@ async def create_referral(
 
 
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
-    referral = await session.scalar(_restrict(select(Referral).where(Referral.id == referral_id), principal))
+    referral: Referral | None = await session.scalar(
+        _restrict(select(Referral).where(Referral.id == referral_id), principal)
+    )
     if referral is None:
         raise NotFound(f"ServiceRequest/{referral_id:.64} is not known here")
     return referral
@@ -239,10 +245,14 @@ async def search_referrals(
     if page.cursor is not None:
         stamp, ident = page.cursor
         query = query.where(
-            or_(Referral.created_at > stamp, and_(Referral.created_at == stamp, Referral.id > ident))
+            or_(
+                Referral.created_at > stamp, and_(Referral.created_at == stamp, Referral.id > ident)
+            )
         )
     rows = list(
-        await session.scalars(query.order_by(Referral.created_at, Referral.id).limit(page.count + 1))
+        await session.scalars(
+            query.order_by(Referral.created_at, Referral.id).limit(page.count + 1)
+        )
     )
     next_cursor = None
     if len(rows) > page.count:
@@ -260,7 +270,9 @@ async def conditional_matches(
     params = {k: v for k, v in pairs if k != "_lastUpdated"}
     fhir_search.check_parameters(params, SEARCH_PARAMETERS)
     if not params:
-        raise BusinessRuleViolation("If-None-Exist carries no search parameter", issue_code="invalid")
+        raise BusinessRuleViolation(
+            "If-None-Exist carries no search parameter", issue_code="invalid"
+        )
     conditions = _conditions(params) + _last_updated([v for k, v in pairs if k == "_lastUpdated"])
     query = _restrict(select(Referral).where(*conditions), principal).limit(2)
     return list(await session.scalars(query))
@@ -284,17 +296,23 @@ async def update_referral(
         raise Forbidden("Only the referring organisation may change a referral")
     if raw.get("id") not in (None, referral_id):
         raise BusinessRuleViolation(
-            "The resource id must match the id in the URL", issue_code="invalid", expression="ServiceRequest.id"
+            "The resource id must match the id in the URL",
+            issue_code="invalid",
+            expression="ServiceRequest.id",
         )
-    if if_match is not None and if_match.strip() not in (f'W/"{referral.version_id}"', f'"{referral.version_id}"'):
+    if if_match is not None and if_match.strip() not in (
+        f'W/"{referral.version_id}"',
+        f'"{referral.version_id}"',
+    ):
         raise PreconditionFailed(
-            f"If-Match does not match the current version (W/\"{referral.version_id}\")"
+            f'If-Match does not match the current version (W/"{referral.version_id}")'
         )
     incoming = stored_resource(raw)
     held = referral.resource
     if _comparable(incoming) != _comparable(held):
         changed = sorted(
-            key for key in set(_comparable(incoming)) | set(_comparable(held))
+            key
+            for key in set(_comparable(incoming)) | set(_comparable(held))
             if incoming.get(key) != held.get(key)
         )
         raise BusinessRuleViolation(
