@@ -99,7 +99,9 @@ def test_codesystem_codes_unique():
 def test_reason_valueset_includes_whole_codesystem():
     (vs,) = [v for v in _resources("ValueSet") if v["id"] == "reason-for-referral"]
     includes = vs["compose"]["include"]
-    assert any(i["system"] == REASON_CS and "concept" not in i and "filter" not in i for i in includes)
+    assert any(
+        i["system"] == REASON_CS and "concept" not in i and "filter" not in i for i in includes
+    )
 
 
 def test_conceptmap_target_codes_exist_in_target_codesystem():
@@ -112,7 +114,12 @@ def test_conceptmap_target_codes_exist_in_target_codesystem():
                 for target in element.get("target", []):
                     if target.get("equivalence") in ("unmatched", "disjoint"):
                         continue
-                    assert target["code"] in valid, (cm["id"], group["source"], element["code"], target["code"])
+                    assert target["code"] in valid, (
+                        cm["id"],
+                        group["source"],
+                        element["code"],
+                        target["code"],
+                    )
 
 
 def test_conceptmap_source_codes_unique_per_group():
@@ -127,9 +134,10 @@ def test_reason_conceptmap_has_identity_group_and_normalised_text_codes():
     (cm,) = [c for c in _resources("ConceptMap") if c["id"] == "reason-for-referral"]
     groups = {g["source"]: g for g in cm["group"]}
     identity = groups[REASON_CS]
-    assert [(e["code"], e["target"][0]["code"], e["target"][0]["equivalence"]) for e in identity["element"]] == [
-        (code, code, "equivalent") for code, _ in REASON_CODES
-    ]
+    assert [
+        (e["code"], e["target"][0]["code"], e["target"][0]["equivalence"])
+        for e in identity["element"]
+    ] == [(code, code, "equivalent") for code, _ in REASON_CODES]
     text_codes = {e["code"] for e in groups[TEXT_SYSTEM]["element"]}
     for code in text_codes:
         assert code == " ".join(code.lower().split()), code
@@ -138,8 +146,16 @@ def test_reason_conceptmap_has_identity_group_and_normalised_text_codes():
 
 
 R4_EQUIVALENCE = {
-    "relatedto", "equivalent", "equal", "wider", "subsumes", "narrower",
-    "specializes", "inexact", "unmatched", "disjoint",
+    "relatedto",
+    "equivalent",
+    "equal",
+    "wider",
+    "subsumes",
+    "narrower",
+    "specializes",
+    "inexact",
+    "unmatched",
+    "disjoint",
 }
 
 
@@ -151,4 +167,6 @@ def test_conceptmap_equivalence_values_are_r4():
                 for target in element.get("target", []):
                     assert target.get("equivalence") in R4_EQUIVALENCE, (element["code"], target)
                     if target["equivalence"] == "narrower":
-                        assert target.get("comment"), f"R4 requires a comment for narrower: {element['code']}"
+                        assert target.get("comment"), (
+                            f"R4 requires a comment for narrower: {element['code']}"
+                        )

@@ -206,6 +206,20 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ("wrong resourceType", {"resourceType": "Patient"}, 400, "invalid", "resourceType"),
     ("no resourceType", {"status": "active"}, 400, "structure", "resourceType"),
     (
+        "contained resource without type",
+        referral_resource(contained=[{}]),
+        400,
+        "structure",
+        "ServiceRequest.contained[0].resourceType",
+    ),
+    (
+        "contained resource of unknown type",
+        referral_resource(contained=[{"resourceType": "Nope"}]),
+        400,
+        "structure",
+        "ServiceRequest.contained[0].resourceType",
+    ),
+    (
         "NUL character",
         _nested(note=[{"text": "a\u0000b"}]),
         422,

@@ -101,6 +101,8 @@ def fhirpath(root: str, loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
+        elif part == "root":
+            continue  # pydantic's name for a root model's value, not a FHIR element
         elif part == "resource_type":
             path += ".resourceType"
         elif part.endswith("__ext"):
@@ -161,21 +163,60 @@ def check_resource_type(data: dict[str, Any], expected: str | None, root: str = 
     return resource_type
 
 
+def _known_type(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        model_class(value)
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def _nested_resources(data: dict[str, Any], where: str) -> Iterator[tuple[Any, str]]:
+    """Resources held inside a resource: contained ones, and a Bundle's entries."""
+    # A wrong shape (contained not a list) is left to the model to report.
+    contained = data.get("contained")
+    if isinstance(contained, list):
+        for index, item in enumerate(contained):
+            yield item, f"{where}.contained[{index}]"
+    entries = data.get("entry")
+    if data.get("resourceType") == "Bundle" and isinstance(entries, list):
+        for index, entry in enumerate(entries):
+            if isinstance(entry, dict) and "resource" in entry:
+                yield entry["resource"], f"{where}.entry[{index}].resource"
+
+
+def check_nested_types(data: dict[str, Any], where: str) -> None:
+    """Every nested resource names a real resource type (the models fail obscurely otherwise)."""
+    stack = [(data, where)]
+    while stack:
+        node, path = stack.pop()
+        for item, item_path in _nested_resources(node, path):
+            if not isinstance(item, dict) or not _known_type(item.get("resourceType")):
+                raise BadRequest(
+                    f"{item_path} is not a FHIR R4 resource (resourceType missing or unknown)",
+                    issue_code="structure",
+                    expression=f"{item_path}.resourceType",
+                )
+            stack.append((item, item_path))
+
+
 def parse_resource(data: dict[str, Any], expected: str | None = None) -> Any:
     """Validate a resource dict with its R4B model; 400 with every structural issue found."""
     resource_type = check_resource_type(data, expected)
-    try:
-        cls = model_class(resource_type)
-    except (ValueError, KeyError):
+    if not _known_type(resource_type):
         raise BadRequest(
             "resourceType names no FHIR R4 resource",
             issue_code="structure",
             expression="resourceType",
-        ) from None
+        )
+    cls = model_class(resource_type)
+    check_nested_types(data, resource_type)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         issues = validation_issues(exc, resource_type)
         raise BadRequest(issues[0].diagnostics, issues=issues) from None
-    except (ValueError, TypeError, RecursionError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         raise BadRequest(f"The {resource_type} is not valid FHIR", issue_code="structure") from None

@@ -7,7 +7,8 @@ The referral is the unit we store and send on, so the resources that came with i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.errors import BusinessRuleViolation, Issue
@@ -26,6 +27,37 @@ class UnbundledReferral:
     service_request: dict[str, Any]
     entries: list[BundledEntry]
     if_none_exist: str | None
+    service_request_entry: int = 0
+    # contained position in the merged ServiceRequest -> the Bundle entry it came from
+    entry_of_contained: dict[int, int] = field(default_factory=dict)
+
+    def locate(self, issues: list[Issue]) -> list[Issue]:
+        """Issues found in the merged ServiceRequest, pointed back at what the client sent."""
+        return [
+            replace(
+                issue,
+                expression=self._path(issue.expression) if issue.expression else None,
+                diagnostics=_CONTAINED.sub(self._contained_path, issue.diagnostics).replace(
+                    "ServiceRequest.", f"Bundle.entry[{self.service_request_entry}].resource."
+                ),
+            )
+            for issue in issues
+        ]
+
+    def _contained_path(self, match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        if index in self.entry_of_contained:
+            return f"Bundle.entry[{self.entry_of_contained[index]}].resource"
+        return match.group(0)
+
+    def _path(self, expression: str) -> str:
+        located = _CONTAINED.sub(self._contained_path, expression, count=1)
+        if located.startswith("ServiceRequest"):
+            located = f"Bundle.entry[{self.service_request_entry}].resource" + located[14:]
+        return located
+
+
+_CONTAINED = re.compile(r"ServiceRequest\.contained\[(\d+)\]")
 
 
 def _rewrite_references(node: Any, targets: dict[str, str]) -> None:
@@ -109,7 +141,8 @@ def unbundle(bundle: dict[str, Any]) -> UnbundledReferral:
     sr_full_url = entries[sr_index].get("fullUrl")
     if sr_full_url:
         targets[sr_full_url] = "#"  # a contained resource pointing at its container
-    supporting = []
+    supporting: list[dict[str, Any]] = []
+    entry_of_contained: dict[int, int] = {}
     for index, entry in enumerate(entries):
         if index == sr_index:
             described.append(BundledEntry("ServiceRequest", None))
@@ -129,9 +162,12 @@ def unbundle(bundle: dict[str, Any]) -> UnbundledReferral:
                 targets[key] = f"#{local_id}"
         resource["id"] = local_id
         resource.pop("meta", None)
+        entry_of_contained[len(contained) + len(supporting)] = index
         supporting.append(resource)
         described.append(BundledEntry(kind, local_id))
     service_request["contained"] = contained + supporting
     _rewrite_references(service_request, targets)
     if_none_exist = (entries[sr_index].get("request") or {}).get("ifNoneExist")
-    return UnbundledReferral(service_request, described, if_none_exist)
+    return UnbundledReferral(
+        service_request, described, if_none_exist, sr_index, entry_of_contained
+    )

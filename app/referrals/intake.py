@@ -237,12 +237,14 @@ def _reasons(sr: Any, contained: dict[str, Any], reason_map: ReasonMap) -> list[
     reasons = [reason_map.map_reason(concept) for concept in sr.reasonCode or []]
     for reference in sr.reasonReference or []:
         condition = contained.get(_local(reference.reference) or "")
-        if (
-            condition is not None
-            and condition.get_resource_type() == "Condition"
-            and condition.code
-        ):
-            reasons.append(reason_map.map_reason(condition.code))
+        if condition is None or condition.get_resource_type() != "Condition":
+            continue
+        # A social-need Condition (Gravity SDOH) carries its domain in category, not code.
+        concepts = [c for c in [condition.code, *(condition.category or [])] if c is not None]
+        mapped = [reason_map.map_reason(c) for c in concepts]
+        chosen = next((m for m in mapped if m["mapped"]), mapped[0] if mapped else None)
+        if chosen is not None:
+            reasons.append(chosen)
     return reasons
 
 

@@ -13,7 +13,7 @@ from app.clients.auth import Principal, require
 from app.clients.roles import Operation
 from app.config import Settings
 from app.dependencies import AppSettings, ReadSession, WriteSession
-from app.errors import fhir_error_responses
+from app.errors import AppError, fhir_error_responses
 from app.fhir import parsing
 from app.fhir.http import fhir_base, fhir_body, fhir_resource_response
 from app.fhir.responses import FHIRResponse, etag
@@ -140,16 +140,20 @@ async def post_transaction(
 ) -> Response:
     _body, data, _bundle = await _read_resource(request, settings, "Bundle")
     unbundled = unbundle(data)
-    model = parsing.parse_resource(unbundled.service_request, "ServiceRequest")
-    draft = _assess(model, settings)
-    intake = await service.create_referral(
-        session,
-        draft,
-        unbundled.service_request,
-        principal,
-        _context(request, principal),
-        unbundled.if_none_exist,
-    )
+    try:
+        model = parsing.parse_resource(unbundled.service_request, "ServiceRequest")
+        draft = _assess(model, settings)
+        intake = await service.create_referral(
+            session,
+            draft,
+            unbundled.service_request,
+            principal,
+            _context(request, principal),
+            unbundled.if_none_exist,
+        )
+    except AppError as error:
+        error.issues = unbundled.locate(error.issues)
+        raise
     referral = intake.referral
     base = fhir_base(request, settings)
     status = "201 Created" if intake.created else "200 OK"

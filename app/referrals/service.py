@@ -269,7 +269,7 @@ async def conditional_matches(
     pairs = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
     params = {k: v for k, v in pairs if k != "_lastUpdated"}
     fhir_search.check_parameters(params, SEARCH_PARAMETERS)
-    if not params:
+    if not pairs:
         raise BusinessRuleViolation(
             "If-None-Exist carries no search parameter", issue_code="invalid"
         )
