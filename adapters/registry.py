@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from adapters.base import Adapter, AdapterConfig, AdapterKind
+from adapters.base import Adapter, AdapterKind
 from adapters.local import LocalAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {adapter.name: adapter for adapter in (LocalAdapter,)}
@@ -23,8 +21,3 @@ def adapter_class(name: str) -> type[Adapter]:
 
 def names(kind: AdapterKind) -> list[str]:
     return sorted(name for name, adapter in ADAPTERS.items() if adapter.kind is kind)
-
-
-def validate_config(name: str, config: dict[str, Any]) -> AdapterConfig:
-    """The adapter's own config model; pydantic.ValidationError when it does not fit."""
-    return adapter_class(name).config_model.model_validate(config)

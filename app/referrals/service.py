@@ -14,7 +14,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases import service as cases
-from app.cases.models import Case
 from app.cases.states import CLOSED_STATES, CaseState
 from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
@@ -344,9 +343,3 @@ async def update_referral(
     )
     await session.flush()
     return referral
-
-
-async def case_for(session: AsyncSession, referral_id: str) -> Case:
-    case = await session.scalar(select(Case).where(Case.referral_id == referral_id))
-    assert case is not None
-    return case
