@@ -6,11 +6,10 @@ platform to send anything to.
 
 from __future__ import annotations
 
-from adapters.base import Adapter, AdapterConfig, AdapterKind
+from adapters.base import AdapterConfig, PlatformAdapter
 
 
-class LocalAdapter(Adapter):
+class LocalAdapter(PlatformAdapter):
     name = "local"
-    kind = AdapterKind.PLATFORM
     config_model = AdapterConfig
     delivers = False
