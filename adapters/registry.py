@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from adapters.base import Adapter, AdapterKind
+from adapters.fhir_push import FhirPushAdapter
 from adapters.local import LocalAdapter
 
-ADAPTERS: dict[str, type[Adapter]] = {adapter.name: adapter for adapter in (LocalAdapter,)}
+ADAPTERS: dict[str, type[Adapter]] = {
+    adapter.name: adapter for adapter in (LocalAdapter, FhirPushAdapter)
+}
 
 
 class UnknownAdapter(KeyError):

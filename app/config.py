@@ -20,10 +20,26 @@ class Settings(BaseSettings):
     admin_api_key: SecretStr | None = None
     require_consent: bool = True
     # Delays in seconds between delivery attempts; the last repeats until retry_max_age.
-    retry_schedule: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [5, 30, 120, 600, 1800, 3600]
+    retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0], min_length=1
     )
-    retry_max_age: int = Field(default=8 * 24 * 3600, ge=0)
+    # Retries continue until a delivery is this old (default 8 days: the pilot's outage was 5).
+    retry_max_age: float = Field(default=8 * 24 * 3600, ge=0)
+    # The dispatcher that `spbridge serve` runs in-process (workers run the same one).
+    run_dispatcher: bool = True
+    dispatch_poll_interval: float = Field(default=0.2, gt=0)
+    dispatch_batch_size: int = Field(default=100, ge=1, le=1000)
+    dispatch_concurrency: int = Field(default=32, ge=1, le=512)
+    # A claimed delivery whose process died is claimed again after this long.
+    delivery_lease_seconds: float = Field(default=60, gt=0)
+    # Consecutive retryable failures after which a destination gets one probe at a time.
+    circuit_threshold: int = Field(default=3, ge=1)
+    webhook_timeout: float = Field(default=15, gt=0, le=60)
+    # A subscription failing without a break for this long is disabled (default 7 days).
+    subscription_disable_after: float = Field(default=7 * 24 * 3600, gt=0)
+    # How often platforms that can be polled are asked for events we may have missed.
+    reconcile_interval: float = Field(default=300, gt=0)
+    shutdown_grace_seconds: float = Field(default=20, ge=0)
     allowed_outbound_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # authoredOn may be this far ahead of our clock (the referrer's clock may drift).
@@ -35,7 +51,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_schedule(cls, value: object) -> object:
         if isinstance(value, str):
-            return [int(part) for part in value.split(",") if part.strip()]
+            return [float(part) for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("allowed_outbound_hosts", mode="before")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Set in session.info by code that wrote outbox rows: the request wakes the dispatcher on commit.
+ENQUEUED = "spbridge.enqueued"
 
 
 class Base(DeclarativeBase):
@@ -135,3 +140,7 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
         except BaseException:
             await session.rollback()
             raise
+
+
+# The same unit of work for code that is not a request (dispatcher, CLI): ``async with``.
+transaction = asynccontextmanager(session_scope)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db import Database, session_scope
+from app.db import ENQUEUED, Database, session_scope
 
 
 def get_database(request: Request) -> Database:
@@ -25,6 +26,11 @@ def get_settings_from_app(request: Request) -> Settings:
 async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
     async for session in session_scope(get_database(request).write_sessions):
         yield session
+    # Committed: wake the in-process dispatcher if this request queued deliveries.
+    if session.info.get(ENQUEUED):
+        dispatcher = getattr(request.app.state, "dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.wake()
 
 
 async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -37,3 +43,12 @@ async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
 WriteSession = Annotated[AsyncSession, Depends(write_session, scope="function")]
 ReadSession = Annotated[AsyncSession, Depends(read_session, scope="function")]
 AppSettings = Annotated[Settings, Depends(get_settings_from_app)]
+
+
+def get_http(request: Request) -> httpx.AsyncClient:
+    http: httpx.AsyncClient = request.app.state.http
+    return http
+
+
+# The process's one outbound HTTP client (DESIGN §10), created in the lifespan.
+OutboundHTTP = Annotated[httpx.AsyncClient, Depends(get_http)]

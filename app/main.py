@@ -19,7 +19,9 @@ from app.clients.auth import hash_key
 from app.clients.router import router as clients_router
 from app.config import Settings, get_settings
 from app.db import Database
+from app.delivery.router import router as deliveries_router
 from app.directory.router import router as services_router
+from app.directory.router import routes_router
 from app.errors import (
     FHIR_MEDIA_TYPE,
     PROBLEM_MEDIA_TYPE,
@@ -33,8 +35,11 @@ from app.errors import (
     problem_details,
 )
 from app.metadata.router import router as metadata_router
+from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
 from app.requestids import RequestIdMiddleware
+from app.webhooks.router import router as subscriptions_router
+from app.worker import Background, outbound_client
 
 log = logging.getLogger("spbridge")
 
@@ -109,10 +114,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
         database = Database.from_url(settings.database_url, settings.database_pool_size)
+        http = outbound_client()
         application.state.database = database
+        application.state.http = http
+        background = None
+        if settings.run_dispatcher:
+            background = Background(database, settings, http)
+            application.state.dispatcher = background.dispatcher
+            background.start()
         try:
             yield
         finally:
+            if background is not None:
+                await background.stop()
+            await http.aclose()
             await database.dispose()
 
     application = FastAPI(
@@ -131,7 +146,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     application.add_middleware(RequestIdMiddleware)
     _install_error_handlers(application)
-    for router in (referrals_router, task_router, metadata_router, clients_router, services_router):
+    for router in (
+        referrals_router,
+        task_router,
+        metadata_router,
+        clients_router,
+        services_router,
+        routes_router,
+        subscriptions_router,
+        deliveries_router,
+        platform_router,
+    ):
         application.include_router(router)
 
     @application.get(

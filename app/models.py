@@ -3,8 +3,9 @@
 from app.cases.models import Case, CaseEvent
 from app.clients.models import ApiClient
 from app.db import Base
-from app.delivery.models import Delivery, Destination
+from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.directory.models import SocialPrescribingService
+from app.platform.models import PlatformMessage
 from app.referrals.models import Referral
 
 __all__ = [
@@ -13,7 +14,9 @@ __all__ = [
     "Case",
     "CaseEvent",
     "Delivery",
+    "DeliveryAttempt",
     "Destination",
+    "PlatformMessage",
     "Referral",
     "SocialPrescribingService",
 ]

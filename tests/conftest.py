@@ -136,7 +136,13 @@ async def empty_database(url: str) -> None:
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"database_url": database_url, "admin_api_key": ADMIN_KEY, **overrides}
+    # Tests drive the dispatcher themselves unless they ask for the in-process one.
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "admin_api_key": ADMIN_KEY,
+        "run_dispatcher": False,
+        **overrides,
+    }
     return Settings(**values)
 
 

@@ -166,12 +166,16 @@ async def open_case(
 # --- the Task view of a case ---------------------------------------------------------------
 
 
-def _task_query(principal: Principal) -> Select[Case, Referral, str]:
-    query = (
+def _case_rows() -> Select[Case, Referral, str]:
+    return (
         select(Case, Referral, SocialPrescribingService.name)
         .join(Referral, Referral.id == Case.referral_id)
         .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
     )
+
+
+def _task_query(principal: Principal) -> Select[Case, Referral, str]:
+    query = _case_rows()
     if not principal.sees_everything:
         query = query.where(
             or_(
@@ -213,3 +217,16 @@ async def tasks_for_referrals(
         _task_query(principal).where(Case.referral_id.in_(referral_ids)).order_by(Case.created_at)
     )
     return [_view(*row) for row in rows]
+
+
+async def cases_for_delivery(
+    session: AsyncSession, referral_ids: list[str]
+) -> dict[str, tuple[Case, Referral, TaskView]]:
+    """The case, referral and current Task of each referral, for the delivery engine (no
+    principal: the engine sends only to destinations chosen when the event was recorded)."""
+    if not referral_ids:
+        return {}
+    rows = await session.execute(_case_rows().where(Case.referral_id.in_(referral_ids)))
+    return {
+        referral.id: (case, referral, _view(case, referral, name)) for case, referral, name in rows
+    }

@@ -21,6 +21,10 @@ class Operation(StrEnum):
     CLIENT_MANAGE = "client.manage"
     SERVICE_MANAGE = "service.manage"
     SERVICE_READ = "service.read"
+    ROUTE_MANAGE = "route.manage"
+    SUBSCRIPTION_MANAGE = "subscription.manage"
+    DELIVERY_READ = "delivery.read"
+    DELIVERY_REPLAY = "delivery.replay"
 
 
 # One declarative table of who may do what; every route asks it.
@@ -34,4 +38,11 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.CLIENT_MANAGE: frozenset({Role.ADMIN}),
     Operation.SERVICE_MANAGE: frozenset({Role.ADMIN}),
     Operation.SERVICE_READ: frozenset(Role),
+    Operation.ROUTE_MANAGE: frozenset({Role.ADMIN}),
+    # Worklists (advisors, platforms) and clinical systems follow their own cases by webhook.
+    Operation.SUBSCRIPTION_MANAGE: frozenset(
+        {Role.CLINICAL_SYSTEM, Role.PLATFORM, Role.ADVISOR, Role.ADMIN}
+    ),
+    Operation.DELIVERY_READ: frozenset({Role.ADMIN}),
+    Operation.DELIVERY_REPLAY: frozenset({Role.ADMIN}),
 }

@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import String
+from sqlalchemy import String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
@@ -20,3 +20,7 @@ class SocialPrescribingService(Base):
     adapter: Mapped[str] = mapped_column(String(64))
     adapter_config: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Reconciliation poll of the platform: where the event feed was read to, and when the next
+    # poll is due (also a lease, so one process polls a service at a time).
+    poll_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)
+    poll_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

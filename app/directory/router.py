@@ -2,14 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Path, status
 
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
-from app.dependencies import ReadSession, WriteSession
+from app.clients.schemas import ODS_CODE
+from app.delivery.models import Destination
+from app.dependencies import AppSettings, ReadSession, WriteSession
 from app.directory import service
 from app.directory.models import SocialPrescribingService
-from app.directory.schemas import ServiceCreate, ServiceOut
+from app.directory.schemas import ClinicalRouteIn, ClinicalRouteOut, ServiceCreate, ServiceOut
 from app.errors import api_error_responses
 
 router = APIRouter(prefix="/api/v1/services", tags=["services"])
@@ -38,9 +40,10 @@ def _out(record: SocialPrescribingService) -> ServiceOut:
 async def register_service(
     body: ServiceCreate,
     session: WriteSession,
+    settings: AppSettings,
     _admin: Annotated[Principal, Depends(require(Operation.SERVICE_MANAGE, writes=True))],
 ) -> ServiceOut:
-    return _out(await service.register_service(session, body))
+    return _out(await service.register_service(session, body, settings))
 
 
 @router.get(
@@ -72,3 +75,66 @@ async def read_service(
     _caller: Annotated[Principal, Depends(require(Operation.SERVICE_READ, writes=False))],
 ) -> ServiceOut:
     return _out(await service.get_service(session, service_id))
+
+
+routes_router = APIRouter(prefix="/api/v1/clinical-routes", tags=["clinical routes"])
+RouteManager = Annotated[Principal, Depends(require(Operation.ROUTE_MANAGE, writes=True))]
+RouteReader = Annotated[Principal, Depends(require(Operation.ROUTE_MANAGE, writes=False))]
+Organisation = Annotated[str, Path(pattern=ODS_CODE, description="ODS code of the referrer")]
+
+
+def _route_out(route: Destination) -> ClinicalRouteOut:
+    return ClinicalRouteOut(
+        organisation=route.organisation or "",
+        adapter=route.adapter,
+        active=route.active,
+        destination_id=route.id,
+        updated_at=route.updated_at,
+    )
+
+
+@routes_router.put(
+    "/{organisation}",
+    response_model=ClinicalRouteOut,
+    summary="Set where a referring organisation's updates go",
+    description="Names the clinical adapter (e.g. `fhir_push` to the organisation's FHIR server) "
+    "and its configuration, validated now, including the URL policy. Every later change to that "
+    "organisation's referrals is sent there.",
+    operation_id="putClinicalRoute",
+    responses=api_error_responses(401, 403, 422),
+)
+async def put_clinical_route(
+    organisation: Organisation,
+    body: ClinicalRouteIn,
+    session: WriteSession,
+    settings: AppSettings,
+    _admin: RouteManager,
+) -> ClinicalRouteOut:
+    return _route_out(await service.put_clinical_route(session, organisation, body, settings))
+
+
+@routes_router.get(
+    "",
+    response_model=list[ClinicalRouteOut],
+    summary="List clinical routes",
+    description="Every referring organisation that gets updates back, and how.",
+    operation_id="listClinicalRoutes",
+    responses=api_error_responses(401, 403),
+)
+async def list_clinical_routes(session: ReadSession, _admin: RouteReader) -> list[ClinicalRouteOut]:
+    return [_route_out(route) for route in await service.list_clinical_routes(session)]
+
+
+@routes_router.get(
+    "/{organisation}",
+    response_model=ClinicalRouteOut,
+    summary="Read a clinical route",
+    description="Where one organisation's updates go (the configuration, which may hold "
+    "credentials, is not shown).",
+    operation_id="readClinicalRoute",
+    responses=api_error_responses(401, 403, 404, 422),
+)
+async def read_clinical_route(
+    organisation: Organisation, session: ReadSession, _admin: RouteReader
+) -> ClinicalRouteOut:
+    return _route_out(await service.get_clinical_route(session, organisation))

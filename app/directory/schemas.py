@@ -38,3 +38,37 @@ class ServiceOut(BaseModel):
     organisation: str
     adapter: str
     created_at: dt.datetime
+
+
+class ClinicalRouteIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "adapter": "fhir_push",
+                    "adapter_config": {
+                        "base_url": "https://rio.example-trust.nhs.uk/fhir",
+                        "auth": {
+                            "type": "oauth2",
+                            "token_url": "https://rio.example-trust.nhs.uk/oauth2/token",
+                            "client_id": "spbridge",
+                            "client_secret": "…",
+                        },
+                    },
+                }
+            ]
+        },
+    )
+
+    adapter: str = Field(description="Clinical adapter that sends updates back (`fhir_push`)")
+    adapter_config: dict[str, Any] = Field(default_factory=dict)
+    active: bool = True
+
+
+class ClinicalRouteOut(BaseModel):
+    organisation: str
+    adapter: str
+    active: bool
+    destination_id: str
+    updated_at: dt.datetime

@@ -1,36 +1,53 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import registry
-from adapters.base import AdapterKind
+from adapters.base import Adapter, AdapterConfig, AdapterKind
+from app.config import Settings
+from app.db import utcnow
 from app.delivery.models import Destination
+from app.delivery.urls import check_outbound_url
 from app.directory.models import SocialPrescribingService
-from app.directory.schemas import ServiceCreate
+from app.directory.schemas import ClinicalRouteIn, ServiceCreate
 from app.errors import BusinessRuleViolation, Conflict, Issue, NotFound
 
 
-async def register_service(
-    session: AsyncSession, request: ServiceCreate
-) -> SocialPrescribingService:
-    platform_adapters = registry.names(AdapterKind.PLATFORM)
-    if request.adapter not in platform_adapters:
+async def _adapter_config(
+    kind: AdapterKind, name: str, raw: dict[str, Any], settings: Settings
+) -> tuple[type[Adapter], AdapterConfig]:
+    """The adapter and its validated config; every URL it would call meets the URL policy."""
+    allowed = registry.names(kind)
+    if name not in allowed:
         raise BusinessRuleViolation(
-            f"adapter must be one of: {', '.join(platform_adapters)}", expression="adapter"
+            f"adapter must be one of: {', '.join(allowed)}", expression="adapter"
         )
-    adapter = registry.adapter_class(request.adapter)
+    adapter = registry.adapter_class(name)
     try:
-        config = adapter.config_model.model_validate(request.adapter_config)
+        config = adapter.config_model.model_validate(raw)
     except ValidationError as exc:
+        # Pydantic's msg names the rule broken, not the value (the config may hold secrets).
         issues = [
             Issue("value", f"{'.'.join(map(str, e['loc']))}: {e['msg']}", "adapter_config")
             for e in exc.errors(include_url=False)
         ]
         raise BusinessRuleViolation("adapter_config is not valid", issues=issues) from None
+    for url in adapter(config).outbound_urls():
+        await check_outbound_url(url, settings, field="adapter_config")
+    return adapter, config
+
+
+async def register_service(
+    session: AsyncSession, request: ServiceCreate, settings: Settings
+) -> SocialPrescribingService:
+    adapter, config = await _adapter_config(
+        AdapterKind.PLATFORM, request.adapter, request.adapter_config, settings
+    )
     if await session.get(SocialPrescribingService, request.id) is not None:
         raise Conflict(f"A service with id '{request.id}' already exists", expression="id")
     service = SocialPrescribingService(
@@ -42,6 +59,7 @@ async def register_service(
     )
     session.add(service)
     if adapter.delivers:
+        now = utcnow()
         session.add(
             Destination(
                 id=str(uuid.uuid4()),
@@ -49,6 +67,10 @@ async def register_service(
                 adapter=request.adapter,
                 service_id=request.id,
                 config=service.adapter_config,
+                event_types=sorted(adapter.event_types),
+                consecutive_failures=0,
+                created_at=now,
+                updated_at=now,
             )
         )
     await session.flush()
@@ -68,3 +90,63 @@ async def get_service(session: AsyncSession, service_id: str) -> SocialPrescribi
     if service is None:
         raise NotFound("No such service")
     return service
+
+
+# --- clinical routes: where a referring organisation's updates go back ------------------------
+
+
+async def _route(session: AsyncSession, organisation: str) -> Destination | None:
+    return await session.scalar(
+        select(Destination)
+        .where(
+            Destination.kind == AdapterKind.CLINICAL.value, Destination.organisation == organisation
+        )
+        .with_for_update()
+    )
+
+
+async def put_clinical_route(
+    session: AsyncSession, organisation: str, request: ClinicalRouteIn, settings: Settings
+) -> Destination:
+    _adapter, config = await _adapter_config(
+        AdapterKind.CLINICAL, request.adapter, request.adapter_config, settings
+    )
+    now = utcnow()
+    route = await _route(session, organisation)
+    if route is None:
+        route = Destination(
+            id=str(uuid.uuid4()),
+            kind=AdapterKind.CLINICAL.value,
+            organisation=organisation,
+            consecutive_failures=0,
+            event_types=[],
+            created_at=now,
+        )
+        session.add(route)
+    route.adapter = request.adapter
+    route.config = config.model_dump(mode="json")
+    route.active = request.active
+    route.updated_at = now
+    await session.flush()
+    return route
+
+
+async def list_clinical_routes(session: AsyncSession) -> list[Destination]:
+    return list(
+        await session.scalars(
+            select(Destination)
+            .where(Destination.kind == AdapterKind.CLINICAL.value)
+            .order_by(Destination.organisation)
+        )
+    )
+
+
+async def get_clinical_route(session: AsyncSession, organisation: str) -> Destination:
+    route = await session.scalar(
+        select(Destination).where(
+            Destination.kind == AdapterKind.CLINICAL.value, Destination.organisation == organisation
+        )
+    )
+    if route is None:
+        raise NotFound("No clinical route for this organisation")
+    return route

@@ -1,0 +1,256 @@
+"""What admins see of the delivery queue, and the replay of dead letters."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import ENQUEUED, utcnow
+from app.delivery.models import Delivery, DeliveryAttempt, Destination
+from app.delivery.schemas import (
+    AttemptOut,
+    DeliveryDetail,
+    DeliveryOut,
+    DeliveryPage,
+    DestinationQueue,
+    QueueStats,
+    ReplayFilter,
+)
+from app.errors import BadRequest, Conflict, NotFound
+from app.fhir.search import encode_cursor, page_of
+
+STATES = ("pending", "in_flight", "delivered", "dead", "cancelled")
+REPLAYABLE = ("dead", "cancelled")
+REPLAY_LIMIT = 1000
+
+
+def _out(delivery: Delivery, destination: Destination) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "destination_id": delivery.destination_id,
+        "destination_kind": destination.kind,
+        "adapter": destination.adapter,
+        "referral_id": delivery.referral_id,
+        "event_type": delivery.event_type,
+        "event_seq": delivery.event_seq,
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "next_attempt_at": delivery.next_attempt_at if delivery.state == "pending" else None,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "created_at": delivery.created_at,
+        "delivered_at": delivery.delivered_at,
+        "correlation_id": delivery.correlation_id,
+    }
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    *,
+    state: str | None,
+    referral: str | None,
+    destination: str | None,
+    event_type: str | None,
+    limit: int,
+    cursor: str | None,
+) -> DeliveryPage:
+    if state is not None and state not in STATES:
+        raise BadRequest(f"state must be one of {', '.join(STATES)}", expression="state")
+    page = page_of({"_count": str(limit), **({"_cursor": cursor} if cursor else {})})
+    query = select(Delivery, Destination).join(
+        Destination, Destination.id == Delivery.destination_id
+    )
+    if state:
+        query = query.where(Delivery.state == state)
+    if referral:
+        query = query.where(Delivery.referral_id == referral)
+    if destination:
+        query = query.where(Delivery.destination_id == destination)
+    if event_type:
+        query = query.where(Delivery.event_type == event_type)
+    if page.cursor:
+        stamp, ident = page.cursor
+        query = query.where(
+            or_(
+                Delivery.created_at < stamp, and_(Delivery.created_at == stamp, Delivery.id < ident)
+            )
+        )
+    rows = list(
+        await session.execute(
+            query.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(page.count + 1)
+        )
+    )
+    items = [DeliveryOut(**_out(d, t)) for d, t in rows[: page.count]]
+    next_cursor = None
+    if len(rows) > page.count and items:
+        last = rows[page.count - 1][0]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
+async def get_delivery(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
+    row = (
+        await session.execute(
+            select(Delivery, Destination)
+            .join(Destination, Destination.id == Delivery.destination_id)
+            .where(Delivery.id == delivery_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound("No such delivery")
+    attempts = await session.scalars(
+        select(DeliveryAttempt)
+        .where(DeliveryAttempt.delivery_id == delivery_id)
+        .order_by(DeliveryAttempt.id)
+    )
+    history = [
+        AttemptOut(
+            number=a.number,
+            started_at=a.started_at,
+            duration_ms=a.duration_ms,
+            outcome=a.outcome,
+            status_code=a.status_code,
+            response_excerpt=a.response_excerpt,
+            error=a.error,
+            worker=a.worker,
+        )
+        for a in attempts
+    ]
+    return DeliveryDetail(**_out(*row), history=history)
+
+
+def _requeue(now: dt.datetime) -> dict[str, Any]:
+    # Attempts restart at the beginning of the schedule; the age window restarts too.
+    return {
+        "state": "pending",
+        "next_attempt_at": now,
+        "created_at": now,
+        "claimed_by": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+
+
+async def _reactivate_destinations(session: AsyncSession, ids: set[str], now: dt.datetime) -> None:
+    """A replay to a destination with an open circuit starts with a fresh probe."""
+    if ids:
+        await session.execute(
+            update(Destination)
+            .where(Destination.id.in_(ids), Destination.probe_at.is_not(None))
+            .values(probe_at=now)
+        )
+
+
+async def replay_one(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
+    delivery = await session.get(Delivery, delivery_id, with_for_update=True)
+    if delivery is None:
+        raise NotFound("No such delivery")
+    if delivery.state not in REPLAYABLE:
+        raise Conflict(
+            f"Only dead letters and cancelled deliveries can be replayed; this one is "
+            f"'{delivery.state}'"
+        )
+    now = utcnow()
+    for name, value in _requeue(now).items():
+        setattr(delivery, name, value)
+    await _reactivate_destinations(session, {delivery.destination_id}, now)
+    session.info[ENQUEUED] = True
+    await session.flush()
+    return await get_delivery(session, delivery_id)
+
+
+async def replay_matching(session: AsyncSession, request: ReplayFilter) -> list[str]:
+    conditions: list[ColumnElement[bool]] = [Delivery.state == "dead"]
+    if request.destination:
+        conditions.append(Delivery.destination_id == request.destination)
+    if request.referral:
+        conditions.append(Delivery.referral_id == request.referral)
+    if request.event_type:
+        conditions.append(Delivery.event_type == request.event_type)
+    if request.dead_since:
+        conditions.append(Delivery.updated_at >= request.dead_since)
+    rows = list(
+        await session.execute(
+            select(Delivery.id, Delivery.destination_id)
+            .where(*conditions)
+            .order_by(Delivery.created_at, Delivery.event_seq)
+            .limit(REPLAY_LIMIT)
+        )
+    )
+    if not rows:
+        return []
+    now = utcnow()
+    ids = [row[0] for row in rows]
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.state == "dead")
+        .values(**_requeue(now))
+        .execution_options(synchronize_session=False)
+    )
+    await _reactivate_destinations(session, {row[1] for row in rows}, now)
+    session.info[ENQUEUED] = True
+    return ids
+
+
+async def queue_stats(session: AsyncSession) -> QueueStats:
+    now = utcnow()
+    counts = await session.execute(
+        select(
+            Delivery.destination_id,
+            Delivery.state,
+            func.count(),
+            func.sum(Delivery.attempts),
+            func.min(Delivery.created_at).filter(Delivery.state.in_(("pending", "in_flight"))),
+        ).group_by(Delivery.destination_id, Delivery.state)
+    )
+    per_destination: dict[str, dict[str, Any]] = {}
+    for destination_id, state, count, attempts, oldest in counts:
+        entry = per_destination.setdefault(
+            destination_id, {"by_state": {}, "attempts": 0, "oldest": None}
+        )
+        entry["by_state"][state] = count
+        entry["attempts"] += int(attempts or 0)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=dt.UTC)
+        if oldest is not None and (entry["oldest"] is None or oldest < entry["oldest"]):
+            entry["oldest"] = oldest
+    destinations = list(await session.scalars(select(Destination).order_by(Destination.created_at)))
+    queues = []
+    totals: dict[str, int] = dict.fromkeys(STATES, 0)
+    oldest_overall: dt.datetime | None = None
+    attempts_total = 0
+    for destination in destinations:
+        entry = per_destination.get(destination.id, {"by_state": {}, "attempts": 0, "oldest": None})
+        for state, count in entry["by_state"].items():
+            totals[state] = totals.get(state, 0) + count
+        attempts_total += entry["attempts"]
+        oldest = entry["oldest"]
+        if oldest is not None and (oldest_overall is None or oldest < oldest_overall):
+            oldest_overall = oldest
+        queues.append(
+            DestinationQueue(
+                destination_id=destination.id,
+                kind=destination.kind,
+                adapter=destination.adapter,
+                service_id=destination.service_id,
+                organisation=destination.organisation,
+                active=destination.active,
+                circuit="open" if destination.probe_at is not None else "closed",
+                failing_since=destination.failing_since,
+                consecutive_failures=destination.consecutive_failures,
+                by_state={state: entry["by_state"].get(state, 0) for state in STATES},
+                oldest_pending_age_seconds=(now - oldest).total_seconds() if oldest else None,
+                attempts=entry["attempts"],
+            )
+        )
+    return QueueStats(
+        by_state=totals,
+        oldest_pending_age_seconds=(now - oldest_overall).total_seconds()
+        if oldest_overall
+        else None,
+        attempts=attempts_total,
+        destinations=queues,
+    )

@@ -1,0 +1,110 @@
+"""Admins' view of the delivery queue: `/api/v1/deliveries`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from app.clients.auth import Principal, require
+from app.clients.roles import Operation
+from app.delivery import admin
+from app.delivery.schemas import (
+    DeliveryDetail,
+    DeliveryPage,
+    DeliveryState,
+    QueueStats,
+    ReplayFilter,
+    ReplayResult,
+)
+from app.dependencies import ReadSession, WriteSession
+from app.errors import api_error_responses
+
+router = APIRouter(prefix="/api/v1/deliveries", tags=["deliveries"])
+
+Reader = Annotated[Principal, Depends(require(Operation.DELIVERY_READ, writes=False))]
+Replayer = Annotated[Principal, Depends(require(Operation.DELIVERY_REPLAY, writes=True))]
+
+
+@router.get(
+    "",
+    response_model=DeliveryPage,
+    summary="List deliveries",
+    description="Every outbound delivery, newest first, filtered by state, referral, "
+    "destination or event type; `state=dead` lists the dead letters.",
+    operation_id="listDeliveries",
+    responses=api_error_responses(401, 403, 422),
+)
+async def list_deliveries(
+    session: ReadSession,
+    _admin: Reader,
+    state: DeliveryState | None = None,
+    referral: Annotated[str | None, Query(max_length=64)] = None,
+    destination: Annotated[str | None, Query(max_length=64)] = None,
+    event_type: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> DeliveryPage:
+    return await admin.list_deliveries(
+        session,
+        state=state,
+        referral=referral,
+        destination=destination,
+        event_type=event_type,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@router.get(
+    "/stats",
+    response_model=QueueStats,
+    summary="Queue health",
+    description="Counts by state, age of the oldest pending delivery and attempts, in total and "
+    "per destination, with each destination's circuit.",
+    operation_id="deliveryQueueStats",
+    responses=api_error_responses(401, 403),
+)
+async def queue_stats(session: ReadSession, _admin: Reader) -> QueueStats:
+    return await admin.queue_stats(session)
+
+
+@router.post(
+    "/replay",
+    response_model=ReplayResult,
+    summary="Replay dead letters by filter",
+    description="Puts the dead letters matching the filter (at most 1000 per call, oldest first) "
+    "back in the queue; they keep their ids, so receivers can still de-duplicate.",
+    operation_id="replayDeliveries",
+    responses=api_error_responses(401, 403, 422),
+)
+async def replay_matching(
+    body: ReplayFilter, session: WriteSession, _admin: Replayer
+) -> ReplayResult:
+    ids = await admin.replay_matching(session, body)
+    return ReplayResult(replayed=len(ids), ids=ids)
+
+
+@router.get(
+    "/{delivery_id}",
+    response_model=DeliveryDetail,
+    summary="Read a delivery and its attempts",
+    description="One delivery with every attempt: when, the status, the first 2 KB of the "
+    "answer, the error.",
+    operation_id="readDelivery",
+    responses=api_error_responses(401, 403, 404),
+)
+async def read_delivery(delivery_id: str, session: ReadSession, _admin: Reader) -> DeliveryDetail:
+    return await admin.get_delivery(session, delivery_id)
+
+
+@router.post(
+    "/{delivery_id}/replay",
+    response_model=DeliveryDetail,
+    summary="Replay a dead letter",
+    description="Puts one dead (or cancelled) delivery back in the queue with the same id.",
+    operation_id="replayDelivery",
+    responses=api_error_responses(401, 403, 404, 409),
+)
+async def replay_one(delivery_id: str, session: WriteSession, _admin: Replayer) -> DeliveryDetail:
+    return await admin.replay_one(session, delivery_id)

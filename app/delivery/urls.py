@@ -1,0 +1,73 @@
+"""Where the bridge may send things: the outbound URL policy (DESIGN §7, §8).
+
+Outside sandbox mode a receiver must be https and public. Loopback, private, link-local and
+cloud-metadata addresses are refused unless their host (or host:port) is listed in
+``SPBRIDGE_ALLOWED_OUTBOUND_HOSTS`` (on-premises receivers, tests); listed hosts may use http.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from app.config import Settings
+from app.errors import BusinessRuleViolation
+
+
+def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+        or (
+            isinstance(address, ipaddress.IPv6Address)
+            and address.ipv4_mapped is not None
+            and _is_internal(address.ipv4_mapped)
+        )
+    )
+
+
+def _allowed(host: str, port: int | None, settings: Settings) -> bool:
+    allowed = {entry.lower() for entry in settings.allowed_outbound_hosts}
+    return host in allowed or (port is not None and f"{host}:{port}" in allowed)
+
+
+async def check_outbound_url(url: str, settings: Settings, field: str = "url") -> None:
+    """Refuse (422 naming ``field``) a URL the bridge must not call."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise BusinessRuleViolation(f"{field} must be an absolute http(s) URL", expression=field)
+    if parts.username or parts.password:
+        raise BusinessRuleViolation(f"{field} must not carry credentials", expression=field)
+    try:
+        port = parts.port
+    except ValueError:
+        raise BusinessRuleViolation(f"{field} has an invalid port", expression=field) from None
+    if _allowed(host, port, settings):
+        return
+    if parts.scheme != "https" and not settings.sandbox:
+        raise BusinessRuleViolation(f"{field} must use https", expression=field)
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port or 443, type=socket.SOCK_STREAM
+            )
+        except OSError:
+            raise BusinessRuleViolation(
+                f"{field}: the host does not resolve", expression=field
+            ) from None
+        addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
+    if any(_is_internal(address) for address in addresses) and not settings.sandbox:
+        raise BusinessRuleViolation(
+            f"{field} points at an internal address; list the host in "
+            "SPBRIDGE_ALLOWED_OUTBOUND_HOSTS if it is meant",
+            expression=field,
+        )

@@ -1,0 +1,63 @@
+"""The background work of a process: the dispatcher and the platform reconciler.
+
+`spbridge serve` runs it in-process (unless told not to); `spbridge worker` runs only this, so
+on PostgreSQL any number of workers share the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import httpx
+
+from app.config import Settings
+from app.db import Database
+from app.delivery.dispatcher import Dispatcher
+from app.platform.reconcile import Reconciler
+
+log = logging.getLogger("spbridge.worker")
+
+
+def outbound_client() -> httpx.AsyncClient:
+    """The process's one outbound client; every call also sets its own timeout."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=64),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class Background:
+    def __init__(self, database: Database, settings: Settings, http: httpx.AsyncClient) -> None:
+        self.dispatcher = Dispatcher(database, settings, http)
+        self.reconciler = Reconciler(database, settings, http)
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        self.reconciler.start()
+
+    async def stop(self) -> None:
+        await self.reconciler.stop()
+        await self.dispatcher.stop()
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then finish or release the deliveries in flight."""
+    database = Database.from_url(settings.database_url, settings.database_pool_size)
+    http = outbound_client()
+    background = Background(database, settings, http)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    background.start()
+    log.info("worker %s running", background.dispatcher.name)
+    try:
+        await stopping.wait()
+    finally:
+        await background.stop()
+        await http.aclose()
+        await database.dispose()
