@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +56,110 @@ def serve(
     gc.collect()
     gc.freeze()
     uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@cli.command()
+def worker(
+    migrate_first: Annotated[
+        bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first")
+    ] = False,
+) -> None:
+    """Deliver the outbox (and reconcile platforms) without serving the API.
+
+    On PostgreSQL run as many as you like beside the API processes: they share the queue. With
+    SQLite, run the API alone (`serve` already dispatches); a second process only contends.
+    """
+    from app.db import is_sqlite
+    from app.migrate import upgrade
+    from app.worker import run_worker
+
+    settings = get_settings()
+    if migrate_first:
+        upgrade(settings.database_url)
+    if is_sqlite(settings.database_url):
+        typer.echo("note: SQLite serves one process; prefer `spbridge serve` alone", err=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run_worker(settings))
+
+
+deliveries_cli = typer.Typer(help="The delivery queue: list and replay dead letters.")
+cli.add_typer(deliveries_cli, name="deliveries")
+
+
+@deliveries_cli.command("list")
+def deliveries_list(
+    state: Annotated[str | None, typer.Option(help="pending, in_flight, delivered, dead…")] = None,
+    referral: Annotated[str | None, typer.Option(help="Only this referral's")] = None,
+    destination: Annotated[str | None, typer.Option(help="Only this destination's")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 50,
+) -> None:
+    """List deliveries, newest first."""
+    from app.db import Database, transaction
+    from app.delivery import admin
+
+    async def run() -> None:
+        database = Database.from_url(get_settings().database_url)
+        try:
+            async with transaction(database.read_sessions) as session:
+                page = await admin.list_deliveries(
+                    session,
+                    state=state,
+                    referral=referral,
+                    destination=destination,
+                    event_type=None,
+                    limit=limit,
+                    cursor=None,
+                )
+        finally:
+            await database.dispose()
+        for item in page.items:
+            typer.echo(
+                f"{item.id}  {item.state:<9} {item.event_type:<24} attempts={item.attempts:<3} "
+                f"{item.adapter:<10} referral={item.referral_id or '-'}"
+                + (f"  error={item.last_error}" if item.last_error else "")
+            )
+
+    asyncio.run(run())
+
+
+@deliveries_cli.command("replay")
+def deliveries_replay(
+    delivery_id: Annotated[str | None, typer.Argument(help="One dead letter's id")] = None,
+    destination: Annotated[str | None, typer.Option(help="Every dead letter to it")] = None,
+    referral: Annotated[str | None, typer.Option(help="Every dead letter of it")] = None,
+    event_type: Annotated[str | None, typer.Option(help="Every dead letter of this type")] = None,
+) -> None:
+    """Put dead letters back in the queue (one by id, or all that match the filters)."""
+    from app.db import Database, transaction
+    from app.delivery import admin
+    from app.delivery.schemas import ReplayFilter
+    from app.errors import AppError
+
+    if delivery_id is None and not (destination or referral or event_type):
+        raise typer.BadParameter("give a delivery id or at least one filter")
+
+    async def run() -> list[str]:
+        database = Database.from_url(get_settings().database_url)
+        try:
+            async with transaction(database.write_sessions) as session:
+                if delivery_id is not None:
+                    await admin.replay_one(session, delivery_id)
+                    return [delivery_id]
+                return await admin.replay_matching(
+                    session,
+                    ReplayFilter(destination=destination, referral=referral, event_type=event_type),
+                )
+        finally:
+            await database.dispose()
+
+    try:
+        ids = asyncio.run(run())
+    except AppError as exc:
+        typer.echo(f"error: {exc.diagnostics}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"replayed {len(ids)} deliveries")
+    for ident in ids:
+        typer.echo(ident)
 
 
 @cli.command()
