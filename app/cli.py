@@ -36,6 +36,13 @@ def serve(
     migrate_first: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first")
     ] = True,
+    dispatcher: Annotated[
+        bool,
+        typer.Option(
+            "--dispatcher/--no-dispatcher",
+            help="Deliver the outbox in this process (off when separate workers do it)",
+        ),
+    ] = True,
 ) -> None:
     """Run the API (applies migrations first unless told not to)."""
     from app.main import create_app
@@ -44,6 +51,8 @@ def serve(
     settings = get_settings()
     if sandbox:
         settings.sandbox = True
+    if not dispatcher:
+        settings.run_dispatcher = False
     if migrate_first:
         upgrade(settings.database_url)
     if sandbox:
