@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from adapters.base import Adapter, AdapterKind
+from adapters.elemental import ElementalAdapter
 from adapters.fhir_push import FhirPushAdapter
 from adapters.local import LocalAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    adapter.name: adapter for adapter in (LocalAdapter, FhirPushAdapter)
+    adapter.name: adapter for adapter in (LocalAdapter, ElementalAdapter, FhirPushAdapter)
 }
 
 
