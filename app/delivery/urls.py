@@ -17,24 +17,21 @@ from app.errors import BusinessRuleViolation
 
 
 def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_multicast
-        or address.is_unspecified
-        or (
-            isinstance(address, ipaddress.IPv6Address)
-            and address.ipv4_mapped is not None
-            and _is_internal(address.ipv4_mapped)
-        )
-    )
+    """Anything not on the public internet: loopback, private, link-local (cloud metadata at
+    169.254.169.254), shared address space (100.64.0.0/10, another metadata range), reserved."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return _is_internal(address.ipv4_mapped)
+    return not address.is_global or address.is_multicast
 
 
 def _allowed(host: str, port: int | None, settings: Settings) -> bool:
-    allowed = {entry.lower() for entry in settings.allowed_outbound_hosts}
-    return host in allowed or (port is not None and f"{host}:{port}" in allowed)
+    # IPv6 hosts are listed with brackets, "[::1]" or "[::1]:8080"; urlsplit gives them bare.
+    shown = f"[{host}]" if ":" in host else host
+    allowed = {entry.strip().lower() for entry in settings.allowed_outbound_hosts}
+    names = {host, shown}
+    if port is not None:
+        names.add(f"{shown}:{port}")
+    return bool(names & allowed)
 
 
 async def check_outbound_url(url: str, settings: Settings, field: str = "url") -> None:

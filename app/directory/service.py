@@ -58,6 +58,8 @@ async def register_service(
         adapter_config=config.model_dump(mode="json"),
     )
     session.add(service)
+    # No ORM relationship orders these inserts: the service row must exist before its route.
+    await session.flush()
     if adapter.delivers:
         now = utcnow()
         session.add(
