@@ -55,7 +55,7 @@ async def states(app: Any) -> dict[str, int]:
     database: Database = app.state.database
     async with database.read_sessions() as session:
         rows = await session.execute(select(Delivery.state, func.count()).group_by(Delivery.state))
-        return {str(state): int(count) for state, count in rows.tuples()}
+        return {str(row[0]): int(row[1]) for row in rows}
 
 
 async def delivered_ids(app: Any) -> set[str]:
