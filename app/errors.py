@@ -6,7 +6,7 @@ Under ``/fhir`` an error is a FHIR OperationOutcome; everywhere else it is JSON 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -210,3 +210,15 @@ def api_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def validation_message(error: Mapping[str, Any]) -> str:
+    """Pydantic's message for one error, without the value sent (it may be patient data or a
+    secret). Most messages name only the rule; a few quote the input, and are rewritten."""
+    context = error.get("ctx") or {}
+    if error.get("type") == "union_tag_invalid":
+        return (
+            f"unknown {context.get('discriminator', 'tag')}; "
+            f"expected one of {context.get('expected_tags', '')}"
+        )
+    return str(error.get("msg", "is not valid"))

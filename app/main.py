@@ -33,6 +33,7 @@ from app.errors import (
     NotFound,
     operation_outcome,
     problem_details,
+    validation_message,
 )
 from app.metadata.router import router as metadata_router
 from app.platform.router import router as platform_router
@@ -64,11 +65,9 @@ def _validation_error(request: Request, exc: RequestValidationError) -> AppError
     for error in exc.errors()[:20]:
         location = [str(part) for part in error.get("loc", ())]
         where = ".".join(location[1:]) if len(location) > 1 else ".".join(location)
-        # Pydantic's msg names the rule broken, not the value sent.
+        message = validation_message(error)
         issues.append(
-            Issue(
-                "invalid" if _is_fhir(request) else "value", f"{where}: {error.get('msg')}", where
-            )
+            Issue("invalid" if _is_fhir(request) else "value", f"{where}: {message}", where)
         )
     if not issues:
         issues.append(Issue("invalid", "The request is not valid"))

@@ -19,7 +19,7 @@ from app.delivery.schemas import (
     QueueStats,
     ReplayFilter,
 )
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, BusinessRuleViolation, Conflict, NotFound
 from app.fhir.search import encode_cursor, page_of
 
 STATES = ("pending", "in_flight", "delivered", "dead", "cancelled")
@@ -58,8 +58,13 @@ async def list_deliveries(
     cursor: str | None,
 ) -> DeliveryPage:
     if state is not None and state not in STATES:
-        raise BadRequest(f"state must be one of {', '.join(STATES)}", expression="state")
-    page = page_of({"_count": str(limit), **({"_cursor": cursor} if cursor else {})})
+        raise BusinessRuleViolation(f"state must be one of {', '.join(STATES)}", expression="state")
+    try:
+        page = page_of({"_count": str(limit), **({"_cursor": cursor} if cursor else {})})
+    except BadRequest:
+        raise BusinessRuleViolation(
+            "cursor is not one this server issued", expression="cursor"
+        ) from None
     query = select(Delivery, Destination).join(
         Destination, Destination.id == Delivery.destination_id
     )
@@ -148,6 +153,9 @@ async def replay_one(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
     delivery = await session.get(Delivery, delivery_id, with_for_update=True)
     if delivery is None:
         raise NotFound("No such delivery")
+    destination = await session.get(Destination, delivery.destination_id)
+    if destination is None or destination.deleted_at is not None:
+        raise Conflict("The destination of this delivery has been deleted; it cannot be replayed")
     if delivery.state not in REPLAYABLE:
         raise Conflict(
             f"Only dead letters and cancelled deliveries can be replayed; this one is "
@@ -163,7 +171,11 @@ async def replay_one(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
 
 
 async def replay_matching(session: AsyncSession, request: ReplayFilter) -> list[str]:
-    conditions: list[ColumnElement[bool]] = [Delivery.state == "dead"]
+    conditions: list[ColumnElement[bool]] = [
+        Delivery.state == "dead",
+        # A deleted subscription's dead letters would wait for ever in the queue.
+        Delivery.destination_id.in_(select(Destination.id).where(Destination.deleted_at.is_(None))),
+    ]
     if request.destination:
         conditions.append(Delivery.destination_id == request.destination)
     if request.referral:

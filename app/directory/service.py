@@ -15,7 +15,7 @@ from app.delivery.models import Destination
 from app.delivery.urls import check_outbound_url
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
-from app.errors import BusinessRuleViolation, Conflict, Issue, NotFound
+from app.errors import BusinessRuleViolation, Conflict, Issue, NotFound, validation_message
 
 
 async def _adapter_config(
@@ -33,7 +33,11 @@ async def _adapter_config(
     except ValidationError as exc:
         # Pydantic's msg names the rule broken, not the value (the config may hold secrets).
         issues = [
-            Issue("value", f"{'.'.join(map(str, e['loc']))}: {e['msg']}", "adapter_config")
+            Issue(
+                "value",
+                f"{'.'.join(map(str, e['loc']))}: {validation_message(e)}",
+                "adapter_config",
+            )
             for e in exc.errors(include_url=False)
         ]
         raise BusinessRuleViolation("adapter_config is not valid", issues=issues) from None
