@@ -149,6 +149,9 @@ class Dispatcher:
     async def run(self) -> None:
         log.info("dispatcher started", extra={"worker": self.name})
         while not self._stopping.is_set():
+            # Cleared before the round, not after it: a commit that wakes us mid-round is not
+            # lost, the next pause returns at once.
+            self._wake.clear()
             try:
                 handled = await self.run_once()
             except Exception:  # a broken round must not stop delivery for good
@@ -159,7 +162,6 @@ class Dispatcher:
                 await self._pause(self.settings.dispatch_poll_interval)
 
     async def _pause(self, seconds: float) -> None:
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 

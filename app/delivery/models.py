@@ -60,7 +60,6 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_deliveries_due", "state", "next_attempt_at"),
         Index("ix_deliveries_referral_destination", "referral_id", "destination_id", "event_seq"),
-        Index("ix_deliveries_destination_state", "destination_id", "state"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

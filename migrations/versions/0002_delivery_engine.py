@@ -74,9 +74,6 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("payload", JSON_DOC, nullable=True))
         batch_op.alter_column("referral_id", existing_type=sa.VARCHAR(length=36), nullable=True)
         batch_op.alter_column("case_event_id", existing_type=sa.VARCHAR(length=36), nullable=True)
-        batch_op.create_index(
-            "ix_deliveries_destination_state", ["destination_id", "state"], unique=False
-        )
 
     with op.batch_alter_table("destinations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("url", sa.Text(), nullable=True))
@@ -128,7 +125,6 @@ def downgrade() -> None:
         batch_op.drop_column("url")
 
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.drop_index("ix_deliveries_destination_state")
         batch_op.alter_column("case_event_id", existing_type=sa.VARCHAR(length=36), nullable=False)
         batch_op.alter_column("referral_id", existing_type=sa.VARCHAR(length=36), nullable=False)
         batch_op.drop_column("payload")
