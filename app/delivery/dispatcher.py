@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -47,16 +47,14 @@ from adapters.base import (
     PlatformAdapter,
     PlatformReferral,
     RetryableError,
-    check_response,
-    send,
 )
 from app.cases.models import Case
 from app.cases.service import cases_for_delivery
 from app.config import Settings
 from app.db import Database, transaction, utcnow
 from app.delivery import retry
-from app.delivery.models import Delivery, DeliveryAttempt, Destination
-from app.delivery.service import DestinationKind, enqueue_operational
+from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
+from app.delivery.service import enqueue_operational
 from app.fhir.task import task_resource
 from app.referrals.models import Referral
 from app.referrals.service import service_request_resource
@@ -100,17 +98,6 @@ class Result:
         return isinstance(self.error, RetryableError)
 
 
-@dataclass
-class DispatcherStats:
-    claimed: int = 0
-    delivered: int = 0
-    retried: int = 0
-    dead: int = 0
-    rounds: int = 0
-    last_round_at: dt.datetime | None = None
-    errors: list[str] = field(default_factory=list)
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -126,7 +113,6 @@ class Dispatcher:
         self.http = http
         self.clock = clock
         self.name = name or worker_name()
-        self.stats = DispatcherStats()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -141,10 +127,6 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
 
     async def run(self) -> None:
         log.info("dispatcher started", extra={"worker": self.name})
@@ -224,9 +206,6 @@ class Dispatcher:
         for job in jobs:
             if job.probe:
                 self._held_probes.discard(job.destination_id)
-        self.stats.rounds += 1
-        self.stats.claimed += len(jobs)
-        self.stats.last_round_at = self.clock()
         return len(jobs)
 
     async def drain(self, max_rounds: int = 1000) -> int:
@@ -432,31 +411,18 @@ class Dispatcher:
     def _webhook_sender(
         self, delivery: Delivery, destination: Destination, now: dt.datetime
     ) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
-        if not destination.url or not destination.secret or delivery.payload is None:
+        secrets = destination.signing_secrets(now)
+        if not destination.url or not secrets or delivery.payload is None:
             raise PermanentError("the subscription has no URL, secret or payload")
-        live = [destination.secret]
-        if (
-            destination.previous_secret
-            and destination.previous_secret_expires_at
-            and destination.previous_secret_expires_at > now
-        ):
-            live.append(destination.previous_secret)
         body = signing.body_of(
             signing.with_base_url(delivery.payload, self.settings.public_base_url)
         )
         url = destination.url
         timeout = self.settings.webhook_timeout
         message_id = delivery.id
-
-        async def post(http: httpx.AsyncClient) -> Outcome:
-            # Wall-clock time: receivers check the timestamp against their own clocks.
-            headers = signing.headers(message_id, body, live, utcnow())
-            response = await send(
-                http, "POST", url, timeout=timeout, what="webhook", content=body, headers=headers
-            )
-            return check_response(response, "webhook")
-
-        return post
+        return lambda http: signing.post_signed(
+            http, url, message_id, body, secrets, timeout=timeout, what="webhook"
+        )
 
     # --- 2. sending ----------------------------------------------------------------------------
 
@@ -515,7 +481,6 @@ class Dispatcher:
             delivery.state = "delivered"
             delivery.delivered_at = now
             delivery.last_error = None
-            self.stats.delivered += 1
             if outcome and outcome.external_reference and delivery.referral_id:
                 await session.execute(
                     update(Case)
@@ -538,7 +503,6 @@ class Dispatcher:
                 verdict = "retry"
                 delivery.state = "pending"
                 delivery.next_attempt_at = retry_at
-                self.stats.retried += 1
             else:
                 verdict = "dead"
                 await self._dead_letter(session, delivery, now)
@@ -560,7 +524,6 @@ class Dispatcher:
         self, session: AsyncSession, delivery: Delivery, now: dt.datetime
     ) -> None:
         delivery.state = "dead"
-        self.stats.dead += 1
         if delivery.referral_id is None:
             return  # an operational event itself: alerting on it could loop
         await enqueue_operational(

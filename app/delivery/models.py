@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
+
+
+class DestinationKind(StrEnum):
+    PLATFORM = "platform"  # a service's platform adapter
+    CLINICAL = "clinical"  # a referring organisation's clinical adapter
+    WEBHOOK = "webhook"  # a subscription
 
 
 class Destination(Base):
@@ -46,6 +53,17 @@ class Destination(Base):
     failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     probe_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def signing_secrets(self, now: dt.datetime) -> list[str]:
+        """The secrets that sign now: the current one, and the previous during a rotation."""
+        secrets = [self.secret] if self.secret else []
+        if (
+            self.previous_secret
+            and self.previous_secret_expires_at
+            and self.previous_secret_expires_at > now
+        ):
+            secrets.append(self.previous_secret)
+        return secrets
 
 
 class Delivery(Base):

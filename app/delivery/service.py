@@ -11,15 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases.models import Case, CaseEvent
 from app.db import ENQUEUED
-from app.delivery.models import Delivery, Destination
+from app.delivery.models import Delivery, Destination, DestinationKind
 from app.referrals.models import Referral
 from app.webhooks import signing
-
-
-class DestinationKind:
-    PLATFORM = "platform"
-    CLINICAL = "clinical"
-    WEBHOOK = "webhook"
 
 
 async def destinations_for(

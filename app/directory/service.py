@@ -11,7 +11,7 @@ from adapters import registry
 from adapters.base import Adapter, AdapterConfig, AdapterKind
 from app.config import Settings
 from app.db import utcnow
-from app.delivery.models import Destination
+from app.delivery.models import Destination, DestinationKind
 from app.delivery.urls import check_outbound_url
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
@@ -69,7 +69,7 @@ async def register_service(
         session.add(
             Destination(
                 id=str(uuid.uuid4()),
-                kind=AdapterKind.PLATFORM.value,
+                kind=DestinationKind.PLATFORM,
                 adapter=request.adapter,
                 service_id=request.id,
                 config=service.adapter_config,
@@ -105,7 +105,7 @@ async def _route(session: AsyncSession, organisation: str) -> Destination | None
     return await session.scalar(
         select(Destination)
         .where(
-            Destination.kind == AdapterKind.CLINICAL.value, Destination.organisation == organisation
+            Destination.kind == DestinationKind.CLINICAL, Destination.organisation == organisation
         )
         .with_for_update()
     )
@@ -122,7 +122,7 @@ async def put_clinical_route(
     if route is None:
         route = Destination(
             id=str(uuid.uuid4()),
-            kind=AdapterKind.CLINICAL.value,
+            kind=DestinationKind.CLINICAL,
             organisation=organisation,
             consecutive_failures=0,
             event_types=[],
@@ -141,7 +141,7 @@ async def list_clinical_routes(session: AsyncSession) -> list[Destination]:
     return list(
         await session.scalars(
             select(Destination)
-            .where(Destination.kind == AdapterKind.CLINICAL.value)
+            .where(Destination.kind == DestinationKind.CLINICAL)
             .order_by(Destination.organisation)
         )
     )
@@ -150,7 +150,7 @@ async def list_clinical_routes(session: AsyncSession) -> list[Destination]:
 async def get_clinical_route(session: AsyncSession, organisation: str) -> Destination:
     route = await session.scalar(
         select(Destination).where(
-            Destination.kind == AdapterKind.CLINICAL.value, Destination.organisation == organisation
+            Destination.kind == DestinationKind.CLINICAL, Destination.organisation == organisation
         )
     )
     if route is None:

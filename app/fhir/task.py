@@ -42,7 +42,8 @@ class TaskView:
     service_name: str
 
 
-def _instant(value: dt.datetime) -> str:
+def instant(value: dt.datetime) -> str:
+    """A FHIR instant in UTC with a Z."""
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -60,7 +61,7 @@ def task_resource(view: TaskView) -> dict[str, Any]:
     task: dict[str, Any] = {
         "resourceType": "Task",
         "id": view.case_id,
-        "meta": {"versionId": str(view.version_id), "lastUpdated": _instant(view.updated_at)},
+        "meta": {"versionId": str(view.version_id), "lastUpdated": instant(view.updated_at)},
         "basedOn": [{"reference": f"ServiceRequest/{view.referral_id}"}],
         "status": view.task_status,
         "businessStatus": business,
@@ -79,8 +80,8 @@ def task_resource(view: TaskView) -> dict[str, Any]:
             "type": "Patient",
             "identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.nhs_number},
         },
-        "authoredOn": _instant(view.created_at),
-        "lastModified": _instant(view.updated_at),
+        "authoredOn": instant(view.created_at),
+        "lastModified": instant(view.updated_at),
         "requester": {
             "type": "Organization",
             "identifier": {

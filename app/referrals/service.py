@@ -21,6 +21,7 @@ from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, Pre
 from app.fhir import search as fhir_search
 from app.fhir.codes import NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
+from app.fhir.task import instant
 from app.referrals.intake import ReferralDraft
 from app.referrals.models import Referral
 
@@ -68,9 +69,7 @@ def service_request_resource(referral: Referral) -> dict[str, Any]:
     resource = dict(referral.resource)
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(referral.version_id)
-    meta["lastUpdated"] = (
-        referral.last_updated.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-    )
+    meta["lastUpdated"] = instant(referral.last_updated)
     resource["meta"] = meta
     resource["status"] = referral.status
     return {"resourceType": "ServiceRequest", "id": referral.id, **resource}

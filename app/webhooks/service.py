@@ -10,13 +10,12 @@ import httpx
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adapters.base import AdapterError, check_response, send
+from adapters.base import AdapterError
 from app.cases.states import EVENT_TYPES
 from app.clients.auth import Principal
 from app.config import Settings
 from app.db import utcnow
-from app.delivery.models import Delivery, Destination
-from app.delivery.service import DestinationKind
+from app.delivery.models import Delivery, Destination, DestinationKind
 from app.delivery.urls import check_outbound_url
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
@@ -171,27 +170,17 @@ async def ping(
     """Send a signed ``ping`` now and report how the receiver answered."""
     now = utcnow()
     payload = signing.operational_payload(signing.PING, now, {"subscription_id": subscription.id})
-    body = signing.body_of(payload)
-    secrets = [subscription.secret or ""]
-    if (
-        subscription.previous_secret
-        and subscription.previous_secret_expires_at
-        and subscription.previous_secret_expires_at > now
-    ):
-        secrets.append(subscription.previous_secret)
-    headers = signing.headers(f"ping_{uuid.uuid4()}", body, secrets, now)
     began = time.perf_counter()
     try:
-        response = await send(
+        outcome = await signing.post_signed(
             http,
-            "POST",
             subscription.url or "",
+            f"ping_{uuid.uuid4()}",
+            signing.body_of(payload),
+            subscription.signing_secrets(now),
             timeout=settings.webhook_timeout,
             what="ping",
-            content=body,
-            headers=headers,
         )
-        outcome = check_response(response, "ping")
         return PingResult(
             delivered=True,
             status_code=outcome.status_code,

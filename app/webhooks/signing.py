@@ -11,8 +11,13 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 import orjson
 from standardwebhooks.webhooks import Webhook
+
+from adapters.base import Outcome, check_response, send
+from app.db import utcnow
+from app.fhir.task import instant
 
 SECRET_PREFIX = "whsec_"  # noqa: S105  (a prefix, not a secret)
 
@@ -25,10 +30,6 @@ OPERATIONAL_EVENTS = frozenset({DEAD_LETTERED, SUBSCRIPTION_DISABLED})
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def _instant(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def body_of(payload: dict[str, Any]) -> bytes:
@@ -49,6 +50,25 @@ def headers(
     }
 
 
+async def post_signed(
+    http: httpx.AsyncClient,
+    url: str,
+    message_id: str,
+    body: bytes,
+    signing_secrets: Sequence[str],
+    *,
+    timeout: float,  # noqa: ASYNC109  (httpx's per-request timeout, as adapters.base.send)
+    what: str,
+) -> Outcome:
+    """POST one signed notification; adapter errors (retryable or not) as for any delivery."""
+    # Wall-clock time: receivers check the timestamp against their own clocks.
+    signed = headers(message_id, body, signing_secrets, utcnow())
+    response = await send(
+        http, "POST", url, timeout=timeout, what=what, content=body, headers=signed
+    )
+    return check_response(response, what)
+
+
 def case_payload(
     *,
     event_type: str,
@@ -65,7 +85,7 @@ def case_payload(
     """A change to a case, as a worklist sees it. Links are relative to the bridge's base URL."""
     return {
         "type": event_type,
-        "timestamp": _instant(recorded_at),
+        "timestamp": instant(recorded_at),
         "data": {
             "event_id": event_id,
             "sequence": event_seq,
@@ -74,7 +94,7 @@ def case_payload(
             "service": service_id,
             "state": state,
             "business_status": business_status,
-            "occurred_at": _instant(occurred_at),
+            "occurred_at": instant(occurred_at),
             "links": {
                 "referral": f"/fhir/ServiceRequest/{referral_id}",
                 "task": f"/fhir/Task/{case_id}",
@@ -85,7 +105,7 @@ def case_payload(
 
 
 def operational_payload(event_type: str, now: dt.datetime, data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": event_type, "timestamp": _instant(now), "data": data}
+    return {"type": event_type, "timestamp": instant(now), "data": data}
 
 
 def with_base_url(payload: dict[str, Any], base_url: str | None) -> dict[str, Any]:
