@@ -210,6 +210,15 @@ class Bridge:
             "/fhir/ServiceRequest", content=orjson.dumps(resource), headers={**headers, **FHIR_JSON}
         )
 
+    async def cancel(self, referral_id: str, organisation: str = "RW4") -> None:
+        """The referrer revokes its referral (PUT with status revoked)."""
+        referrer = await self.key("clinical-system", organisation)
+        path = f"/fhir/ServiceRequest/{referral_id}"
+        current = (await self.http.get(path, headers=referrer)).json()
+        current["status"] = "revoked"
+        response = await self.http.put(path, json=current, headers={**referrer, **FHIR_JSON})
+        assert response.status_code == 200, response.text
+
 
 @pytest.fixture
 def bridge(client: httpx.AsyncClient) -> Bridge:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from app.delivery.dispatcher import Dispatcher
-from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource
+from tests.conftest import ADMIN_KEY, Bridge, referral_resource
 from tests.support.receiver import Received, Receiver
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -64,18 +64,6 @@ async def refer(bridge: Bridge, count: int = 1, **headers: str) -> list[str]:
     return ids
 
 
-async def cancel(bridge: Bridge, referral_id: str) -> None:
-    referrer = await bridge.key("clinical-system", "RW4", default_service="life-rooms")
-    current = (
-        await bridge.http.get(f"/fhir/ServiceRequest/{referral_id}", headers=referrer)
-    ).json()
-    current["status"] = "revoked"
-    response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{referral_id}", json=current, headers={**referrer, **FHIR_JSON}
-    )
-    assert response.status_code == 200, response.text
-
-
 async def listing(bridge: Bridge, **params: Any) -> dict[str, Any]:
     response = await bridge.http.get("/api/v1/deliveries", params=params, headers=ADMIN)
     assert response.status_code == 200, response.text
@@ -116,7 +104,7 @@ async def test_list_filters(app: Any, bridge: Bridge) -> None:
     everything = await subscribe(bridge, receiver.url + "/a")
     cancellations = await subscribe(bridge, receiver.url + "/b", events=["referral.cancelled"])
     first, second = await refer(bridge, 2, **{"X-Correlation-ID": "corr-list"})
-    await cancel(bridge, first)
+    await bridge.cancel(first)
 
     page = await listing(bridge)
     assert page["next_cursor"] is None

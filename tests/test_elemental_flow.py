@@ -140,17 +140,7 @@ async def test_referral_becomes_a_platform_case_and_platform_events_move_it(
     assert booked.data["type"] == "telephone" and booked.data["duration_minutes"] == 45
 
     # The referrer cancels: the cancellation follows to the platform.
-    referrer = await bridge.key("clinical-system", "RW4", default_service="life-rooms")
-    current = (
-        await bridge.http.get(f"/fhir/ServiceRequest/{referral_id}", headers=referrer)
-    ).json()
-    current["status"] = "revoked"
-    response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{referral_id}",
-        json=current,
-        headers={**referrer, "Content-Type": "application/fhir+json"},
-    )
-    assert response.status_code == 200, response.text
+    await bridge.cancel(referral_id)
     await dispatcher(app).drain()
     (cancelled,) = fake.cancels
     assert cancelled.path == f"/api/v1/referrals/{record.id}/cancel"
