@@ -7,12 +7,15 @@ import gc
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
 
 from app.config import get_settings
+
+if TYPE_CHECKING:
+    from app.db import Database
 
 cli = typer.Typer(help="Social Prescribing Referral Bridge", no_args_is_help=True)
 
@@ -91,6 +94,14 @@ def worker(
     asyncio.run(run_worker(settings))
 
 
+def _database() -> Database:
+    """The database for a command that does not start the app."""
+    import app.models  # noqa: F401  (every table mapped, so foreign keys resolve)
+    from app.db import Database
+
+    return Database.from_url(get_settings().database_url)
+
+
 deliveries_cli = typer.Typer(help="The delivery queue: list and replay dead letters.")
 cli.add_typer(deliveries_cli, name="deliveries")
 
@@ -103,11 +114,11 @@ def deliveries_list(
     limit: Annotated[int, typer.Option(min=1, max=100)] = 50,
 ) -> None:
     """List deliveries, newest first."""
-    from app.db import Database, transaction
+    from app.db import transaction
     from app.delivery import admin
 
     async def run() -> None:
-        database = Database.from_url(get_settings().database_url)
+        database = _database()
         try:
             async with transaction(database.read_sessions) as session:
                 page = await admin.list_deliveries(
@@ -139,7 +150,7 @@ def deliveries_replay(
     event_type: Annotated[str | None, typer.Option(help="Every dead letter of this type")] = None,
 ) -> None:
     """Put dead letters back in the queue (one by id, or all that match the filters)."""
-    from app.db import Database, transaction
+    from app.db import transaction
     from app.delivery import admin
     from app.delivery.schemas import ReplayFilter
     from app.errors import AppError
@@ -148,7 +159,7 @@ def deliveries_replay(
         raise typer.BadParameter("give a delivery id or at least one filter")
 
     async def run() -> list[str]:
-        database = Database.from_url(get_settings().database_url)
+        database = _database()
         try:
             async with transaction(database.write_sessions) as session:
                 if delivery_id is not None:

@@ -140,3 +140,54 @@ async def test_two_workers_share_a_backlog_without_sending_anything_twice(
             )
         )
     assert len(by_worker) == 2, by_worker  # both took part
+
+
+async def run_cli(database_url: str, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        SPBRIDGE,
+        *args,
+        env={**os.environ, "SPBRIDGE_DATABASE_URL": database_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    return await process.wait(), output.decode()
+
+
+async def test_deliveries_commands_list_and_replay_dead_letters(
+    app: Any, bridge: Bridge, database_url: str
+) -> None:
+    from app.delivery.dispatcher import Dispatcher
+
+    receiver = Receiver(default_status=400)
+    await backlog(bridge, receiver, 2)
+    await receiver.start()
+    try:
+        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+    finally:
+        await receiver.stop()
+    assert await states(app) == {"dead": 2}
+    database: Database = app.state.database
+    async with database.read_sessions() as session:
+        first, second = list(await session.scalars(select(Delivery.id).order_by(Delivery.id)))
+        destination = await session.scalar(select(Delivery.destination_id))
+    assert destination is not None
+
+    code, output = await run_cli(database_url, "deliveries", "list", "--state", "dead")
+    assert code == 0, output
+    assert {first, second} <= set(output.split())
+
+    code, output = await run_cli(database_url, "deliveries", "replay", first)
+    assert code == 0, output
+    assert output.splitlines() == ["replayed 1 deliveries", first]
+    code, output = await run_cli(database_url, "deliveries", "replay", first)
+    assert code == 1  # no longer a dead letter
+    assert "error: Only dead letters" in output
+
+    code, output = await run_cli(database_url, "deliveries", "replay", "--destination", destination)
+    assert code == 0, output
+    assert output.splitlines() == ["replayed 1 deliveries", second]
+    assert await states(app) == {"pending": 2}
+
+    code, output = await run_cli(database_url, "deliveries", "replay")
+    assert code != 0  # neither an id nor a filter
