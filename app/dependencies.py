@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import httpx
@@ -10,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db import ENQUEUED, Database, session_scope
+from app.db import ENQUEUED, Database, session_scope, utcnow
 
 
 def get_database(request: Request) -> Database:
@@ -52,3 +53,12 @@ def get_http(request: Request) -> httpx.AsyncClient:
 
 # The process's one outbound HTTP client (DESIGN §10), created in the lifespan.
 OutboundHTTP = Annotated[httpx.AsyncClient, Depends(get_http)]
+
+
+def get_now(request: Request) -> dt.datetime:
+    """The time now, from the app's clock (tests set ``app.state.clock`` to control it)."""
+    clock: Callable[[], dt.datetime] = getattr(request.app.state, "clock", utcnow)
+    return clock()
+
+
+Now = Annotated[dt.datetime, Depends(get_now)]

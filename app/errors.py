@@ -36,9 +36,12 @@ class AppError(Exception):
         issue_code: str | None = None,
         issues: Iterable[Issue] | None = None,
         headers: dict[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
+        # Extra members of a problem-details body (RFC 9457 §3.2), for clients to act on.
+        self.extensions = dict(extensions or {})
         extra = list(issues or [])
         if extra:
             self.issues = extra
@@ -127,8 +130,11 @@ def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": out}
 
 
-def problem_details(status: int, title: str, issues: list[Issue]) -> dict[str, Any]:
+def problem_details(
+    status: int, title: str, issues: list[Issue], extensions: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
+        **(extensions or {}),
         "type": "about:blank",
         "title": title,
         "status": status,

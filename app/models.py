@@ -1,15 +1,17 @@
 """Every mapped table, imported once so Alembic and the app see the whole metadata."""
 
-from app.cases.models import Case, CaseEvent
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
 from app.clients.models import ApiClient
 from app.db import Base
 from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.directory.models import SocialPrescribingService
+from app.journey.models import SigningKey
 from app.platform.models import PlatformMessage
 from app.referrals.models import Referral
 
 __all__ = [
     "ApiClient",
+    "Appointment",
     "Base",
     "Case",
     "CaseEvent",
@@ -17,6 +19,9 @@ __all__ = [
     "DeliveryAttempt",
     "Destination",
     "PlatformMessage",
+    "Prescription",
     "Referral",
+    "SigningKey",
     "SocialPrescribingService",
+    "WellbeingScore",
 ]

@@ -342,6 +342,10 @@ APPOINTMENT_FORMATS: dict[str, str] = {
     "group_session": "group",
 }
 
+# The longest appointment the bridge records (app.cases.schemas).
+MAX_APPOINTMENT_MINUTES = 720
+CANCELLED_BY: dict[str, str] = {"cancelled_by_client": "patient", "cancelled_by_service": "service"}
+
 APPOINTMENT_OUTCOMES: dict[str, str] = {
     "attended": "appointment.attended",
     "dna": "appointment.did_not_attend",
@@ -474,7 +478,7 @@ def _slot(data: _Fields) -> dict[str, Any]:
     return {
         "appointment_id": data.text("appointment_id"),
         "start": start.isoformat(),
-        "type": data.choice("format", APPOINTMENT_FORMATS),
+        "appointment_type": data.choice("format", APPOINTMENT_FORMATS),
         "duration_minutes": round((end - start).total_seconds() / 60),
     }
 
@@ -488,11 +492,15 @@ def _rescheduled(data: _Fields) -> list[Canonical]:
 
 
 def _appointment_outcome(data: _Fields) -> list[Canonical]:
+    outcome = data.text("outcome")
     event = data.choice("outcome", APPOINTMENT_OUTCOMES)
     out: dict[str, Any] = {"appointment_id": data.text("appointment_id")}
-    minutes = data.opt_int("minutes_spent", 0, 24 * 60)
-    if event == "appointment.attended" and minutes is not None:
+    minutes = data.opt_int("minutes_spent", 0, MAX_APPOINTMENT_MINUTES)
+    # Zero minutes spent says nothing about an attended appointment's length.
+    if event == "appointment.attended" and minutes:
         out["duration_minutes"] = minutes
+    if event == "appointment.cancelled":
+        out["cancelled_by"] = CANCELLED_BY[outcome]
     return [(event, out)]
 
 

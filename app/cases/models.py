@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
@@ -11,6 +11,8 @@ from app.db import Base, JSONDoc, UTCDateTime, utcnow
 
 class Case(Base):
     __tablename__ = "cases"
+    # The worklist: a service's cases, oldest first.
+    __table_args__ = (Index("ix_cases_service_id_created_at", "service_id", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # also the FHIR Task id
     referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), unique=True)
@@ -25,6 +27,11 @@ class Case(Base):
     team: Mapped[str | None] = mapped_column(String(255), nullable=True)
     advisor: Mapped[str | None] = mapped_column(String(255), nullable=True)
     external_reference: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # What the Task lists in output: [{"type": code, "reference": "Appointment/…"}], in order.
+    outputs: Mapped[list[dict[str, str]]] = mapped_column(JSONDoc, default=list)
+    # The plain-language summary sent back when the case closes (Task.note).
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_event_seq: Mapped[int] = mapped_column(Integer, default=0)
     version_id: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -52,3 +59,70 @@ class CaseEvent(Base):
     client_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The FHIR resources this event made or changed ("Appointment/<id>", …), sent with the Task.
+    resources: Mapped[list[str]] = mapped_column(JSONDoc, default=list)
+
+
+class Appointment(Base):
+    """An appointment of a case, as the advisor or platform recorded it; a FHIR Appointment."""
+
+    __tablename__ = "appointments"
+    __table_args__ = (UniqueConstraint("case_id", "external_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the FHIR id
+    case_id: Mapped[str] = mapped_column(String(36), ForeignKey("cases.id"))
+    referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), index=True)
+    # The advisor's or platform's own id for it: later events name it.
+    external_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # booked | fulfilled | noshow | cancelled
+    appointment_type: Mapped[str] = mapped_column(String(16))  # face-to-face | telephone | group
+    start: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    minutes: Mapped[int] = mapped_column(Integer)
+    # Minutes actually spent, when an attended appointment says.
+    attended_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reschedules: Mapped[int] = mapped_column(Integer, default=0)
+    cancelled_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    booked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # occurred_at of the booking
+    version_id: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Prescription(Base):
+    """A social prescription co-produced with the person; a FHIR ServiceRequest basedOn the
+    referral."""
+
+    __tablename__ = "prescriptions"
+    __table_args__ = (UniqueConstraint("case_id", "external_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(36), ForeignKey("cases.id"))
+    referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), index=True)
+    external_id: Mapped[str] = mapped_column(String(255))
+    category: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(Text)
+    activity: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # proposed | active | completed | declined
+    prescribed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    version_id: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class WellbeingScore(Base):
+    """One SWEMWBS measurement: the seven answers (a QuestionnaireResponse) and the score (an
+    Observation derived from it)."""
+
+    __tablename__ = "wellbeing_scores"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the Observation id
+    questionnaire_response_id: Mapped[str] = mapped_column(String(36), unique=True)
+    case_id: Mapped[str] = mapped_column(String(36), ForeignKey("cases.id"), index=True)
+    referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), index=True)
+    instrument: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str] = mapped_column(String(16))  # start | review | end
+    items: Mapped[list[int]] = mapped_column(JSONDoc)
+    raw_score: Mapped[int] = mapped_column(Integer)
+    metric_score: Mapped[float] = mapped_column(Float)
+    measured_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

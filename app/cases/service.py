@@ -14,16 +14,34 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from adapters import registry
+from app.cases import records
 from app.cases.models import Case, CaseEvent
-from app.cases.states import CaseState, CaseStatus, TransitionRefused, is_contact, next_status
+from app.cases.schemas import CaseEventModel, CaseEventOut, CaseOut, CaseResources, parse_event
+from app.cases.states import (
+    CLOSED_STATES,
+    EVENT_TYPES,
+    CaseState,
+    CaseStatus,
+    TransitionRefused,
+    allowed_events,
+    is_contact,
+    next_status,
+)
+from app.cases.summary import discharge_summary
 from app.clients.auth import Principal
+from app.clients.roles import Role
 from app.db import utcnow
 from app.delivery import service as delivery
 from app.directory.models import SocialPrescribingService
-from app.errors import Conflict, NotFound
+from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound
 from app.fhir.task import TaskView
 from app.referrals.models import Referral
 
+# How far ahead of our clock an event may say it happened (the sender's clock may drift).
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+# Event data only the service's own organisation sees (EDI monitoring answers).
+_SERVICE_ONLY_DATA = frozenset({"demographics.recorded"})
 # The referral's FHIR status follows its case's end.
 _REFERRAL_STATUS = {CaseState.CANCELLED: "revoked", CaseState.COMPLETED: "completed"}
 
@@ -57,6 +75,21 @@ async def lock_case(session: AsyncSession, referral_id: str) -> Case | None:
     )
 
 
+def check_occurred_at(
+    occurred_at: dt.datetime, referral: Referral, now: dt.datetime, skew: dt.timedelta
+) -> None:
+    """Late is fine (advisors record after the fact); the future, or before the referral, is not."""
+    if occurred_at > now + skew:
+        raise BusinessRuleViolation(
+            f"occurred_at is more than {int(skew.total_seconds() // 60)} minutes in the future",
+            expression="occurred_at",
+        )
+    if occurred_at < referral.created_at - skew:
+        raise BusinessRuleViolation(
+            "occurred_at is before the referral was received", expression="occurred_at"
+        )
+
+
 async def apply_event(
     session: AsyncSession,
     case: Case,
@@ -64,8 +97,11 @@ async def apply_event(
     service: SocialPrescribingService,
     event: NewEvent,
     context: EventContext,
+    *,
+    now: dt.datetime | None = None,
 ) -> CaseEvent:
-    """Apply ``event`` to ``case``; Conflict (409) when the state table refuses it."""
+    """Apply ``event`` to ``case``: 422 when its data is invalid, 409 when the state table (or
+    the case's records) refuse it. A repeat of an idempotency key returns the event recorded."""
     if event.idempotency_key is not None:
         existing = await session.scalar(
             select(CaseEvent).where(
@@ -74,13 +110,17 @@ async def apply_event(
         )
         if existing is not None:
             return existing
-    now = utcnow()
+    now = now or utcnow()
     is_new = case.last_event_seq == 0
+    data = parse_event(event.type, event.data) if event.type in EVENT_TYPES else event.data
+    occurred_at = event.occurred_at or now
+    if not is_new:
+        check_occurred_at(occurred_at, referral, now, FUTURE_TOLERANCE)
     try:
         status = next_status(
             None if is_new else current_status(case),
             event.type,
-            event.data,
+            data,
             contacted=case.first_contact_at is not None,
             progress_status=case.progress_status,
         )
@@ -88,8 +128,11 @@ async def apply_event(
         state = refused.current.value if refused.current else "none"
         allowed = ", ".join(refused.allowed) or "none (the case is closed)"
         raise Conflict(
-            f"{refused.reason}. The case is '{state}'; events allowed now: {allowed}"
+            f"{refused.reason}. The case is '{state}'; events allowed now: {allowed}",
+            expression="type",
+            extensions={"current_state": state, "allowed_events": refused.allowed},
         ) from None
+    effect = await records.apply(session, case, event.type, data, occurred_at, now)
 
     case.state = status.state.value
     case.business_status = status.business_status
@@ -97,9 +140,22 @@ async def apply_event(
     case.status_reason = status.status_reason
     if status.state is CaseState.IN_PROGRESS:
         case.progress_status = status.business_status
-    occurred_at = event.occurred_at or now
-    if case.first_contact_at is None and is_contact(event.type, event.data):
+    if is_contact(event.type, data) and (
+        case.first_contact_at is None or occurred_at < case.first_contact_at
+    ):
+        # A contact recorded late but earlier in time is still the first contact.
         case.first_contact_at = occurred_at
+    if event.type == "case.accepted":
+        case.team = data.get("team", case.team)
+        case.advisor = data.get("advisor", case.advisor)
+    if effect.outputs:
+        case.outputs = [*case.outputs, *effect.outputs]
+    if status.state in (CaseState.COMPLETED, CaseState.DISCHARGED):
+        await session.flush()  # the records this event made count in the summary
+        held = (await records.records_of(session, [case.id]))[case.id]
+        case.summary = discharge_summary(status.state.value, status.business_status, held)
+    if status.state in CLOSED_STATES:
+        case.closed_at = occurred_at
     case.last_event_seq += 1
     if not is_new:
         case.version_id += 1
@@ -114,10 +170,11 @@ async def apply_event(
         recorded_at=now,
         source=event.source,
         idempotency_key=event.idempotency_key,
-        data=event.data,
+        data=data,
         client_id=context.client_id,
         request_id=context.request_id,
         correlation_id=context.correlation_id,
+        resources=effect.resources,
     )
     session.add(record)
 
@@ -186,7 +243,7 @@ def _task_query(principal: Principal) -> Select[Case, Referral, str]:
     return query
 
 
-def _view(case: Case, referral: Referral, service_name: str) -> TaskView:
+def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
     return TaskView(
         case_id=case.id,
         version_id=case.version_id,
@@ -200,6 +257,10 @@ def _view(case: Case, referral: Referral, service_name: str) -> TaskView:
         requesting_organisation=referral.organisation,
         service_id=case.service_id,
         service_name=service_name,
+        state=case.state,
+        outputs=tuple((output["type"], output["reference"]) for output in case.outputs),
+        summary=case.summary,
+        closed_at=case.closed_at,
     )
 
 
@@ -207,7 +268,7 @@ async def read_task(session: AsyncSession, principal: Principal, task_id: str) -
     row = (await session.execute(_task_query(principal).where(Case.id == task_id))).first()
     if row is None:
         raise NotFound(f"Task/{task_id:.64} is not known here")
-    return _view(*row)
+    return task_view(*row)
 
 
 async def tasks_for_referrals(
@@ -216,7 +277,7 @@ async def tasks_for_referrals(
     rows = await session.execute(
         _task_query(principal).where(Case.referral_id.in_(referral_ids)).order_by(Case.created_at)
     )
-    return [_view(*row) for row in rows]
+    return [task_view(*row) for row in rows]
 
 
 async def cases_for_delivery(
@@ -228,5 +289,155 @@ async def cases_for_delivery(
         return {}
     rows = await session.execute(_case_rows().where(Case.referral_id.in_(referral_ids)))
     return {
-        referral.id: (case, referral, _view(case, referral, name)) for case, referral, name in rows
+        referral.id: (case, referral, task_view(case, referral, name))
+        for case, referral, name in rows
     }
+
+
+# --- the case API: advisors and platforms record events, callers follow the case --------------
+
+
+async def visible_case(
+    session: AsyncSession, principal: Principal, case_id: str, *, lock: bool = False
+) -> tuple[Case, Referral, SocialPrescribingService]:
+    """The case with its referral and service, if the caller's organisation may see it (404
+    otherwise); ``lock`` takes the case's row lock for a change."""
+    query = (
+        select(Case, Referral, SocialPrescribingService)
+        .join(Referral, Referral.id == Case.referral_id)
+        .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+        .where(Case.id == case_id)
+    )
+    if not principal.sees_everything:
+        query = query.where(
+            or_(
+                Referral.organisation == principal.organisation,
+                SocialPrescribingService.organisation == principal.organisation,
+            )
+        )
+    if lock:
+        query = query.with_for_update(of=Case)
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise NotFound(f"Case {case_id:.64} is not known here")
+    case, referral, service = row
+    return case, referral, service
+
+
+def _source(principal: Principal) -> str:
+    return {Role.ADVISOR: "advisor", Role.PLATFORM: "platform"}.get(principal.role, "admin")
+
+
+async def record_event(
+    session: AsyncSession,
+    principal: Principal,
+    case_id: str,
+    event: CaseEventModel,
+    context: EventContext,
+    now: dt.datetime,
+) -> tuple[CaseEvent, Case, bool]:
+    """An advisor's or platform client's event, through the one domain function. Returns the
+    event, the case after it, and whether it was applied now (False: an idempotent repeat)."""
+    case, referral, service = await visible_case(session, principal, case_id, lock=True)
+    if not principal.sees_everything and principal.organisation != service.organisation:
+        raise Forbidden("Only the organisation that runs the service records events on its cases")
+    if event.type.startswith("referral."):
+        raise BusinessRuleViolation(
+            f"'{event.type}' comes from the referrer: a referral is cancelled with a FHIR update "
+            "of its ServiceRequest (status revoked)",
+            expression="type",
+        )
+    if registry.adapter_class(service.adapter).delivers:
+        # The platform holds these cases: a change made here would never reach it.
+        raise Conflict(
+            f"This service's cases are held on its platform ('{service.adapter}'); record the "
+            "change there and it comes back to the bridge",
+            expression="case_id",
+        )
+    data = event.data()
+    if event.idempotency_key is not None:
+        held = await session.scalar(
+            select(CaseEvent).where(
+                CaseEvent.case_id == case.id, CaseEvent.idempotency_key == event.idempotency_key
+            )
+        )
+        if held is not None:
+            if held.type != event.type or held.data != parse_event(event.type, data):
+                raise Conflict(
+                    "idempotency_key was already used for a different event on this case",
+                    expression="idempotency_key",
+                )
+            return held, case, False
+    recorded = await apply_event(
+        session,
+        case,
+        referral,
+        service,
+        NewEvent(
+            type=event.type,
+            source=_source(principal),
+            occurred_at=event.occurred_at,
+            data=data,
+            idempotency_key=event.idempotency_key,
+        ),
+        context,
+        now=now,
+    )
+    await session.flush()
+    return recorded, case, True
+
+
+def event_out(event: CaseEvent, *, show_data: bool = True) -> CaseEventOut:
+    data = event.data if show_data or event.type not in _SERVICE_ONLY_DATA else {}
+    return CaseEventOut(
+        event_id=event.id,
+        sequence=event.seq,
+        type=event.type,
+        occurred_at=event.occurred_at,
+        recorded_at=event.recorded_at,
+        source=event.source,
+        idempotency_key=event.idempotency_key,
+        data=data,
+        resources=event.resources,
+    )
+
+
+async def case_detail(session: AsyncSession, principal: Principal, case_id: str) -> CaseOut:
+    case, referral, service = await visible_case(session, principal, case_id)
+    events = await session.scalars(
+        select(CaseEvent)
+        .where(CaseEvent.case_id == case.id)
+        .order_by(CaseEvent.occurred_at, CaseEvent.seq)
+    )
+    held = (await records.records_of(session, [case.id]))[case.id]
+    service_side = principal.sees_everything or principal.organisation == service.organisation
+    return CaseOut(
+        case_id=case.id,
+        referral_id=referral.id,
+        service=service.id,
+        state=case.state,
+        business_status=case.business_status,
+        task_status=case.task_status,
+        status_reason=case.status_reason,
+        team=case.team,
+        advisor=case.advisor,
+        external_reference=case.external_reference,
+        received_at=case.created_at,
+        first_contact_at=case.first_contact_at,
+        closed_at=case.closed_at,
+        updated_at=case.updated_at,
+        version=case.version_id,
+        summary=case.summary,
+        allowed_events=allowed_events(CaseState(case.state)),
+        resources=CaseResources(
+            service_request=f"ServiceRequest/{referral.id}",
+            task=f"Task/{case.id}",
+            appointments=[f"Appointment/{a.id}" for a in held.appointments],
+            prescriptions=[f"ServiceRequest/{p.id}" for p in held.prescriptions],
+            observations=[f"Observation/{s.id}" for s in held.scores],
+            questionnaire_responses=[
+                f"QuestionnaireResponse/{s.questionnaire_response_id}" for s in held.scores
+            ],
+        ),
+        events=[event_out(e, show_data=service_side) for e in events],
+    )

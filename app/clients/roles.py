@@ -23,6 +23,10 @@ class Operation(StrEnum):
     SERVICE_READ = "service.read"
     ROUTE_MANAGE = "route.manage"
     SUBSCRIPTION_MANAGE = "subscription.manage"
+    CASE_READ = "case.read"
+    CASE_EVENT_RECORD = "case.event.record"
+    WORKLIST_READ = "worklist.read"
+    JOURNEY_LINK = "journey.link"
     DELIVERY_READ = "delivery.read"
     DELIVERY_REPLAY = "delivery.replay"
 
@@ -41,6 +45,13 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.ROUTE_MANAGE: frozenset({Role.ADMIN}),
     # Worklists (advisors, platforms) and clinical systems follow their own cases by webhook.
     Operation.SUBSCRIPTION_MANAGE: frozenset(
+        {Role.CLINICAL_SYSTEM, Role.PLATFORM, Role.ADVISOR, Role.ADMIN}
+    ),
+    # Cases: the service side records what happens; the referrer may follow it.
+    Operation.CASE_READ: frozenset({Role.CLINICAL_SYSTEM, Role.PLATFORM, Role.ADVISOR, Role.ADMIN}),
+    Operation.CASE_EVENT_RECORD: frozenset({Role.PLATFORM, Role.ADVISOR, Role.ADMIN}),
+    Operation.WORKLIST_READ: frozenset({Role.PLATFORM, Role.ADVISOR, Role.ADMIN}),
+    Operation.JOURNEY_LINK: frozenset(
         {Role.CLINICAL_SYSTEM, Role.PLATFORM, Role.ADVISOR, Role.ADMIN}
     ),
     Operation.DELIVERY_READ: frozenset({Role.ADMIN}),

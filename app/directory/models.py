@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import String, Text
+from sqlalchemy import Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
@@ -20,6 +20,10 @@ class SocialPrescribingService(Base):
     adapter: Mapped[str] = mapped_column(String(64))
     adapter_config: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Worklist flags: days within which a new referral should be contacted, and how long support
+    # usually lasts from first contact (the pilot's six weeks).
+    first_contact_target_days: Mapped[int] = mapped_column(Integer, default=7)
+    support_window_days: Mapped[int] = mapped_column(Integer, default=42)
     # Reconciliation poll of the platform: where the event feed was read to, and when the next
     # poll is due (also a lease, so one process polls a service at a time).
     poll_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)

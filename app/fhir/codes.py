@@ -23,3 +23,15 @@ TASK_CODE_SYSTEM = "http://hl7.org/fhir/CodeSystem/task-code"
 # The data folder beside the packages (DESIGN §4). Installed wheels look in the working directory.
 _REPO_DATA = Path(__file__).resolve().parents[2] / "fhir"
 FHIR_DATA_DIR = _REPO_DATA if _REPO_DATA.is_dir() else Path.cwd() / "fhir"
+
+SNOMED_SWEMWBS_SCORE = "718466001"
+OBSERVATION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+APPOINTMENT_TYPE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/appointment-type"
+PRESCRIPTION_CATEGORY_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/prescription-category"
+REJECTION_REASON_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/rejection-reason"
+TASK_OUTPUT_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/task-output-type"
+WELLBEING_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/wellbeing-measure"
+SWEMWBS_QUESTIONNAIRE = f"{CANONICAL_BASE}/Questionnaire/swemwbs"
+# The ids the advisor's or platform's system gave appointments and prescriptions.
+APPOINTMENT_ID_SYSTEM = f"{CANONICAL_BASE}/Id/appointment"
+PRESCRIPTION_ID_SYSTEM = f"{CANONICAL_BASE}/Id/social-prescription"

@@ -14,13 +14,16 @@ from app.fhir.codes import (
     FHIR_DATA_DIR,
     NHS_NUMBER_SYSTEM,
     ODS_ORGANISATION_SYSTEM,
+    REJECTION_REASON_SYSTEM,
     TASK_CODE_SYSTEM,
+    TASK_OUTPUT_SYSTEM,
 )
 
 
-@lru_cache(maxsize=1)
-def business_status_displays() -> dict[str, str]:
-    data = orjson.loads((FHIR_DATA_DIR / "CodeSystem-task-business-status.json").read_bytes())
+@lru_cache(maxsize=16)
+def code_displays(code_system_id: str) -> dict[str, str]:
+    """Code → display of one of our CodeSystems in fhir/."""
+    data = orjson.loads((FHIR_DATA_DIR / f"CodeSystem-{code_system_id}.json").read_bytes())
     return {concept["code"]: concept["display"] for concept in data["concept"]}
 
 
@@ -40,6 +43,11 @@ class TaskView:
     requesting_organisation: str
     service_id: str
     service_name: str
+    state: str = ""
+    # (output type code, "ResourceType/id"), in the order they were made.
+    outputs: tuple[tuple[str, str], ...] = ()
+    summary: str | None = None
+    closed_at: dt.datetime | None = None
 
 
 def instant(value: dt.datetime) -> str:
@@ -48,7 +56,7 @@ def instant(value: dt.datetime) -> str:
 
 
 def task_resource(view: TaskView) -> dict[str, Any]:
-    displays = business_status_displays()
+    displays = code_displays("task-business-status")
     business = {
         "coding": [
             {
@@ -96,13 +104,39 @@ def task_resource(view: TaskView) -> dict[str, Any]:
         },
     }
     if view.status_reason:
+        system, reasons = BUSINESS_STATUS_SYSTEM, displays
+        if view.state == "rejected":
+            system, reasons = REJECTION_REASON_SYSTEM, code_displays("rejection-reason")
         task["statusReason"] = {
             "coding": [
                 {
-                    "system": BUSINESS_STATUS_SYSTEM,
+                    "system": system,
                     "code": view.status_reason,
-                    "display": displays.get(view.status_reason, view.status_reason),
+                    "display": reasons.get(view.status_reason, view.status_reason),
                 }
             ]
         }
+    if view.summary:
+        # The plain-language discharge summary the referrer gets when the case closes.
+        note: dict[str, Any] = {"text": view.summary}
+        if view.closed_at:
+            note["time"] = instant(view.closed_at)
+        task["note"] = [note]
+    if view.outputs:
+        output_displays = code_displays("task-output-type")
+        task["output"] = [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": TASK_OUTPUT_SYSTEM,
+                            "code": kind,
+                            "display": output_displays.get(kind, kind),
+                        }
+                    ]
+                },
+                "valueReference": {"reference": reference, "type": reference.split("/", 1)[0]},
+            }
+            for kind, reference in view.outputs
+        ]
     return task

@@ -560,7 +560,7 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]] = [
                 {
                     "appointment_id": "AP-1",
                     "start": "2026-11-25T14:00:00+00:00",
-                    "type": "telephone",
+                    "appointment_type": "telephone",
                     "duration_minutes": 45,
                 },
             )
@@ -580,7 +580,7 @@ CASES: list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]] = [
                 {
                     "appointment_id": "AP-1",
                     "start": "2026-11-26T09:00:00+00:00",
-                    "type": "group",
+                    "appointment_type": "group",
                     "duration_minutes": 90,
                 },
             )
@@ -700,7 +700,7 @@ def test_signed_events_are_accepted_and_mapped(
         ({"outcome": "dna"}, ("appointment.did_not_attend", {"appointment_id": "AP-1"})),
         (
             {"outcome": "cancelled_by_service", "minutes_spent": 5},
-            ("appointment.cancelled", {"appointment_id": "AP-1"}),
+            ("appointment.cancelled", {"appointment_id": "AP-1", "cancelled_by": "service"}),
         ),
         ({"outcome": "attended"}, ("appointment.attended", {"appointment_id": "AP-1"})),
     ],

@@ -1,0 +1,228 @@
+"""The records a case keeps besides its events: appointments, social prescriptions and wellbeing
+scores, each the source of a FHIR resource. Only the domain function changes them, from events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.cases import wellbeing
+from app.cases.models import Appointment, Case, Prescription, WellbeingScore
+from app.errors import BusinessRuleViolation, Conflict
+
+# Appointment events → the status they leave a booked appointment in.
+_APPOINTMENT_OUTCOMES = {
+    "appointment.attended": "fulfilled",
+    "appointment.did_not_attend": "noshow",
+    "appointment.cancelled": "cancelled",
+}
+
+
+@dataclass
+class Effect:
+    """What an event did to the records: resources made or changed, and new Task outputs."""
+
+    resources: list[str] = field(default_factory=list)
+    outputs: list[dict[str, str]] = field(default_factory=list)
+
+
+def _parse_instant(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+async def _appointment(session: AsyncSession, case: Case, external_id: str) -> Appointment | None:
+    found: Appointment | None = await session.scalar(
+        select(Appointment).where(
+            Appointment.case_id == case.id, Appointment.external_id == external_id
+        )
+    )
+    return found
+
+
+async def _prescription(session: AsyncSession, case: Case, external_id: str) -> Prescription | None:
+    found: Prescription | None = await session.scalar(
+        select(Prescription).where(
+            Prescription.case_id == case.id, Prescription.external_id == external_id
+        )
+    )
+    return found
+
+
+def _unknown(what: str, name: str) -> BusinessRuleViolation:
+    return BusinessRuleViolation(f"{name} names no {what} of this case", expression=name)
+
+
+async def _booked(
+    session: AsyncSession, case: Case, data: dict[str, Any], occurred_at: dt.datetime
+) -> Appointment:
+    if await _appointment(session, case, data["appointment_id"]) is not None:
+        raise Conflict(
+            "appointment_id is already booked on this case; move it with "
+            "appointment.rescheduled or book a new one with another id",
+            expression="appointment_id",
+        )
+    appointment = Appointment(
+        id=str(uuid.uuid4()),
+        case_id=case.id,
+        referral_id=case.referral_id,
+        external_id=data["appointment_id"],
+        status="booked",
+        appointment_type=data["appointment_type"],
+        start=_parse_instant(data["start"]),
+        minutes=data["duration_minutes"],
+        reschedules=0,
+        booked_at=occurred_at,
+        version_id=1,
+    )
+    session.add(appointment)
+    return appointment
+
+
+async def _open_appointment(session: AsyncSession, case: Case, data: dict[str, Any]) -> Appointment:
+    appointment = await _appointment(session, case, data["appointment_id"])
+    if appointment is None:
+        raise _unknown("appointment", "appointment_id")
+    if appointment.status != "booked":
+        raise Conflict(
+            f"The appointment is already {appointment.status}; book a new one instead",
+            expression="appointment_id",
+        )
+    return appointment
+
+
+async def apply(
+    session: AsyncSession,
+    case: Case,
+    event_type: str,
+    data: dict[str, Any],
+    occurred_at: dt.datetime,
+    now: dt.datetime,
+) -> Effect:
+    """Change the case's records for one (already validated and allowed) event."""
+    effect = Effect()
+    if event_type == "appointment.booked":
+        appointment = await _booked(session, case, data, occurred_at)
+        appointment.created_at = appointment.updated_at = now
+        reference = f"Appointment/{appointment.id}"
+        effect.resources.append(reference)
+        effect.outputs.append({"type": "appointment", "reference": reference})
+    elif event_type == "appointment.rescheduled":
+        appointment = await _open_appointment(session, case, data)
+        appointment.start = _parse_instant(data["start"])
+        appointment.appointment_type = data["appointment_type"]
+        appointment.minutes = data["duration_minutes"]
+        appointment.reschedules += 1
+        _touch(appointment, now)
+        effect.resources.append(f"Appointment/{appointment.id}")
+    elif event_type in _APPOINTMENT_OUTCOMES:
+        appointment = await _open_appointment(session, case, data)
+        appointment.status = _APPOINTMENT_OUTCOMES[event_type]
+        if event_type == "appointment.attended":
+            appointment.attended_minutes = data.get("duration_minutes")
+        if event_type == "appointment.cancelled":
+            appointment.cancelled_by = data.get("cancelled_by")
+        _touch(appointment, now)
+        effect.resources.append(f"Appointment/{appointment.id}")
+    elif event_type == "prescription.created":
+        if await _prescription(session, case, data["prescription_id"]) is not None:
+            raise Conflict(
+                "prescription_id is already a prescription of this case; change it with "
+                "prescription.updated",
+                expression="prescription_id",
+            )
+        prescription = Prescription(
+            id=str(uuid.uuid4()),
+            case_id=case.id,
+            referral_id=case.referral_id,
+            external_id=data["prescription_id"],
+            category=data["category"],
+            provider=data["provider"],
+            activity=data["activity"],
+            status=data["status"],
+            prescribed_at=occurred_at,
+            version_id=1,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(prescription)
+        reference = f"ServiceRequest/{prescription.id}"
+        effect.resources.append(reference)
+        effect.outputs.append({"type": "social-prescription", "reference": reference})
+    elif event_type == "prescription.updated":
+        found = await _prescription(session, case, data["prescription_id"])
+        if found is None:
+            raise _unknown("social prescription", "prescription_id")
+        for name in ("status", "category", "provider", "activity"):
+            if name in data:
+                setattr(found, name, data[name])
+        _touch(found, now)
+        effect.resources.append(f"ServiceRequest/{found.id}")
+    elif event_type == "outcome.recorded":
+        raw = wellbeing.raw_score(data["items"])
+        score = WellbeingScore(
+            id=str(uuid.uuid4()),
+            questionnaire_response_id=str(uuid.uuid4()),
+            case_id=case.id,
+            referral_id=case.referral_id,
+            instrument=data["instrument"],
+            stage=data["stage"],
+            items=list(data["items"]),
+            raw_score=raw,
+            metric_score=wellbeing.metric_score(raw),
+            measured_at=occurred_at,
+            created_at=now,
+        )
+        session.add(score)
+        answers = f"QuestionnaireResponse/{score.questionnaire_response_id}"
+        observation = f"Observation/{score.id}"
+        effect.resources += [answers, observation]
+        effect.outputs += [
+            {"type": "wellbeing-answers", "reference": answers},
+            {"type": "wellbeing-score", "reference": observation},
+        ]
+    return effect
+
+
+def _touch(record: Appointment | Prescription, now: dt.datetime) -> None:
+    record.version_id += 1
+    record.updated_at = now
+
+
+@dataclass(frozen=True)
+class CaseRecords:
+    appointments: list[Appointment]
+    prescriptions: list[Prescription]
+    scores: list[WellbeingScore]
+
+
+async def records_of(session: AsyncSession, case_ids: list[str]) -> dict[str, CaseRecords]:
+    """Every record of these cases, each list in the order things happened."""
+    appointments = await session.scalars(
+        select(Appointment)
+        .where(Appointment.case_id.in_(case_ids))
+        .order_by(Appointment.booked_at, Appointment.created_at)
+    )
+    prescriptions = await session.scalars(
+        select(Prescription)
+        .where(Prescription.case_id.in_(case_ids))
+        .order_by(Prescription.prescribed_at, Prescription.created_at)
+    )
+    scores = await session.scalars(
+        select(WellbeingScore)
+        .where(WellbeingScore.case_id.in_(case_ids))
+        .order_by(WellbeingScore.measured_at, WellbeingScore.created_at)
+    )
+    out = {case_id: CaseRecords([], [], []) for case_id in case_ids}
+    for appointment in appointments:
+        out[appointment.case_id].appointments.append(appointment)
+    for prescription in prescriptions:
+        out[prescription.case_id].prescriptions.append(prescription)
+    for score in scores:
+        out[score.case_id].scores.append(score)
+    return out
