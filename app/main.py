@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import app as package
+from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.auth import hash_key
 from app.clients.router import router as clients_router
@@ -35,12 +36,14 @@ from app.errors import (
     problem_details,
     validation_message,
 )
+from app.journey.router import router as journey_router
 from app.metadata.router import router as metadata_router
 from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
 from app.requestids import RequestIdMiddleware
 from app.webhooks.router import router as subscriptions_router
 from app.worker import Background, outbound_client
+from app.worklist.router import router as worklist_router
 
 log = logging.getLogger("spbridge")
 
@@ -55,15 +58,21 @@ def render_error(request: Request, error: AppError) -> Response:
         body = orjson.dumps(operation_outcome(error.issues))
         media_type = FHIR_MEDIA_TYPE
     else:
-        body = orjson.dumps(problem_details(error.status, error.title, error.issues))
+        body = orjson.dumps(
+            problem_details(error.status, error.title, error.issues, error.extensions)
+        )
         media_type = PROBLEM_MEDIA_TYPE
     return Response(body, status_code=error.status, media_type=media_type, headers=error.headers)
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> AppError:
     issues = []
+    body = exc.body if isinstance(exc.body, dict) else {}
     for error in exc.errors()[:20]:
         location = [str(part) for part in error.get("loc", ())]
+        if len(location) > 1 and location[0] == "body" and body.get("type") == location[1]:
+            # A tagged union puts the tag in the path; the field is what the client sent.
+            del location[1]
         where = ".".join(location[1:]) if len(location) > 1 else ".".join(location)
         message = validation_message(error)
         issues.append(
@@ -148,6 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         referrals_router,
         task_router,
+        cases_router,
+        worklist_router,
+        journey_router,
         metadata_router,
         clients_router,
         services_router,

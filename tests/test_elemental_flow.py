@@ -137,7 +137,7 @@ async def test_referral_becomes_a_platform_case_and_platform_events_move_it(
         )
     assert booked is not None
     assert booked.source == "platform"
-    assert booked.data["type"] == "telephone" and booked.data["duration_minutes"] == 45
+    assert booked.data["appointment_type"] == "telephone" and booked.data["duration_minutes"] == 45
 
     # The referrer cancels: the cancellation follows to the platform.
     await bridge.cancel(referral_id)
@@ -147,6 +147,48 @@ async def test_referral_becomes_a_platform_case_and_platform_events_move_it(
     assert record.status == "cancelled"
     # The platform is told only of new referrals and cancellations, never its own events back.
     assert len(fake.created) == 1
+
+
+async def test_platform_events_make_the_same_fhir_resources_and_obey_the_same_rules(
+    app: Any, bridge: Bridge, platform: tuple[FakePlatform, str]
+) -> None:
+    """Inbound platform events go through the one domain function: the same records and FHIR
+    resources as the advisor API, and the same refusals (here: an unknown appointment)."""
+    fake, base_url = platform
+    await register(bridge, base_url)
+    referral_id = await refer(bridge)
+    await dispatcher(app).drain()
+    (record,) = fake.referrals.values()
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    slot = {
+        "appointment_id": "apt-9",
+        "starts_at": start.isoformat(),
+        "ends_at": (start + dt.timedelta(minutes=30)).isoformat(),
+        "format": "in_person",
+    }
+    for event_type, data in (("client.registered", {}), ("appointment.booked", slot)):
+        body, headers = signed_webhook(SECRET, fake.add_event(event_type, record.id, data))
+        assert (await post_event(bridge, body, headers)).status_code == 200
+    before = await event_count(app)
+    body, headers = signed_webhook(
+        SECRET,
+        fake.add_event(
+            "appointment.outcome_recorded", record.id, {"appointment_id": "apt-X", "outcome": "dna"}
+        ),
+    )
+    refused = await post_event(bridge, body, headers)
+    assert refused.status_code == 422, refused.text
+    assert await event_count(app) == before
+
+    task = await task_of(bridge, referral_id)
+    (output,) = task["output"]
+    reference = output["valueReference"]["reference"]
+    referrer = await bridge.key("clinical-system", "RW4")
+    appointment = (await bridge.http.get(f"/fhir/{reference}", headers=referrer)).json()
+    assert appointment["status"] == "booked"
+    assert appointment["identifier"][0]["value"] == "apt-9"
+    assert appointment["appointmentType"]["coding"][0]["code"] == "face-to-face"
+    assert appointment["minutesDuration"] == 30
 
 
 async def test_duplicate_platform_events_are_applied_once(

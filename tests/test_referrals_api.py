@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -20,7 +21,7 @@ from app.db import Database
 from app.delivery.models import Delivery, Destination
 from app.directory.models import SocialPrescribingService
 from app.referrals.models import Referral
-from tests.conftest import FHIR_JSON, Bridge, referral_resource, row_counts
+from tests.conftest import FHIR_JSON, ROOT, Bridge, referral_resource, row_counts
 
 
 @pytest.fixture
@@ -458,14 +459,23 @@ async def test_capability_statement(client: Any) -> None:
     statement = CapabilityStatement.model_validate(response.json())
     assert statement.fhirVersion == "4.0.1"
     resources = {r.type: r for r in statement.rest[0].resource}
-    assert set(resources) == {"ServiceRequest", "Task"}
+    assert set(resources) == {
+        "ServiceRequest",
+        "Task",
+        "Appointment",
+        "Observation",
+        "QuestionnaireResponse",
+    }
     assert {p.name for p in resources["ServiceRequest"].searchParam} == {
         "_id",
         "identifier",
         "patient.identifier",
         "status",
         "_lastUpdated",
+        "based-on",
     }
+    for name in ("Appointment", "Observation", "QuestionnaireResponse"):
+        assert {p.name for p in resources[name].searchParam} == {"based-on", "patient", "_id"}
 
 
 async def test_capability_statement_matches_the_routes(app: Any) -> None:
@@ -473,16 +483,25 @@ async def test_capability_statement_matches_the_routes(app: Any) -> None:
     routes = {
         (method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item
     }
-    claimed = {
-        ("POST", "/fhir/ServiceRequest"),
-        ("GET", "/fhir/ServiceRequest/{referral_id}"),
-        ("PUT", "/fhir/ServiceRequest/{referral_id}"),
-        ("GET", "/fhir/ServiceRequest"),
-        ("GET", "/fhir/Task/{task_id}"),
-        ("GET", "/fhir/Task"),
-        ("POST", "/fhir"),
-        ("GET", "/fhir/metadata"),
+    statement = orjson.loads((ROOT / "fhir" / "CapabilityStatement-spbridge.json").read_bytes())
+    rest = statement["rest"][0]
+    claimed = {("GET", "/fhir/metadata")}
+    if "transaction" in {i["code"] for i in rest.get("interaction", [])}:
+        claimed.add(("POST", "/fhir"))
+    routes_for = {
+        "create": ("POST", "/fhir/{type}"),
+        "read": ("GET", "/fhir/{type}/{id}"),
+        "update": ("PUT", "/fhir/{type}/{id}"),
+        "search-type": ("GET", "/fhir/{type}"),
     }
+    for resource in rest["resource"]:
+        for interaction in resource["interaction"]:
+            method, path = routes_for[interaction["code"]]
+            claimed.add((method, path.replace("{type}", resource["type"])))
+        for operation in resource.get("operation", []):
+            claimed.add(("GET", f"/fhir/{resource['type']}/{{id}}/${operation['name']}"))
+    # Path parameters are named for what they are ({referral_id}, {task_id}); compare shapes.
+    routes = {(m, re.sub(r"\{[a-z_]+\}", "{id}", p)) for m, p in routes}
     fhir_routes = {(m, p) for m, p in routes if p == "/fhir" or p.startswith("/fhir/")}
     assert fhir_routes == claimed
 

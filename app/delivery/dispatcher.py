@@ -48,6 +48,7 @@ from adapters.base import (
     PlatformReferral,
     RetryableError,
 )
+from app.cases import resources as case_resources
 from app.cases.models import Case
 from app.cases.service import cases_for_delivery
 from app.config import Settings
@@ -327,11 +328,20 @@ class Dispatcher:
             if d.referral_id and destinations[d.destination_id].kind != DestinationKind.WEBHOOK
         ]
         cases = await cases_for_delivery(session, needs_case)
+        changed = await case_resources.for_events(
+            session,
+            [
+                d.case_event_id
+                for d in deliveries
+                if d.case_event_id
+                and destinations[d.destination_id].kind == DestinationKind.CLINICAL
+            ],
+        )
         jobs = []
         for delivery in deliveries:
             destination = destinations[delivery.destination_id]
             try:
-                sender = self._sender(delivery, destination, cases, now)
+                sender = self._sender(delivery, destination, cases, changed, now)
             except PermanentError as exc:
                 sender = _failing(exc)
             jobs.append(
@@ -367,6 +377,7 @@ class Dispatcher:
         delivery: Delivery,
         destination: Destination,
         cases: dict[str, tuple[Case, Referral, Any]],
+        changed: dict[str, list[tuple[str, str, dict[str, Any]]]],
         now: dt.datetime,
     ) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
         outbound = Outbound(request_id=delivery.id, correlation_id=delivery.correlation_id)
@@ -398,12 +409,17 @@ class Dispatcher:
                 return lambda http: adapter.cancel_case(http, reference, outbound)
             raise PermanentError(f"a platform is not sent '{delivery.event_type}' events")
         if destination.kind == DestinationKind.CLINICAL and isinstance(adapter, ClinicalAdapter):
-            # The current Task, not the one at the event: a late or replayed delivery never
-            # takes the clinician's view backwards.
+            # Current versions, not those at the event: a late or replayed delivery never takes
+            # the clinician's view backwards. The resources the event made or changed go first,
+            # so the Task's outputs point at resources the receiver already holds.
+            made = changed.get(delivery.case_event_id or "", [])
             update_ = ClinicalUpdate(
                 referral_id=referral.id,
                 event_type=delivery.event_type,
-                resources=[FHIRResourceUpdate("Task", case.id, task_resource(task))],
+                resources=[
+                    *(FHIRResourceUpdate(kind, ident, body) for kind, ident, body in made),
+                    FHIRResourceUpdate("Task", case.id, task_resource(task)),
+                ],
             )
             return lambda http: adapter.send_update(http, update_, outbound)
         raise PermanentError(f"adapter '{destination.adapter}' does not serve a {destination.kind}")

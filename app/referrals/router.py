@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
+from app.cases import resources as case_resources
 from app.cases import service as cases
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
 from app.config import Settings
-from app.dependencies import AppSettings, ReadSession, WriteSession
-from app.errors import AppError, fhir_error_responses
+from app.dependencies import AppSettings, Now, ReadSession, WriteSession
+from app.errors import AppError, NotFound, fhir_error_responses
 from app.fhir import parsing
 from app.fhir.http import fhir_base, fhir_body, fhir_resource_response
 from app.fhir.responses import FHIRResponse, etag
@@ -207,10 +208,46 @@ async def read_service_request(
     settings: AppSettings,
     principal: Annotated[Principal, Depends(require(Operation.REFERRAL_READ, writes=False))],
 ) -> Response:
-    referral = await service.get_referral(session, principal, referral_id)
+    try:
+        referral = await service.get_referral(session, principal, referral_id)
+    except NotFound:
+        # Not a referral: perhaps one of the social prescriptions made for a referral.
+        prescription = await case_resources.read(session, principal, "ServiceRequest", referral_id)
+        if prescription is None:
+            raise
+        resource, version = prescription
+        return FHIRResponse(resource, headers={"ETag": etag(version)})
     headers = _headers(referral, fhir_base(request, settings))
     del headers["Location"]
     return FHIRResponse(service.service_request_resource(referral), headers=headers)
+
+
+@router.get(
+    "/ServiceRequest/{referral_id}/$journey",
+    response_class=FHIRResponse,
+    summary="The patient's journey for a referral",
+    description=(
+        "A collection Bundle: the referral (ServiceRequest), its Task, then its Appointments, "
+        "social prescriptions (ServiceRequests basedOn the referral), SWEMWBS answers "
+        "(QuestionnaireResponse) and scores (Observation), in the order they happened."
+    ),
+    operation_id="readJourney",
+    responses={
+        200: fhir_resource_response("collection Bundle", "Bundle"),
+        **fhir_error_responses(401, 403, 404),
+    },
+)
+async def read_journey(
+    referral_id: str,
+    request: Request,
+    session: ReadSession,
+    settings: AppSettings,
+    now: Now,
+    principal: Annotated[Principal, Depends(require(Operation.REFERRAL_READ, writes=False))],
+) -> Response:
+    referral = await service.get_referral(session, principal, referral_id)
+    journey = await case_resources.journey(session, referral, fhir_base(request, settings), now)
+    return FHIRResponse(journey)
 
 
 @router.get(
@@ -220,7 +257,9 @@ async def read_service_request(
     description=(
         "Search the referrals your organisation sent or receives by identifier "
         "(system|value), patient.identifier (NHS number), status, _lastUpdated (with prefixes "
-        "ge, gt, le, lt, eq; repeatable) and _id, with _count and next links."
+        "ge, gt, le, lt, eq; repeatable) and _id, with _count and next links. With based-on="
+        "ServiceRequest/{id} it finds the social prescriptions made for that referral instead "
+        "(with patient / patient:identifier / patient.identifier, _id, _count)."
     ),
     operation_id="searchServiceRequest",
     responses={
@@ -249,9 +288,22 @@ async def search_service_requests(
     count: Annotated[
         int | None, Query(alias="_count", ge=0, description="page size (max 100)")
     ] = None,
+    based_on: Annotated[
+        str | None,
+        Query(alias="based-on", description="ServiceRequest/{id}: that referral's prescriptions"),
+    ] = None,
 ) -> Response:
     query = list(request.query_params.multi_items())
     params = {k: v for k, v in query if k != "_lastUpdated"}
+    if based_on is not None:
+        prescriptions, total, cursor = await case_resources.search(
+            session, principal, "ServiceRequest", params
+        )
+        return FHIRResponse(
+            searchset(
+                fhir_base(request, settings), "ServiceRequest", query, prescriptions, total, cursor
+            )
+        )
     referrals, total, cursor = await service.search_referrals(
         session, principal, params, last_updated or []
     )

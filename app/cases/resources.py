@@ -1,0 +1,339 @@
+"""The FHIR resources a case produces, read back: by id, by search, for the journey, and for the
+clinical system's updates. Every read goes through the referral's visibility (DESIGN §7)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.service import task_view
+from app.clients.auth import Principal
+from app.directory.models import SocialPrescribingService
+from app.errors import BadRequest, NotFound
+from app.fhir import search as fhir_search
+from app.fhir.case_resources import (
+    CaseContext,
+    appointment_resource,
+    observation_resource,
+    prescription_resource,
+    questionnaire_response_resource,
+)
+from app.fhir.codes import NHS_NUMBER_SYSTEM
+from app.fhir.nhs_number import normalise
+from app.fhir.task import instant, task_resource
+from app.referrals.models import Referral
+from app.referrals.service import service_request_resource, visible_to
+
+Record = Appointment | Prescription | WellbeingScore
+
+# Search parameters each resource type takes (besides _count and _cursor).
+SEARCH_PARAMETERS = frozenset(
+    {"based-on", "patient", "patient:identifier", "patient.identifier", "_id"}
+)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one FHIR resource type is kept: its table, id column and when it happened."""
+
+    resource_type: str
+    model: type[Record]
+    id_column: Any
+    time_column: Any
+
+
+KINDS: dict[str, Kind] = {
+    "Appointment": Kind("Appointment", Appointment, Appointment.id, Appointment.booked_at),
+    # Social prescriptions are ServiceRequests; referrals are the other ServiceRequests.
+    "ServiceRequest": Kind(
+        "ServiceRequest", Prescription, Prescription.id, Prescription.prescribed_at
+    ),
+    "Observation": Kind(
+        "Observation", WellbeingScore, WellbeingScore.id, WellbeingScore.measured_at
+    ),
+    "QuestionnaireResponse": Kind(
+        "QuestionnaireResponse",
+        WellbeingScore,
+        WellbeingScore.questionnaire_response_id,
+        WellbeingScore.measured_at,
+    ),
+}
+
+
+def build(resource_type: str, record: Record, context: CaseContext) -> dict[str, Any]:
+    if isinstance(record, Appointment):
+        return appointment_resource(record, context)
+    if isinstance(record, Prescription):
+        return prescription_resource(record, context)
+    if resource_type == "QuestionnaireResponse":
+        return questionnaire_response_resource(record, context)
+    return observation_resource(record, context)
+
+
+def version_of(record: Record) -> int:
+    return 1 if isinstance(record, WellbeingScore) else record.version_id
+
+
+def _rows(kind: Kind) -> Select[Any, Any, Any, Any]:
+    model = kind.model
+    return (
+        select(
+            model, Referral.nhs_number, SocialPrescribingService.id, SocialPrescribingService.name
+        )
+        .join(Referral, Referral.id == model.referral_id)
+        .join(SocialPrescribingService, SocialPrescribingService.id == Referral.service_id)
+    )
+
+
+def _restricted(
+    query: Select[Any, Any, Any, Any], principal: Principal | None
+) -> Select[Any, Any, Any, Any]:
+    condition = visible_to(principal) if principal is not None else None
+    return query if condition is None else query.where(condition)
+
+
+def _context(record: Record, nhs_number: str, service_id: str, name: str) -> CaseContext:
+    return CaseContext(record.referral_id, nhs_number, service_id, name)
+
+
+async def read(
+    session: AsyncSession, principal: Principal, resource_type: str, resource_id: str
+) -> tuple[dict[str, Any], int] | None:
+    """One resource and its version, if it exists and the caller may see it."""
+    kind = KINDS[resource_type]
+    query = _restricted(_rows(kind).where(kind.id_column == resource_id), principal)
+    row = (await session.execute(query)).first()
+    if row is None:
+        return None
+    record, nhs_number, service_id, name = row
+    return build(resource_type, record, _context(record, nhs_number, service_id, name)), (
+        version_of(record)
+    )
+
+
+async def read_or_404(
+    session: AsyncSession, principal: Principal, resource_type: str, resource_id: str
+) -> tuple[dict[str, Any], int]:
+    found = await read(session, principal, resource_type, resource_id)
+    if found is None:
+        raise NotFound(f"{resource_type}/{resource_id:.64} is not known here")
+    return found
+
+
+def _referral_ids(value: str) -> list[str]:
+    ids = []
+    for part in value.split(","):
+        part = part.strip()
+        if part.startswith("ServiceRequest/"):
+            part = part.removeprefix("ServiceRequest/")
+        elif "/" in part:
+            raise BadRequest(
+                "based-on must name a referral: ServiceRequest/{id}", expression="based-on"
+            )
+        ids.append(part)
+    return ids
+
+
+def _nhs_numbers(value: str, name: str) -> list[str]:
+    numbers = []
+    for part in value.split(","):
+        system, code = fhir_search.token(part.strip())
+        if system not in (None, NHS_NUMBER_SYSTEM):
+            raise BadRequest(
+                f"{name}: patients are found by NHS number ({NHS_NUMBER_SYSTEM}|<number>)",
+                expression=name,
+            )
+        numbers.append(normalise(code))
+    return numbers
+
+
+def _conditions(kind: Kind, params: Mapping[str, str]) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if "based-on" in params:
+        conditions.append(kind.model.referral_id.in_(_referral_ids(params["based-on"])))
+    for name in ("patient", "patient:identifier", "patient.identifier"):
+        # Our resources name the patient by NHS number (a logical reference), so every form
+        # of the patient parameter is an NHS number.
+        if name in params:
+            conditions.append(Referral.nhs_number.in_(_nhs_numbers(params[name], name)))
+    if "_id" in params:
+        conditions.append(kind.id_column.in_(params["_id"].split(",")))
+    return conditions
+
+
+async def search(
+    session: AsyncSession,
+    principal: Principal,
+    resource_type: str,
+    params: Mapping[str, str],
+    *,
+    extra_parameters: frozenset[str] = frozenset(),
+) -> tuple[list[dict[str, Any]], int, str | None]:
+    """Matching resources visible to the caller, in the order they happened, one page."""
+    fhir_search.check_parameters(params, SEARCH_PARAMETERS | extra_parameters)
+    kind = KINDS[resource_type]
+    page = fhir_search.page_of(params)
+    query = _restricted(_rows(kind).where(*_conditions(kind, params)), principal)
+    total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    if page.cursor is not None:
+        stamp, ident = page.cursor
+        query = query.where(
+            or_(
+                kind.time_column > stamp,
+                and_(kind.time_column == stamp, kind.id_column > ident),
+            )
+        )
+    rows = list(
+        await session.execute(
+            query.order_by(kind.time_column, kind.id_column).limit(page.count + 1)
+        )
+    )
+    next_cursor = None
+    if len(rows) > page.count:
+        rows = rows[: page.count]
+        if rows:
+            last = rows[-1][0]
+            last_id = (
+                last.id
+                if resource_type != "QuestionnaireResponse"
+                else (last.questionnaire_response_id)
+            )
+            next_cursor = fhir_search.encode_cursor(_time(kind, last), last_id)
+    resources = [
+        build(resource_type, record, _context(record, nhs, service_id, name))
+        for record, nhs, service_id, name in rows
+    ]
+    return resources, total, next_cursor
+
+
+def _time(kind: Kind, record: Record) -> dt.datetime:
+    value: dt.datetime = getattr(record, kind.time_column.key)
+    return value
+
+
+async def of_case(
+    session: AsyncSession, case: Case, context: CaseContext
+) -> list[tuple[dt.datetime, dict[str, Any]]]:
+    """Every resource of one case with the time it happened, for the journey."""
+    out: list[tuple[dt.datetime, dict[str, Any]]] = []
+    for appointment in await session.scalars(
+        select(Appointment).where(Appointment.case_id == case.id)
+    ):
+        out.append((appointment.booked_at, appointment_resource(appointment, context)))
+    for prescription in await session.scalars(
+        select(Prescription).where(Prescription.case_id == case.id)
+    ):
+        out.append((prescription.prescribed_at, prescription_resource(prescription, context)))
+    for score in await session.scalars(
+        select(WellbeingScore).where(WellbeingScore.case_id == case.id)
+    ):
+        out.append((score.measured_at, questionnaire_response_resource(score, context)))
+        out.append((score.measured_at, observation_resource(score, context)))
+    return out
+
+
+async def for_events(
+    session: AsyncSession, event_ids: Sequence[str]
+) -> dict[str, list[tuple[str, str, dict[str, Any]]]]:
+    """What the referrer's clinical system is sent with the Task for each of these events, as
+    (resource type, id, resource) in their current versions: the resources the event made or
+    changed, and those later events made. The Task goes out as it is now, so it may already list
+    those later resources; sending them first means it never points at one the receiver lacks
+    (their own deliveries send them again, harmlessly: a PUT is idempotent)."""
+    if not event_ids:
+        return {}
+    events = list(
+        await session.execute(
+            select(CaseEvent.id, CaseEvent.case_id, CaseEvent.seq, CaseEvent.resources).where(
+                CaseEvent.id.in_(event_ids)
+            )
+        )
+    )
+    first_seq: dict[str, int] = {}
+    for _, case_id, seq, _ in events:
+        first_seq[case_id] = min(seq, first_seq.get(case_id, seq))
+    later: dict[str, list[tuple[int, list[str]]]] = {case_id: [] for case_id in first_seq}
+    for case_id, seq, references in await session.execute(
+        select(CaseEvent.case_id, CaseEvent.seq, CaseEvent.resources)
+        .where(
+            or_(
+                *(
+                    and_(CaseEvent.case_id == case_id, CaseEvent.seq > seq)
+                    for case_id, seq in first_seq.items()
+                )
+            )
+        )
+        .order_by(CaseEvent.seq)
+    ):
+        if references:
+            later[case_id].append((seq, references))
+
+    wanted_by_event: dict[str, list[str]] = {}
+    for event_id, case_id, seq, references in events:
+        wanted = list(references or [])
+        for later_seq, later_references in later[case_id]:
+            if later_seq > seq:
+                wanted += [r for r in later_references if r not in wanted]
+        wanted_by_event[event_id] = wanted
+
+    by_type: dict[str, set[str]] = {}
+    for references in wanted_by_event.values():
+        for reference in references:
+            resource_type, _, resource_id = reference.partition("/")
+            if resource_type in KINDS:
+                by_type.setdefault(resource_type, set()).add(resource_id)
+    built: dict[str, dict[str, Any]] = {}
+    for resource_type, ids in by_type.items():
+        kind = KINDS[resource_type]
+        for record, nhs, service_id, name in await session.execute(
+            _rows(kind).where(kind.id_column.in_(ids))
+        ):
+            resource = build(resource_type, record, _context(record, nhs, service_id, name))
+            built[f"{resource_type}/{resource['id']}"] = resource
+    return {
+        event_id: [
+            (reference.partition("/")[0], built[reference]["id"], built[reference])
+            for reference in references
+            if reference in built
+        ]
+        for event_id, references in wanted_by_event.items()
+    }
+
+
+async def journey(
+    session: AsyncSession, referral: Referral, base_url: str, now: dt.datetime
+) -> dict[str, Any]:
+    """The referral's journey as a collection Bundle, everything in the order it happened."""
+    row = (
+        await session.execute(
+            select(Case, SocialPrescribingService.name)
+            .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+            .where(Case.referral_id == referral.id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"ServiceRequest/{referral.id} has no case")
+    case, service_name = row
+    context = CaseContext(referral.id, referral.nhs_number, case.service_id, service_name)
+    timed: list[tuple[dt.datetime, int, dict[str, Any]]] = [
+        (referral.created_at, 0, service_request_resource(referral)),
+        (case.created_at, 1, task_resource(task_view(case, referral, service_name))),
+    ]
+    timed += [(when, 2, resource) for when, resource in await of_case(session, case, context)]
+    timed.sort(key=lambda item: (item[0], item[1]))
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": instant(now),
+        "meta": {"lastUpdated": instant(case.updated_at)},
+        "entry": [
+            {"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r}
+            for _, _, r in timed
+        ],
+    }
