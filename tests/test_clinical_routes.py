@@ -441,13 +441,23 @@ async def test_register_service(app: Any, bridge: Bridge) -> None:
     response = await bridge.http.post("/api/v1/services", json=service_body(), headers=ADMIN)
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "name", "organisation", "adapter", "created_at"}
+    assert set(body) == {
+        "id",
+        "name",
+        "organisation",
+        "adapter",
+        "created_at",
+        "first_contact_target_days",
+        "support_window_days",
+    }
     assert (body["id"], body["name"], body["organisation"], body["adapter"]) == (
         "life-rooms",
         "The Life Rooms",
         "LR001",
         "local",
     )
+    # Worklist targets default to the pilot's: first contact within a week, six weeks' support.
+    assert (body["first_contact_target_days"], body["support_window_days"]) == (7, 42)
     again = await bridge.http.post("/api/v1/services", json=service_body(), headers=ADMIN)
     assert again.status_code == 409
     assert [e["pointer"] for e in again.json()["errors"]] == ["id"]

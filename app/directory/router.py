@@ -23,6 +23,8 @@ def _out(record: SocialPrescribingService) -> ServiceOut:
         name=record.name,
         organisation=record.organisation,
         adapter=record.adapter,
+        first_contact_target_days=record.first_contact_target_days,
+        support_window_days=record.support_window_days,
         created_at=record.created_at,
     )
 

@@ -7,6 +7,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.clients.schemas import ODS_CODE, SERVICE_ID
 
+FIRST_CONTACT_TARGET = (
+    "Days within which a new referral should be contacted; the worklist flags a case "
+    "`first_contact_overdue` after it (default 7)"
+)
+SUPPORT_WINDOW = (
+    "Days support usually lasts from first contact; the worklist flags a case "
+    "`support_window_exceeded` after it (default 42, six weeks)"
+)
+
 
 class ServiceCreate(BaseModel):
     model_config = ConfigDict(
@@ -18,6 +27,8 @@ class ServiceCreate(BaseModel):
                     "name": "The Life Rooms, Halton",
                     "organisation": "RW4LR",
                     "adapter": "local",
+                    "first_contact_target_days": 7,
+                    "support_window_days": 42,
                 }
             ]
         },
@@ -30,6 +41,10 @@ class ServiceCreate(BaseModel):
     )
     adapter: str = Field(description="Platform adapter that holds the cases (`local`: the bridge)")
     adapter_config: dict[str, Any] = Field(default_factory=dict)
+    first_contact_target_days: int = Field(
+        default=7, ge=1, le=365, description=FIRST_CONTACT_TARGET
+    )
+    support_window_days: int = Field(default=42, ge=1, le=730, description=SUPPORT_WINDOW)
 
 
 class ServiceOut(BaseModel):
@@ -37,6 +52,8 @@ class ServiceOut(BaseModel):
     name: str
     organisation: str
     adapter: str
+    first_contact_target_days: int = Field(description=FIRST_CONTACT_TARGET)
+    support_window_days: int = Field(description=SUPPORT_WINDOW)
     created_at: dt.datetime
 
 

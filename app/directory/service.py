@@ -60,6 +60,8 @@ async def register_service(
         organisation=request.organisation,
         adapter=request.adapter,
         adapter_config=config.model_dump(mode="json"),
+        first_contact_target_days=request.first_contact_target_days,
+        support_window_days=request.support_window_days,
     )
     session.add(service)
     # No ORM relationship orders these inserts: the service row must exist before its route.
