@@ -1,0 +1,567 @@
+"""The patient journey page: its short-lived signed links, and what it shows.
+
+A link is ``/journey/{referral_id}?token=v1.<expires>.<mac>``: ``expires`` is a unix time and
+``mac`` the base64url HMAC-SHA256, under the installation's journey-link key, of the version tag,
+the referral id and the expiry. The referral id is in the signed text but not in the token, so a
+token only opens the page of the referral it was issued for.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import State
+
+from app.cases import records, wellbeing
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.states import CLOSED_STATES, CaseState, CaseStatus, TransitionRefused, next_status
+from app.db import Database, transaction, utcnow
+from app.directory.models import SocialPrescribingService
+from app.fhir.task import code_displays, instant
+from app.journey.models import SigningKey
+from app.journey.schemas import (
+    AppointmentRow,
+    Fact,
+    JourneyPage,
+    PrescriptionRow,
+    ScoreRow,
+    TimelineEntry,
+    WellbeingView,
+    When,
+)
+from app.referrals.models import Referral
+
+log = logging.getLogger("spbridge.journey")
+
+# --- signed links --------------------------------------------------------------------------
+
+KEY_PURPOSE = "journey-link"
+TOKEN_VERSION = "v1"  # noqa: S105 (a format tag, not a secret)
+# How long a link works unless the caller asks for another lifetime (within the bounds).
+LINK_LIFETIME = dt.timedelta(minutes=15)
+MIN_LIFETIME_SECONDS = 60
+MAX_LIFETIME_SECONDS = 3600
+_TOKEN = re.compile(r"^v1\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})$")
+_CACHE_ATTRIBUTE = "journey_signing_key"
+
+
+def _mac(key: bytes, referral_id: str, expires: int) -> str:
+    message = f"spbridge.{KEY_PURPOSE}.{TOKEN_VERSION}\n{referral_id}\n{expires}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def sign(key: bytes, referral_id: str, expires: int) -> str:
+    """A token that opens ``referral_id``'s journey until the unix time ``expires``."""
+    return f"{TOKEN_VERSION}.{expires}.{_mac(key, referral_id, expires)}"
+
+
+def issue(key: bytes, referral_id: str, now: dt.datetime, lifetime_seconds: int) -> tuple[str, int]:
+    """A token for ``referral_id`` and its expiry (unix time)."""
+    expires = int(now.timestamp()) + lifetime_seconds
+    return sign(key, referral_id, expires), expires
+
+
+def token_is_valid(key: bytes, token: str | None, referral_id: str, now: dt.datetime) -> bool:
+    """Whether ``token`` was signed with ``key`` for this referral and has not expired.
+
+    The MAC is compared as text, in constant time: comparing the encoded form also refuses the
+    other spellings of the same bytes that lenient base64 decoding would accept.
+    """
+    if not token:
+        return False
+    match = _TOKEN.fullmatch(token)
+    if match is None:
+        return False
+    expires = int(match.group(1))
+    expected = _mac(key, referral_id, expires)
+    if not hmac.compare_digest(match.group(2), expected):
+        return False
+    return now.timestamp() < expires
+
+
+async def _read_key(database: Database) -> str | None:
+    async with database.read_sessions() as session:
+        secret: str | None = await session.scalar(
+            select(SigningKey.secret).where(SigningKey.purpose == KEY_PURPOSE)
+        )
+        return secret
+
+
+async def _make_key(database: Database) -> str:
+    """The migration makes the key; should its row be gone, make a new one (once, whichever
+    process gets there first)."""
+    try:
+        async with transaction(database.write_sessions) as session:
+            held: str | None = await session.scalar(
+                select(SigningKey.secret).where(SigningKey.purpose == KEY_PURPOSE)
+            )
+            if held is None:
+                log.warning("the journey-link signing key was missing; a new one was made")
+                held = secrets.token_urlsafe(48)
+                session.add(SigningKey(purpose=KEY_PURPOSE, secret=held, created_at=utcnow()))
+        return held
+    except IntegrityError:
+        again = await _read_key(database)
+        if again is None:
+            raise
+        return again
+
+
+async def signing_key(state: State) -> bytes:
+    """The journey-link key, read from the database once per process (per app)."""
+    cached: bytes | None = getattr(state, _CACHE_ATTRIBUTE, None)
+    if cached is not None:
+        return cached
+    database: Database = state.database
+    secret = await _read_key(database) or await _make_key(database)
+    key = secret.encode()
+    setattr(state, _CACHE_ATTRIBUTE, key)
+    return key
+
+
+# --- dates and words -----------------------------------------------------------------------
+
+try:
+    TIME_ZONE: dt.tzinfo = ZoneInfo("Europe/London")
+    TIME_ZONE_NOTE = "Times are UK time (GMT in winter, BST in summer)."
+except ZoneInfoNotFoundError:  # no time zone database on this machine: say UTC plainly
+    TIME_ZONE = dt.UTC
+    TIME_ZONE_NOTE = "Times are UTC."
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def when(value: dt.datetime) -> When:
+    """A moment in the page's time zone, with the zone named: "5 Dec 2026, 10:00 GMT" (with
+    no-break spaces, so a narrow column breaks it only after the comma)."""
+    local = value.astimezone(TIME_ZONE)
+    day = f"{local.day}\u00a0{_MONTHS[local.month - 1]}\u00a0{local.year}"
+    return When(iso=instant(value), text=f"{day}, {local:%H:%M}\u00a0{local.tzname()}")
+
+
+def _instant(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+def _minutes(value: object) -> str | None:
+    return _plural(value, "minute") if isinstance(value, int) else None
+
+
+def nhs_number(value: str) -> str:
+    """The NHS number as it is written: 3 3 4."""
+    digits = value.strip()
+    if len(digits) == 10 and digits.isdigit():
+        return f"{digits[:3]} {digits[3:6]} {digits[6:]}"
+    return digits
+
+
+def _display(code_system: str, code: object, fallback: str = "") -> str:
+    if not isinstance(code, str):
+        return fallback
+    return code_displays(code_system).get(code, code)
+
+
+def _lower(text: str) -> str:
+    """A display name inside a sentence: "Unable to Contact" → "unable to contact"."""
+    return text.lower()
+
+
+_IN_PROGRESS = {
+    "awaiting-contact": "trying to contact the person",
+    "contacted": "the person has been contacted",
+    "appointment-booked": "appointment booked",
+    "seen": "seen by the service",
+    "prescribed": "social prescription made",
+}
+_COMPLETED = {
+    "needs-met": "needs met",
+    "referred-on": "referred on to other support",
+}
+_DISCHARGED = {
+    "did-not-attend": "did not attend",
+    "unable-to-contact": "unable to contact",
+    "no-longer-required": "no longer needs the service",
+    "inappropriate-referral": "inappropriate referral",
+    "declined": "the person declined the service",
+}
+
+
+def state_words(case: Case) -> tuple[str, str]:
+    """Where the case stands in plain words, and its tone (open, hold, done, ended)."""
+    state, business = case.state, case.business_status
+    if state == CaseState.RECEIVED:
+        return "Received — waiting for the service to accept the referral", "open"
+    if state == CaseState.ACCEPTED:
+        return "Accepted — registered with the service, contact to follow", "open"
+    if state == CaseState.IN_PROGRESS:
+        detail = _IN_PROGRESS.get(business, _lower(_display("task-business-status", business)))
+        return f"In progress — {detail}", "open"
+    if state == CaseState.ON_HOLD:
+        return "On hold — support is paused for now", "hold"
+    if state == CaseState.COMPLETED:
+        detail = _COMPLETED.get(business, _lower(_display("completion-reason", business)))
+        return f"Completed — {detail}", "done"
+    if state == CaseState.DISCHARGED:
+        detail = _DISCHARGED.get(business, _lower(_display("discharge-reason", business)))
+        return f"Discharged — {detail}", "ended"
+    if state == CaseState.REJECTED:
+        reason = _lower(_display("rejection-reason", case.status_reason, "no reason given"))
+        return f"Not accepted by the service — {reason}", "ended"
+    if state == CaseState.CANCELLED:
+        return "Cancelled by the referrer", "ended"
+    return state.replace("_", " ").capitalize(), "open"
+
+
+def state_since(events: Iterable[CaseEvent]) -> dt.datetime | None:
+    """When the case came to its current status: the events replayed in the order they were
+    recorded, through the state table; None if they do not replay (then the caller falls back)."""
+    status: CaseStatus | None = None
+    contacted = False
+    progress: str | None = None
+    since: dt.datetime | None = None
+    for event in sorted(events, key=lambda e: e.seq):
+        try:
+            after = next_status(
+                status, event.type, event.data, contacted=contacted, progress_status=progress
+            )
+        except TransitionRefused:
+            return None
+        if after != status:
+            since = event.occurred_at
+        status = after
+        if after.state is CaseState.IN_PROGRESS:
+            progress = after.business_status
+        if event.type == "contact.attempted":
+            contacted = contacted or event.data.get("outcome") == "reached"
+        contacted = contacted or event.type == "appointment.attended"
+    return since
+
+
+# --- the timeline --------------------------------------------------------------------------
+
+_CONTACT_METHODS = {
+    "telephone": "by telephone",
+    "text": "by text message",
+    "email": "by email",
+    "letter": "by letter",
+    "in-person": "in person",
+}
+_HOLD_REASONS = {
+    "patient-request": "at the person's request",
+    "unwell": "the person is unwell",
+    "in-hospital": "the person is in hospital",
+    "other": "other reason",
+}
+_PRESCRIPTION_STATUS = {
+    "proposed": ("Proposed", "info"),
+    "active": ("Active", "info"),
+    "completed": ("Completed", "good"),
+    "declined": ("Declined", "neutral"),
+}
+_CANCELLED_BY = {"patient": "by the person", "service": "by the service"}
+
+
+def _appointment_kind(code: object) -> str:
+    return _lower(_display("appointment-type", code, "appointment"))
+
+
+def _booking(data: Mapping[str, Any]) -> str:
+    parts = [_appointment_kind(data.get("appointment_type"))]
+    minutes = _minutes(data.get("duration_minutes"))
+    if minutes:
+        parts.append(minutes)
+    start = _instant(data.get("start"))
+    if start:
+        parts.append(when(start).text)
+    return ", ".join(parts)
+
+
+def _which(appointment: Appointment | None) -> str:
+    if appointment is None:
+        return ""
+    return f" ({when(appointment.start).text})"
+
+
+def _prescription_name(data: Mapping[str, Any], held: Prescription | None) -> str:
+    activity = data.get("activity") or (held.activity if held else None)
+    provider = data.get("provider") or (held.provider if held else None)
+    if activity and provider:
+        return f"{activity} with {provider}"
+    return str(activity or provider or "a social prescription")
+
+
+def describe(
+    event: CaseEvent,
+    appointments: Mapping[str, Appointment],
+    prescriptions: Mapping[str, Prescription],
+) -> tuple[str, str | None]:
+    """One event as a line a clinician reads at a glance (and an optional second line)."""
+    data: Mapping[str, Any] = event.data or {}
+    kind = event.type
+    appointment = appointments.get(str(data.get("appointment_id")))
+    if kind == "referral.received":
+        return "Referral received", None
+    if kind == "referral.updated":
+        return "Referral updated by the referrer", None
+    if kind == "referral.cancelled":
+        return "Referral cancelled by the referrer", None
+    if kind == "case.accepted":
+        who = ", ".join(str(data[k]) for k in ("advisor", "team") if data.get(k))
+        return "Accepted and registered by the service", (f"Working with: {who}" if who else None)
+    if kind == "case.rejected":
+        reason = _lower(_display("rejection-reason", data.get("reason"), "no reason given"))
+        return f"Referral not accepted: {reason}", None
+    if kind == "contact.attempted":
+        method = _CONTACT_METHODS.get(str(data.get("method")))
+        outcome = data.get("outcome")
+        if outcome == "reached":
+            text = "Contact made with the person"
+        elif outcome == "message-left":
+            text = "Contact attempted: message left"
+        else:
+            text = "Contact attempted: no answer"
+        return (f"{text} ({method})" if method else text), None
+    if kind == "appointment.booked":
+        return f"Appointment booked: {_booking(data)}", None
+    if kind == "appointment.rescheduled":
+        return f"Appointment moved: now {_booking(data)}", None
+    if kind == "appointment.attended":
+        spent = _minutes(data.get("duration_minutes"))
+        return f"Attended appointment{_which(appointment)}", (f"Took {spent}" if spent else None)
+    if kind == "appointment.did_not_attend":
+        return f"Did not attend appointment{_which(appointment)}", None
+    if kind == "appointment.cancelled":
+        by = _CANCELLED_BY.get(str(data.get("cancelled_by")))
+        text = f"Appointment cancelled{' ' + by if by else ''}{_which(appointment)}"
+        return text, None
+    if kind == "prescription.created":
+        status = _PRESCRIPTION_STATUS.get(str(data.get("status")), ("proposed", ""))[0].lower()
+        name = _prescription_name(data, None)
+        category = _display("prescription-category", data.get("category"))
+        return f"Social prescription: {name} ({status})", (
+            f"Category: {category}" if category else None
+        )
+    if kind == "prescription.updated":
+        held = prescriptions.get(str(data.get("prescription_id")))
+        name = _prescription_name({}, held) if held else _prescription_name(data, None)
+        if data.get("status") in _PRESCRIPTION_STATUS:
+            status = _PRESCRIPTION_STATUS[data["status"]][0].lower()
+            return f"Social prescription {status}: {name}", None
+        return f"Social prescription changed: {name}", None
+    if kind == "outcome.recorded":
+        return _measured(data), None
+    if kind == "demographics.recorded":
+        return "Equality monitoring information recorded", None
+    if kind == "case.on_hold":
+        why = _HOLD_REASONS.get(str(data.get("reason")))
+        return "Support put on hold" + (f": {why}" if why else ""), None
+    if kind == "case.resumed":
+        return "Support resumed after a hold", None
+    if kind == "case.completed":
+        reason = _COMPLETED.get(str(data.get("reason")), "needs met")
+        return f"Support completed: {reason}", None
+    if kind == "case.discharged":
+        reason = _DISCHARGED.get(str(data.get("reason")), "no reason given")
+        return f"Discharged: {reason}", None
+    return f"Update recorded ({kind})", None
+
+
+def _measured(data: Mapping[str, Any]) -> str:
+    instrument = str(data.get("instrument") or "SWEMWBS")
+    stage = _display("wellbeing-measure", data.get("stage"))
+    items = data.get("items")
+    score = ""
+    if isinstance(items, list) and all(isinstance(item, int) for item in items):
+        try:
+            score = f": {wellbeing.metric_score(wellbeing.raw_score(items)):.2f}"
+        except (ValueError, KeyError):
+            score = ""
+    return f"Wellbeing measured ({instrument}){score}" + (f", {_lower(stage)}" if stage else "")
+
+
+# --- the records ---------------------------------------------------------------------------
+
+_APPOINTMENT_OUTCOMES = {
+    "fulfilled": ("Attended", "good"),
+    "noshow": ("Did not attend", "warn"),
+    "cancelled": ("Cancelled", "neutral"),
+}
+
+
+def _appointment_row(appointment: Appointment, now: dt.datetime) -> AppointmentRow:
+    if appointment.status == "booked":
+        if appointment.start > now:
+            outcome, tone = "Booked", "info"
+        else:
+            outcome, tone = "Booked — outcome not recorded yet", "info"
+    else:
+        outcome, tone = _APPOINTMENT_OUTCOMES.get(appointment.status, (appointment.status, ""))
+    if appointment.status == "fulfilled" and appointment.attended_minutes:
+        outcome += f" ({_plural(appointment.attended_minutes, 'minute')})"
+    if appointment.status == "cancelled" and appointment.cancelled_by in _CANCELLED_BY:
+        outcome += f" {_CANCELLED_BY[appointment.cancelled_by]}"
+    if appointment.reschedules:
+        moved = "once" if appointment.reschedules == 1 else f"{appointment.reschedules} times"
+        outcome += f"; moved {moved}"
+    return AppointmentRow(
+        when=when(appointment.start),
+        kind=_display("appointment-type", appointment.appointment_type),
+        minutes=_plural(appointment.minutes, "minute"),
+        outcome=outcome,
+        tone=tone or "neutral",
+    )
+
+
+def _prescription_row(prescription: Prescription) -> PrescriptionRow:
+    status, tone = _PRESCRIPTION_STATUS.get(prescription.status, (prescription.status, "neutral"))
+    return PrescriptionRow(
+        activity=prescription.activity,
+        provider=prescription.provider,
+        category=_display("prescription-category", prescription.category),
+        status=status,
+        tone=tone,
+        since=when(prescription.prescribed_at),
+    )
+
+
+def _wellbeing(scores: Sequence[WellbeingScore]) -> WellbeingView:
+    rows = [
+        ScoreRow(
+            when=when(score.measured_at),
+            stage=_display("wellbeing-measure", score.stage),
+            score=f"{score.metric_score:.2f}",
+        )
+        for score in scores
+    ]
+    threshold = f"{wellbeing.MEANINGFUL_CHANGE:g}"
+    if len(scores) >= 2:
+        first, last = scores[0].metric_score, scores[-1].metric_score
+        change = round(last - first, 2)
+        words = wellbeing.describe_change(first, last)
+        headline = f"From {first:.2f} to {last:.2f}: {words}."
+        if abs(change) >= wellbeing.MEANINGFUL_CHANGE:
+            meaning = f"A change of {threshold} or more points is meaningful for one person."
+        elif change == 0:
+            meaning = "The score has not changed between the first and latest measurement."
+        else:
+            meaning = (
+                f"This is less than the {threshold} points that count as a meaningful change "
+                "for one person."
+            )
+        return WellbeingView(rows, headline, meaning)
+    if scores:
+        meaning = "Measured once so far: a change shows after a second measurement."
+    else:
+        meaning = "Wellbeing has not been measured yet."
+    return WellbeingView(rows, None, meaning)
+
+
+def _reasons(referral: Referral) -> list[str]:
+    seen: list[str] = []
+    for reason in referral.reasons or []:
+        label = reason.get("domain_display") or reason.get("text") or reason.get("display")
+        if isinstance(label, str) and label and label not in seen:
+            seen.append(label)
+    return seen
+
+
+# --- the page ------------------------------------------------------------------------------
+
+
+async def journey_page(
+    session: AsyncSession, referral_id: str, now: dt.datetime
+) -> JourneyPage | None:
+    """Everything the page shows for one referral; None when the bridge holds no such case.
+
+    No principal: the caller has checked the signed link, which only a client allowed to see
+    the referral could get.
+    """
+    row = (
+        await session.execute(
+            select(Case, Referral, SocialPrescribingService)
+            .join(Referral, Referral.id == Case.referral_id)
+            .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+            .where(Case.referral_id == referral_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    case, referral, service = row
+    events = list(
+        await session.scalars(
+            select(CaseEvent)
+            .where(CaseEvent.case_id == case.id)
+            .order_by(CaseEvent.occurred_at, CaseEvent.seq)
+        )
+    )
+    held = (await records.records_of(session, [case.id]))[case.id]
+    appointments = {a.external_id: a for a in held.appointments}
+    prescriptions = {p.external_id: p for p in held.prescriptions}
+
+    state, tone = state_words(case)
+    since = state_since(events) or case.updated_at
+    requester = referral.requester_display or referral.referring_team
+    facts = [
+        Fact("Service", service.name),
+        Fact(
+            "Referred by",
+            f"{requester} ({referral.organisation})" if requester else referral.organisation,
+        ),
+    ]
+    reasons = _reasons(referral)
+    if reasons:
+        facts.append(Fact("Referred for", "; ".join(reasons)))
+    facts.append(Fact("Received", "", when(case.created_at)))
+    if case.first_contact_at:
+        facts.append(Fact("First contact", "", when(case.first_contact_at)))
+    elif case.state not in CLOSED_STATES:
+        facts.append(Fact("First contact", "Not yet"))
+    working_with = ", ".join(part for part in (case.advisor, case.team) if part)
+    if working_with:
+        facts.append(Fact("Working with", working_with))
+    if case.closed_at and case.state in CLOSED_STATES:
+        facts.append(Fact("Closed", "", when(case.closed_at)))
+
+    timeline = []
+    for event in events:
+        text, detail = describe(event, appointments, prescriptions)
+        timeline.append(TimelineEntry(when(event.occurred_at), text, detail))
+
+    return JourneyPage(
+        service_name=service.name,
+        nhs_number=nhs_number(referral.nhs_number),
+        state=state,
+        state_tone=tone,
+        state_since=when(since),
+        facts=facts,
+        summary=case.summary if case.state in CLOSED_STATES else None,
+        prescriptions=[_prescription_row(p) for p in held.prescriptions],
+        appointments=[_appointment_row(a, now) for a in held.appointments],
+        wellbeing=_wellbeing(held.scores),
+        timeline=timeline,
+        produced=when(now),
+        time_zone_note=TIME_ZONE_NOTE,
+    )
