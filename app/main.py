@@ -37,6 +37,7 @@ from app.errors import (
     validation_message,
 )
 from app.journey.router import router as journey_router
+from app.journey.service import redact_tokens_in_access_logs
 from app.metadata.router import router as metadata_router
 from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        redact_tokens_in_access_logs()
         database = Database.from_url(settings.database_url, settings.database_pool_size)
         http = outbound_client()
         application.state.database = database

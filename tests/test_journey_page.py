@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -27,9 +28,10 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright
 
+from app.journey.service import RedactLinkTokens
 from app.main import create_app
 from tests.conftest import ADMIN_KEY, ROOT, Bridge, empty_database, make_settings
-from tests.conftest import referral_resource as example_referral
+from tests.support.cases import OpenCase, open_case
 from tests.support.elemental_platform import serve
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -138,20 +140,8 @@ class Page(HTMLParser):
 
 
 @dataclass
-class Journey:
-    bridge: Bridge
-    referrer: dict[str, str]
-    advisor: dict[str, str]
-    referral_id: str
-    case_id: str
-
-    async def record(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.bridge.http.post(
-            f"/api/v1/cases/{self.case_id}/events", json=body, headers=self.advisor
-        )
-        assert response.status_code == 201, response.text
-        result: dict[str, Any] = response.json()
-        return result
+class Journey(OpenCase):
+    """A referral's case, with the journey link the referrer asks for."""
 
     async def link(self, headers: dict[str, str] | None = None, **params: Any) -> httpx.Response:
         return await self.bridge.http.get(
@@ -168,18 +158,8 @@ class Journey:
 
 
 async def start_journey(bridge: Bridge, *, service: bool = True) -> Journey:
-    if service:
-        await bridge.service()
-    referrer = await bridge.key("clinical-system", "RW4", default_service="life-rooms")
-    advisor = await bridge.key("advisor", "LR001")
-    response = await bridge.refer(referrer, example_referral())
-    assert response.status_code == 201, response.text
-    referral_id = response.json()["id"]
-    bundle = await bridge.http.get(
-        f"/fhir/Task?focus=ServiceRequest/{referral_id}", headers=referrer
-    )
-    case_id = bundle.json()["entry"][0]["resource"]["id"]
-    return Journey(bridge, referrer, advisor, referral_id, case_id)
+    case = await open_case(bridge, register=service)
+    return Journey(case.bridge, case.referrer, case.advisor, case.referral_id, case.case_id)
 
 
 # A pilot-like journey (DESIGN §1): (occurred_at, event, the timeline line it must read as).
@@ -810,3 +790,20 @@ async def test_the_page_in_a_narrow_panel_of_headless_chromium(database_url: str
         url = await journey.url()
         assert url.startswith(f"{base_url}/journey/{journey.referral_id}?token=")
         await check_in_chromium(url)
+
+
+def test_link_tokens_never_reach_the_access_log() -> None:
+    """uvicorn logs each request's path with its query; a logged token would open the page."""
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/journey/abc?token=v1.123.SECRETMAC&x=1", "1.1", 200),
+        None,
+    )
+    assert RedactLinkTokens().filter(record) is True
+    message = record.getMessage()
+    assert "SECRETMAC" not in message
+    assert message == '127.0.0.1:5000 - "GET /journey/abc?token=[redacted]&x=1 HTTP/1.1" 200'

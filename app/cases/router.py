@@ -22,6 +22,15 @@ from app.fhir.task import task_resource
 router = APIRouter(prefix="/fhir", tags=["FHIR tasks"])
 
 
+def event_context(request: Request, principal: Principal) -> service.EventContext:
+    """Who caused a change and the request's ids, kept with the event and its deliveries."""
+    return service.EventContext(
+        client_id=principal.client_id,
+        request_id=request.state.request_id,
+        correlation_id=request.state.correlation_id,
+    )
+
+
 @router.get(
     "/Task/{task_id}",
     response_class=FHIRResponse,
@@ -249,13 +258,8 @@ async def record_case_event(
     now: Now,
     principal: Annotated[Principal, Depends(require(Operation.CASE_EVENT_RECORD, writes=True))],
 ) -> RecordedEvent:
-    context = service.EventContext(
-        client_id=principal.client_id,
-        request_id=request.state.request_id,
-        correlation_id=request.state.correlation_id,
-    )
     recorded, case, applied = await service.record_event(
-        session, principal, case_id, event, context, now
+        session, principal, case_id, event, event_context(request, principal), now
     )
     if not applied:
         response.status_code = 200

@@ -132,6 +132,29 @@ async def signing_key(state: State) -> bytes:
     return key
 
 
+class RedactLinkTokens(logging.Filter):
+    """Keeps journey-link tokens out of access logs: a logged link would open the page."""
+
+    _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "token=" in arg for arg in record.args
+        ):
+            record.args = tuple(
+                self._TOKEN_IN_QUERY.sub(r"\1[redacted]", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def redact_tokens_in_access_logs() -> None:
+    """Install the filter on uvicorn's access log once (it logs the path with its query)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactLinkTokens) for f in access.filters):
+        access.addFilter(RedactLinkTokens())
+
+
 # --- dates and words -----------------------------------------------------------------------
 
 try:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
 from app.cases import resources as case_resources
-from app.cases import service as cases
+from app.cases.router import event_context
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
 from app.config import Settings
@@ -29,14 +29,6 @@ router = APIRouter(prefix="/fhir", tags=["FHIR referrals"])
 
 _LOCATION = {"Location": {"description": "The new version's URL", "schema": {"type": "string"}}}
 _ETAG = {"ETag": {"description": 'The version, as W/"n"', "schema": {"type": "string"}}}
-
-
-def _context(request: Request, principal: Principal) -> cases.EventContext:
-    return cases.EventContext(
-        client_id=principal.client_id,
-        request_id=request.state.request_id,
-        correlation_id=request.state.correlation_id,
-    )
 
 
 def _http_date(value: dt.datetime) -> str:
@@ -106,7 +98,7 @@ async def create_service_request(
     _body, data, model = await _read_resource(request, settings, "ServiceRequest")
     draft = _assess(model, settings)
     intake = await service.create_referral(
-        session, draft, data, principal, _context(request, principal), if_none_exist
+        session, draft, data, principal, event_context(request, principal), if_none_exist
     )
     referral = intake.referral
     return FHIRResponse(
@@ -149,7 +141,7 @@ async def post_transaction(
             draft,
             unbundled.service_request,
             principal,
-            _context(request, principal),
+            event_context(request, principal),
             unbundled.if_none_exist,
         )
     except AppError as error:
@@ -347,7 +339,7 @@ async def update_service_request(
 ) -> Response:
     _body, data, _model = await _read_resource(request, settings, "ServiceRequest")
     referral = await service.update_referral(
-        session, principal, referral_id, data, if_match, _context(request, principal)
+        session, principal, referral_id, data, if_match, event_context(request, principal)
     )
     headers = _headers(referral, fhir_base(request, settings))
     del headers["Location"]
