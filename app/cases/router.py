@@ -9,11 +9,16 @@ from fastapi.openapi.models import Example
 from fastapi.responses import Response
 
 from app.cases import resources, service
-from app.cases.schemas import CaseEventIn, CaseOut, RecordedEvent
+from app.cases.schemas import CaseEventIn, CaseOut, RecordedEvent, TransitionRefusedDoc
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
 from app.dependencies import AppSettings, Now, ReadSession, WriteSession
-from app.errors import BadRequest, api_error_responses, fhir_error_responses
+from app.errors import (
+    PROBLEM_MEDIA_TYPE,
+    BadRequest,
+    api_error_responses,
+    fhir_error_responses,
+)
 from app.fhir.http import fhir_base, fhir_resource_response
 from app.fhir.responses import FHIRResponse, etag
 from app.fhir.search import check_parameters, searchset
@@ -245,8 +250,17 @@ _EVENT_EXAMPLES: dict[str, Example] = {
     ),
     operation_id="recordCaseEvent",
     responses={
-        200: {"description": "A repeat of an idempotency key: the event already recorded"},
-        **api_error_responses(401, 403, 404, 409, 422),
+        200: {
+            "description": "A repeat of an idempotency key: the event already recorded",
+            "model": RecordedEvent,
+        },
+        **api_error_responses(401, 403, 404, 422),
+        409: {
+            "description": "The case's state does not allow this event, a record it names is "
+            "closed, or the idempotency key was used for another event",
+            "model": TransitionRefusedDoc,
+            "content": {PROBLEM_MEDIA_TYPE: {}},
+        },
     },
 )
 async def record_case_event(

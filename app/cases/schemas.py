@@ -352,3 +352,25 @@ class RecordedEvent(BaseModel):
     applied: bool = Field(
         description="false when this was a repeat of an idempotency key already applied"
     )
+
+
+class TransitionRefusedDoc(BaseModel):
+    """A 409: the case's state does not allow this event (or a record it names is closed)."""
+
+    model_config = ConfigDict(title="TransitionRefused")
+    type: str = "about:blank"
+    title: str = Field(examples=["Conflict"])
+    status: int = Field(examples=[409])
+    detail: str = Field(
+        examples=[
+            "'case.resumed' is not allowed in state 'completed'. The case is 'completed'; "
+            "events allowed now: none (the case is closed)"
+        ]
+    )
+    current_state: str | None = Field(
+        default=None, description="The case's state (when the state machine refused)"
+    )
+    allowed_events: list[str] | None = Field(
+        default=None, description="The event types the case accepts now"
+    )
+    errors: list[dict[str, Any]] | None = None
