@@ -18,6 +18,9 @@ from app.dependencies import read_session, write_session
 from app.errors import Forbidden, Unauthorized
 
 KEY_PREFIX = "spb_"
+# The attribute on a require() dependency naming the operation it checks: app.clients.policy
+# reads it from every route's dependencies, so the rule of a route is declared once, at the route.
+_OPERATION_ATTRIBUTE = "required_operation"
 
 
 @dataclass(frozen=True)
@@ -88,4 +91,11 @@ def require(operation: Operation, *, writes: bool) -> Callable[..., Awaitable[Pr
         request.state.principal = principal
         return principal
 
+    setattr(dependency, _OPERATION_ATTRIBUTE, operation)
     return dependency
+
+
+def required_operation(call: object) -> Operation | None:
+    """The operation a dependency made by :func:`require` checks; None for any other callable."""
+    operation = getattr(call, _OPERATION_ATTRIBUTE, None)
+    return operation if isinstance(operation, Operation) else None

@@ -31,7 +31,9 @@ class Operation(StrEnum):
     DELIVERY_REPLAY = "delivery.replay"
 
 
-# One declarative table of who may do what; every route asks it.
+# One declarative table of who may do what. Every route names its operation once, with
+# Depends(require(Operation.…)) (app.clients.auth), or is listed in PUBLIC_ROUTES with its reason
+# (app.clients.policy); tests/test_authorisation.py walks every route for every role against it.
 PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.REFERRAL_CREATE: frozenset({Role.CLINICAL_SYSTEM}),
     Operation.REFERRAL_UPDATE: frozenset({Role.CLINICAL_SYSTEM}),

@@ -1,0 +1,699 @@
+"""Authorisation (DESIGN §7, §8; security issue part 2).
+
+1. Every route the app registers has exactly one rule: the Operation its require() dependency
+   checks, or an entry in PUBLIC_ROUTES with the reason it needs no key (app/clients/policy.py).
+2. The role table itself says what DESIGN §7 says (hand-written rows: a change to PERMISSIONS
+   that contradicts them fails here, whatever the generated matrix says).
+3. The matrix: every route for every caller (no key, a wrong key, each role, the bootstrap admin),
+   with real ids of objects the caller's organisation owns. The expected outcome is generated
+   from PERMISSIONS: no key → 401; a role the operation does not allow → 403 from the role check;
+   an allowed role → neither 401 nor 403, never 5xx (200 for every read of a real id).
+4. Organisation isolation on every read path: two organisations' referrals with case records;
+   every by-id read of the other organisation's data is 404, every search finds none of it, and
+   every write to it is 404; the owners, asked the same, do see it. Journey-page tokens open only
+   their referral; includes are refused; deliveries are for admins only.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from app.clients.policy import PUBLIC_ROUTES, PolicyError, Public, RouteKey, Rule, route_rules
+from app.clients.roles import PERMISSIONS, Operation, Role
+from app.main import create_app
+from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, make_settings, referral_resource
+from tests.support.cases import OpenCase, open_case
+from tests.support.receiver import free_port
+
+CLINICAL, PLATFORM, ADVISOR, REPORTING, ADMIN = (
+    Role.CLINICAL_SYSTEM,
+    Role.PLATFORM,
+    Role.ADVISOR,
+    Role.REPORTING,
+    Role.ADMIN,
+)
+BOOTSTRAP_ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+NHS_NUMBER = "9000000009"  # the example referral's patient: every referral here is about them
+DUMMY_ID = "00000000-0000-4000-8000-000000000000"
+# Where subscriptions and the clinical route point: a closed port on loopback (allowed below),
+# so the subscription test ping fails fast and nothing leaves the machine.
+HOOK_URL = f"http://127.0.0.1:{free_port()}/hook"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"allowed_outbound_hosts": ["127.0.0.1"]}
+
+
+def offline_app() -> FastAPI:
+    """The app as configured, without its lifespan (no database is touched)."""
+    return create_app(make_settings("sqlite+aiosqlite:///:memory:"))
+
+
+# --- 1. every route has a rule ------------------------------------------------------------------
+
+
+def test_every_registered_route_has_exactly_one_rule() -> None:
+    app = offline_app()
+    rules = route_rules(app)  # raises PolicyError naming every route without a rule
+    # The walk sees what the app serves: everything in its OpenAPI document, and the doc pages.
+    documented = {
+        (method.upper(), path)
+        for path, item in app.openapi()["paths"].items()
+        for method in item
+        if method in {"get", "put", "post", "patch", "delete"}
+    }
+    assert documented <= rules.keys(), documented - rules.keys()
+    for key in [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc")]:
+        assert isinstance(rules[key], Public)
+    # Every public route says why, and nothing else is public.
+    assert {key for key, rule in rules.items() if isinstance(rule, Public)} == set(PUBLIC_ROUTES)
+    assert all(len(rule.reason) > 20 for rule in PUBLIC_ROUTES.values())
+
+
+def test_a_new_route_without_a_rule_fails() -> None:
+    app = offline_app()
+
+    async def unguarded() -> dict[str, str]:
+        return {}
+
+    app.add_api_route("/api/v1/unguarded", unguarded, methods=["GET"])
+    with pytest.raises(PolicyError) as refused:
+        route_rules(app)
+    assert len(refused.value.problems) == 1
+    assert refused.value.problems[0].startswith("GET /api/v1/unguarded has no rule")
+
+
+def test_public_routes_must_exist_and_must_not_also_take_a_key() -> None:
+    app = offline_app()
+    stale = {**PUBLIC_ROUTES, ("GET", "/gone"): Public("a route that was removed long ago")}
+    with pytest.raises(PolicyError, match=r"PUBLIC_ROUTES lists GET /gone"):
+        route_rules(app, stale)
+    both = {**PUBLIC_ROUTES, ("GET", "/api/v1/worklist"): Public("a mistake, for this test")}
+    with pytest.raises(PolicyError, match=r"GET /api/v1/worklist requires a key but is also"):
+        route_rules(app, both)
+
+
+def test_every_operation_is_in_the_table_and_used_by_a_route() -> None:
+    assert set(PERMISSIONS) == set(Operation), "every Operation needs a row in PERMISSIONS"
+    used = {rule for rule in route_rules(offline_app()).values() if isinstance(rule, Operation)}
+    assert used == set(Operation), f"operations no route checks: {set(Operation) - used}"
+
+
+# --- 2. the table says what DESIGN §7 says (written by hand, on purpose) ------------------------
+
+# Patient-level operations: reporting may do none of them.
+PATIENT_LEVEL = {
+    Operation.REFERRAL_CREATE,
+    Operation.REFERRAL_UPDATE,
+    Operation.REFERRAL_READ,
+    Operation.TASK_READ,
+    Operation.CASE_READ,
+    Operation.CASE_EVENT_RECORD,
+    Operation.WORKLIST_READ,
+    Operation.JOURNEY_LINK,
+    Operation.DELIVERY_READ,
+    Operation.DELIVERY_REPLAY,
+}
+DESIGN_ROWS: dict[Operation, set[Role]] = {
+    # Clinical systems refer and cancel; nobody else makes or changes referrals.
+    Operation.REFERRAL_CREATE: {CLINICAL},
+    Operation.REFERRAL_UPDATE: {CLINICAL},
+    # The service side records what happens on a case; the referrer follows it, never writes it.
+    Operation.CASE_EVENT_RECORD: {PLATFORM, ADVISOR, ADMIN},
+    Operation.WORKLIST_READ: {PLATFORM, ADVISOR, ADMIN},
+    # Only admins manage clients, services and routes, and see the delivery queue.
+    Operation.CLIENT_MANAGE: {ADMIN},
+    Operation.SERVICE_MANAGE: {ADMIN},
+    Operation.ROUTE_MANAGE: {ADMIN},
+    Operation.DELIVERY_READ: {ADMIN},
+    Operation.DELIVERY_REPLAY: {ADMIN},
+}
+
+
+def test_the_table_says_what_design_section_7_says() -> None:
+    for operation, roles in DESIGN_ROWS.items():
+        assert PERMISSIONS[operation] == roles, operation
+    for operation in PATIENT_LEVEL:
+        assert REPORTING not in PERMISSIONS[operation], operation
+    # Both ends of a referral may read it and follow its Task and case.
+    for operation in (Operation.REFERRAL_READ, Operation.TASK_READ, Operation.CASE_READ):
+        assert {CLINICAL, ADVISOR, PLATFORM} <= PERMISSIONS[operation], operation
+    assert {CLINICAL, ADVISOR} <= PERMISSIONS[Operation.JOURNEY_LINK]
+
+
+# --- 3. the matrix ------------------------------------------------------------------------------
+
+ROLE_CALLERS = [role.value for role in Role]
+CALLERS = ["no key", "wrong key", *ROLE_CALLERS, "bootstrap admin"]
+
+# Public routes: what they answer without their own credential, whoever calls (a key changes
+# nothing). The webhook is called for a real elemental service, unsigned; the page without token.
+PUBLIC_OUTCOMES: dict[RouteKey, int] = {
+    ("GET", "/healthz"): 200,
+    ("GET", "/fhir/metadata"): 200,
+    ("GET", "/openapi.json"): 200,
+    ("GET", "/docs"): 200,
+    ("GET", "/docs/oauth2-redirect"): 200,
+    ("GET", "/redoc"): 200,
+    ("POST", "/api/v1/adapters/{adapter}/{service_id}/webhook"): 401,
+    ("GET", "/journey/{referral_id}"): 403,
+}
+
+# A few rows written by hand at the level of routes (they also check which operation each of
+# these routes asks for): (method, path, caller, expected status).
+HAND_WRITTEN_ROUTE_ROWS = [
+    ("POST", "/fhir/ServiceRequest", "clinical-system", 201),
+    ("POST", "/fhir/ServiceRequest", "advisor", 403),
+    ("POST", "/fhir/ServiceRequest", "platform", 403),
+    ("PUT", "/fhir/ServiceRequest/{referral_id}", "advisor", 403),
+    ("POST", "/api/v1/cases/{case_id}/events", "advisor", 201),
+    ("POST", "/api/v1/cases/{case_id}/events", "clinical-system", 403),
+    ("GET", "/api/v1/cases/{case_id}", "clinical-system", 200),
+    ("GET", "/api/v1/worklist", "advisor", 200),
+    ("GET", "/api/v1/worklist", "clinical-system", 403),
+    ("GET", "/fhir/ServiceRequest/{referral_id}", "reporting", 403),
+    ("GET", "/fhir/Task", "reporting", 403),
+    ("GET", "/api/v1/worklist", "reporting", 403),
+    ("GET", "/api/v1/services", "reporting", 200),
+    ("POST", "/api/v1/clients", "admin", 201),
+    ("POST", "/api/v1/clients", "advisor", 403),
+    ("POST", "/api/v1/services", "clinical-system", 403),
+    ("PUT", "/api/v1/clinical-routes/{organisation}", "platform", 403),
+    ("GET", "/api/v1/deliveries", "admin", 200),
+    ("GET", "/api/v1/deliveries", "advisor", 403),
+    ("GET", "/api/v1/deliveries", "platform", 403),
+    ("GET", "/api/v1/deliveries", "clinical-system", 403),
+    ("GET", "/api/v1/deliveries/{delivery_id}", "reporting", 403),
+]
+
+_PARAMETER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+@dataclass
+class Call:
+    params: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def fhir(resource: dict[str, Any]) -> Call:
+    return Call(content=orjson.dumps(resource), headers=dict(FHIR_JSON))
+
+
+def transaction_bundle() -> dict[str, Any]:
+    referral = referral_resource("life-rooms")
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": referral,
+                "request": {"method": "POST", "url": "ServiceRequest"},
+            }
+        ],
+    }
+
+
+async def record_case_work(case: OpenCase) -> None:
+    """A case accepted, with an appointment, a social prescription and a SWEMWBS score."""
+    for event in (
+        {"type": "case.accepted"},
+        {
+            "type": "appointment.booked",
+            "appointment_id": "A",
+            "start": "2030-01-01T10:00:00Z",
+            "appointment_type": "telephone",
+            "duration_minutes": 30,
+        },
+        {
+            "type": "prescription.created",
+            "prescription_id": "P",
+            "category": "housing",
+            "provider": "X",
+            "activity": "Y",
+        },
+        {"type": "outcome.recorded", "stage": "start", "items": [3, 3, 3, 3, 3, 3, 3]},
+    ):
+        await case.record(event)
+
+
+async def case_resources(bridge: Bridge, case: OpenCase) -> dict[str, list[str]]:
+    """The ids of the case's FHIR resources by type (prescriptions are ServiceRequests)."""
+    detail = (await case.detail()).json()["resources"]
+    by_type: dict[str, list[str]] = {}
+    for key in ("appointments", "prescriptions", "observations", "questionnaire_responses"):
+        for reference in detail[key]:
+            resource_type, _, resource_id = reference.partition("/")
+            by_type.setdefault(resource_type, []).append(resource_id)
+    assert set(by_type) == {"Appointment", "ServiceRequest", "Observation", "QuestionnaireResponse"}
+    return by_type
+
+
+async def subscribe(bridge: Bridge, headers: dict[str, str]) -> str:
+    response = await bridge.http.post(
+        "/api/v1/subscriptions", json={"url": HOOK_URL}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    subscription_id: str = response.json()["id"]
+    return subscription_id
+
+
+@dataclass
+class World:
+    """What the matrix calls: one referral (RW4 → life-rooms of LR001) with case records, keys for
+    every role (clinical-system at RW4; the rest at LR001, the service's organisation), a
+    subscription of each caller's own, a clinical route, a delivery, and an elemental service."""
+
+    keys: dict[str, dict[str, str]]
+    case: OpenCase
+    cancellable_id: str
+    cancellation: dict[str, Any]
+    resources: dict[str, list[str]]
+    subscriptions: dict[str, str]
+    delivery_id: str
+
+    def path(self, method: str, template: str, caller: str) -> tuple[str, bool]:
+        """The URL for this caller, and whether every path parameter named a real object (a
+        parameter this test does not know gets a dummy id: the read is then not expected to
+        find anything, but the rule is checked all the same)."""
+        values = {
+            "referral_id": self.case.referral_id,
+            "task_id": self.case.case_id,
+            "case_id": self.case.case_id,
+            "service_id": "life-rooms",
+            "organisation": "RW4",
+            "delivery_id": self.delivery_id,
+            "subscription_id": self.subscriptions.get(caller, self.subscriptions["advisor"]),
+            "adapter": "elemental",
+        }
+        if (method, template) == ("PUT", "/fhir/ServiceRequest/{referral_id}"):
+            values["referral_id"] = self.cancellable_id  # the matrix must not close the case
+        if template.endswith("/webhook"):
+            values["service_id"] = "elemental-hub"
+        if template.startswith("/fhir/") and template.endswith("/{resource_id}"):
+            values["resource_id"] = self.resources.get(template.split("/")[2], [DUMMY_ID])[0]
+        names = [match.group(1) for match in _PARAMETER.finditer(template)]
+        url = _PARAMETER.sub(lambda m: values.get(m.group(1), DUMMY_ID), template)
+        return url, all(values.get(name, DUMMY_ID) != DUMMY_ID for name in names)
+
+    def call(self, method: str, template: str) -> Call:
+        referral = f"ServiceRequest/{self.case.referral_id}"
+        match method, template:
+            case "POST", "/fhir/ServiceRequest":
+                return fhir(referral_resource("life-rooms"))
+            case "POST", "/fhir":
+                return fhir(transaction_bundle())
+            case "PUT", "/fhir/ServiceRequest/{referral_id}":
+                return fhir(self.cancellation)
+            case "GET", "/fhir/Task":
+                return Call(params={"focus": referral})
+            case "GET", ("/fhir/Appointment" | "/fhir/Observation" | "/fhir/QuestionnaireResponse"):
+                return Call(params={"based-on": referral})
+            case "GET", "/fhir/ServiceRequest":
+                return Call(params={"patient.identifier": NHS_NUMBER})
+            case "POST", "/api/v1/cases/{case_id}/events":
+                return Call(json={"type": "contact.attempted", "outcome": "no-answer"})
+            case "POST", "/api/v1/clients":
+                return Call(json={"name": "new", "role": "reporting", "organisation": "RW4"})
+            case "POST", "/api/v1/services":
+                service_id = f"svc-{uuid.uuid4().hex[:12]}"
+                body = {
+                    "id": service_id,
+                    "name": "New",
+                    "organisation": "LR001",
+                    "adapter": "local",
+                }
+                return Call(json=body)
+            case "PUT", "/api/v1/clinical-routes/{organisation}":
+                config = {"base_url": HOOK_URL.removesuffix("/hook") + "/fhir"}
+                return Call(json={"adapter": "fhir_push", "adapter_config": config})
+            case "POST", "/api/v1/subscriptions":
+                return Call(json={"url": HOOK_URL, "events": ["referral.received"]})
+            case "PATCH", "/api/v1/subscriptions/{subscription_id}":
+                return Call(json={"description": "changed"})
+            case "POST", "/api/v1/deliveries/replay":
+                return Call(json={"referral": self.case.referral_id})
+            case "POST", "/api/v1/adapters/{adapter}/{service_id}/webhook":
+                return Call(content=b'{"type": "case.accepted"}')
+        return Call()
+
+
+async def build_world(bridge: Bridge) -> World:
+    await bridge.service("life-rooms", "LR001")
+    elemental = {
+        "id": "elemental-hub",
+        "name": "A hub on Elemental",
+        "organisation": "LR001",
+        "adapter": "elemental",
+        "adapter_config": {
+            "base_url": HOOK_URL.removesuffix("/hook"),
+            "api_key": "elemental-key",
+            "webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        },
+    }
+    response = await bridge.http.post("/api/v1/services", json=elemental, headers=bridge.admin)
+    assert response.status_code == 201, response.text
+    response = await bridge.http.put(
+        "/api/v1/clinical-routes/RW4",
+        json={"adapter": "fhir_push", "adapter_config": {"base_url": HOOK_URL + "/fhir"}},
+        headers=bridge.admin,
+    )
+    assert response.status_code == 200, response.text
+    keys = {
+        role.value: await bridge.key(
+            role.value, "RW4" if role is CLINICAL else "LR001", default_service="life-rooms"
+        )
+        for role in Role
+    }
+    keys["bootstrap admin"] = BOOTSTRAP_ADMIN
+    keys["wrong key"] = {"Authorization": "Bearer spb_not_a_key_" + "y" * 30}
+    keys["no key"] = {}
+    # Subscriptions first, so the referral below makes deliveries to them.
+    subscriptions = {
+        caller: await subscribe(bridge, keys[caller])
+        for caller in (*ROLE_CALLERS, "bootstrap admin")
+        if caller != "reporting"
+    }
+    case = await open_case(bridge, register=False)
+    await record_case_work(case)
+    resources = await case_resources(bridge, case)
+    cancellable = await bridge.refer(keys["clinical-system"], referral_resource("life-rooms"))
+    assert cancellable.status_code == 201, cancellable.text
+    cancellation = {**cancellable.json(), "status": "revoked"}
+    deliveries = await bridge.http.get(
+        "/api/v1/deliveries", params={"referral": case.referral_id}, headers=bridge.admin
+    )
+    assert deliveries.status_code == 200, deliveries.text
+    delivery_id = deliveries.json()["items"][0]["id"]
+    return World(
+        keys, case, cancellable.json()["id"], cancellation, resources, subscriptions, delivery_id
+    )
+
+
+@pytest.fixture
+async def lenient(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that returns the app's 500 instead of raising, so the matrix reports them all."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def _order(key: RouteKey) -> tuple[bool, str, str]:
+    return (key[0] == "DELETE", key[1], key[0])  # deletes last: the rest need what they delete
+
+
+def problems_of(
+    key: RouteKey,
+    rule: Rule,
+    caller: str,
+    response: httpx.Response,
+    public: dict[str, int],
+    real_ids: bool,
+) -> list[str]:
+    method, path = key
+    status = response.status_code
+    where = f"{method} {path} as {caller}: {status}"
+    if status >= 500:
+        return [f"{where} (a server error): {response.text[:300]}"]
+    if isinstance(rule, Public):
+        expected = PUBLIC_OUTCOMES.get(key, public.setdefault(f"{method} {path}", status))
+        return [] if status == expected else [f"{where}, expected {expected} (public route)"]
+    if caller in ("no key", "wrong key"):
+        return [] if status == 401 else [f"{where}, expected 401"]
+    role = ADMIN if caller == "bootstrap admin" else Role(caller)
+    if role not in PERMISSIONS[rule]:
+        refused = status == 403 and f"may not do '{rule}'" in response.text
+        return [] if refused else [f"{where}, expected 403 from the role check ({rule})"]
+    if status in (401, 403):
+        return [f"{where}: the role may do {rule}: {response.text[:200]}"]
+    if method == "GET" and real_ids and status != 200:
+        return [f"{where}, expected 200 (a read of the caller's own data): {response.text[:200]}"]
+    return []
+
+
+async def test_every_route_for_every_caller(app: Any, bridge: Bridge, lenient: Any) -> None:
+    world = await build_world(bridge)
+    rules = route_rules(app)
+    outcomes: dict[tuple[str, str, str], int] = {}
+    problems: list[str] = []
+    public_seen: dict[str, int] = {}
+    for key in sorted(rules, key=_order):
+        method, template = key
+        for caller in CALLERS:
+            call = world.call(method, template)
+            url, real_ids = world.path(method, template, caller)
+            response = await lenient.request(
+                method,
+                url,
+                params=call.params,
+                json=call.json,
+                content=call.content,
+                headers={**call.headers, **world.keys[caller]},
+            )
+            outcomes[method, template, caller] = response.status_code
+            problems += problems_of(key, rules[key], caller, response, public_seen, real_ids)
+    assert not problems, "\n".join(problems)
+    for method, template, caller, expected in HAND_WRITTEN_ROUTE_ROWS:
+        assert outcomes[method, template, caller] == expected, (method, template, caller)
+    # Reporting reaches no route of a patient-level operation.
+    for (method, template), rule in rules.items():
+        if rule in PATIENT_LEVEL:
+            assert outcomes[method, template, "reporting"] == 403, (method, template)
+    # The matrix did reach every protected route with every caller.
+    assert len(outcomes) == len(rules) * len(CALLERS)
+
+
+# --- 4. organisation isolation ------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One organisation pair's referral: referrer → service, with everything made for it."""
+
+    case: OpenCase
+    identifier: str  # system|value of the referrer's id
+    resources: dict[str, list[str]]  # FHIR type → ids (ServiceRequest: the prescriptions)
+    service: str
+    callers: dict[str, dict[str, str]]  # clinical-system (referrer), advisor, platform, admin
+    subscriptions: dict[str, str]  # caller → a subscription it made
+
+
+async def build_side(
+    bridge: Bridge, service: str, service_organisation: str, referrer_organisation: str
+) -> Side:
+    await bridge.service(service, service_organisation)
+    case = await open_case(
+        bridge,
+        service=service,
+        service_organisation=service_organisation,
+        referrer_organisation=referrer_organisation,
+        register=False,
+    )
+    await record_case_work(case)
+    referral = (
+        await bridge.http.get(f"/fhir/ServiceRequest/{case.referral_id}", headers=case.referrer)
+    ).json()
+    identifier = referral["identifier"][0]
+    callers = {
+        "clinical-system": case.referrer,
+        "advisor": case.advisor,
+        "platform": await bridge.key("platform", service_organisation),
+        "admin": await bridge.key("admin", service_organisation),
+    }
+    return Side(
+        case=case,
+        identifier=f"{identifier['system']}|{identifier['value']}",
+        resources=await case_resources(bridge, case),
+        service=service,
+        callers=callers,
+        subscriptions={
+            name: await subscribe(bridge, callers[name]) for name in ("clinical-system", "advisor")
+        },
+    )
+
+
+def found_ids(response: httpx.Response) -> set[str]:
+    """The ids in a searchset Bundle (checking that its total counts only what it shows)."""
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    ids = {entry["resource"]["id"] for entry in bundle.get("entry", [])}
+    assert bundle["total"] == len(ids), bundle
+    return ids
+
+
+def owned_ids(side: Side) -> set[str]:
+    """The ids of the side's referral, Task (= case) and every resource of its case."""
+    resources = {i for ids in side.resources.values() for i in ids}
+    return {side.case.referral_id, side.case.case_id} | resources
+
+
+async def check_isolation(http: httpx.AsyncClient, mine: Side, other: Side) -> None:
+    """``other``'s callers see nothing of ``mine``; ``mine``'s callers, asked the same, do."""
+    referral, case_id = mine.case.referral_id, mine.case.case_id
+    based_on = f"ServiceRequest/{referral}"
+    by_id = [
+        f"/fhir/ServiceRequest/{referral}",
+        f"/fhir/ServiceRequest/{referral}/$journey",
+        f"/fhir/Task/{case_id}",
+        f"/api/v1/cases/{case_id}",
+        f"/api/v1/referrals/{referral}/journey-link",
+        *(
+            f"/fhir/{resource_type}/{resource_id}"
+            for resource_type, ids in mine.resources.items()
+            for resource_id in ids
+        ),
+    ]
+    # (path, query, the ids of ``mine`` it finds for ``mine``'s callers)
+    searches: list[tuple[str, dict[str, str], set[str]]] = [
+        ("/fhir/ServiceRequest", {"identifier": mine.identifier}, {referral}),
+        ("/fhir/ServiceRequest", {"patient.identifier": NHS_NUMBER}, {referral}),
+        ("/fhir/ServiceRequest", {"_id": referral}, {referral}),
+        ("/fhir/ServiceRequest", {"based-on": based_on}, set(mine.resources["ServiceRequest"])),
+        ("/fhir/Task", {"focus": f"{based_on},ServiceRequest/{other.case.referral_id}"}, {case_id}),
+    ]
+    for resource_type in ("Appointment", "Observation", "QuestionnaireResponse"):
+        ids = set(mine.resources[resource_type])
+        searches += [
+            (f"/fhir/{resource_type}", {"based-on": based_on}, ids),
+            (f"/fhir/{resource_type}", {"patient": NHS_NUMBER}, ids),
+            (f"/fhir/{resource_type}", {"patient.identifier": NHS_NUMBER}, ids),
+            (f"/fhir/{resource_type}", {"_id": ",".join(ids)}, ids),
+        ]
+
+    for name, headers in other.callers.items():
+        for path in by_id:
+            response = await http.get(path, headers=headers)
+            assert response.status_code == 404, (name, path, response.text)
+        for path, query, _ in searches:
+            found = found_ids(await http.get(path, params=query, headers=headers))
+            assert not found & owned_ids(mine), (name, path, query)
+        # Writes to what is not yours are as unknown as reads.
+        if name == "clinical-system":
+            current = (
+                await http.get(f"/fhir/ServiceRequest/{referral}", headers=mine.case.referrer)
+            ).json()
+            response = await http.put(
+                f"/fhir/ServiceRequest/{referral}",
+                content=orjson.dumps({**current, "status": "revoked"}),
+                headers={**headers, **FHIR_JSON},
+            )
+            assert response.status_code == 404, response.text
+        else:
+            response = await http.post(
+                f"/api/v1/cases/{case_id}/events",
+                json={"type": "contact.attempted", "outcome": "no-answer"},
+                headers=headers,
+            )
+            assert response.status_code == 404, (name, response.text)
+            worklist = await http.get("/api/v1/worklist", headers=headers)
+            assert worklist.status_code == 200, worklist.text
+            listed = {item["case_id"] for item in worklist.json()["items"]}
+            assert listed == {other.case.case_id}, (name, listed)
+            foreign = await http.get(
+                "/api/v1/worklist", params={"service": mine.service}, headers=headers
+            )
+            assert foreign.status_code == 404, (name, foreign.text)
+        # Subscriptions belong to an organisation: another's are unknown, to read and to change.
+        listed_subscriptions = await http.get("/api/v1/subscriptions", headers=headers)
+        assert not {s["id"] for s in listed_subscriptions.json()} & set(mine.subscriptions.values())
+        for subscription_id in mine.subscriptions.values():
+            path = f"/api/v1/subscriptions/{subscription_id}"
+            for method, suffix, body in [
+                ("GET", "", None),
+                ("PATCH", "", {"description": "not yours"}),
+                ("POST", "/rotate-secret", None),
+                ("POST", "/test", None),
+                ("DELETE", "", None),
+            ]:
+                response = await http.request(method, path + suffix, json=body, headers=headers)
+                assert response.status_code == 404, (name, method, suffix, response.text)
+
+    # The same questions from the owners' side find everything (so the 404s above are isolation,
+    # not broken ids). Both ends of the referral see it; the advisor side sees the worklist item.
+    for name, headers in mine.callers.items():
+        for path in by_id:
+            response = await http.get(path, headers=headers)
+            assert response.status_code == 200, (name, path, response.text)
+        for path, query, expected in searches:
+            found = found_ids(await http.get(path, params=query, headers=headers))
+            assert expected <= found, (name, path, query)
+            assert not found & owned_ids(other), (name, path, query)
+    for name, subscription_id in mine.subscriptions.items():
+        response = await http.get(
+            f"/api/v1/subscriptions/{subscription_id}", headers=mine.callers[name]
+        )
+        assert response.status_code == 200, response.text
+
+
+async def test_organisations_see_only_their_own_referrals(app: Any, bridge: Bridge) -> None:
+    # RW4 refers to a service of LR001; RX1 refers to a service of ZZ001. Same patient.
+    first = await build_side(bridge, "life-rooms", "LR001", "RW4")
+    second = await build_side(bridge, "zz-service", "ZZ001", "RX1")
+    await check_isolation(bridge.http, first, second)
+    await check_isolation(bridge.http, second, first)
+
+    # The referrer's subscription is not the service organisation's either (one per organisation).
+    response = await bridge.http.get(
+        f"/api/v1/subscriptions/{first.subscriptions['clinical-system']}",
+        headers=first.callers["advisor"],
+    )
+    assert response.status_code == 404, response.text
+
+    # Both ends see a referral, but each changes only its own part: the referrer's organisation
+    # records no case events (even with an advisor key), the service's cancels no referral.
+    referrer_side_advisor = await bridge.key("advisor", "RW4")
+    response = await bridge.http.post(
+        f"/api/v1/cases/{first.case.case_id}/events",
+        json={"type": "contact.attempted", "outcome": "no-answer"},
+        headers=referrer_side_advisor,
+    )
+    assert response.status_code == 403, response.text
+    service_side_clinical = await bridge.key("clinical-system", "LR001")
+    path = f"/fhir/ServiceRequest/{first.case.referral_id}"
+    current = (await bridge.http.get(path, headers=service_side_clinical)).json()
+    response = await bridge.http.put(
+        path,
+        content=orjson.dumps({**current, "status": "revoked"}),
+        headers={**service_side_clinical, **FHIR_JSON},
+    )
+    assert response.status_code == 403, response.text
+
+    # A journey-page token opens only the referral it was issued for.
+    link = await bridge.http.get(
+        f"/api/v1/referrals/{second.case.referral_id}/journey-link", headers=second.case.referrer
+    )
+    assert link.status_code == 200, link.text
+    token = httpx.URL(link.json()["url"]).params["token"]
+    own = await bridge.http.get(f"/journey/{second.case.referral_id}", params={"token": token})
+    assert own.status_code == 200
+    foreign = await bridge.http.get(f"/journey/{first.case.referral_id}", params={"token": token})
+    assert foreign.status_code == 403
+    assert "9000000009" not in foreign.text and first.case.referral_id not in foreign.text
+
+    # No search pulls other resources in around the organisation filter: includes are refused.
+    for path, query in [
+        ("/fhir/ServiceRequest", {"_include": "ServiceRequest:patient"}),
+        ("/fhir/Task", {"focus": f"ServiceRequest/{first.case.referral_id}", "_include": "*"}),
+        ("/fhir/Appointment", {"_revinclude": "Observation:based-on"}),
+    ]:
+        response = await bridge.http.get(path, params=query, headers=second.callers["admin"])
+        assert response.status_code == 400, (path, response.text)
+
+    # Deliveries (which name referrals and destinations) are admins' only; the rest get 403.
+    for side in (first, second):
+        for name in ("clinical-system", "advisor", "platform"):
+            for path in ("/api/v1/deliveries", f"/api/v1/deliveries/{DUMMY_ID}"):
+                response = await bridge.http.get(path, headers=side.callers[name])
+                assert response.status_code == 403, (name, path)
