@@ -188,6 +188,7 @@ _DESCRIPTIONS = {
     403: "The caller's role may not do this",
     404: "No such resource visible to the caller",
     409: "Conflicts with the current state",
+    410: "Gone: the referral's patient data was removed after its retention period",
     412: "A precondition (If-Match, If-None-Exist) failed",
     413: "Request body too large",
     415: "Unsupported media type",

@@ -8,6 +8,7 @@ from app.directory.models import SocialPrescribingService
 from app.journey.models import SigningKey
 from app.platform.models import PlatformMessage
 from app.referrals.models import Referral
+from app.retention.models import PurgeRun
 
 __all__ = [
     "ApiClient",
@@ -20,6 +21,7 @@ __all__ = [
     "Destination",
     "PlatformMessage",
     "Prescription",
+    "PurgeRun",
     "Referral",
     "SigningKey",
     "SocialPrescribingService",

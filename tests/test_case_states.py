@@ -111,12 +111,23 @@ def test_cancelled_by_referrer() -> None:
         )
 
 
+def test_consent_withdrawn_closes_any_open_case() -> None:
+    for start in (S.RECEIVED, S.ACCEPTED, S.IN_PROGRESS, S.ON_HOLD):
+        assert "consent.withdrawn" in allowed_events(start)
+        for data in ({}, {"reason": "patient-request"}, {"reason": "objection"}):
+            result = next_status(status(start), "consent.withdrawn", data)
+            assert result == CaseStatus(
+                S.DISCHARGED, "consent-withdrawn", "cancelled", "consent-withdrawn"
+            )
+
+
 @pytest.mark.parametrize("closed", sorted(CLOSED_STATES))
 def test_closed_cases_accept_nothing(closed: CaseState) -> None:
     assert allowed_events(closed) == []
-    with pytest.raises(TransitionRefused) as refused:
-        next_status(status(closed), "referral.cancelled", {})
-    assert refused.value.current is closed
+    for event in ("referral.cancelled", "consent.withdrawn"):
+        with pytest.raises(TransitionRefused) as refused:
+            next_status(status(closed), event, {})
+        assert refused.value.current is closed
 
 
 @pytest.mark.parametrize(

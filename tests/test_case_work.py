@@ -334,26 +334,29 @@ BODIES: dict[str, dict[str, Any]] = {
     "case.resumed": {},
     "case.completed": {"reason": "referred-on"},
     "case.discharged": {"reason": "no-longer-required"},
+    "consent.withdrawn": {"reason": "objection"},
 }  # fmt: skip
 
 # Which of those each state allows (DESIGN §5); every other one must be refused with 409.
 ALLOWED: dict[str, set[str]] = {
-    "received": {"case.accepted", "case.rejected", "case.discharged"},
+    "received": {"case.accepted", "case.rejected", "case.discharged", "consent.withdrawn"},
     "accepted": {
         "case.rejected", "contact.attempted", "appointment.booked", "appointment.rescheduled",
         "appointment.attended", "appointment.did_not_attend", "appointment.cancelled",
         "prescription.created", "prescription.updated", "outcome.recorded",
         "demographics.recorded", "case.on_hold", "case.completed", "case.discharged",
+        "consent.withdrawn",
     },
     "in_progress": {
         "contact.attempted", "appointment.booked", "appointment.rescheduled",
         "appointment.attended", "appointment.did_not_attend", "appointment.cancelled",
         "prescription.created", "prescription.updated", "outcome.recorded",
         "demographics.recorded", "case.on_hold", "case.completed", "case.discharged",
+        "consent.withdrawn",
     },
     "on_hold": {
         "prescription.updated", "outcome.recorded", "demographics.recorded", "case.resumed",
-        "case.completed", "case.discharged",
+        "case.completed", "case.discharged", "consent.withdrawn",
     },
     "completed": set(),
     "discharged": set(),

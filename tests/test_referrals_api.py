@@ -126,6 +126,29 @@ async def test_if_none_exist(bridge: Bridge, referrer: dict[str, str], database_
     assert (await row_counts(database_url))["referrals"] == 3
 
 
+async def test_if_none_exist_matches_only_referrals_the_caller_sent(
+    bridge: Bridge, database_url: str
+) -> None:
+    """An organisation that refers and also runs a service sees referrals sent to it, but they
+    are not its own: If-None-Exist must not answer one of them as 'already held'."""
+    await bridge.service("both-ways", "RBOTH")
+    received = await bridge.key("clinical-system", "RW4")
+    sent_to_us = await refer(
+        bridge, received, performer=[{"reference": "HealthcareService/both-ways"}]
+    )
+    ours = await bridge.key("clinical-system", "RBOTH")
+    visible = await bridge.http.get(f"/fhir/ServiceRequest/{sent_to_us['id']}", headers=ours)
+    assert visible.status_code == 200  # it may read it: its service receives it
+    response = await bridge.http.post(
+        "/fhir/ServiceRequest",
+        content=orjson.dumps(referral_resource("both-ways")),
+        headers={**ours, **FHIR_JSON, "If-None-Exist": "patient.identifier=9000000009"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["id"] != sent_to_us["id"]
+    assert (await row_counts(database_url))["referrals"] == 2
+
+
 @pytest.mark.postgresql_only
 async def test_twenty_concurrent_repeats_make_one_referral(
     bridge: Bridge, referrer: dict[str, str], database_url: str

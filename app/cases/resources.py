@@ -122,7 +122,7 @@ async def read_or_404(
 ) -> tuple[dict[str, Any], int]:
     found = await read(session, principal, resource_type, resource_id)
     if found is None:
-        raise NotFound(f"{resource_type}/{resource_id:.64} is not known here")
+        raise NotFound(f"No such {resource_type} is known here")
     return found
 
 

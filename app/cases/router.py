@@ -44,7 +44,7 @@ def event_context(request: Request, principal: Principal) -> service.EventContex
     operation_id="readTask",
     responses={
         200: fhir_resource_response("The Task", "Task"),
-        **fhir_error_responses(401, 403, 404),
+        **fhir_error_responses(401, 403, 404, 410),
     },
 )
 async def read_task(

@@ -22,7 +22,11 @@ from pydantic import (
     model_validator,
 )
 
-from app.cases.states import COMPLETION_REASONS, DISCHARGE_REASONS
+from app.cases.states import (
+    COMPLETION_REASONS,
+    CONSENT_WITHDRAWAL_REASONS,
+    DISCHARGE_REASONS,
+)
 from app.errors import BusinessRuleViolation, Issue, validation_message
 
 
@@ -75,7 +79,9 @@ DischargeReason = Literal[
     "declined",
 ]
 assert set(CompletionReason.__args__) == set(COMPLETION_REASONS)  # type: ignore[attr-defined]
+ConsentWithdrawalReason = Literal["patient-request", "objection"]
 assert set(DischargeReason.__args__) == set(DISCHARGE_REASONS)  # type: ignore[attr-defined]
+assert set(ConsentWithdrawalReason.__args__) == set(CONSENT_WITHDRAWAL_REASONS)  # type: ignore[attr-defined]
 
 # Fields every event has besides its own data.
 ENVELOPE_FIELDS = frozenset({"type", "occurred_at", "idempotency_key"})
@@ -247,6 +253,21 @@ class CaseDischarged(_Event):
     reason: DischargeReason
 
 
+class ConsentWithdrawn(_Event):
+    """The person withdrew their consent, or objected to the processing of their data: the case
+    closes (discharged, Task cancelled with statusReason consent-withdrawn), every delivery of
+    their data still queued is cancelled, and nothing more is sent but the closing Task to the
+    referrer (and, where a platform holds the case, a cancellation carrying only our ids).
+    Recorded by the service side; a referrer withdraws a referral by cancelling it."""
+
+    type: Literal["consent.withdrawn"]
+    reason: ConsentWithdrawalReason | None = Field(
+        default=None,
+        description="patient-request: the person withdrew consent; objection: the person "
+        "objected to the processing of their data",
+    )
+
+
 CaseEventIn = Annotated[
     ReferralReceived
     | ReferralUpdated
@@ -266,7 +287,8 @@ CaseEventIn = Annotated[
     | CaseOnHold
     | CaseResumed
     | CaseCompleted
-    | CaseDischarged,
+    | CaseDischarged
+    | ConsentWithdrawn,
     Field(discriminator="type"),
 ]
 _EVENT = TypeAdapter[Any](CaseEventIn)

@@ -25,6 +25,7 @@ from app.cases.states import (
     CaseStatus,
     TransitionRefused,
     allowed_events,
+    consent_withdrawn,
     is_contact,
     next_status,
 )
@@ -37,6 +38,7 @@ from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound
 from app.fhir.task import TaskView
 from app.referrals.models import Referral
+from app.retention.service import purged
 
 # How far ahead of our clock an event may say it happened (the sender's clock may drift).
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
@@ -179,13 +181,23 @@ async def apply_event(
     session.add(record)
 
     referral_status = _REFERRAL_STATUS.get(status.state)
+    withdrawn = consent_withdrawn(status.state, status.status_reason)
+    if withdrawn:
+        # The referral stands withdrawn for the referrer too: revoked, as when they cancel it.
+        referral_status = "revoked"
     if referral_status and referral.status != referral_status:
         referral.status = referral_status
         referral.version_id += 1
         referral.last_updated = now
 
+    holding: set[str] = set()
+    if withdrawn:
+        # Consent withdrawn: every delivery of this person's data still queued is cancelled in
+        # this transaction; enqueue then sends only the closing Task to the referrer and a
+        # cancellation to a platform that may hold the case (app.delivery.service).
+        holding = await delivery.stop_for_withdrawal(session, referral.id, now)
     destinations = await delivery.destinations_for(session, referral, service.organisation)
-    delivery.enqueue(session, destinations, case, record)
+    delivery.enqueue(session, destinations, case, record, platforms_holding=holding)
     return record
 
 
@@ -258,7 +270,12 @@ def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
         service_id=case.service_id,
         service_name=service_name,
         state=case.state,
-        outputs=tuple((output["type"], output["reference"]) for output in case.outputs),
+        # After a consent withdrawal the Task lists no outputs: the referrer is sent no more of
+        # the person's resources, so a Task must not point at ones it may never have received
+        # (the read and the push of one Task version are the same resource).
+        outputs=()
+        if consent_withdrawn(case.state, case.status_reason)
+        else tuple((output["type"], output["reference"]) for output in case.outputs),
         summary=case.summary,
         closed_at=case.closed_at,
     )
@@ -267,7 +284,9 @@ def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
 async def read_task(session: AsyncSession, principal: Principal, task_id: str) -> TaskView:
     row = (await session.execute(_task_query(principal).where(Case.id == task_id))).first()
     if row is None:
-        raise NotFound(f"Task/{task_id:.64} is not known here")
+        raise NotFound("No such Task is known here")
+    if row[1].purged_at is not None:
+        raise purged(f"Task/{task_id}")
     return task_view(*row)
 
 
@@ -275,7 +294,9 @@ async def tasks_for_referrals(
     session: AsyncSession, principal: Principal, referral_ids: list[str]
 ) -> list[TaskView]:
     rows = await session.execute(
-        _task_query(principal).where(Case.referral_id.in_(referral_ids)).order_by(Case.created_at)
+        _task_query(principal)
+        .where(Case.referral_id.in_(referral_ids), Referral.purged_at.is_(None))
+        .order_by(Case.created_at)
     )
     return [task_view(*row) for row in rows]
 
@@ -284,10 +305,13 @@ async def cases_for_delivery(
     session: AsyncSession, referral_ids: list[str]
 ) -> dict[str, tuple[Case, Referral, TaskView]]:
     """The case, referral and current Task of each referral, for the delivery engine (no
-    principal: the engine sends only to destinations chosen when the event was recorded)."""
+    principal: the engine sends only to destinations chosen when the event was recorded). A
+    purged referral is not among them: nothing of it is sent any more (retention)."""
     if not referral_ids:
         return {}
-    rows = await session.execute(_case_rows().where(Case.referral_id.in_(referral_ids)))
+    rows = await session.execute(
+        _case_rows().where(Case.referral_id.in_(referral_ids), Referral.purged_at.is_(None))
+    )
     return {
         referral.id: (case, referral, task_view(case, referral, name))
         for case, referral, name in rows
@@ -319,7 +343,7 @@ async def visible_case(
         query = query.with_for_update(of=Case)
     row = (await session.execute(query)).first()
     if row is None:
-        raise NotFound(f"Case {case_id:.64} is not known here")
+        raise NotFound("No such case is known here")
     case, referral, service = row
     return case, referral, service
 
@@ -347,8 +371,10 @@ async def record_event(
             "of its ServiceRequest (status revoked)",
             expression="type",
         )
-    if registry.adapter_class(service.adapter).delivers:
-        # The platform holds these cases: a change made here would never reach it.
+    if registry.adapter_class(service.adapter).delivers and event.type != "consent.withdrawn":
+        # The platform holds these cases: a change made here would never reach it. A consent
+        # withdrawal is the exception: the bridge must stop its own processing at once, and it
+        # tells the platform to stop by cancelling the case there.
         raise Conflict(
             f"This service's cases are held on its platform ('{service.adapter}'); record the "
             "change there and it comes back to the bridge",

@@ -38,6 +38,11 @@ DISCHARGE_REASONS = (
     "declined",
 )
 
+# Why a person withdrew consent (the consent.withdrawn event): codes only, never free text.
+CONSENT_WITHDRAWAL_REASONS = ("patient-request", "objection")
+# The business status and Task.statusReason of a case closed by consent.withdrawn.
+CONSENT_WITHDRAWN = "consent-withdrawn"
+
 # Business status an in-progress event leaves the case in.
 _PROGRESS = {
     "appointment.booked": "appointment-booked",
@@ -64,6 +69,7 @@ EVENT_TYPES = frozenset(
         "case.resumed",
         "case.completed",
         "case.discharged",
+        "consent.withdrawn",
     }
 )
 
@@ -122,6 +128,10 @@ _SOURCES: dict[str, frozenset[CaseState]] = {
     "case.resumed": frozenset({CaseState.ON_HOLD}),
     "case.completed": WORKING_STATES | {CaseState.ON_HOLD},
     "case.discharged": OPEN_STATES,
+    # The person withdraws consent (or objects to the processing) at any point while the case
+    # is open: the case closes as discharged and no more of their data is sent anywhere (only
+    # the closing Task to the referrer). See app.delivery.service.stop_for_withdrawal.
+    "consent.withdrawn": OPEN_STATES,
 }
 
 
@@ -190,7 +200,18 @@ def next_status(
                     state, event_type, f"reason must be one of {', '.join(DISCHARGE_REASONS)}"
                 )
             return _discharged(reason, contacted)
+        case "consent.withdrawn":
+            # Discharged (the pilot's outcome tables count it there), shown to the referrer as a
+            # cancelled Task whose businessStatus and statusReason say why.
+            return CaseStatus(
+                CaseState.DISCHARGED, CONSENT_WITHDRAWN, "cancelled", CONSENT_WITHDRAWN
+            )
     return _status(CaseState.IN_PROGRESS, _PROGRESS[event_type])
+
+
+def consent_withdrawn(state: str, status_reason: str | None) -> bool:
+    """Whether a case was closed by the person withdrawing consent (nothing more is sent)."""
+    return state == CaseState.DISCHARGED and status_reason == CONSENT_WITHDRAWN
 
 
 def is_contact(event_type: str, data: Mapping[str, Any]) -> bool:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from app.cases import wellbeing
 from app.cases.records import CaseRecords
+from app.cases.states import CONSENT_WITHDRAWN
 from app.fhir.task import code_displays
+
+CONSENT_WITHDRAWN_SUMMARY = "Closed: the person withdrew consent."
 
 
 def _plural(count: int, one: str, many: str | None = None) -> str:
@@ -13,6 +16,9 @@ def _plural(count: int, one: str, many: str | None = None) -> str:
 
 def discharge_summary(state: str, reason: str, records: CaseRecords) -> str:
     """What happened, in words a clinician reads at a glance; no patient identifiers."""
+    if reason == CONSENT_WITHDRAWN:
+        # The person withdrew consent: the referrer learns that the case closed, and no more.
+        return CONSENT_WITHDRAWN_SUMMARY
     if state == "completed":
         closed = f"Social prescribing support completed: {_reason('completion-reason', reason)}."
     else:

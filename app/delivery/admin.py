@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.cases.models import Case, CaseEvent
+from app.cases.states import consent_withdrawn
 from app.db import ENQUEUED, utcnow
 from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.delivery.schemas import (
@@ -19,6 +21,7 @@ from app.delivery.schemas import (
     QueueStats,
     ReplayFilter,
 )
+from app.delivery.service import CONSENT_WITHDRAWN_EVENT
 from app.errors import BadRequest, BusinessRuleViolation, Conflict, NotFound
 from app.fhir.search import encode_cursor, page_of
 
@@ -149,6 +152,22 @@ async def _reactivate_destinations(session: AsyncSession, ids: set[str], now: dt
         )
 
 
+async def _withheld_by_withdrawal(session: AsyncSession, delivery: Delivery) -> bool:
+    """Whether this delivery belongs to a person who withdrew consent and is not the withdrawal
+    (the one thing still sent to the referrer and the platform)."""
+    if delivery.referral_id is None:
+        return False
+    case = await session.scalar(select(Case).where(Case.referral_id == delivery.referral_id))
+    if case is None or not consent_withdrawn(case.state, case.status_reason):
+        return False
+    event_type = None
+    if delivery.case_event_id is not None:
+        event_type = await session.scalar(
+            select(CaseEvent.type).where(CaseEvent.id == delivery.case_event_id)
+        )
+    return event_type != CONSENT_WITHDRAWN_EVENT
+
+
 async def replay_one(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
     delivery = await session.get(Delivery, delivery_id, with_for_update=True)
     if delivery is None:
@@ -160,6 +179,11 @@ async def replay_one(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
         raise Conflict(
             f"Only dead letters and cancelled deliveries can be replayed; this one is "
             f"'{delivery.state}'"
+        )
+    if await _withheld_by_withdrawal(session, delivery):
+        raise Conflict(
+            "The person withdrew consent: nothing of theirs is sent again except the withdrawal "
+            "itself"
         )
     now = utcnow()
     for name, value in _requeue(now).items():

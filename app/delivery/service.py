@@ -10,8 +10,9 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases.models import Case, CaseEvent
+from app.cases.states import consent_withdrawn
 from app.db import ENQUEUED
-from app.delivery.models import Delivery, Destination, DestinationKind
+from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.referrals.models import Referral
 from app.webhooks import signing
 
@@ -55,16 +56,91 @@ def _wants(destination: Destination, event_type: str) -> bool:
     return not destination.event_types or event_type in destination.event_types
 
 
+# Consent withdrawal (issue 5, part 6): what is still sent once a person has withdrawn consent.
+CONSENT_WITHDRAWN_EVENT = "consent.withdrawn"
+WITHDRAWAL_ERROR = "cancelled: the person withdrew consent"
+# The platform is told to stop with the event it already knows: a cancellation (our ids only).
+PLATFORM_CANCEL = "referral.cancelled"
+_STOPPABLE = ("pending", "in_flight", "dead")
+
+
+async def stop_for_withdrawal(
+    session: AsyncSession, referral_id: str, now: dt.datetime
+) -> set[str]:
+    """Cancel every delivery of this referral not yet made, in the withdrawal's transaction.
+
+    Pending and in-flight deliveries (and dead letters, so a bulk replay never resends them)
+    become ``cancelled`` with the reason in ``last_error`` and a ``cancelled`` entry in their
+    attempt history. An in-flight send already on the wire cannot be recalled; its row is
+    cancelled all the same, so whatever it answers it is never retried. Returns the platform
+    destinations that may hold the case (their create was delivered or was in flight), which
+    are then told to cancel it.
+    """
+    rows = await session.execute(
+        select(Delivery, Destination.kind)
+        .join(Destination, Destination.id == Delivery.destination_id)
+        .where(Delivery.referral_id == referral_id)
+        .with_for_update(of=Delivery)
+    )
+    holding: set[str] = set()
+    for delivery, kind in rows:
+        if (
+            kind == DestinationKind.PLATFORM
+            and delivery.event_type == "referral.received"
+            and delivery.state in ("delivered", "in_flight")
+        ):
+            holding.add(delivery.destination_id)
+        if delivery.state not in _STOPPABLE:
+            continue
+        session.add(
+            DeliveryAttempt(
+                delivery_id=delivery.id,
+                number=delivery.attempts,
+                started_at=now,
+                duration_ms=0,
+                outcome="cancelled",
+                error=WITHDRAWAL_ERROR,
+                worker=None,
+            )
+        )
+        delivery.state = "cancelled"
+        delivery.last_error = WITHDRAWAL_ERROR
+        delivery.claimed_by = None
+        delivery.lease_expires_at = None
+        delivery.updated_at = now
+    return holding
+
+
 def enqueue(
     session: AsyncSession,
     destinations: list[Destination],
     case: Case,
     event: CaseEvent,
+    *,
+    platforms_holding: frozenset[str] | set[str] = frozenset(),
 ) -> list[Delivery]:
+    """An outbox row for each destination that wants ``event``.
+
+    Once the person has withdrawn consent, nothing more of theirs is sent, whatever the caller
+    asks: only the withdrawal itself goes to the referrer's clinical system (the Task showing the
+    case closed, which identifies the patient by the NHS number the referrer already holds), and
+    to ``platforms_holding`` as a cancellation. Webhook subscriptions get nothing.
+    """
+    withdrawn = consent_withdrawn(case.state, case.status_reason)
     payload: dict[str, Any] | None = None
     deliveries = []
     for destination in destinations:
-        if not _wants(destination, event.type):
+        event_type = event.type
+        if withdrawn:
+            if event.type != CONSENT_WITHDRAWN_EVENT:
+                continue
+            if destination.kind == DestinationKind.PLATFORM:
+                if destination.id not in platforms_holding:
+                    continue
+                event_type = PLATFORM_CANCEL
+            elif destination.kind != DestinationKind.CLINICAL:
+                continue
+        elif not _wants(destination, event.type):
             continue
         if destination.kind == DestinationKind.WEBHOOK and payload is None:
             payload = signing.case_payload(
@@ -85,7 +161,7 @@ def enqueue(
                 destination_id=destination.id,
                 referral_id=case.referral_id,
                 case_event_id=event.id,
-                event_type=event.type,
+                event_type=event_type,
                 event_seq=event.seq,
                 state="pending",
                 attempts=0,

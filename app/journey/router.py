@@ -99,7 +99,7 @@ def _base_url(request: Request, public_base_url: str | None) -> str:
     operation_id="createJourneyLink",
     responses={
         200: {"description": "The link, and when it stops working"},
-        **api_error_responses(401, 403, 404, 422),
+        **api_error_responses(401, 403, 404, 410, 422),
     },
 )
 async def create_journey_link(

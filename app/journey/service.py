@@ -229,6 +229,7 @@ _DISCHARGED = {
     "no-longer-required": "no longer needs the service",
     "inappropriate-referral": "inappropriate referral",
     "declined": "the person declined the service",
+    "consent-withdrawn": "the person withdrew consent",
 }
 
 
@@ -409,6 +410,8 @@ def describe(
     if kind == "case.discharged":
         reason = _DISCHARGED.get(str(data.get("reason")), "no reason given")
         return f"Discharged: {reason}", None
+    if kind == "consent.withdrawn":
+        return "The person withdrew consent: the case is closed and nothing more is shared", None
     return f"Update recorded ({kind})", None
 
 
@@ -533,6 +536,8 @@ async def journey_page(
     if row is None:
         return None
     case, referral, service = row
+    if referral.purged_at is not None:
+        return None  # past its retention: the patient data is gone, so is the page
     events = list(
         await session.scalars(
             select(CaseEvent)

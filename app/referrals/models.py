@@ -50,3 +50,5 @@ class Referral(Base):
     last_updated: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # When `spbridge purge` removed the patient data (retention); reads then answer 410 Gone.
+    purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -85,7 +85,7 @@ def _assess(model: Any, settings: Settings) -> ReferralDraft:
         200: fhir_resource_response(
             "Already held: the existing referral", "ServiceRequest", headers=_ETAG
         ),
-        **fhir_error_responses(400, 401, 403, 412, 413, 415, 422),
+        **fhir_error_responses(400, 401, 403, 410, 412, 413, 415, 422),
     },
 )
 async def create_service_request(
@@ -190,7 +190,7 @@ async def post_transaction(
     operation_id="readServiceRequest",
     responses={
         200: fhir_resource_response("The referral", "ServiceRequest", headers=_ETAG),
-        **fhir_error_responses(401, 403, 404),
+        **fhir_error_responses(401, 403, 404, 410),
     },
 )
 async def read_service_request(
@@ -226,7 +226,7 @@ async def read_service_request(
     operation_id="readJourney",
     responses={
         200: fhir_resource_response("collection Bundle", "Bundle"),
-        **fhir_error_responses(401, 403, 404),
+        **fhir_error_responses(401, 403, 404, 410),
     },
 )
 async def read_journey(
@@ -326,7 +326,7 @@ async def search_service_requests(
         200: fhir_resource_response(
             "The referral after the update", "ServiceRequest", headers=_ETAG
         ),
-        **fhir_error_responses(400, 401, 403, 404, 409, 412, 413, 415, 422),
+        **fhir_error_responses(400, 401, 403, 404, 409, 410, 412, 413, 415, 422),
     },
 )
 async def update_service_request(

@@ -24,6 +24,7 @@ from app.fhir.nhs_number import normalise
 from app.fhir.task import instant
 from app.referrals.intake import ReferralDraft
 from app.referrals.models import Referral
+from app.retention.service import purged
 
 SEARCH_PARAMETERS = frozenset({"identifier", "patient.identifier", "status", "_lastUpdated", "_id"})
 # Elements of a held referral a referrer may change, and how (FHIR update).
@@ -37,7 +38,7 @@ class Intake:
     created: bool
 
 
-def visible_to(principal: Principal) -> ColumnElement[bool] | None:
+def _organisation_sees(principal: Principal) -> ColumnElement[bool] | None:
     """Referrals the caller's organisation sent or whose service it runs; None: everything."""
     if principal.sees_everything:
         return None
@@ -47,6 +48,14 @@ def visible_to(principal: Principal) -> ColumnElement[bool] | None:
     return or_(
         Referral.organisation == principal.organisation, Referral.service_id.in_(own_services)
     )
+
+
+def visible_to(principal: Principal) -> ColumnElement[bool] | None:
+    """Referrals the caller's organisation sent or whose service it runs, and their resources;
+    never a purged referral (retention: its patient data is gone, reading it answers 410)."""
+    condition = _organisation_sees(principal)
+    held = Referral.purged_at.is_(None)
+    return held if condition is None else and_(held, condition)
 
 
 def _restrict(query: Select[Any], principal: Principal) -> Select[Any]:
@@ -126,6 +135,8 @@ async def create_referral(
             return Intake(matches[0], created=False)
     held = await _existing(session, principal.organisation, draft)
     if held is not None:
+        if held.purged_at is not None:
+            raise purged("A referral with this identifier")
         return Intake(held, created=False)
     service = await _target_service(session, draft, principal)
 
@@ -178,11 +189,16 @@ async def create_referral(
 
 
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
-    referral: Referral | None = await session.scalar(
-        _restrict(select(Referral).where(Referral.id == referral_id), principal)
-    )
+    """The referral if the caller may see it (404 otherwise); 410 once it has been purged."""
+    query = select(Referral).where(Referral.id == referral_id)
+    condition = _organisation_sees(principal)
+    if condition is not None:
+        query = query.where(condition)
+    referral: Referral | None = await session.scalar(query)
     if referral is None:
-        raise NotFound(f"ServiceRequest/{referral_id:.64} is not known here")
+        raise NotFound("No such ServiceRequest is known here")
+    if referral.purged_at is not None:
+        raise purged(f"ServiceRequest/{referral.id}")
     return referral
 
 
@@ -263,7 +279,8 @@ async def search_referrals(
 async def conditional_matches(
     session: AsyncSession, principal: Principal, query_string: str
 ) -> list[Referral]:
-    """Referrals an If-None-Exist query (``identifier=…&…``) matches, among the caller's."""
+    """Referrals an If-None-Exist query (``identifier=…&…``) matches among those the caller's
+    organisation sent (not those it receives as a service: they are not its to hold)."""
     pairs = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
     params = {k: v for k, v in pairs if k != "_lastUpdated"}
     fhir_search.check_parameters(params, SEARCH_PARAMETERS)
@@ -272,7 +289,11 @@ async def conditional_matches(
             "If-None-Exist carries no search parameter", issue_code="invalid"
         )
     conditions = _conditions(params) + _last_updated([v for k, v in pairs if k == "_lastUpdated"])
-    query = _restrict(select(Referral).where(*conditions), principal).limit(2)
+    query = (
+        _restrict(select(Referral).where(*conditions), principal)
+        .where(Referral.organisation == principal.organisation)
+        .limit(2)
+    )
     return list(await session.scalars(query))
 
 
