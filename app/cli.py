@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,6 +12,7 @@ import typer
 import uvicorn
 
 from app.config import get_settings
+from app.logs import configure_logging
 
 if TYPE_CHECKING:
     from app.db import Database
@@ -52,6 +52,7 @@ def serve(
     from app.migrate import upgrade
 
     settings = get_settings()
+    configure_logging(settings.log_level)
     if sandbox:
         settings.sandbox = True
     if not dispatcher:
@@ -67,7 +68,17 @@ def serve(
     # full collections, which otherwise pause requests for ~100 ms (bench/RESULTS.md).
     gc.collect()
     gc.freeze()
-    uvicorn.run(application, host=host, port=port, log_level="info")
+    # JSON logs (app/logs.py); our access log replaces uvicorn's, whose lines carry the path
+    # and query (so do its WebSocket lines: the API has no WebSockets, so uvicorn takes none).
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,
+        ws="none",
+    )
 
 
 @cli.command()
@@ -86,11 +97,11 @@ def worker(
     from app.worker import run_worker
 
     settings = get_settings()
+    configure_logging(settings.log_level)
     if migrate_first:
         upgrade(settings.database_url)
     if is_sqlite(settings.database_url):
         typer.echo("note: SQLite serves one process; prefer `spbridge serve` alone", err=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(run_worker(settings))
 
 
@@ -180,6 +191,82 @@ def deliveries_replay(
     typer.echo(f"replayed {len(ids)} deliveries")
     for ident in ids:
         typer.echo(ident)
+
+
+@cli.command()
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be purged; change nothing")
+    ] = False,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            help="Only cases closed before this date (YYYY-MM-DD, UTC); it may only be earlier "
+            "than the retention period allows"
+        ),
+    ] = None,
+) -> None:
+    """Remove the patient data of cases closed longer ago than SPBRIDGE_RETENTION_DAYS.
+
+    Names, birth dates, contact details, notes and the stored referral go; the NHS number is
+    replaced by a keyed pseudonym; case events keep the codes reports count. Every run that
+    changes something is recorded (purge_runs).
+    """
+    import datetime as dt
+    import getpass
+    import socket
+
+    from app.db import transaction
+    from app.retention.service import PurgeResult
+    from app.retention.service import purge as run_purge
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    cutoff_before: dt.datetime | None = None
+    if before is not None:
+        try:
+            day = dt.date.fromisoformat(before)
+        except ValueError:
+            raise typer.BadParameter("give a date as YYYY-MM-DD", param_hint="--before") from None
+        cutoff_before = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    run_by = f"spbridge purge ({user}@{socket.gethostname()})"
+
+    async def run() -> PurgeResult:
+        database = _database()
+        try:
+            sessions = database.read_sessions if dry_run else database.write_sessions
+            async with transaction(sessions) as session:
+                return await run_purge(
+                    session,
+                    now=dt.datetime.now(dt.UTC),
+                    retention_days=settings.retention_days,
+                    run_by=run_by,
+                    before=cutoff_before,
+                    dry_run=dry_run,
+                )
+        finally:
+            await database.dispose()
+
+    try:
+        result = asyncio.run(run())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--before") from None
+    cutoff = result.cutoff.isoformat(timespec="seconds")
+    if result.dry_run:
+        typer.echo(
+            f"dry run: {result.referrals} referrals would be purged (cases closed before "
+            f"{cutoff}; retention {result.retention_days} days); nothing changed"
+        )
+        return
+    typer.echo(
+        f"purged {result.referrals} referrals (cases closed before {cutoff}; retention "
+        f"{result.retention_days} days); {result.deliveries_cancelled} deliveries cancelled; "
+        f"recorded as purge run {result.run_id}"
+    )
 
 
 @cli.command()

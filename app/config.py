@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -45,7 +45,39 @@ class Settings(BaseSettings):
     # authoredOn may be this far ahead of our clock (the referrer's clock may drift).
     clock_skew_seconds: int = Field(default=300, ge=0)
     public_base_url: str | None = None
+    # Retention: `spbridge purge` removes the patient data of cases closed longer ago than this
+    # (the counts reports need stay). Default 8 years (2922 days), the minimum the NHS Records
+    # Management Code of Practice sets for adult social care and most adult health records.
+    retention_days: int = Field(default=2922, ge=0)
     sandbox: bool = False
+
+    # --- logs and limits (app/logs.py, app/limits.py; DESIGN §8) ---
+    # Level of the JSON logs on stderr; libraries that could log values stay at WARNING.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Requests per minute per API client (or bootstrap admin), refilling a bucket of
+    # ``rate_limit_burst``; 0 turns the limit off. Kept in process memory: with N API processes
+    # a client may make N times as many.
+    rate_limit_per_minute: int = Field(default=1200, ge=0)
+    rate_limit_burst: int = Field(default=600, ge=1)
+    # The same per client IP address for requests without a recognised API key.
+    rate_limit_anonymous_per_minute: int = Field(default=300, ge=0)
+    rate_limit_anonymous_burst: int = Field(default=300, ge=1)
+    # The deepest nesting of arrays and objects a JSON body outside /fhir may have.
+    max_json_depth: int = Field(default=64, ge=2, le=512)
+    # Origins whose browsers may call the API (CORS); empty: no CORS headers at all.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("retry_schedule", mode="before")
     @classmethod

@@ -38,6 +38,8 @@ from app.errors import (
 )
 from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
+from app.limits import install as install_limits
+from app.logs import AccessLogMiddleware
 from app.metadata.router import router as metadata_router
 from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
@@ -108,7 +110,10 @@ def _install_error_handlers(application: FastAPI) -> None:
         return render_error(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"path": request.url.path})
+        # Past the middlewares by now: the ids come from the request. The access log line with
+        # the same request id names the route (never the path, which may hold identifiers).
+        ids = {key: getattr(request.state, key, None) for key in ("request_id", "correlation_id")}
+        log.exception("unhandled error", extra=ids)
         return render_error(request, AppError("An internal error occurred; it has been logged"))
 
     application.add_exception_handler(AppError, on_app_error)
@@ -124,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
         redact_tokens_in_access_logs()
         database = Database.from_url(settings.database_url, settings.database_pool_size)
-        http = outbound_client()
+        http = outbound_client(settings)
         application.state.database = database
         application.state.http = http
         background = None
@@ -154,6 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     application.state.admin_key_hash = hash_key(admin_key) if admin_key else None
 
+    # Outermost last: request ids, then the access log, then CORS, rate and body limits.
+    install_limits(application, settings)
+    application.add_middleware(AccessLogMiddleware)
     application.add_middleware(RequestIdMiddleware)
     _install_error_handlers(application)
     for router in (
@@ -182,4 +190,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
+    _document_rate_limit(application)
     return application
+
+
+def _document_rate_limit(application: FastAPI) -> None:
+    """Every operation but the liveness probe can answer 429 (app.limits): say so in each."""
+    generate = application.openapi
+
+    def openapi() -> dict[str, Any]:
+        if application.openapi_schema is not None:
+            return application.openapi_schema
+        schema = generate()
+        for path, operations in schema.get("paths", {}).items():
+            if path == "/healthz":
+                continue
+            fhir = path == "/fhir" or path.startswith("/fhir/")
+            body = (
+                {FHIR_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/OperationOutcomeDoc"}}}
+                if fhir
+                else {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/ProblemDetailsDoc"}
+                    },
+                    PROBLEM_MEDIA_TYPE: {},
+                }
+            )
+            for operation in operations.values():
+                operation.setdefault("responses", {})["429"] = {
+                    "description": "Too many requests: wait for Retry-After seconds",
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds to wait before trying again",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                    "content": body,
+                }
+        application.openapi_schema = schema
+        return schema
+
+    application.openapi = openapi  # type: ignore[method-assign]

@@ -9,6 +9,8 @@ from contextvars import ContextVar
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.fhir import nhs_number
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 correlation_id_var: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
@@ -17,7 +19,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 def valid_id(value: str) -> bool:
-    return bool(_SAFE_ID.match(value))
+    # An NHS number sent as an id would be logged and passed on with every delivery.
+    return bool(_SAFE_ID.match(value)) and not nhs_number.is_valid(value)
 
 
 class RequestIdMiddleware:

@@ -15,16 +15,19 @@ import httpx
 from app.config import Settings
 from app.db import Database
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.urls import guarded_transport
 from app.platform.reconcile import Reconciler
 
 log = logging.getLogger("spbridge.worker")
 
 
-def outbound_client() -> httpx.AsyncClient:
-    """The process's one outbound client; every call also sets its own timeout."""
+def outbound_client(settings: Settings) -> httpx.AsyncClient:
+    """The process's one outbound client; every call also sets its own timeout. Its connections
+    go only to addresses the outbound URL policy allows, checked after DNS (app.delivery.urls)."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=64)
     return httpx.AsyncClient(
+        transport=guarded_transport(settings, limits),
         timeout=httpx.Timeout(10.0, connect=5.0),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=64),
         follow_redirects=False,
         trust_env=False,
     )
@@ -47,7 +50,7 @@ class Background:
 async def run_worker(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then finish or release the deliveries in flight."""
     database = Database.from_url(settings.database_url, settings.database_pool_size)
-    http = outbound_client()
+    http = outbound_client(settings)
     background = Background(database, settings, http)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

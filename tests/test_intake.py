@@ -80,6 +80,23 @@ async def test_generated_request_ids_are_echoed(bridge: Bridge, referrer: dict[s
     assert response.headers["x-correlation-id"] == response.headers["x-request-id"]
 
 
+async def test_an_nhs_number_sent_as_a_request_id_is_replaced(
+    bridge: Bridge, referrer: dict[str, str]
+) -> None:
+    """Ids are logged and passed on with every delivery: an NHS number must not travel there."""
+    response = await bridge.refer(
+        {**referrer, "X-Request-ID": "9434765919", "X-Correlation-ID": "943 476 5919"},
+        referral_resource(),
+    )
+    assert response.status_code == 201
+    assert "9434765919" not in response.headers["x-request-id"]
+    assert len(response.headers["x-request-id"]) == 36
+    assert response.headers["x-correlation-id"] == response.headers["x-request-id"]
+    # Ten digits that fail the check digit are an ordinary id.
+    other = await bridge.refer({**referrer, "X-Request-ID": "9434765918"}, referral_resource())
+    assert other.headers["x-request-id"] == "9434765918"
+
+
 def _without(key: str) -> dict[str, Any]:
     resource = referral_resource()
     del resource[key]

@@ -3,6 +3,12 @@
 Outside sandbox mode a receiver must be https and public. Loopback, private, link-local and
 cloud-metadata addresses are refused unless their host (or host:port) is listed in
 ``SPBRIDGE_ALLOWED_OUTBOUND_HOSTS`` (on-premises receivers, tests); listed hosts may use http.
+
+The policy is checked twice: when a URL is saved (``check_outbound_url``), and when a connection
+is made (``guarded_transport``, under the process's one outbound client), on the addresses the
+host resolves to then, and the connection goes to an address that was checked. So a name that
+resolved publicly when saved and privately later (DNS rebinding) is refused, and so would every
+hop of a redirect be, should one ever be followed (none is: adapters.base.send).
 """
 
 from __future__ import annotations
@@ -10,10 +16,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
+import httpx
+
+from adapters.base import PermanentError
 from app.config import Settings
 from app.errors import BusinessRuleViolation
+
+
+async def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``host`` resolves to, in the resolver's order (tests replace this)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
 def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -54,17 +72,96 @@ async def check_outbound_url(url: str, settings: Settings, field: str = "url") -
         addresses = {ipaddress.ip_address(host)}
     except ValueError:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port or 443, type=socket.SOCK_STREAM
-            )
+            addresses = set(await resolve(host, port or 443))
         except OSError:
             raise BusinessRuleViolation(
                 f"{field}: the host does not resolve", expression=field
             ) from None
-        addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
     if any(_is_internal(address) for address in addresses) and not settings.sandbox:
         raise BusinessRuleViolation(
             f"{field} points at an internal address; list the host in "
             "SPBRIDGE_ALLOWED_OUTBOUND_HOSTS if it is meant",
             expression=field,
         )
+
+
+# --- at connection time --------------------------------------------------------------------
+
+
+class OutboundAddressRefused(PermanentError):
+    """The host resolved to an address the policy refuses: the delivery is dead-lettered."""
+
+
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Opens outbound connections only to addresses the URL policy allows (see the module)."""
+
+    def __init__(
+        self, settings: Settings, backend: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self.settings = settings
+        self.backend = backend if backend is not None else httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109  (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        name = host.lower()
+        if self.settings.sandbox or _allowed(name, port, self.settings):
+            return await self.backend.connect_tcp(
+                host, port, timeout, local_address, socket_options
+            )
+        try:
+            addresses = [ipaddress.ip_address(name)]
+        except ValueError:
+            try:
+                addresses = await asyncio.wait_for(resolve(name, port), timeout)
+            except TimeoutError:
+                raise httpcore.ConnectTimeout(f"resolving {name} timed out") from None
+            except OSError:
+                raise httpcore.ConnectError(f"{name} does not resolve") from None
+        refused = [address for address in addresses if _is_internal(address)]
+        if refused or not addresses:
+            raise OutboundAddressRefused(
+                f"{name} resolves to an internal address ({refused[0] if refused else 'none'}); "
+                "list the host in SPBRIDGE_ALLOWED_OUTBOUND_HOSTS if it is meant"
+            )
+        failure: Exception | None = None
+        for address in addresses:  # the checked addresses themselves: no second lookup
+            try:
+                return await self.backend.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109  (httpcore's interface)
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise OutboundAddressRefused("outbound calls never use unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.backend.sleep(seconds)
+
+
+def guarded_transport(settings: Settings, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with its connection pool opening connections through the guard."""
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    # httpx takes no network backend; its pool is replaced by the same pool with ours
+    # (tests/test_outbound_policy.py fails should an httpx release stop honouring it).
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=GuardedNetworkBackend(settings),
+    )
+    return transport

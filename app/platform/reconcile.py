@@ -115,7 +115,8 @@ class Reconciler:
                         "platform message refused",
                         extra={
                             "service": service_id,
-                            "message": message.message_id,
+                            # "message" is a LogRecord attribute: logging refuses it in extra.
+                            "message_id": message.message_id,
                             "error": exc.diagnostics,
                         },
                     )
