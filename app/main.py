@@ -17,6 +17,7 @@ import app as package
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.auth import hash_key
+from app.clients.oauth import router as oauth_router
 from app.clients.router import router as clients_router
 from app.config import Settings, get_settings
 from app.db import Database
@@ -151,7 +152,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=(
             "Referrals from clinical record systems as FHIR R4 ServiceRequests, turned into social "
             "prescribing cases, with the patient's journey sent back. FHIR under /fhir; "
-            "everything else under /api/v1. Authenticate with 'Authorization: Bearer <API key>'."
+            "everything else under /api/v1. Authenticate with 'Authorization: Bearer <API key>', "
+            "or with a short-lived access token from POST /oauth2/token (client credentials: "
+            "client_secret_basic or private_key_jwt)."
         ),
         lifespan=lifespan,
     )
@@ -172,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         journey_router,
         metadata_router,
         clients_router,
+        oauth_router,
         services_router,
         routes_router,
         subscriptions_router,

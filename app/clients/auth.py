@@ -1,4 +1,5 @@
-"""Bearer API keys: who is calling, and whether their role allows the operation."""
+"""Bearer API keys and OAuth2 access tokens: who is calling, and whether their role (and the
+token's scopes) allow the operation."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.clients import oauth
 from app.clients.models import ApiClient
-from app.clients.roles import PERMISSIONS, Operation, Role
-from app.dependencies import read_session, write_session
+from app.clients.roles import PERMISSIONS, SCOPE_OF, Operation, Role
+from app.dependencies import get_now, read_session, write_session
 from app.errors import Forbidden, Unauthorized
 
 KEY_PREFIX = "spb_"
@@ -30,6 +32,8 @@ class Principal:
     role: Role
     organisation: str | None  # None: an admin who sees every organisation
     default_service_id: str | None = None
+    # The scopes of an OAuth2 access token; None for an API key (the role's full rights).
+    scopes: frozenset[str] | None = None
 
     @property
     def sees_everything(self) -> bool:
@@ -56,18 +60,41 @@ def _bearer(request: Request) -> str:
     return token
 
 
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+async def _by_access_token(request: Request, session: AsyncSession, token: str) -> Principal:
+    """An access token from POST /oauth2/token: its signature, audience and expiry checked, then
+    its client loaded (role and organisation come from the database, never from the token) and
+    refused if revoked, so a revocation takes effect at once."""
+    key = await oauth.signing_key(request.app.state, session, create=False)
+    verified = oauth.verify_access_token(key, token, get_now(request)) if key else None
+    client = await session.get(ApiClient, verified.client_id) if verified else None
+    if verified is None or client is None or client.revoked_at is not None:
+        raise Unauthorized("The access token is not valid", headers=_INVALID_TOKEN)
+    return Principal(
+        client_id=client.id,
+        name=client.name,
+        role=Role(client.role),
+        organisation=client.organisation,
+        default_service_id=client.default_service_id,
+        scopes=verified.scopes,
+    )
+
+
 async def authenticate(request: Request, session: AsyncSession) -> Principal:
     token = _bearer(request)
     digest = hash_key(token)
     admin_hash: str | None = request.app.state.admin_key_hash
     if admin_hash is not None and hmac.compare_digest(digest, admin_hash):
         return Principal(client_id=None, name="bootstrap admin", role=Role.ADMIN, organisation=None)
+    # Our API keys never hold a dot; a JWT has three dot-separated parts (an OAuth2 access token).
+    if oauth.looks_like_jwt(token):
+        return await _by_access_token(request, session, token)
     # The lookup is by the hash itself (an indexed equality): nothing secret-dependent to time.
     client = await session.scalar(select(ApiClient).where(ApiClient.key_hash == digest))
     if client is None or client.revoked_at is not None:
-        raise Unauthorized(
-            "The API key is not valid", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        )
+        raise Unauthorized("The API key is not valid", headers=_INVALID_TOKEN)
     return Principal(
         client_id=client.id,
         name=client.name,
@@ -88,6 +115,11 @@ def require(operation: Operation, *, writes: bool) -> Callable[..., Awaitable[Pr
         principal = await authenticate(request, session)
         if principal.role not in PERMISSIONS[operation]:
             raise Forbidden(f"The role '{principal.role}' may not do '{operation}'")
+        if principal.scopes is not None and SCOPE_OF[operation] not in principal.scopes:
+            raise Forbidden(
+                f"The access token's scope does not include '{SCOPE_OF[operation]}'",
+                headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
+            )
         request.state.principal = principal
         return principal
 

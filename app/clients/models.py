@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, utcnow
+from app.db import Base, JSONDoc, UTCDateTime, utcnow
 
 
 class ApiClient(Base):
@@ -22,3 +23,30 @@ class ApiClient(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # OAuth2 client credentials (app/clients/oauth.py). The client secret, like the key, is kept
+    # as SHA-256 only; the one it replaced keeps working until previous_secret_expires_at.
+    secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime(), nullable=True
+    )
+    # The public key (JWK) the client signs its private_key_jwt assertions with: public, so kept
+    # as registered; the one it replaced is accepted until previous_public_key_expires_at.
+    public_key_jwk: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    previous_public_key_jwk: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    previous_public_key_expires_at: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime(), nullable=True
+    )
+
+
+class OAuthJti(Base):
+    """The jti of every client assertion accepted, until it expires: a reuse is refused
+    (the unique constraint decides, also under concurrent requests)."""
+
+    __tablename__ = "oauth_jtis"
+    __table_args__ = (UniqueConstraint("client_id", "jti"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(String(36), ForeignKey("api_clients.id"))
+    jti: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

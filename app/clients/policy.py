@@ -48,6 +48,10 @@ PUBLIC_ROUTES: dict[RouteKey, Public] = {
         "a platform's inbound events: authenticated by the service's Standard Webhooks "
         "signature and timestamp, verified before anything in the body is used"
     ),
+    ("POST", "/oauth2/token"): Public(
+        "the OAuth2 token endpoint: the client authenticates there with its own credentials "
+        "(client_secret_basic or a signed private_key_jwt assertion), not with a key"
+    ),
     ("GET", "/journey/{referral_id}"): Public(
         "the patient journey page: opened by a short-lived token, signed by the bridge and bound "
         "to one referral, that only a client allowed to see the referral can obtain "

@@ -59,3 +59,32 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.DELIVERY_READ: frozenset({Role.ADMIN}),
     Operation.DELIVERY_REPLAY: frozenset({Role.ADMIN}),
 }
+
+
+# OAuth2 scopes (app/clients/oauth.py): each operation belongs to one scope. An access token
+# carries the scopes granted, which can only narrow its client's role; API keys keep the role's
+# full rights.
+SCOPE_OF: dict[Operation, str] = {
+    Operation.REFERRAL_CREATE: "referrals:write",
+    Operation.REFERRAL_UPDATE: "referrals:write",
+    Operation.REFERRAL_READ: "referrals:read",
+    Operation.TASK_READ: "referrals:read",
+    Operation.JOURNEY_LINK: "referrals:read",
+    Operation.CASE_READ: "cases:read",
+    Operation.CASE_EVENT_RECORD: "cases:write",
+    Operation.WORKLIST_READ: "worklist:read",
+    Operation.SERVICE_READ: "services:read",
+    Operation.SUBSCRIPTION_MANAGE: "subscriptions:write",
+    Operation.CLIENT_MANAGE: "admin",
+    Operation.SERVICE_MANAGE: "admin",
+    Operation.ROUTE_MANAGE: "admin",
+    Operation.DELIVERY_READ: "admin",
+    Operation.DELIVERY_REPLAY: "admin",
+}
+
+
+def role_scopes(role: Role) -> frozenset[str]:
+    """Every scope a client of ``role`` may be granted: those of the operations it may do."""
+    return frozenset(
+        scope for operation, scope in SCOPE_OF.items() if role in PERMISSIONS[operation]
+    )

@@ -47,3 +47,64 @@ class ClientOut(BaseModel):
 
 class ClientCreated(ClientOut):
     api_key: str = Field(description="Shown once: only its hash is kept")
+
+
+class SecretRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
+
+    overlap_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="How long the secret being replaced keeps working (default 24 hours; 0 "
+        "stops it at once)",
+    )
+
+
+class SecretIssued(BaseModel):
+    client_id: str
+    client_secret: str = Field(
+        description="Shown once: only its hash is kept. Use it with HTTP Basic at "
+        "POST /oauth2/token (client_secret_basic)"
+    )
+    previous_secret_expires_at: dt.datetime | None = Field(
+        description="Until when the secret this one replaced still works (none if there was none)"
+    )
+
+
+class PublicKeyRegistration(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "jwk": {
+                        "kty": "EC",
+                        "crv": "P-256",
+                        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+                        "kid": "rio-2026-12",
+                    }
+                }
+            ]
+        },
+    )
+
+    jwk: dict[str, object] = Field(
+        description="The client's public key as a JWK: RSA of at least 2048 bits (signs RS512) "
+        "or EC on P-256 (signs ES256). Private members are refused"
+    )
+    overlap_seconds: int = Field(
+        default=24 * 3600,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="How long the key being replaced is still accepted (default 24 hours)",
+    )
+
+
+class PublicKeyRegistered(BaseModel):
+    client_id: str
+    jwk: dict[str, object] = Field(description="The public key as kept")
+    previous_public_key_expires_at: dt.datetime | None = Field(
+        description="Until when the key this one replaced is still accepted (none if none)"
+    )
