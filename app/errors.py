@@ -10,7 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,24 @@ class BusinessRuleViolation(AppError):
 
 FHIR_MEDIA_TYPE = "application/fhir+json"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def is_fhir_path(path: str) -> bool:
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
+def error_response(path: str, error: AppError) -> Response:
+    """``error`` as the client at ``path`` expects it: an OperationOutcome under /fhir, JSON
+    problem details elsewhere."""
+    if is_fhir_path(path):
+        body = orjson.dumps(operation_outcome(error.issues))
+        media_type = FHIR_MEDIA_TYPE
+    else:
+        body = orjson.dumps(
+            problem_details(error.status, error.title, error.issues, error.extensions)
+        )
+        media_type = PROBLEM_MEDIA_TYPE
+    return Response(body, status_code=error.status, media_type=media_type, headers=error.headers)
 
 
 def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:

@@ -36,19 +36,16 @@ import orjson
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
 from app.errors import (
-    FHIR_MEDIA_TYPE,
-    PROBLEM_MEDIA_TYPE,
     AppError,
     BadRequest,
     BusinessRuleViolation,
     PayloadTooLarge,
-    operation_outcome,
-    problem_details,
+    error_response,
+    is_fhir_path,
 )
 
 # Routes no limit applies to: liveness probes come often and carry nothing.
@@ -63,23 +60,9 @@ class TooManyRequests(AppError):
     title = "Too many requests"
 
 
-def _is_fhir(path: str) -> bool:
-    return path == "/fhir" or path.startswith("/fhir/")
-
-
 async def refuse(scope: Scope, receive: Receive, send: Send, error: AppError) -> None:
-    """Answer with ``error`` as the app would: an OperationOutcome under /fhir, else problem
-    details."""
-    if _is_fhir(scope.get("path", "")):
-        body = orjson.dumps(operation_outcome(error.issues))
-        media_type = FHIR_MEDIA_TYPE
-    else:
-        body = orjson.dumps(
-            problem_details(error.status, error.title, error.issues, error.extensions)
-        )
-        media_type = PROBLEM_MEDIA_TYPE
-    response = Response(body, error.status, headers=error.headers, media_type=media_type)
-    await response(scope, receive, send)
+    """Answer with ``error`` as the app would (before the app is reached)."""
+    await error_response(scope.get("path", ""), error)(scope, receive, send)
 
 
 # --- rate -----------------------------------------------------------------------------------
@@ -314,7 +297,7 @@ class BodyLimitMiddleware:
                 BadRequest("The URL must not contain NUL characters", issue_code="invalid"),
             )
             return
-        if scope["type"] != "http" or _is_fhir(scope.get("path", "")):
+        if scope["type"] != "http" or is_fhir_path(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         too_large = PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes")

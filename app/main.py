@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -33,8 +32,8 @@ from app.errors import (
     Issue,
     MethodNotAllowed,
     NotFound,
-    operation_outcome,
-    problem_details,
+    error_response,
+    is_fhir_path,
     validation_message,
 )
 from app.journey.router import router as journey_router
@@ -53,20 +52,11 @@ log = logging.getLogger("spbridge")
 
 
 def _is_fhir(request: Request) -> bool:
-    path = request.url.path
-    return path == "/fhir" or path.startswith("/fhir/")
+    return is_fhir_path(request.url.path)
 
 
 def render_error(request: Request, error: AppError) -> Response:
-    if _is_fhir(request):
-        body = orjson.dumps(operation_outcome(error.issues))
-        media_type = FHIR_MEDIA_TYPE
-    else:
-        body = orjson.dumps(
-            problem_details(error.status, error.title, error.issues, error.extensions)
-        )
-        media_type = PROBLEM_MEDIA_TYPE
-    return Response(body, status_code=error.status, media_type=media_type, headers=error.headers)
+    return error_response(request.url.path, error)
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> AppError:
@@ -209,7 +199,7 @@ def _document_rate_limit(application: FastAPI) -> None:
         for path, operations in schema.get("paths", {}).items():
             if path == "/healthz":
                 continue
-            fhir = path == "/fhir" or path.startswith("/fhir/")
+            fhir = is_fhir_path(path)
             body = (
                 {FHIR_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/OperationOutcomeDoc"}}}
                 if fhir

@@ -63,6 +63,18 @@ def _bearer(request: Request) -> str:
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
+def _principal(client: ApiClient, scopes: frozenset[str] | None = None) -> Principal:
+    """Who is calling: role and organisation always from the client's record."""
+    return Principal(
+        client_id=client.id,
+        name=client.name,
+        role=Role(client.role),
+        organisation=client.organisation,
+        default_service_id=client.default_service_id,
+        scopes=scopes,
+    )
+
+
 async def _by_access_token(request: Request, session: AsyncSession, token: str) -> Principal:
     """An access token from POST /oauth2/token: its signature, audience and expiry checked, then
     its client loaded (role and organisation come from the database, never from the token) and
@@ -72,14 +84,7 @@ async def _by_access_token(request: Request, session: AsyncSession, token: str) 
     client = await session.get(ApiClient, verified.client_id) if verified else None
     if verified is None or client is None or client.revoked_at is not None:
         raise Unauthorized("The access token is not valid", headers=_INVALID_TOKEN)
-    return Principal(
-        client_id=client.id,
-        name=client.name,
-        role=Role(client.role),
-        organisation=client.organisation,
-        default_service_id=client.default_service_id,
-        scopes=verified.scopes,
-    )
+    return _principal(client, verified.scopes)
 
 
 async def authenticate(request: Request, session: AsyncSession) -> Principal:
@@ -95,13 +100,7 @@ async def authenticate(request: Request, session: AsyncSession) -> Principal:
     client = await session.scalar(select(ApiClient).where(ApiClient.key_hash == digest))
     if client is None or client.revoked_at is not None:
         raise Unauthorized("The API key is not valid", headers=_INVALID_TOKEN)
-    return Principal(
-        client_id=client.id,
-        name=client.name,
-        role=Role(client.role),
-        organisation=client.organisation,
-        default_service_id=client.default_service_id,
-    )
+    return _principal(client)
 
 
 def require(operation: Operation, *, writes: bool) -> Callable[..., Awaitable[Principal]]:
