@@ -14,6 +14,7 @@ from typing import Any
 from app.errors import BusinessRuleViolation, Issue
 from app.fhir import nhs_number
 from app.fhir.codes import NHS_NUMBER_SYSTEM, ODS_ORGANISATION_SYSTEM, SERVICE_ID_SYSTEM
+from app.fhir.referral_context import referral_context
 from app.fhir.terminology import ReasonMap
 
 ALLOWED_INTENTS = ("order", "original-order")
@@ -22,6 +23,17 @@ PRIORITIES = ("routine", "urgent", "asap", "stat")
 GENDERS = ("male", "female", "other", "unknown")
 MAX_IDENTIFIER_LENGTH = 255
 _HEALTHCARE_SERVICE = re.compile(r"(?:^|/)HealthcareService/([A-Za-z0-9\-.]{1,64})$")
+# Age bands the reports count (kept when retention removes the birth date): (lowest age, band).
+AGE_BANDS = (
+    (0, "under-18"),
+    (18, "18-24"),
+    (25, "25-34"),
+    (35, "35-44"),
+    (45, "45-54"),
+    (55, "55-64"),
+    (65, "65-74"),
+    (75, "75-plus"),
+)
 
 
 @dataclass
@@ -45,6 +57,30 @@ class ReferralDraft:
     consent_reference: str | None = None
     notes: str | None = None
     reasons: list[dict[str, Any]] = field(default_factory=list)
+    # What the reports count, taken at intake (the birth date may later be purged).
+    age_band: str | None = None
+    referral_source: str | None = None
+    staff_group: str | None = None
+    referral_unit: str = "individual"
+
+
+def age_band_on(birth_date: str | None, on: dt.date) -> str | None:
+    """The band of the person's age on ``on``; a partial birth date ('1980', '1980-05') counts
+    from its first day. None when there is no usable birth date or it is after ``on``."""
+    if not birth_date:
+        return None
+    parts = birth_date.split("-")
+    try:
+        year = int(parts[0])
+        month = int(parts[1]) if len(parts) > 1 else 1
+        day = int(parts[2][:2]) if len(parts) > 2 else 1
+        born = dt.date(year, month, day)
+    except (ValueError, IndexError):
+        return None
+    if born > on:
+        return None
+    age = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+    return next(band for lowest, band in reversed(AGE_BANDS) if age >= lowest)
 
 
 class _Rules:
@@ -323,6 +359,12 @@ def assess(
     _check_consent(rules, sr, contained, draft, required=require_consent)
     _check_target(rules, sr, draft)
     draft.reasons = _reasons(sr, contained, reason_map)
+    context = referral_context(sr)
+    draft.referral_source = context.source
+    draft.staff_group = context.staff_group
+    draft.referral_unit = context.unit
+    referred = _earliest_instant(sr.authoredOn) if sr.authoredOn is not None else None
+    draft.age_band = age_band_on(draft.birth_date, (referred or now).date())
 
     if rules.issues:
         raise BusinessRuleViolation(rules.issues[0].diagnostics, issues=rules.issues)

@@ -17,6 +17,8 @@ class Referral(Base):
         # The idempotency guarantee: concurrent repeats collide here (DESIGN §10).
         UniqueConstraint("organisation", "identifier_system", "identifier_value"),
         Index("ix_referrals_created_at_id", "created_at", "id"),
+        # Reports: a service's referrals received in a period (app/reports).
+        Index("ix_referrals_service_id_created_at", "service_id", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -50,5 +52,12 @@ class Referral(Base):
     last_updated: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # What reports count, taken at intake and kept by the retention purge: the age band on the
+    # day of referral, who referred (CodeSystem referral-source), the person's staff group
+    # (CodeSystem staff-group) and whether one person or a team is referred.
+    age_band: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    referral_source: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    staff_group: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    referral_unit: Mapped[str] = mapped_column(String(16), default="individual")
     # When `spbridge purge` removed the patient data (retention); reads then answer 410 Gone.
     purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
