@@ -6,9 +6,11 @@ from adapters.base import Adapter, AdapterKind
 from adapters.elemental import ElementalAdapter
 from adapters.fhir_push import FhirPushAdapter
 from adapters.local import LocalAdapter
+from adapters.simulator import SimulatorAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    adapter.name: adapter for adapter in (LocalAdapter, ElementalAdapter, FhirPushAdapter)
+    adapter.name: adapter
+    for adapter in (LocalAdapter, ElementalAdapter, SimulatorAdapter, FhirPushAdapter)
 }
 
 

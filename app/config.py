@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Management Code of Practice sets for adult social care and most adult health records.
     retention_days: int = Field(default=2922, ge=0)
     sandbox: bool = False
+    # The sandbox's simulated platform (adapters/simulator): the seed of its journeys (the same
+    # seed replays the same journeys) and its clock, in simulated days per real second.
+    sandbox_seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    sandbox_clock_speed: float = Field(default=2.0, gt=0, le=1_000_000)
 
     # --- logs and limits (app/logs.py, app/limits.py; DESIGN §8) ---
     # Level of the JSON logs on stderr; libraries that could log values stay at WARNING.
