@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.logs import configure_logging
+from app.operations.commands import clients_cli, services_cli, subscriptions_cli
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from app.db import Database
 
 cli = typer.Typer(help="Social Prescribing Referral Bridge", no_args_is_help=True)
+cli.add_typer(clients_cli, name="clients")
+cli.add_typer(services_cli, name="services")
+cli.add_typer(subscriptions_cli, name="subscriptions")
 
 
 @cli.command()
@@ -29,13 +36,41 @@ def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "
     typer.echo(f"database at {revision}")
 
 
+def graceful_timeout(settings: Settings) -> int:
+    """Seconds uvicorn lets open requests finish after SIGTERM; then the lifespan gives the
+    dispatcher as long again (app.worker.Background.stop). Whole seconds, rounded up."""
+    return math.ceil(settings.shutdown_grace_seconds)
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
     sandbox: Annotated[
-        bool, typer.Option(help="Sandbox mode: seed a demo service and clients")
+        bool,
+        typer.Option(
+            help="Sandbox mode: seed a demo service on a simulated platform, clients with fixed "
+            "keys and synthetic patients (see the landing page at /)"
+        ),
     ] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=2**31 - 1,
+            help="With --sandbox: the seed of the simulated journeys (the same seed replays the "
+            "same journeys) [default: 42, or SPBRIDGE_SANDBOX_SEED]",
+        ),
+    ] = None,
+    clock_speed: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0001,
+            max=1_000_000,
+            help="With --sandbox: simulated days per real second (2: a six-week journey in "
+            "about 20 s) [default: 2, or SPBRIDGE_SANDBOX_CLOCK_SPEED]",
+        ),
+    ] = None,
     migrate_first: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first")
     ] = True,
@@ -47,22 +82,35 @@ def serve(
         ),
     ] = True,
 ) -> None:
-    """Run the API (applies migrations first unless told not to)."""
+    """Run the API (applies migrations first unless told not to).
+
+    On SIGTERM it stops taking connections, lets open requests finish and the dispatcher finish
+    or give back what it is sending, each within SPBRIDGE_SHUTDOWN_GRACE_SECONDS.
+    """
     from app.main import create_app
     from app.migrate import upgrade
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    if (seed is not None or clock_speed is not None) and not sandbox:
+        raise typer.BadParameter("--seed and --clock-speed go with --sandbox")
     if sandbox:
         settings.sandbox = True
+        if seed is not None:
+            settings.sandbox_seed = seed
+        if clock_speed is not None:
+            settings.sandbox_clock_speed = clock_speed
+        if "reconcile_interval" not in settings.model_fields_set:
+            # The simulated platform's events are read by the reconciliation poll: every second.
+            settings.reconcile_interval = 1.0
     if not dispatcher:
         settings.run_dispatcher = False
     if migrate_first:
         upgrade(settings.database_url)
     if sandbox:
-        from app.sandbox import seed
+        from app.sandbox import seed as seed_sandbox
 
-        seed(settings)
+        seed_sandbox(settings)
     application = create_app(settings)
     # Everything imported so far lives as long as the process: keep it out of the cyclic GC's
     # full collections, which otherwise pause requests for ~100 ms (bench/RESULTS.md).
@@ -78,6 +126,7 @@ def serve(
         log_config=None,
         access_log=False,
         ws="none",
+        timeout_graceful_shutdown=graceful_timeout(settings),
     )
 
 
@@ -122,35 +171,33 @@ def deliveries_list(
     state: Annotated[str | None, typer.Option(help="pending, in_flight, delivered, dead…")] = None,
     referral: Annotated[str | None, typer.Option(help="Only this referral's")] = None,
     destination: Annotated[str | None, typer.Option(help="Only this destination's")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=100)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="At most this many (1-100)")] = 50,
 ) -> None:
     """List deliveries, newest first."""
-    from app.db import transaction
     from app.delivery import admin
+    from app.delivery.schemas import DeliveryPage
+    from app.operations.commands import read
 
-    async def run() -> None:
-        database = _database()
-        try:
-            async with transaction(database.read_sessions) as session:
-                page = await admin.list_deliveries(
-                    session,
-                    state=state,
-                    referral=referral,
-                    destination=destination,
-                    event_type=None,
-                    limit=limit,
-                    cursor=None,
-                )
-        finally:
-            await database.dispose()
-        for item in page.items:
-            typer.echo(
-                f"{item.id}  {item.state:<9} {item.event_type:<24} attempts={item.attempts:<3} "
-                f"{item.adapter:<10} referral={item.referral_id or '-'}"
-                + (f"  error={item.last_error}" if item.last_error else "")
-            )
+    async def listing(session: AsyncSession) -> DeliveryPage:
+        return await admin.list_deliveries(
+            session,
+            state=state,
+            referral=referral,
+            destination=destination,
+            event_type=None,
+            limit=limit,
+            cursor=None,
+        )
 
-    asyncio.run(run())
+    page = read(listing)
+    if not page.items:
+        typer.echo("no deliveries")
+    for item in page.items:
+        typer.echo(
+            f"{item.id}  {item.state:<9} {item.event_type:<24} attempts={item.attempts:<3} "
+            f"{item.adapter:<10} referral={item.referral_id or '-'}"
+            + (f"  error={item.last_error}" if item.last_error else "")
+        )
 
 
 @deliveries_cli.command("replay")
@@ -160,36 +207,52 @@ def deliveries_replay(
     referral: Annotated[str | None, typer.Option(help="Every dead letter of it")] = None,
     event_type: Annotated[str | None, typer.Option(help="Every dead letter of this type")] = None,
 ) -> None:
-    """Put dead letters back in the queue (one by id, or all that match the filters)."""
+    """Put dead letters back in the queue: one by id, or every one that matches the filters.
+
+    Matching dead letters are replayed in batches of up to 1000, each its own transaction, with
+    progress shown; it stops when a batch finds only deliveries it has already replayed (they
+    failed again meanwhile).
+    """
     from app.db import transaction
     from app.delivery import admin
     from app.delivery.schemas import ReplayFilter
-    from app.errors import AppError
+    from app.operations.commands import INVALID, fail, progress, run, write
 
     if delivery_id is None and not (destination or referral or event_type):
-        raise typer.BadParameter("give a delivery id or at least one filter")
+        fail(
+            "give a delivery id or at least one filter (--destination, --referral, --event-type)",
+            INVALID,
+        )
+    if delivery_id is not None:
 
-    async def run() -> list[str]:
-        database = _database()
-        try:
-            async with transaction(database.write_sessions) as session:
-                if delivery_id is not None:
-                    await admin.replay_one(session, delivery_id)
-                    return [delivery_id]
-                return await admin.replay_matching(
-                    session,
-                    ReplayFilter(destination=destination, referral=referral, event_type=event_type),
-                )
-        finally:
-            await database.dispose()
+        async def replay(session: AsyncSession) -> None:
+            await admin.replay_one(session, delivery_id)
 
-    try:
-        ids = asyncio.run(run())
-    except AppError as exc:
-        typer.echo(f"error: {exc.diagnostics}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"replayed {len(ids)} deliveries")
-    for ident in ids:
+        write(replay)
+        typer.echo("replayed 1 delivery")
+        typer.echo(delivery_id)
+        return
+
+    matching = ReplayFilter(destination=destination, referral=referral, event_type=event_type)
+    replayed: list[str] = []
+
+    async def replay_all(database: Database) -> None:
+        seen: set[str] = set()
+        with progress() as shown:
+            task = shown.add_task("replaying dead letters", total=None)
+            while True:
+                async with transaction(database.write_sessions) as session:
+                    batch = await admin.replay_matching(session, matching)
+                fresh = [ident for ident in batch if ident not in seen]
+                if not fresh:
+                    return
+                seen.update(fresh)
+                replayed.extend(fresh)
+                shown.update(task, advance=len(fresh))
+
+    run(replay_all)
+    typer.echo(f"replayed {len(replayed)} deliveries")
+    for ident in replayed:
         typer.echo(ident)
 
 
@@ -217,6 +280,7 @@ def purge(
     import socket
 
     from app.db import transaction
+    from app.operations.commands import run, working
     from app.retention.service import PurgeResult
     from app.retention.service import purge as run_purge
 
@@ -235,24 +299,22 @@ def purge(
         user = "unknown"
     run_by = f"spbridge purge ({user}@{socket.gethostname()})"
 
-    async def run() -> PurgeResult:
-        database = _database()
-        try:
-            sessions = database.read_sessions if dry_run else database.write_sessions
-            async with transaction(sessions) as session:
-                return await run_purge(
-                    session,
-                    now=dt.datetime.now(dt.UTC),
-                    retention_days=settings.retention_days,
-                    run_by=run_by,
-                    before=cutoff_before,
-                    dry_run=dry_run,
-                )
-        finally:
-            await database.dispose()
+    async def purging(database: Database) -> PurgeResult:
+        sessions = database.read_sessions if dry_run else database.write_sessions
+        async with transaction(sessions) as session:
+            return await run_purge(
+                session,
+                now=dt.datetime.now(dt.UTC),
+                retention_days=settings.retention_days,
+                run_by=run_by,
+                before=cutoff_before,
+                dry_run=dry_run,
+            )
 
+    # One transaction (all or nothing), so a spinner rather than a count.
     try:
-        result = asyncio.run(run())
+        with working("counting what would be purged…" if dry_run else "purging…"):
+            result = run(purging)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--before") from None
     cutoff = result.cutoff.isoformat(timespec="seconds")
@@ -267,6 +329,112 @@ def purge(
         f"{result.retention_days} days); {result.deliveries_cancelled} deliveries cancelled; "
         f"recorded as purge run {result.run_id}"
     )
+
+
+@cli.command()
+def report(
+    name: Annotated[str, typer.Argument(help="activity or staff-hub")] = "activity",
+    service: Annotated[
+        str | None, typer.Option(help="Only this service (default: every service in scope)")
+    ] = None,
+    organisation: Annotated[
+        str | None, typer.Option(help="Only this organisation's services (ODS code)")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="First day, YYYY-MM-DD (default 12 months back)")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Last day, inclusive, YYYY-MM-DD (default today)")
+    ] = None,
+    team: Annotated[str | None, typer.Option(help="Only this referring team's referrals")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="json, csv or html")] = "json",
+    suppress: Annotated[
+        bool, typer.Option("--suppress", help="Disclosure control for publication")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option(help="Write to this file (default: standard output)")
+    ] = None,
+) -> None:
+    """Write the activity or staff-hub report for a service and period (as the API does).
+
+    Progress goes to standard error, section by section; the report to --output or stdout.
+    """
+    import datetime as dt
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from app.clients.auth import Principal
+    from app.clients.roles import Role
+    from app.db import transaction
+    from app.errors import AppError
+    from app.reports import render
+    from app.reports import service as reports
+    from app.reports.definitions import DEFINITIONS, ReportName
+
+    if name not in {n.value for n in ReportName}:
+        raise typer.BadParameter("activity or staff-hub", param_hint="NAME")
+    if output_format not in ("json", "csv", "html"):
+        raise typer.BadParameter("json, csv or html", param_hint="--format")
+
+    def day(value: str | None, hint: str) -> dt.date | None:
+        if value is None:
+            return None
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            raise typer.BadParameter("give a date as YYYY-MM-DD", param_hint=hint) from None
+
+    first, last = day(start, "--from"), day(end, "--to")
+    now = dt.datetime.now(dt.UTC)
+    # The operator reads the database directly: every organisation, unless told one.
+    principal = Principal(
+        client_id=None,
+        name="spbridge report",
+        role=Role.ADMIN if organisation is None else Role.REPORTING,
+        organisation=organisation,
+    )
+    definition = DEFINITIONS[ReportName(name)]
+
+    async def run() -> str:
+        database = _database()
+        try:
+            with Progress(console=Console(stderr=True), transient=True) as progress:
+                task = progress.add_task(definition.title, total=len(definition.sections))
+
+                def step(section: str, done: int, of: int) -> None:
+                    progress.update(task, completed=done, description=section.replace("_", " "))
+
+                async with transaction(database.read_sessions) as session:
+                    built = await reports.run_report(
+                        session,
+                        principal,
+                        definition,
+                        service_id=service,
+                        team=team,
+                        period=reports.period_of(first, last, now.date()),
+                        now=now,
+                        progress=step,
+                    )
+        finally:
+            await database.dispose()
+        document = reports.report_document(built, suppress=suppress)
+        if output_format == "csv":
+            return render.to_csv(document)
+        if output_format == "html":
+            return render.to_html(document)
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+    try:
+        text = asyncio.run(run())
+    except AppError as exc:
+        typer.echo(f"error: {exc.diagnostics}", err=True)
+        raise typer.Exit(1) from None
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output}", err=True)
 
 
 @cli.command()

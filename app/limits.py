@@ -48,8 +48,9 @@ from app.errors import (
     is_fhir_path,
 )
 
-# Routes no limit applies to: liveness probes come often and carry nothing.
-UNLIMITED_PATHS = frozenset({"/healthz"})
+# Routes no limit applies to: probes and the metrics scrape come often, carry nothing, and must
+# not take a process out of rotation because its address is busy.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Bearer keys recognised, and buckets kept, at most this many (least recently used go first).
 MAX_KEYS = 10_000
 

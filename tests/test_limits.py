@@ -160,9 +160,10 @@ async def test_each_client_has_its_own_bucket(app: Any, bridge: Bridge, clock: C
     assert (await referrer_search()).status_code == 200
     assert (await referrer_search()).status_code == 200
     assert_throttled(await referrer_search(), "1")
-    # Liveness is never limited.
+    # Probes and the metrics scrape are never limited.
     for _ in range(10):
-        assert (await bridge.http.get("/healthz")).status_code == 200
+        for probe in ("/healthz", "/readyz", "/metrics"):
+            assert (await bridge.http.get(probe)).status_code == 200, probe
 
 
 @pytest.mark.parametrize(

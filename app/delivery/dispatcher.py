@@ -129,6 +129,11 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def running(self) -> bool:
+        """Whether its loop is going: started, not stopped, not ended by an error (readiness)."""
+        return self._task is not None and not self._task.done()
+
     async def run(self) -> None:
         log.info("dispatcher started", extra={"worker": self.name})
         while not self._stopping.is_set():

@@ -20,9 +20,10 @@ REASON_TEXT_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/reason-for-referral-text"
 BUSINESS_STATUS_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/task-business-status"
 TASK_CODE_SYSTEM = "http://hl7.org/fhir/CodeSystem/task-code"
 
-# The data folder beside the packages (DESIGN §4). Installed wheels look in the working directory.
+# The data folder beside the packages (DESIGN §4). Installed wheels look in the working directory
+# (beside an installed wheel, site-packages/fhir is fhir.resources' package, not this folder).
 _REPO_DATA = Path(__file__).resolve().parents[2] / "fhir"
-FHIR_DATA_DIR = _REPO_DATA if _REPO_DATA.is_dir() else Path.cwd() / "fhir"
+FHIR_DATA_DIR = _REPO_DATA if (_REPO_DATA / "examples").is_dir() else Path.cwd() / "fhir"
 
 SNOMED_SWEMWBS_SCORE = "718466001"
 OBSERVATION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"

@@ -1,0 +1,1 @@
+"""Operating the bridge: liveness, readiness and Prometheus metrics."""
