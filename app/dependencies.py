@@ -10,6 +10,7 @@ import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import trail
 from app.config import Settings
 from app.db import ENQUEUED, Database, session_scope, utcnow
 
@@ -27,6 +28,9 @@ def get_settings_from_app(request: Request) -> Settings:
 async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
     async for session in session_scope(get_database(request).write_sessions):
         yield session
+        # The request's audit record goes in with its change, or neither is committed.
+        route_status = getattr(request.scope.get("route"), "status_code", None)
+        await trail.stage(request.scope, session, route_status or 200)
     # Committed: wake the in-process dispatcher if this request queued deliveries.
     if session.info.get(ENQUEUED):
         dispatcher = getattr(request.app.state, "dispatcher", None)

@@ -13,6 +13,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import app as package
+from app.audit.router import router as audit_router
+from app.audit.trail import AuditMiddleware
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.auth import hash_key
@@ -41,9 +43,14 @@ from app.journey.service import redact_tokens_in_access_logs
 from app.limits import install as install_limits
 from app.logs import AccessLogMiddleware
 from app.metadata.router import router as metadata_router
+from app.openapi import install as install_openapi
+from app.operations.metrics import RequestMetrics, RequestMetricsMiddleware
+from app.operations.router import router as operations_router
 from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
+from app.reports.router import router as reports_router
 from app.requestids import RequestIdMiddleware
+from app.sandbox.router import router as sandbox_router
 from app.webhooks.router import router as subscriptions_router
 from app.worker import Background, outbound_client
 from app.worklist.router import router as worklist_router
@@ -152,8 +159,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     application.state.admin_key_hash = hash_key(admin_key) if admin_key else None
 
-    # Outermost last: request ids, then the access log, then CORS, rate and body limits.
+    # Outermost last: request ids, the access log, request metrics, then CORS, rate and body
+    # limits (so 429s and 413s are logged and counted too), then the audit trail (a request a
+    # limit refused never reached patient data).
+    application.add_middleware(AuditMiddleware)
     install_limits(application, settings)
+    application.state.request_metrics = RequestMetrics()
+    application.add_middleware(RequestMetricsMiddleware, metrics=application.state.request_metrics)
     application.add_middleware(AccessLogMiddleware)
     application.add_middleware(RequestIdMiddleware)
     _install_error_handlers(application)
@@ -171,20 +183,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         subscriptions_router,
         deliveries_router,
         platform_router,
+        reports_router,
+        operations_router,
+        audit_router,
+        sandbox_router,
     ):
         application.include_router(router)
 
-    @application.get(
-        "/healthz",
-        tags=["operations"],
-        summary="Liveness",
-        description="Answers while the process is alive; no key needed.",
-        operation_id="healthz",
-    )
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok"}
-
     _document_rate_limit(application)
+    install_openapi(application)  # examples, errors and security as integrators need them
     return application
 
 

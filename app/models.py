@@ -1,5 +1,6 @@
 """Every mapped table, imported once so Alembic and the app see the whole metadata."""
 
+from app.audit.models import AuditedPatient, AuditRecord
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
 from app.clients.models import ApiClient
 from app.db import Base
@@ -13,6 +14,8 @@ from app.retention.models import PurgeRun
 __all__ = [
     "ApiClient",
     "Appointment",
+    "AuditRecord",
+    "AuditedPatient",
     "Base",
     "Case",
     "CaseEvent",

@@ -26,6 +26,7 @@ from app.config import Settings
 from app.db import Base, create_engine
 from app.main import create_app
 from app.migrate import upgrade
+from tests.support.audit import RequestRecorder, check_audit_completeness
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "spb_test_admin_key_" + "x" * 24
@@ -126,11 +127,23 @@ async def empty_database(url: str) -> None:
     try:
         async with engine.begin() as connection:
             tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
+            # The audit tables refuse deletion by trigger (migration 0007); between tests, and
+            # only here, the triggers are set aside.
             if connection.dialect.name == "postgresql":
+                await connection.execute(text("SET LOCAL session_replication_role = replica"))
                 await connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
             else:
+                triggers = list(
+                    await connection.execute(
+                        text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+                    )
+                )
+                for name, _sql in triggers:
+                    await connection.execute(text(f'DROP TRIGGER "{name}"'))
                 for table in tables:
                     await connection.execute(text(f"DELETE FROM {table}"))
+                for _name, sql in triggers:
+                    await connection.execute(text(sql))
     finally:
         await engine.dispose()
 
@@ -161,10 +174,22 @@ async def app(database_url: str, settings_overrides: dict[str, Any]) -> AsyncIte
 
 
 @pytest.fixture
-async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
+def audit_check(request: pytest.FixtureRequest) -> bool:
+    """Whether the client's requests are checked against the audit trail after the test (not for
+    a test marked ``audit_unchecked``, which breaks the trail on purpose)."""
+    return request.node.get_closest_marker("audit_unchecked") is None
+
+
+@pytest.fixture
+async def client(app: Any, audit_check: bool) -> AsyncIterator[httpx.AsyncClient]:
+    # Every request through this client must leave exactly its audit records
+    # (tests/support/audit.py): the suite as a whole is the audit-completeness test.
+    recorder = RequestRecorder(app)
+    transport = httpx.ASGITransport(app=recorder)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+    if audit_check:
+        await check_audit_completeness(app, recorder)
 
 
 class Bridge:

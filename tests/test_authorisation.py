@@ -160,6 +160,9 @@ CALLERS = ["no key", "wrong key", *ROLE_CALLERS, "bootstrap admin"]
 # nothing). The webhook is called for a real elemental service, unsigned; the page without token.
 PUBLIC_OUTCOMES: dict[RouteKey, int] = {
     ("GET", "/healthz"): 200,
+    ("GET", "/"): 200,
+    ("GET", "/readyz"): 200,
+    ("GET", "/metrics"): 200,
     ("GET", "/fhir/metadata"): 200,
     ("GET", "/openapi.json"): 200,
     ("GET", "/docs"): 200,
@@ -194,6 +197,10 @@ HAND_WRITTEN_ROUTE_ROWS = [
     ("GET", "/api/v1/deliveries", "platform", 403),
     ("GET", "/api/v1/deliveries", "clinical-system", 403),
     ("GET", "/api/v1/deliveries/{delivery_id}", "reporting", 403),
+    # The sandbox reset is admins' only, and outside sandbox mode (as here) not there at all.
+    ("POST", "/api/v1/sandbox/reset", "advisor", 403),
+    ("POST", "/api/v1/sandbox/reset", "admin", 404),
+    ("POST", "/api/v1/sandbox/reset", "bootstrap admin", 404),
 ]
 
 _PARAMETER = re.compile(r"\{(\w+)(?::[^}]*)?\}")

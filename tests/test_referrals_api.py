@@ -488,6 +488,7 @@ async def test_capability_statement(client: Any) -> None:
         "Appointment",
         "Observation",
         "QuestionnaireResponse",
+        "AuditEvent",
     }
     assert {p.name for p in resources["ServiceRequest"].searchParam} == {
         "_id",

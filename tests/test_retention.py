@@ -81,6 +81,9 @@ async def snapshot(app: Any, model: type[Base]) -> dict[Any, dict[str, Any]]:
         return {row.id: columns(row) for row in rows}
 
 
+PURGED_BY = "spbridge purge (tester@testhost)"
+
+
 async def run_purge(app: Any, **kwargs: Any) -> Any:
     database: Database = app.state.database
     async with database.write_sessions() as session, session.begin():
@@ -88,7 +91,7 @@ async def run_purge(app: Any, **kwargs: Any) -> Any:
             session,
             now=kwargs.pop("now", LATER),
             retention_days=kwargs.pop("retention_days", RETENTION_DAYS),
-            run_by="test",
+            run_by=PURGED_BY,
             **kwargs,
         )
 
@@ -187,6 +190,21 @@ async def test_purge_removes_patient_data_past_retention_and_keeps_what_reports_
     assert referrals[newer.referral_id]["nhs_number"] == NEWER_PATIENT
     assert pseudonym(key, NEWER_PATIENT) != expected
 
+    # The purge is in the audit trail: one record (action D) by whoever ran it, naming each
+    # purged referral and its patient by pseudonym, found by the patient's NHS number.
+    audit = await bridge.http.get(
+        "/fhir/AuditEvent",
+        params={"action": "D", "patient.identifier": EXAMPLE_PATIENT},
+        headers=ADMIN,
+    )
+    assert audit.status_code == 200, audit.text
+    (record,) = [entry["resource"] for entry in audit.json()["entry"]]
+    assert record["agent"][0]["who"]["display"] == PURGED_BY
+    assert record["subtype"][0]["code"] == "delete"
+    purged_patients = [e for e in record["entity"] if e.get("role", {}).get("code") == "1"]
+    assert {e["what"]["identifier"]["value"] for e in purged_patients} == {expected}
+    assert {e["detail"][0]["valueString"] for e in purged_patients} == gone_ids
+
     # Untouched: the open case and the case closed within retention, with everything of theirs.
     for table, rows in after.items():
         for ident, row in rows.items():
@@ -256,7 +274,7 @@ async def test_purge_removes_patient_data_past_retention_and_keeps_what_reports_
         result.run_id,
         2,
         RETENTION_DAYS,
-        "test",
+        PURGED_BY,
     )
     assert run.cutoff == LATER - dt.timedelta(days=RETENTION_DAYS)
     assert run.started_at == LATER <= run.finished_at

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import trail
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
 from app.cases.service import task_view
 from app.clients.auth import Principal
@@ -112,6 +113,7 @@ async def read(
     if row is None:
         return None
     record, nhs_number, service_id, name = row
+    trail.note_patient(record.referral_id, nhs_number)
     return build(resource_type, record, _context(record, nhs_number, service_id, name)), (
         version_of(record)
     )
@@ -205,10 +207,10 @@ async def search(
                 else (last.questionnaire_response_id)
             )
             next_cursor = fhir_search.encode_cursor(_time(kind, last), last_id)
-    resources = [
-        build(resource_type, record, _context(record, nhs, service_id, name))
-        for record, nhs, service_id, name in rows
-    ]
+    resources = []
+    for record, nhs, service_id, name in rows:
+        trail.note_patient(record.referral_id, nhs)
+        resources.append(build(resource_type, record, _context(record, nhs, service_id, name)))
     return resources, total, next_cursor
 
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.openapi.models import Example
 from fastapi.responses import Response
 
+from app.audit import trail
 from app.cases import resources, service
 from app.cases.schemas import CaseEventIn, CaseOut, RecordedEvent, TransitionRefusedDoc
 from app.clients.auth import Principal, require
@@ -277,6 +278,7 @@ async def record_case_event(
     )
     if not applied:
         response.status_code = 200
+        trail.set_status(200)  # an idempotent repeat: recorded as what it answered
     return RecordedEvent(
         event=service.event_out(recorded),
         case_id=case.id,

@@ -15,6 +15,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import registry
+from app.audit import trail
 from app.cases import records
 from app.cases.models import Case, CaseEvent
 from app.cases.schemas import CaseEventModel, CaseEventOut, CaseOut, CaseResources, parse_event
@@ -285,6 +286,7 @@ async def read_task(session: AsyncSession, principal: Principal, task_id: str) -
     row = (await session.execute(_task_query(principal).where(Case.id == task_id))).first()
     if row is None:
         raise NotFound("No such Task is known here")
+    trail.note([row[1]])
     if row[1].purged_at is not None:
         raise purged(f"Task/{task_id}")
     return task_view(*row)
@@ -298,7 +300,10 @@ async def tasks_for_referrals(
         .where(Case.referral_id.in_(referral_ids), Referral.purged_at.is_(None))
         .order_by(Case.created_at)
     )
-    return [task_view(*row) for row in rows]
+    views = [task_view(*row) for row in rows]
+    for view in views:
+        trail.note_patient(view.referral_id, view.nhs_number)
+    return views
 
 
 async def cases_for_delivery(
@@ -345,6 +350,7 @@ async def visible_case(
     if row is None:
         raise NotFound("No such case is known here")
     case, referral, service = row
+    trail.note([referral])
     return case, referral, service
 
 

@@ -29,6 +29,9 @@ class Operation(StrEnum):
     JOURNEY_LINK = "journey.link"
     DELIVERY_READ = "delivery.read"
     DELIVERY_REPLAY = "delivery.replay"
+    REPORT_READ = "report.read"
+    SANDBOX_RESET = "sandbox.reset"
+    AUDIT_READ = "audit.read"
 
 
 # One declarative table of who may do what. Every route names its operation once, with
@@ -58,6 +61,11 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     ),
     Operation.DELIVERY_READ: frozenset({Role.ADMIN}),
     Operation.DELIVERY_REPLAY: frozenset({Role.ADMIN}),
+    # Aggregate reports of the organisation's services: no patient-level data.
+    Operation.REPORT_READ: frozenset({Role.REPORTING, Role.ADMIN}),
+    # Sandbox mode only: wipes every referral and client made since start-up.
+    Operation.SANDBOX_RESET: frozenset({Role.ADMIN}),
+    Operation.AUDIT_READ: frozenset({Role.ADMIN}),
 }
 
 
@@ -80,6 +88,9 @@ SCOPE_OF: dict[Operation, str] = {
     Operation.ROUTE_MANAGE: "admin",
     Operation.DELIVERY_READ: "admin",
     Operation.DELIVERY_REPLAY: "admin",
+    Operation.REPORT_READ: "reports:read",
+    Operation.SANDBOX_RESET: "admin",
+    Operation.AUDIT_READ: "admin",
 }
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from app.audit import trail
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
 from app.delivery import admin
@@ -45,7 +46,7 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DeliveryPage:
-    return await admin.list_deliveries(
+    page = await admin.list_deliveries(
         session,
         state=state,
         referral=referral,
@@ -54,6 +55,8 @@ async def list_deliveries(
         limit=limit,
         cursor=cursor,
     )
+    trail.note_referral_ids(item.referral_id for item in page.items)
+    return page
 
 
 @router.get(
@@ -82,6 +85,7 @@ async def replay_matching(
     body: ReplayFilter, session: WriteSession, _admin: Replayer
 ) -> ReplayResult:
     ids = await admin.replay_matching(session, body)
+    trail.note_referral_ids([body.referral] if ids else [])
     return ReplayResult(replayed=len(ids), ids=ids)
 
 
@@ -95,7 +99,9 @@ async def replay_matching(
     responses=api_error_responses(401, 403, 404),
 )
 async def read_delivery(delivery_id: str, session: ReadSession, _admin: Reader) -> DeliveryDetail:
-    return await admin.get_delivery(session, delivery_id)
+    detail = await admin.get_delivery(session, delivery_id)
+    trail.note_referral_ids([detail.referral_id])
+    return detail
 
 
 @router.post(
@@ -107,4 +113,6 @@ async def read_delivery(delivery_id: str, session: ReadSession, _admin: Reader) 
     responses=api_error_responses(401, 403, 404, 409),
 )
 async def replay_one(delivery_id: str, session: WriteSession, _admin: Replayer) -> DeliveryDetail:
-    return await admin.replay_one(session, delivery_id)
+    detail = await admin.replay_one(session, delivery_id)
+    trail.note_referral_ids([detail.referral_id])
+    return detail

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from app.audit import trail
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
 from app.dependencies import AppSettings, Now, ReadSession
@@ -181,4 +182,5 @@ async def read_journey_page(request: Request, session: ReadSession, now: Now) ->
     page = await service.journey_page(session, referral_id, now)
     if page is None:
         return _refused(_GONE, 404)
+    trail.note_referral_ids([referral_id])
     return _render("journey.html", 200, page=page)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from adapters.base import InboundRefused
+from app.audit import trail
 from app.db import utcnow
 from app.dependencies import AppSettings, WriteSession
 from app.directory.models import SocialPrescribingService
@@ -43,6 +44,7 @@ async def receive_platform_event(
     session: WriteSession,
     settings: AppSettings,
 ) -> InboundResult:
+    trail.set_agent(f"platform of service {service_id}"[:200])
     body = await read_body(request, settings.max_body_bytes)
     service = await session.get(SocialPrescribingService, service_id)
     if service is None or service.adapter != adapter:

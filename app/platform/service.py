@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import registry
 from adapters.base import InboundEvent, InboundMessage, PlatformAdapter
+from app.audit import trail
 from app.cases import service as cases
 from app.cases.models import Case
 from app.directory.models import SocialPrescribingService
@@ -90,6 +91,7 @@ async def apply_message(
         case = await _case_for(session, service, event, index)
         referral = await session.get(Referral, case.referral_id)
         assert referral is not None  # a case always has its referral (foreign key)
+        trail.note([referral])
         if event.external_reference and case.external_reference is None:
             case.external_reference = event.external_reference
         await cases.apply_event(

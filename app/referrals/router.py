@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
+from app.audit import trail
 from app.cases import resources as case_resources
 from app.cases.router import event_context
 from app.clients.auth import Principal, require
@@ -77,7 +78,8 @@ def _assess(model: Any, settings: Settings) -> ReferralDraft:
         "create a second referral. Honours If-None-Exist."
     ),
     operation_id="createServiceRequest",
-    openapi_extra=fhir_body("ServiceRequest", "ServiceRequest-social-prescribing-referral"),
+    # The example names the sandbox's service, so that "Try it out" works as it is.
+    openapi_extra=fhir_body("ServiceRequest", "ServiceRequest-sandbox-referral"),
     responses={
         201: fhir_resource_response(
             "Referral accepted", "ServiceRequest", headers={**_LOCATION, **_ETAG}
@@ -101,6 +103,8 @@ async def create_service_request(
         session, draft, data, principal, event_context(request, principal), if_none_exist
     )
     referral = intake.referral
+    trail.note([referral])
+    trail.set_status(201 if intake.created else 200)
     return FHIRResponse(
         service.service_request_resource(referral),
         status_code=201 if intake.created else 200,
@@ -148,6 +152,7 @@ async def post_transaction(
         error.issues = unbundled.locate(error.issues)
         raise
     referral = intake.referral
+    trail.note([referral])
     base = fhir_base(request, settings)
     status = "201 Created" if intake.created else "200 OK"
     location = f"ServiceRequest/{referral.id}/_history/{referral.version_id}"

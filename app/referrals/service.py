@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import trail
 from app.cases import service as cases
 from app.cases.states import CLOSED_STATES, CaseState
 from app.clients.auth import Principal
@@ -163,6 +164,10 @@ async def create_referral(
         requester_ods=draft.requester_ods,
         referring_team=draft.referring_team,
         reasons=draft.reasons,
+        age_band=draft.age_band,
+        referral_source=draft.referral_source,
+        staff_group=draft.staff_group,
+        referral_unit=draft.referral_unit,
         consent_reference=draft.consent_reference,
         notes=draft.notes,
         resource=stored_resource(raw),
@@ -197,6 +202,7 @@ async def get_referral(session: AsyncSession, principal: Principal, referral_id:
     referral: Referral | None = await session.scalar(query)
     if referral is None:
         raise NotFound("No such ServiceRequest is known here")
+    trail.note([referral])
     if referral.purged_at is not None:
         raise purged(f"ServiceRequest/{referral.id}")
     return referral
@@ -273,6 +279,7 @@ async def search_referrals(
         rows = rows[: page.count]
         if rows:
             next_cursor = fhir_search.encode_cursor(rows[-1].created_at, rows[-1].id)
+    trail.note(rows)
     return rows, total, next_cursor
 
 

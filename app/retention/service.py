@@ -24,39 +24,30 @@ sends anything of it. Every run that changes something leaves a ``purge_runs`` r
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, null, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import trail
 from app.cases.models import Case, CaseEvent, Prescription
 from app.cases.states import CLOSED_STATES
 from app.delivery.models import Delivery, DeliveryAttempt
 from app.errors import AppError
-from app.fhir.codes import CANONICAL_BASE
-from app.journey.models import SigningKey
 from app.referrals.models import Referral
 from app.retention.models import PurgeRun
+from app.retention.pseudonyms import (
+    PSEUDONYM_SYSTEM,
+    pseudonym,
+    pseudonym_key,
+)
 
 log = logging.getLogger("spbridge.retention")
 
-PSEUDONYM_KEY_PURPOSE = "pseudonym"
-# Where a purged referral's stub names its patient: by pseudonym, never by NHS number.
-PSEUDONYM_SYSTEM = f"{CANONICAL_BASE}/Id/patient-pseudonym"
-# A pseudonym fits the NHS number column (10 characters) and can never be taken for an NHS
-# number (those are ten digits): "P" and the first 9 base32 characters (45 bits) of the HMAC.
-# Two people share one only by chance: about 1 in 70 000 for 10 000 people.
-PSEUDONYM_PREFIX = "P"
-_PSEUDONYM_CHARS = 9
 PURGED_DELIVERY_ERROR = "cancelled: patient data purged (retention)"
 # What a stub keeps of the ServiceRequest: what the referral was, never who it was about.
 _STUB_ELEMENTS = ("intent", "category", "code", "priority", "authoredOn")
@@ -78,45 +69,6 @@ def purged(what: str) -> Gone:
         f"{what} belongs to a case closed longer ago than the retention period; its patient data "
         "has been removed"
     )
-
-
-# --- the pseudonym -------------------------------------------------------------------------
-
-
-def pseudonym(key: bytes, nhs_number: str) -> str:
-    """The keyed pseudonym of an NHS number: the same person always gets the same one, and it
-    cannot be turned back into the number without the key."""
-    message = f"spbridge.pseudonym.v1\n{nhs_number.strip()}".encode()
-    digest = hmac.new(key, message, hashlib.sha256).digest()
-    return PSEUDONYM_PREFIX + base64.b32encode(digest).decode("ascii")[:_PSEUDONYM_CHARS]
-
-
-async def pseudonym_key(session: AsyncSession) -> bytes:
-    """The installation's pseudonym key (made by migration 0004). Should its row be gone, a new
-    one is made, with a warning: pseudonyms made under the old key no longer match new ones."""
-    held: str | None = await session.scalar(
-        select(SigningKey.secret).where(SigningKey.purpose == PSEUDONYM_KEY_PURPOSE)
-    )
-    if held is None:
-        log.warning("the pseudonym key was missing; a new one was made")
-        made = secrets.token_urlsafe(48)
-        try:
-            async with session.begin_nested():
-                session.add(
-                    SigningKey(
-                        purpose=PSEUDONYM_KEY_PURPOSE,
-                        secret=made,
-                        created_at=dt.datetime.now(dt.UTC),
-                    )
-                )
-            held = made
-        except IntegrityError:  # another process made it first
-            held = await session.scalar(
-                select(SigningKey.secret).where(SigningKey.purpose == PSEUDONYM_KEY_PURPOSE)
-            )
-            if held is None:
-                raise
-    return held.encode()
 
 
 # --- the purge -----------------------------------------------------------------------------
@@ -235,6 +187,18 @@ async def purge(
             if "activity" in (event.data or {}):
                 event.data = {k: v for k, v in event.data.items() if k != "activity"}
         cancelled = await _purge_deliveries(session, ids, now)
+        # One audit record for the run, naming each purged patient by pseudonym.
+        await trail.write_record(
+            session,
+            key=key,
+            source="cli",
+            audited=trail.Audited("D", "delete", "ServiceRequest"),
+            agent=(None, run_by, None, None),
+            outcome="0",
+            status=None,
+            patients={referral.id: referral.nhs_number for referral in referrals},
+            now=now,
+        )
 
     run = PurgeRun(
         started_at=now,

@@ -21,6 +21,7 @@ import orjson
 from sqlalchemy import ColumnElement, Select, and_, case, false, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import trail
 from app.cases.models import Appointment, Case
 from app.cases.states import CLOSED_STATES, OPEN_STATES, CaseState
 from app.clients.auth import Principal
@@ -312,6 +313,7 @@ async def list_worklist(
     for row in page:
         case_: Case = row[0]
         organisation, referring_team, reasons, priority, name, nhs_number, phone = row[1:]
+        trail.note_patient(case_.referral_id, nhs_number)
         end = now
         if case_.state in CLOSED_STATES and case_.closed_at is not None:
             end = case_.closed_at
