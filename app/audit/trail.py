@@ -31,6 +31,7 @@ from app.db import Database, utcnow
 from app.errors import AppError, error_response
 from app.logs import route_template
 from app.referrals.models import Referral
+from app.requestids import valid_id
 from app.retention.pseudonyms import PSEUDONYM_PREFIX, pseudonym, pseudonym_key
 
 log = logging.getLogger("spbridge.audit")
@@ -343,7 +344,10 @@ def _resource_id(asgi_scope: Scope, audit: AuditScope) -> str | None:
     if audit.route.startswith("/api/v1/adapters/"):
         return None  # the path names the service, not the patient's resource: cases are noted
     params = asgi_scope.get("path_params") or {}
-    return next((str(value) for name, value in params.items() if name.endswith("_id")), None)
+    given = next((str(value) for name, value in params.items() if name.endswith("_id")), None)
+    # What a caller puts in a path is kept only if it is a plain id: not NUL or other bytes the
+    # database refuses, and not an NHS number (the same rule as request ids).
+    return given if given is not None and valid_id(given) else None
 
 
 def _withheld() -> AuditUnavailable:
