@@ -9,6 +9,8 @@ from app.directory.models import SocialPrescribingService
 from app.journey.models import SigningKey
 from app.platform.models import PlatformMessage
 from app.referrals.models import Referral
+from app.reports import projection  # noqa: F401  (keeps the read model on every commit)
+from app.reports.models import ReportCaseFact, ReportCount
 from app.retention.models import PurgeRun
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "Prescription",
     "PurgeRun",
     "Referral",
+    "ReportCaseFact",
+    "ReportCount",
     "SigningKey",
     "SocialPrescribingService",
     "WellbeingScore",

@@ -1,5 +1,8 @@
-"""The report engine's SQL: every figure is aggregated in the database (GROUP BY over indexed
-columns), the same on SQLite and PostgreSQL; only grouped rows come back to Python.
+"""The report engine's live SQL: every figure is aggregated in the database (GROUP BY over
+indexed columns), the same on SQLite and PostgreSQL; only grouped rows come back to Python.
+Reports of whole months read the same figures from the read model instead (app.reports.readmodel,
+kept by app.reports.projection); these queries answer any other period, and are what the read
+model is tested against.
 
 Time rules (issue 7):
 - A referral counts in the month it was received by the bridge (``referrals.created_at``, the

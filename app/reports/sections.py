@@ -20,6 +20,7 @@ from app.cases.wellbeing import MEANINGFUL_CHANGE
 from app.directory.models import SocialPrescribingService
 from app.fhir.codes import FHIR_DATA_DIR
 from app.referrals.models import Referral
+from app.reports.projection import EVENT_ROWS, SEP
 from app.reports.queries import (
     DURATION_BANDS,
     Scope,
@@ -27,6 +28,13 @@ from app.reports.queries import (
     grouped,
     month_key,
     percentiles,
+)
+from app.reports.readmodel import (
+    ReadModel,
+    pairs_in,
+    people_once,
+    wait_percentiles,
+    within_target,
 )
 from app.reports.tables import (
     TOTAL,
@@ -94,6 +102,8 @@ class Facts:
     session: AsyncSession
     scope: Scope
     months: tuple[str, ...]
+    # The read model's counters for the period (app.reports.readmodel); None: live queries.
+    model: ReadModel | None = field(default=None)
     _referrals: Row | None = field(default=None)
 
     @property
@@ -133,8 +143,25 @@ def _with_unrecorded(
     return [*labels, *((k, k) for k in others), (NOT_RECORDED, NOT_RECORDED_LABEL)]
 
 
+_REFERRAL_MEASURES = {
+    None: "referrals",
+    "referring_team": "team",
+    "gender": "gender",
+    "age_band": "age_band",
+    "referral_unit": "unit",
+    "referral_source": "source",
+    "staff_group": "staff_group",
+}
+
+
 async def _referrals_by(facts: Facts, column: Any) -> dict[str, dict[str, int]]:
     """Referrals received in the period by month and by ``column`` (None: all, as TOTAL)."""
+    if facts.model is not None:
+        measure = _REFERRAL_MEASURES[None if column is None else column.key]
+        return {
+            (TOTAL if column is None else key or NOT_RECORDED): dict(by_month)
+            for key, by_month in facts.model.measure(measure).items()
+        }
     scope = facts.scope
     month = scope.month(Referral.created_at).label("month")
     key = (column if column is not None else literal(TOTAL)).label("key")
@@ -148,20 +175,13 @@ async def _referrals_by(facts: Facts, column: Any) -> dict[str, dict[str, int]]:
 
 # --- activity ----------------------------------------------------------------------------------
 
-_EVENT_ROWS = (
-    ("case.accepted", "Registrations (case accepted)"),
-    ("appointment.booked", "Appointments scheduled"),
-    ("appointment.attended", "Appointments attended"),
-    ("appointment.did_not_attend", "Appointments not attended (DNA)"),
-    ("appointment.cancelled", "Appointments cancelled"),
-    ("appointment.rescheduled", "Appointments rescheduled"),
-    ("prescription.created", "Social prescriptions"),
-    ("contact.attempted", "Contact attempts"),
-)
+_EVENT_ROWS = EVENT_ROWS
 
 
 async def _event_counts(facts: Facts) -> dict[str, dict[str, int]]:
     """Events by type and month of occurred_at (one query for every event-count figure)."""
+    if facts.model is not None:
+        return {key: dict(by_month) for key, by_month in facts.model.measure("event").items()}
     scope = facts.scope
     month = scope.month(CaseEvent.occurred_at).label("month")
     query = (
@@ -249,6 +269,9 @@ async def _breakdown_from_counts(
 
 async def _reason_counts(facts: Facts) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Referrals with each reason domain, by month; and referrals with any mapped domain."""
+    if facts.model is not None:
+        by_reason = {k: dict(v) for k, v in facts.model.measure("reason").items()}
+        return by_reason, dict(facts.model.measure("reason_any").get("", {}))
     scope = facts.scope
     domain: Any
     if scope.postgresql:
@@ -327,9 +350,17 @@ async def case_status(facts: Facts) -> Section:
         .where(*scope.cases())
         .group_by(month, Case.state, Case.status_reason)
     )
+    found: list[Any]
+    if facts.model is not None:
+        found = [
+            (month, state, reason or None, n)
+            for (state, reason), month, n in facts.model.split("state")
+        ]
+    else:
+        found = await grouped(facts.session, query)
     by_state: dict[str, dict[str, int]] = defaultdict(dict)
     by_reason: dict[str, dict[str, int]] = defaultdict(dict)
-    for raw_month, state, reason, count in await grouped(facts.session, query):
+    for raw_month, state, reason, count in found:
         m = month_key(raw_month)
         group = "active" if state in ACTIVE_STATES else state
         by_state[group][m] = by_state[group].get(m, 0) + int(count)
@@ -406,11 +437,16 @@ async def appointments(facts: Facts) -> Section:
     )
     by_type: dict[str, dict[str, int]] = defaultdict(dict)
     by_band: dict[str, dict[str, int]] = defaultdict(dict)
-    for raw_month, kind, band_index, count in await grouped(facts.session, query):
-        m = month_key(raw_month)
-        by_type[kind][m] = by_type[kind].get(m, 0) + int(count)
-        key = DURATION_BANDS[int(band_index)]
-        by_band[key][m] = by_band[key].get(m, 0) + int(count)
+    if facts.model is not None:
+        by_type.update({k: dict(v) for k, v in facts.model.measure("attended_type").items()})
+        for band_index, by_month in facts.model.measure("attended_band").items():
+            by_band[DURATION_BANDS[int(band_index)]] = dict(by_month)
+    else:
+        for raw_month, kind, band_index, count in await grouped(facts.session, query):
+            m = month_key(raw_month)
+            by_type[kind][m] = by_type[kind].get(m, 0) + int(count)
+            key = DURATION_BANDS[int(band_index)]
+            by_band[key][m] = by_band[key].get(m, 0) + int(count)
     attended = count_row(
         TOTAL, "All attended", facts.months, events.get("appointment.attended", {})
     )
@@ -448,33 +484,20 @@ async def appointments(facts: Facts) -> Section:
 
 async def prescriptions(facts: Facts) -> Section:
     scope = facts.scope
-    session = facts.session
     month = scope.month(Prescription.prescribed_at).label("month")
     where = [*scope.during(Prescription.prescribed_at), *scope.case_of_scope(Prescription.case_id)]
-    people = func.count(distinct(Prescription.case_id))
-    by_category: dict[str, dict[str, int]] = defaultdict(dict)
-    people_by_category: dict[str, dict[str, int]] = defaultdict(dict)
-    for raw_month, category, count, persons in await grouped(
-        session,
-        select(month, Prescription.category, func.count(), people)
-        .where(*where)
-        .group_by(month, Prescription.category),
-    ):
-        by_category[category][month_key(raw_month)] = int(count)
-        people_by_category[category][month_key(raw_month)] = int(persons)
-    people_totals = {
-        category: int(persons)
-        for category, persons in await grouped(
-            session,
-            select(Prescription.category, people).where(*where).group_by(Prescription.category),
+    if facts.model is not None:
+        by_category, people_by_category, people_totals, prescribed, prescribed_total = (
+            _prescription_counts(facts.model)
         )
-    }
-    prescribed: dict[str, int] = {}
-    for raw_month, persons in await grouped(
-        session, select(month, people).where(*where).group_by(month)
-    ):
-        prescribed[month_key(raw_month)] = int(persons)
-    prescribed_total = int(await session.scalar(select(people).where(*where)) or 0)
+    else:
+        (
+            by_category,
+            people_by_category,
+            people_totals,
+            prescribed,
+            prescribed_total,
+        ) = await _prescription_counts_live(facts, where, month)
     labels = code_labels("prescription-category")
 
     counts = Table(
@@ -549,15 +572,73 @@ async def prescriptions(facts: Facts) -> Section:
     )
 
 
-async def _providers(facts: Facts, where: list[Any], month: Any) -> tuple[Table, Table]:
-    by_provider = _nested(
-        await grouped(
-            facts.session,
-            select(month, Prescription.provider, func.count())
-            .where(*where)
-            .group_by(month, Prescription.provider),
+_PrescriptionCounts = tuple[
+    dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, int], dict[str, int], int
+]
+
+
+def _prescription_counts(model: ReadModel) -> _PrescriptionCounts:
+    """As _prescription_counts_live, from the read model."""
+    by_category = {k: dict(v) for k, v in model.measure("rx_category").items()}
+    by_previous: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
+    for key, by_month in model.measure("rx_people").items():
+        category, previous = key.split(SEP)
+        by_previous[category][previous] = by_month
+    people_by_category: dict[str, dict[str, int]] = {}
+    people_totals: dict[str, int] = {}
+    for category, counts in by_previous.items():
+        people_by_category[category], people_totals[category] = people_once(
+            counts, model.first_month
         )
-    )
+    prescribed, prescribed_total = people_once(model.measure("rx_people_any"), model.first_month)
+    return by_category, people_by_category, people_totals, prescribed, prescribed_total
+
+
+async def _prescription_counts_live(
+    facts: Facts, where: list[Any], month: Any
+) -> _PrescriptionCounts:
+    """Prescriptions by category and month; people prescribed by category and month, by
+    category over the period, by month, and over the period."""
+    session = facts.session
+    people = func.count(distinct(Prescription.case_id))
+    by_category: dict[str, dict[str, int]] = defaultdict(dict)
+    people_by_category: dict[str, dict[str, int]] = defaultdict(dict)
+    for raw_month, category, count, persons in await grouped(
+        session,
+        select(month, Prescription.category, func.count(), people)
+        .where(*where)
+        .group_by(month, Prescription.category),
+    ):
+        by_category[category][month_key(raw_month)] = int(count)
+        people_by_category[category][month_key(raw_month)] = int(persons)
+    people_totals = {
+        category: int(persons)
+        for category, persons in await grouped(
+            session,
+            select(Prescription.category, people).where(*where).group_by(Prescription.category),
+        )
+    }
+    prescribed: dict[str, int] = {}
+    for raw_month, persons in await grouped(
+        session, select(month, people).where(*where).group_by(month)
+    ):
+        prescribed[month_key(raw_month)] = int(persons)
+    prescribed_total = int(await session.scalar(select(people).where(*where)) or 0)
+    return by_category, people_by_category, people_totals, prescribed, prescribed_total
+
+
+async def _providers(facts: Facts, where: list[Any], month: Any) -> tuple[Table, Table]:
+    if facts.model is not None:
+        by_provider = {k: dict(v) for k, v in facts.model.measure("rx_provider").items()}
+    else:
+        by_provider = _nested(
+            await grouped(
+                facts.session,
+                select(month, Prescription.provider, func.count())
+                .where(*where)
+                .group_by(month, Prescription.provider),
+            )
+        )
     totals = {k: sum(v.values()) for k, v in by_provider.items()}
     top = sorted(totals, key=lambda k: (-totals[k], k))[:TOP_PROVIDERS]
     rest: dict[str, int] = defaultdict(int)
@@ -651,12 +732,24 @@ async def wellbeing(facts: Facts) -> Section:
     names = ("pairs", "increased", "decreased", "unchanged", "improved", "declined")
     counts: dict[str, dict[str, int]] = {name: {} for name in names}
     sums: dict[str, float] = {}
-    for raw_month, n, total_change, *flags in await grouped(facts.session, query):
-        m = month_key(raw_month)
-        counts["pairs"][m] = int(n)
-        sums[m] = float(total_change or 0.0)
-        for name, value in zip(names[1:], flags, strict=True):
-            counts[name][m] = int(value or 0)
+    if facts.model is not None:
+        model = facts.model
+        for name in names:
+            for bounds, m, n in model.split(f"wb_{name}"):
+                if pairs_in(bounds, model):
+                    counts[name][m] = counts[name].get(m, 0) + n
+        hundredths: dict[str, int] = defaultdict(int)
+        for bounds, m, n in model.split("wb_change"):
+            if pairs_in(bounds, model):
+                hundredths[m] += n
+        sums = {m: hundredths[m] / 100 for m in counts["pairs"]}
+    else:
+        for raw_month, n, total_change, *flags in await grouped(facts.session, query):
+            m = month_key(raw_month)
+            counts["pairs"][m] = int(n)
+            sums[m] = float(total_change or 0.0)
+            for name, value in zip(names[1:], flags, strict=True):
+                counts[name][m] = int(value or 0)
     labels = {
         "pairs": "Matched pairs (people with a first and a last score)",
         "increased": "Score increased",
@@ -778,12 +871,16 @@ async def _equality_items(facts: Facts, everyone: Row) -> list[Table]:
         )
         .subquery()
     )
-    rows = await grouped(
-        facts.session,
-        select(latest.c.month, latest.c.key, latest.c.value, func.count())
-        .where(latest.c.rank == 1)
-        .group_by(latest.c.month, latest.c.key, latest.c.value),
-    )
+    rows: list[Any]
+    if facts.model is not None:
+        rows = [(m, key, value, n) for (key, value), m, n in facts.model.split("edi")]
+    else:
+        rows = await grouped(
+            facts.session,
+            select(latest.c.month, latest.c.key, latest.c.value, func.count())
+            .where(latest.c.rank == 1)
+            .group_by(latest.c.month, latest.c.key, latest.c.value),
+        )
     values: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for raw_month, key, value, count in rows:
         m = month_key(raw_month)
@@ -858,8 +955,12 @@ async def waiting(facts: Facts) -> Section:
         .join(first_attended, first_attended.c.case_id == Case.id)
         .where(*scope.cases())
     )
-    contact = await percentiles(session, scope, to_contact)
-    attended = await percentiles(session, scope, to_attended)
+    if facts.model is not None:
+        contact = await wait_percentiles(session, facts.model, "contact")
+        attended = await wait_percentiles(session, facts.model, "attended_wait")
+    else:
+        contact = await percentiles(session, scope, to_contact)
+        attended = await percentiles(session, scope, to_attended)
 
     def statistic_row(key: str, label: str, found: Mapping[str, Any], fraction: float) -> Row:
         cells = []
@@ -902,15 +1003,19 @@ async def waiting(facts: Facts) -> Section:
         ),
         else_=0,
     )
-    rows = await grouped(
-        session,
-        select(month, func.count(), func.sum(within))
-        .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
-        .where(*scope.cases(), Case.state.not_in(("rejected", "cancelled")))
-        .group_by(month),
-    )
-    eligible = {month_key(m): int(n) for m, n, _ in rows}
-    on_time = {month_key(m): int(w or 0) for m, _, w in rows}
+    if facts.model is not None:
+        eligible = dict(facts.model.measure("eligible").get("", {}))
+        on_time = await within_target(session, facts.model)
+    else:
+        rows = await grouped(
+            session,
+            select(month, func.count(), func.sum(within))
+            .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+            .where(*scope.cases(), Case.state.not_in(("rejected", "cancelled")))
+            .group_by(month),
+        )
+        eligible = {month_key(m): int(n) for m, n, _ in rows}
+        on_time = {month_key(m): int(w or 0) for m, _, w in rows}
     base = count_row("eligible", "Referrals (not rejected or cancelled)", facts.months, eligible)
     hit = count_row("within-target", "First contacted within target", facts.months, on_time)
     counts = Table(
@@ -1038,9 +1143,15 @@ async def assessment(facts: Facts) -> Section:
         ("treatment-elsewhere", "Accessing treatment elsewhere (discharged: no longer required)"),
     )
     counts: dict[str, dict[str, int]] = {key: {} for key, _ in names}
-    for raw_month, *values in await grouped(facts.session, query):
-        for (key, _), value in zip(names, values, strict=True):
-            counts[key][month_key(raw_month)] = int(value or 0)
+    if facts.model is not None:
+        start = facts.model.first_month
+        for (flag_name, threshold), m, n in facts.model.split("assess"):
+            if threshold == "" or threshold >= start:
+                counts[flag_name][m] = counts[flag_name].get(m, 0) + n
+    else:
+        for raw_month, *values in await grouped(facts.session, query):
+            for (key, _), value in zip(names, values, strict=True):
+                counts[key][month_key(raw_month)] = int(value or 0)
     everyone = await facts.referrals()
     table = Table(
         id="assessment",

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
+from app.reports import readmodel
 from app.reports.definitions import ReportDefinition
 from app.reports.disclosure import disclose
 from app.reports.queries import Period, Scope
@@ -93,7 +94,10 @@ async def run_report(
     scope = Scope(
         service_ids=tuple(s.id for s in services), period=period, team=team, dialect=dialect
     )
-    facts = Facts(session, scope, period.months())
+    # Whole months (what reports are asked for) come from the read model; any other period
+    # from the live queries over the operational tables (the same figures, slowly).
+    model = await readmodel.load(session, scope) if readmodel.serves(period, now) else None
+    facts = Facts(session, scope, period.months(), model=model)
     built: list[Section] = []
     for done, builder in enumerate(definition.sections):
         if progress is not None:

@@ -1,0 +1,594 @@
+"""Keeps the reporting read model (app.reports.models) in step with the cases, in the same
+transaction as the writes.
+
+Every write to a case, its referral, events or records goes through an ORM session (the domain
+function app.cases.service.apply_event for the API, webhooks and the reconciler; intake's
+open_case; the retention purge). A session listener notes each case touched; just before the
+transaction commits, each such case's contributions to the counters are worked out again from
+its rows (``contributions``: a pure function of them) and only the difference is added to
+``report_counts``. So a backdated event, a changed prescription or a later state lands in the
+right month, and first/last are by occurred_at, whatever order things arrived in. The same
+function fills the model for existing data (``backfill``: migration 0008 and bench/reports.py).
+
+Months are UTC calendar months, as in app.reports.queries. A referral's figures count in the
+month it was received (its cohort); events, prescriptions and scores in the month they happened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, delete, event, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, SessionTransaction
+
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.wellbeing import MEANINGFUL_CHANGE
+from app.referrals.models import Referral
+from app.reports.models import ReportCaseFact, ReportCount
+
+SEP = "\x1f"
+# Event types counted by the month they happened (app.reports.sections labels them).
+EVENT_ROWS = (
+    ("case.accepted", "Registrations (case accepted)"),
+    ("appointment.booked", "Appointments scheduled"),
+    ("appointment.attended", "Appointments attended"),
+    ("appointment.did_not_attend", "Appointments not attended (DNA)"),
+    ("appointment.cancelled", "Appointments cancelled"),
+    ("appointment.rescheduled", "Appointments rescheduled"),
+    ("prescription.created", "Social prescriptions"),
+    ("contact.attempted", "Contact attempts"),
+)
+COUNTED_EVENTS = tuple(t for t, _ in EVENT_ROWS)
+EDI_KEYS = (
+    "ethnicity",
+    "sex",
+    "gender_identity",
+    "sexual_orientation",
+    "disability",
+    "religion",
+    "age_band",
+    "carer",
+    "armed_forces",
+    "first_language",
+)
+_LOADED_EVENTS = (*COUNTED_EVENTS, "demographics.recorded")
+# A SWEMWBS change counts as none below half a hundredth (as app.reports.sections).
+_TOLERANCE = 0.005
+_HOUR_US = 3_600_000_000
+_DAY_US = 24 * _HOUR_US
+# Waits longer than this are bucketed by whole days (still 24 buckets a day apart).
+_HOURLY_UP_TO_DAYS = 60
+_BATCH = 2000
+_TOUCHED = "spbridge.report_cases"
+_TOUCHED_REFERRALS = "spbridge.report_referrals"
+
+Contributions = dict[str, int]
+
+
+def month_of(instant: dt.datetime) -> str:
+    utc = instant.astimezone(dt.UTC)
+    return f"{utc.year:04d}-{utc.month:02d}"
+
+
+def month_start(instant: dt.datetime) -> dt.datetime:
+    utc = instant.astimezone(dt.UTC)
+    return dt.datetime(utc.year, utc.month, 1, tzinfo=dt.UTC)
+
+
+def wait_bucket(later: dt.datetime, earlier: dt.datetime) -> int:
+    """A wait in whole hours, rounded up (whole days times 24 past 60 days): ordered as the waits,
+    and a wait is within n days exactly when its bucket is at most 24 n."""
+    micro = (later - earlier) // dt.timedelta(microseconds=1)
+    hours = -(-micro // _HOUR_US)
+    if hours <= _HOURLY_UP_TO_DAYS * 24:
+        return hours
+    return -(-micro // _DAY_US) * 24
+
+
+def duration_band(minutes: int) -> int:
+    """As app.reports.queries.duration_band (SQL integer division truncates towards zero)."""
+    if minutes > 120:
+        return 8
+    return int((minutes - 1) / 15)
+
+
+def entry(month: str, measure: str, key: str = "") -> str:
+    return f"{month}{SEP}{measure}{SEP}{key}"
+
+
+# --- one case's contributions --------------------------------------------------------------------
+
+
+@dataclass
+class CaseRows:
+    """Everything of one case the counters depend on."""
+
+    case_id: str
+    service_id: str
+    received_at: dt.datetime
+    state: str
+    status_reason: str | None
+    first_contact_at: dt.datetime | None
+    team: str | None
+    gender: str | None
+    age_band: str | None
+    unit: str | None
+    source: str | None
+    staff_group: str | None
+    reasons: Any
+    # (type, occurred_at, seq, data)
+    events: list[tuple[str, dt.datetime, int, Any]]
+    # external_id -> (appointment_type, minutes attended or booked)
+    appointments: dict[str, tuple[str, int]]
+    # (prescribed_at, category, provider)
+    prescriptions: list[tuple[dt.datetime, str, str]]
+    # (instrument, stage, measured_at, created_at, metric_score)
+    scores: list[tuple[str, str, dt.datetime, dt.datetime, float]]
+
+
+@dataclass
+class Fact:
+    contributions: Contributions
+    first_attended_at: dt.datetime | None
+    contact_bucket: int | None
+    attended_bucket: int | None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _threshold(month: str | None, cohort: str) -> str | None:
+    """A flag that holds for reports starting in ``month`` or earlier: '' when it holds for
+    every report the case is in (reports start no later than its cohort month), None never."""
+    if month is None:
+        return None
+    return "" if month >= cohort else month
+
+
+def contributions(rows: CaseRows) -> Fact:
+    """What one case adds to the counters, worked out from its rows alone."""
+    out: dict[str, int] = defaultdict(int)
+    cohort = month_of(rows.received_at)
+    cohort_start = month_start(rows.received_at)
+
+    def add(month: str, measure: str, key: str = "", n: int = 1) -> None:
+        out[entry(month, measure, key)] += n
+
+    # The referral, in the month received.
+    add(cohort, "referrals")
+    add(cohort, "team", _text(rows.team))
+    add(cohort, "gender", _text(rows.gender))
+    add(cohort, "age_band", _text(rows.age_band))
+    add(cohort, "unit", _text(rows.unit))
+    add(cohort, "source", _text(rows.source))
+    add(cohort, "staff_group", _text(rows.staff_group))
+    domains = {
+        str(r["domain"])
+        for r in (rows.reasons or [])
+        if isinstance(r, dict) and r.get("domain") is not None
+    }
+    for domain in domains:
+        add(cohort, "reason", domain)
+    if domains:
+        add(cohort, "reason_any")
+    add(cohort, "state", f"{rows.state}{SEP}{_text(rows.status_reason)}")
+
+    events = sorted(rows.events, key=lambda e: (e[1], e[2]))
+    # Equality items: the latest answer to each (by occurred_at, then seq).
+    latest: dict[str, str] = {}
+    attended: list[dt.datetime] = []
+    for kind, occurred_at, _seq, data in events:
+        if kind in COUNTED_EVENTS:
+            add(month_of(occurred_at), "event", kind)
+        if kind == "demographics.recorded":
+            for item, value in (data or {}).items():
+                if item in EDI_KEYS:
+                    latest[item] = str(value)
+        elif kind == "appointment.attended":
+            attended.append(occurred_at)
+            found = rows.appointments.get(_text((data or {}).get("appointment_id")))
+            if found is not None:
+                kind_of, minutes = found
+                add(month_of(occurred_at), "attended_type", kind_of)
+                add(month_of(occurred_at), "attended_band", str(duration_band(minutes)))
+    for item, value in latest.items():
+        add(cohort, "edi", f"{item}{SEP}{value}")
+
+    # Waits, by the month received.
+    contact_bucket = attended_bucket = None
+    first_attended_at = None
+    if rows.first_contact_at is not None:
+        contact_bucket = wait_bucket(rows.first_contact_at, rows.received_at)
+        eligible = rows.state not in ("rejected", "cancelled")
+        add(cohort, "contact", f"{contact_bucket}{SEP}{int(eligible)}")
+    if rows.state not in ("rejected", "cancelled"):
+        add(cohort, "eligible")
+    seen = [at for at in attended if at >= cohort_start]
+    if seen:
+        first_attended_at = min(seen)
+        attended_bucket = wait_bucket(first_attended_at, rows.received_at)
+        add(cohort, "attended_wait", str(attended_bucket))
+
+    # The staff-hub assessment flags. Each holds for a report starting in a month up to its
+    # threshold (the live engine counts records from the report's start).
+    attended_months = sorted((month_of(at) for at in attended), reverse=True)
+    reviewed = [
+        month_of(measured)
+        for _instrument, stage, measured, _created, _score in rows.scores
+        if stage in ("review", "end")
+    ]
+    prescribed = [month_of(at) for at, _category, _provider in rows.prescriptions]
+    assessed = attended_months[0] if attended_months else None
+    again = max(
+        [*attended_months[1:2], *(sorted(reviewed)[-1:])],
+        default=None,
+    )
+    flags: dict[str, str | None] = {
+        "assessed": assessed,
+        "signposted": max(prescribed, default=None),
+        "monitored": min(assessed, again) if assessed is not None and again is not None else None,
+    }
+    for flag, month in flags.items():
+        threshold = _threshold(month, cohort)
+        if threshold is not None:
+            add(cohort, "assess", f"{flag}{SEP}{threshold}")
+    if rows.state == "completed" and rows.status_reason == "referred-on":
+        add(cohort, "assess", f"referred-onward{SEP}")
+    if rows.state == "discharged" and rows.status_reason == "no-longer-required":
+        add(cohort, "assess", f"treatment-elsewhere{SEP}")
+
+    # Social prescriptions, by the month made; people by (category, month) with the month of
+    # the person's previous prescription in that category, so that people over any run of
+    # months can be counted once each.
+    months_by_category: dict[str, set[str]] = defaultdict(set)
+    any_months: set[str] = set()
+    for at, category, provider in rows.prescriptions:
+        month = month_of(at)
+        add(month, "rx_category", category)
+        add(month, "rx_provider", provider)
+        months_by_category[category].add(month)
+        any_months.add(month)
+    for category, months in months_by_category.items():
+        previous = ""
+        for month in sorted(months):
+            add(month, "rx_people", f"{category}{SEP}{previous}")
+            previous = month
+    previous = ""
+    for month in sorted(any_months):
+        add(month, "rx_people_any", previous)
+        previous = month
+
+    _wellbeing(rows, add)
+    return Fact(
+        {k: v for k, v in out.items() if v},
+        first_attended_at,
+        contact_bucket,
+        attended_bucket,
+    )
+
+
+def _wellbeing(rows: CaseRows, add: Any) -> None:
+    """SWEMWBS pairs: for each run of months a report could cover, the first and last score of
+    the case within it. Keyed by the months the run's start must fall after / on or before, and
+    the month its end must fall before: lo, first, hi (each '' for no bound)."""
+    scores = sorted(
+        (s for s in rows.scores if s[0] == "SWEMWBS"),
+        key=lambda s: (s[2], s[3]),
+    )
+    if len(scores) < 2:
+        return
+    months = sorted({month_of(s[2]) for s in scores})
+    by_month = [month_of(s[2]) for s in scores]
+    for a, first_month in enumerate(months):
+        lo = months[a - 1] if a > 0 else ""
+        for b in range(a, len(months)):
+            last_month = months[b]
+            inside = [
+                s for s, m in zip(scores, by_month, strict=True) if first_month <= m <= last_month
+            ]
+            if len(inside) < 2:
+                continue
+            hi = months[b + 1] if b + 1 < len(months) else ""
+            change = inside[-1][4] - inside[0][4]
+            bounds = f"{lo}{SEP}{first_month}{SEP}{hi}"
+            add(last_month, "wb_pairs", bounds)
+            add(last_month, "wb_change", bounds, round(change * 100))
+            for flag, holds in (
+                ("wb_increased", change > _TOLERANCE),
+                ("wb_decreased", change < -_TOLERANCE),
+                ("wb_unchanged", -_TOLERANCE <= change <= _TOLERANCE),
+                ("wb_improved", change >= MEANINGFUL_CHANGE - _TOLERANCE),
+                ("wb_declined", change <= -MEANINGFUL_CHANGE + _TOLERANCE),
+            ):
+                if holds:
+                    add(last_month, flag, bounds)
+
+
+# --- loading cases and writing the difference -----------------------------------------------
+
+Executor = Session | Connection
+
+
+def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
+    if not case_ids:
+        return []
+    events: dict[str, list[tuple[str, dt.datetime, int, Any]]] = defaultdict(list)
+    for case_id, kind, occurred_at, seq, data in executor.execute(
+        select(
+            CaseEvent.case_id, CaseEvent.type, CaseEvent.occurred_at, CaseEvent.seq, CaseEvent.data
+        ).where(CaseEvent.case_id.in_(case_ids), CaseEvent.type.in_(_LOADED_EVENTS))
+    ):
+        events[case_id].append((kind, occurred_at, seq, data))
+    appointments: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
+    for case_id, external_id, kind, minutes, attended in executor.execute(
+        select(
+            Appointment.case_id,
+            Appointment.external_id,
+            Appointment.appointment_type,
+            Appointment.minutes,
+            Appointment.attended_minutes,
+        ).where(Appointment.case_id.in_(case_ids))
+    ):
+        appointments[case_id][external_id] = (kind, attended if attended is not None else minutes)
+    prescriptions: dict[str, list[tuple[dt.datetime, str, str]]] = defaultdict(list)
+    for case_id, at, category, provider in executor.execute(
+        select(
+            Prescription.case_id,
+            Prescription.prescribed_at,
+            Prescription.category,
+            Prescription.provider,
+        ).where(Prescription.case_id.in_(case_ids))
+    ):
+        prescriptions[case_id].append((at, category, provider))
+    scores: dict[str, list[tuple[str, str, dt.datetime, dt.datetime, float]]] = defaultdict(list)
+    for case_id, instrument, stage, measured, created, metric in executor.execute(
+        select(
+            WellbeingScore.case_id,
+            WellbeingScore.instrument,
+            WellbeingScore.stage,
+            WellbeingScore.measured_at,
+            WellbeingScore.created_at,
+            WellbeingScore.metric_score,
+        ).where(WellbeingScore.case_id.in_(case_ids))
+    ):
+        scores[case_id].append((instrument, stage, measured, created, float(metric)))
+    cases = executor.execute(
+        select(
+            Case.id,
+            Case.service_id,
+            Case.created_at,
+            Case.state,
+            Case.status_reason,
+            Case.first_contact_at,
+            Referral.referring_team,
+            Referral.gender,
+            Referral.age_band,
+            Referral.referral_unit,
+            Referral.referral_source,
+            Referral.staff_group,
+            Referral.reasons,
+        )
+        .join(Referral, Referral.id == Case.referral_id)
+        .where(Case.id.in_(case_ids))
+    )
+    return [
+        CaseRows(
+            case_id=case_id,
+            service_id=service_id,
+            received_at=received_at,
+            state=state,
+            status_reason=status_reason,
+            first_contact_at=first_contact_at,
+            team=team,
+            gender=gender,
+            age_band=age_band,
+            unit=unit,
+            source=source,
+            staff_group=staff_group,
+            reasons=reasons,
+            events=events.get(case_id, []),
+            appointments=appointments.get(case_id, {}),
+            prescriptions=prescriptions.get(case_id, []),
+            scores=scores.get(case_id, []),
+        )
+        for (
+            case_id,
+            service_id,
+            received_at,
+            state,
+            status_reason,
+            first_contact_at,
+            team,
+            gender,
+            age_band,
+            unit,
+            source,
+            staff_group,
+            reasons,
+        ) in cases
+    ]
+
+
+def _insert_of(executor: Executor) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT."""
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    return pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
+
+
+def _add_counts(executor: Executor, deltas: dict[tuple[str, str, str], int]) -> None:
+    """Add ``deltas`` ({(service, team, entry): n}) to the counters, in key order (two
+    transactions never wait for each other's rows in opposite orders)."""
+    rows = []
+    for (service_id, team, key), n in sorted(deltas.items()):
+        if n:
+            month, measure, item = key.split(SEP, 2)
+            rows.append(
+                {
+                    "service_id": service_id,
+                    "month": month,
+                    "measure": measure,
+                    "key": item,
+                    "team": team,
+                    "n": n,
+                }
+            )
+    table = ReportCount.__table__
+    assert isinstance(table, Table)
+    if not rows:
+        return
+    statement = _insert_of(executor)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["service_id", "month", "measure", "key", "team"],
+        set_={"n": table.c.n + statement.excluded.n},
+    )
+    for start in range(0, len(rows), 1000):
+        executor.execute(statement, rows[start : start + 1000])
+
+
+def refresh(
+    executor: Executor,
+    case_ids: Iterable[str],
+    *,
+    fresh: bool = False,
+    deltas: dict[tuple[str, str, str], int] | None = None,
+) -> None:
+    """Work these cases' contributions out again and add the difference to the counters.
+    ``fresh``: no fact rows exist for them yet; ``deltas``: add the differences there instead
+    (the backfill writes the counters once, at the end)."""
+    ids = sorted(set(case_ids))
+    if not ids:
+        return
+    before: dict[str, tuple[str, str, dict[str, int]]] = {}
+    if not fresh:
+        for case_id, service_id, team, stored in executor.execute(
+            select(
+                ReportCaseFact.case_id,
+                ReportCaseFact.service_id,
+                ReportCaseFact.team,
+                ReportCaseFact.contributions,
+            ).where(ReportCaseFact.case_id.in_(ids))
+        ):
+            before[case_id] = (service_id, team, stored or {})
+    pending: dict[tuple[str, str, str], int] = defaultdict(int) if deltas is None else deltas
+    facts: list[dict[str, Any]] = []
+    for rows in load(executor, ids):
+        fact = contributions(rows)
+        team = _text(rows.team)
+        old_service, old_team, old = before.pop(rows.case_id, (rows.service_id, team, {}))
+        for key, n in old.items():
+            pending[(old_service, old_team, key)] -= int(n)
+        for key, n in fact.contributions.items():
+            pending[(rows.service_id, team, key)] += n
+        facts.append(
+            {
+                "case_id": rows.case_id,
+                "service_id": rows.service_id,
+                "team": team,
+                "received_at": rows.received_at,
+                "first_contact_at": rows.first_contact_at,
+                "first_attended_at": fact.first_attended_at,
+                "contact_bucket": fact.contact_bucket,
+                "attended_bucket": fact.attended_bucket,
+                "contributions": fact.contributions,
+            }
+        )
+    # A case no longer there (never in practice: cases are not deleted) takes its share away.
+    for case_id, (service_id, team, old) in before.items():
+        for key, n in old.items():
+            pending[(service_id, team, key)] -= int(n)
+        executor.execute(delete(ReportCaseFact).where(ReportCaseFact.case_id == case_id))
+    if facts:
+        table = ReportCaseFact.__table__
+        assert isinstance(table, Table)
+        statement: Any = table.insert()
+        if not fresh:
+            statement = _insert_of(executor)(table)
+            statement = statement.on_conflict_do_update(
+                index_elements=["case_id"],
+                set_={name: statement.excluded[name] for name in facts[0] if name != "case_id"},
+            )
+        for start in range(0, len(facts), 500):
+            executor.execute(statement, facts[start : start + 500])
+    if deltas is None:
+        _add_counts(executor, pending)
+
+
+def backfill(connection: Connection, *, batch: int = _BATCH) -> int:
+    """Fill the read model from every case there is (it must be empty). Returns the number of
+    cases."""
+    done = 0
+    after = ""
+    deltas: dict[tuple[str, str, str], int] = defaultdict(int)
+    while True:
+        ids = list(
+            connection.scalars(
+                select(Case.id).where(Case.id > after).order_by(Case.id).limit(batch)
+            )
+        )
+        if not ids:
+            _add_counts(connection, deltas)
+            return done
+        refresh(connection, ids, fresh=True, deltas=deltas)
+        done += len(ids)
+        after = ids[-1]
+
+
+# --- the session hooks -----------------------------------------------------------------------
+
+
+@event.listens_for(Session, "before_flush")
+def _note_cases(session: Session, _context: Any, _instances: Any) -> None:
+    """Note the cases whose rows this flush writes."""
+    cases: set[str] = session.info.setdefault(_TOUCHED, set())
+    referrals: set[str] = session.info.setdefault(_TOUCHED_REFERRALS, set())
+    for instance in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(instance, Case):
+            cases.add(instance.id)
+        elif isinstance(instance, CaseEvent | Appointment | Prescription | WellbeingScore):
+            cases.add(instance.case_id)
+        elif isinstance(instance, Referral) and session.is_modified(instance):
+            referrals.add(instance.id)
+
+
+@event.listens_for(Session, "before_commit")
+def _refresh_cases(session: Session) -> None:
+    """Bring the touched cases' contributions up to date, in the committing transaction."""
+    if not session.info.get(_TOUCHED) and not session.info.get(_TOUCHED_REFERRALS):
+        return
+    session.flush()
+    cases: set[str] = session.info.pop(_TOUCHED, set())
+    referrals: set[str] = session.info.pop(_TOUCHED_REFERRALS, set())
+    if referrals:
+        # Cases already in the session need no query (intake adds referral and case together).
+        for instance in list(session.identity_map.values()):
+            if isinstance(instance, Case) and instance.referral_id in referrals:
+                cases.add(instance.id)
+                referrals.discard(instance.referral_id)
+    if referrals:
+        ids = sorted(referrals)
+        for start in range(0, len(ids), 500):
+            cases.update(
+                session.scalars(
+                    select(Case.id).where(Case.referral_id.in_(ids[start : start + 500]))
+                )
+            )
+    ids = sorted(cases)
+    for start in range(0, len(ids), _BATCH):
+        refresh(session, ids[start : start + _BATCH])
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_cases(session: Session, transaction: SessionTransaction) -> None:
+    """A transaction ended without its commit (or was committed): nothing left to do. A
+    savepoint's end is not the transaction's: what was noted before it still counts."""
+    if transaction.parent is None:
+        session.info.pop(_TOUCHED, None)
+        session.info.pop(_TOUCHED_REFERRALS, None)

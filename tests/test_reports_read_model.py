@@ -1,0 +1,343 @@
+"""The reporting read model (app.reports.projection): kept by the domain function in the same
+transaction, it must equal a rebuild from the rows, and the reports it answers must equal the
+live queries over the operational tables, backdated events included.
+
+Events go through app.cases.service (open_case, apply_event) with chosen clocks, one transaction
+each, so that referrals can be received in 2025 and events recorded weeks after they happened.
+The figures asserted by hand were worked out from the list of events below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select
+
+from app.cases import service as domain
+from app.cases.models import Case
+from app.directory.models import SocialPrescribingService
+from app.referrals.models import Referral
+from app.reports import projection, readmodel
+from app.reports.models import ReportCaseFact, ReportCount
+from app.reports.queries import Period
+from app.reports.sections import EDI_ITEMS
+from tests.conftest import Bridge
+
+CONTEXT = domain.EventContext(client_id=None, request_id=None, correlation_id=None)
+QUARTER = {"from": "2025-01-01", "to": "2025-03-31"}
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+class Recorder:
+    def __init__(self, app: Any) -> None:
+        self.sessions = app.state.database.write_sessions
+        self.cases: dict[str, tuple[str, str]] = {}
+
+    async def referral(self, name: str, received: str, **attributes: Any) -> None:
+        async with self.sessions() as session:
+            service = await session.get(SocialPrescribingService, "life-rooms")
+            assert service is not None
+            referral = Referral(
+                id=f"00000000-0000-0000-0000-00000000000{len(self.cases)}",
+                organisation="RW4",
+                identifier_system="https://rio.example.nhs.uk/Id/referral",
+                identifier_value=name,
+                service_id="life-rooms",
+                status="active",
+                intent="order",
+                authored_on=received,
+                nhs_number="9000000009",
+                reasons=[{"domain": "housing", "mapped": True}],
+                resource={"intent": "order"},
+                created_at=at(received),
+                last_updated=at(received),
+                referral_unit="individual",
+                **attributes,
+            )
+            session.add(referral)
+            await session.flush()
+            case = await domain.open_case(session, referral, service, CONTEXT)
+            await session.commit()
+        self.cases[name] = (case.id, referral.id)
+
+    async def event(
+        self, name: str, kind: str, occurred: str, recorded: str | None = None, **data: Any
+    ) -> None:
+        """One event in its own transaction, recorded at ``recorded`` (default: when it
+        happened)."""
+        async with self.sessions() as session:
+            case_id, referral_id = self.cases[name]
+            case = await session.get(Case, case_id)
+            referral = await session.get(Referral, referral_id)
+            assert case is not None and referral is not None
+            service = await session.get(SocialPrescribingService, "life-rooms")
+            assert service is not None
+            await domain.apply_event(
+                session,
+                case,
+                referral,
+                service,
+                domain.NewEvent(kind, "advisor", occurred_at=at(occurred), data=data),
+                CONTEXT,
+                now=at(recorded or occurred),
+            )
+            await session.commit()
+
+
+def items(raw: int) -> list[int]:
+    return [raw // 7 + (1 if i < raw % 7 else 0) for i in range(7)]
+
+
+@pytest.fixture
+async def recorded(app: Any, bridge: Bridge) -> dict[str, str]:
+    await bridge.service("life-rooms", "LR001")
+    r = Recorder(app)
+    # r3: received in December 2024, accepted in January.
+    await r.referral("r3", "2024-12-15T10:00:00", gender="female")
+    await r.event("r3", "case.accepted", "2025-01-02T09:00:00")
+
+    await r.referral("r1", "2025-01-30T10:00:00", referring_team="Crisis Team", gender="female")
+    await r.event("r1", "case.accepted", "2025-01-31T09:00:00")
+    await r.event("r1", "contact.attempted", "2025-02-01T10:00:00", outcome="reached")
+    await r.event(
+        "r1",
+        "appointment.booked",
+        "2025-02-01T11:00:00",
+        appointment_id="a1",
+        start="2025-02-03T10:00:00Z",
+        appointment_type="face-to-face",
+        duration_minutes=60,
+    )
+    # Attended on 3 February, recorded on 15 March: February.
+    await r.event(
+        "r1",
+        "appointment.attended",
+        "2025-02-03T10:00:00",
+        "2025-03-15T10:00:00",
+        appointment_id="a1",
+        duration_minutes=40,
+    )
+    await r.event(
+        "r1",
+        "prescription.created",
+        "2025-02-04T10:00:00",
+        prescription_id="p1",
+        category="housing",
+        provider="Citizens Advice",
+        activity="Advice",
+    )
+    # Its category as it stands now, in the month it was made.
+    await r.event(
+        "r1",
+        "prescription.updated",
+        "2025-03-02T10:00:00",
+        prescription_id="p1",
+        category="benefits-money",
+    )
+    # Recorded first but measured last; the score recorded later was measured in February, so
+    # it is the first of the pair (raw 14, metric 15.32; then raw 20, metric 18.59).
+    await r.event("r1", "outcome.recorded", "2025-03-10T10:00:00", stage="review", items=items(20))
+    await r.event(
+        "r1",
+        "outcome.recorded",
+        "2025-02-05T10:00:00",
+        "2025-03-20T10:00:00",
+        stage="start",
+        items=items(14),
+    )
+    # The answer given last (1 March) stands, though an older one was recorded after it.
+    await r.event("r1", "demographics.recorded", "2025-03-01T10:00:00", ethnicity="Mixed")
+    await r.event(
+        "r1", "demographics.recorded", "2025-02-10T10:00:00", "2025-03-05T10:00:00",
+        ethnicity="Asian", carer="Yes",
+    )  # fmt: skip
+    await r.event("r1", "case.completed", "2025-03-25T10:00:00", reason="needs-met")
+
+    await r.referral("r2", "2025-02-28T23:59:00", gender="male")
+    await r.event("r2", "case.accepted", "2025-03-01T00:30:00")
+    # Contact at 08:00 on 1 March, recorded three weeks later.
+    await r.event(
+        "r2", "contact.attempted", "2025-03-01T08:00:00", "2025-03-20T08:00:00",
+        outcome="reached",
+    )  # fmt: skip
+    return await bridge.key("reporting", "LR001")
+
+
+async def report(
+    bridge: Bridge, headers: dict[str, str], name: str = "activity", **params: Any
+) -> dict[str, Any]:
+    response = await bridge.http.get(
+        f"/api/v1/reports/{name}", params={**QUARTER, **params}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def table(document: dict[str, Any], table_id: str) -> dict[str, list[Any]]:
+    for section in document["sections"]:
+        for found in section["tables"]:
+            if found["id"] == table_id:
+                return {row["key"]: row["values"] for row in found["rows"]}
+    raise AssertionError(f"no table {table_id}")
+
+
+async def test_backdated_events_by_hand(bridge: Bridge, recorded: dict[str, str]) -> None:
+    doc = await report(bridge, recorded)
+    assert table(doc, "activity") == {
+        "referrals": [1, 1, 0, 2],
+        "registrations": [2, 0, 1, 3],
+        "attended": [0, 1, 0, 1],
+        "prescriptions": [0, 1, 0, 1],
+    }
+    assert table(doc, "attended-by-duration")["31-45 minutes"] == [0, 1, 0, 1]
+    categories = table(doc, "prescriptions-by-category")
+    assert categories["benefits-money"] == [0, 1, 0, 1]
+    assert categories["housing"] == [0, 0, 0, 0]
+    assert table(doc, "swemwbs-pairs")["pairs"] == [0, 0, 1, 1]
+    assert table(doc, "swemwbs-pairs")["improved"] == [0, 0, 1, 1]  # +3.27
+    assert table(doc, "swemwbs-mean-change") == {"mean-change": [None, None, 3.27, 3.27]}
+    assert table(doc, "edi-ethnicity") == {
+        "Mixed": [1, 0, 0, 1],
+        "not-recorded": [0, 1, 0, 1],
+        "total": [1, 1, 0, 2],
+    }
+    assert table(doc, "edi-carer")["Yes"] == [1, 0, 0, 1]
+    # r1: 2 days to contact, 4 to attending; r2: 8 hours 1 minute (0.33 days) to contact.
+    assert table(doc, "waiting-days") == {
+        "contact-median": [2.0, 0.3, None, 1.2],
+        "contact-p90": [2.0, 0.3, None, 1.8],
+        "attended-median": [4.0, None, None, 4.0],
+        "attended-p90": [4.0, None, None, 4.0],
+    }
+    # March alone holds one of r1's scores: no pair.
+    march = await report(bridge, recorded, **{"from": "2025-03-01", "to": "2025-03-31"})
+    assert table(march, "swemwbs-pairs")["pairs"] == [0, 0]
+    assert table(march, "activity")["registrations"] == [1, 1]
+
+
+async def test_reports_equal_the_live_queries(
+    bridge: Bridge, recorded: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    periods = [
+        QUARTER,
+        {"from": "2025-02-01", "to": "2025-03-31"},
+        {"from": "2025-03-01", "to": "2025-03-31"},
+        {"from": "2024-12-01", "to": "2025-02-28"},
+    ]
+    asked = [
+        (name, period, team)
+        for name in ("activity", "staff-hub")
+        for period in periods
+        for team in (None, "Crisis Team")
+    ]
+
+    async def documents() -> list[dict[str, Any]]:
+        found = []
+        for name, period, team in asked:
+            params = {**period, **({"team": team} if team else {})}
+            doc = await report(bridge, recorded, name, **params)
+            found.append(doc["sections"])
+        return found
+
+    from_model = await documents()
+    monkeypatch.setattr(readmodel, "serves", lambda period, now: False)
+    live = await documents()
+    for (name, period, team), model_sections, live_sections in zip(
+        asked, from_model, live, strict=True
+    ):
+        assert model_sections == live_sections, (name, period, team)
+
+
+async def _counts(app: Any) -> tuple[dict[tuple[str, ...], int], dict[str, Any]]:
+    async with app.state.database.read_sessions() as session:
+        counts: dict[tuple[str, ...], int] = {
+            (s, t, m, measure, k): n
+            for s, t, m, measure, k, n in await session.execute(
+                select(
+                    ReportCount.service_id,
+                    ReportCount.team,
+                    ReportCount.month,
+                    ReportCount.measure,
+                    ReportCount.key,
+                    ReportCount.n,
+                )
+            )
+            if n
+        }
+        facts: dict[str, Any] = {
+            fact.case_id: (
+                fact.contributions,
+                fact.first_attended_at,
+                fact.contact_bucket,
+                fact.attended_bucket,
+            )
+            for fact in await session.scalars(select(ReportCaseFact))
+        }
+    return counts, facts
+
+
+async def test_kept_model_equals_a_rebuild(app: Any, recorded: dict[str, str]) -> None:
+    # A change, then a savepoint rolled back, in one transaction: the change still counts.
+    async with app.state.database.write_sessions() as session:
+        case = await session.scalar(
+            select(Case).where(Case.created_at == at("2025-02-28T23:59:00"))
+        )
+        assert case is not None
+        referral = await session.get(Referral, case.referral_id)
+        service = await session.get(SocialPrescribingService, "life-rooms")
+        assert referral is not None and service is not None
+        await domain.apply_event(
+            session,
+            case,
+            referral,
+            service,
+            domain.NewEvent(
+                "case.discharged",
+                "advisor",
+                occurred_at=at("2025-03-21T10:00:00"),
+                data={"reason": "no-longer-required"},
+            ),
+            CONTEXT,
+            now=at("2025-03-21T10:00:00"),
+        )
+        nested = await session.begin_nested()
+        await nested.rollback()
+        await session.commit()
+    kept = await _counts(app)
+    assert kept[0][("life-rooms", "", "2025-02", "state", "discharged\x1fno-longer-required")] == 1
+    assert kept[0][("life-rooms", "Crisis Team", "2025-02", "event", "appointment.attended")] == 1
+    assert len(kept[1]) == 3
+    async with app.state.database.write_sessions() as session:
+        await session.execute(delete(ReportCount))
+        await session.execute(delete(ReportCaseFact))
+        await session.commit()
+    assert (await _counts(app))[0] == {}
+    async with app.state.database.engine.begin() as connection:
+        assert await connection.run_sync(projection.backfill) == 3
+    assert await _counts(app) == kept
+
+
+def test_projection_knows_the_report_vocabulary() -> None:
+    assert tuple(key for key, _ in EDI_ITEMS) == projection.EDI_KEYS
+    assert projection.wait_bucket(at("2025-01-08T10:00:00"), at("2025-01-01T10:00:00")) == 168
+    assert projection.wait_bucket(at("2025-01-08T10:00:01"), at("2025-01-01T10:00:00")) == 169
+    # Past 60 days, whole days: 61 days and a second is 62 days of 24 buckets.
+    assert projection.wait_bucket(at("2025-03-03T10:00:01"), at("2025-01-01T10:00:00")) == 62 * 24
+
+
+def test_which_periods_the_model_answers() -> None:
+    now = at("2026-12-01T12:00:00")
+    assert readmodel.serves(Period(dt.date(2025, 1, 1), dt.date(2025, 3, 31)), now)
+    assert not readmodel.serves(Period(dt.date(2025, 1, 15), dt.date(2025, 3, 31)), now)
+    assert not readmodel.serves(Period(dt.date(2025, 1, 1), dt.date(2025, 3, 30)), now)
+    # To today (the default period): nothing can have happened after now yet.
+    assert readmodel.serves(Period(dt.date(2026, 1, 1), dt.date(2026, 12, 1)), now)
+    # ... unless "now" plus the events' allowed clock skew reaches past the period's end.
+    late = at("2026-12-01T23:58:00")
+    assert not readmodel.serves(Period(dt.date(2026, 1, 1), dt.date(2026, 12, 1)), late)
