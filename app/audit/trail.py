@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -221,13 +221,15 @@ async def write_record(
     request_ids: tuple[str | None, str | None] = (None, None),
     now: dt.datetime | None = None,
 ) -> str:
-    """Add one audit record (and its patients) to ``session``; flushes, never commits.
+    """Write one audit record (and its patients) in ``session``'s transaction; never commits.
     ``agent`` is (client id, name, role, organisation)."""
     client_id, agent_name, role, organisation = agent
     record_id = str(uuid.uuid4())
     pseudonyms = await _patients(session, key, patients)
-    session.add(
-        AuditRecord(
+    # Plain INSERTs, not ORM objects: the record is written on every patient-data request, and
+    # the unit of work would cost more than the statements (nothing reads these objects back).
+    await session.execute(
+        insert(AuditRecord).values(
             id=record_id,
             recorded_at=now or utcnow(),
             source=source,
@@ -247,18 +249,20 @@ async def write_record(
             correlation_id=request_ids[1],
         )
     )
-    await session.flush()
-    referral_ids = [None if ident.startswith(_BY_NUMBER) else ident for ident in patients]
-    session.add_all(
-        AuditedPatient(
-            audit_event_id=record_id,
-            position=position,
-            patient=patient,
-            referral_id=referral_ids[position],
+    if pseudonyms:
+        referral_ids = [None if ident.startswith(_BY_NUMBER) else ident for ident in patients]
+        await session.execute(
+            insert(AuditedPatient),
+            [
+                {
+                    "audit_event_id": record_id,
+                    "position": position,
+                    "patient": patient,
+                    "referral_id": referral_ids[position],
+                }
+                for position, patient in enumerate(pseudonyms)
+            ],
         )
-        for position, patient in enumerate(pseudonyms)
-    )
-    await session.flush()
     return record_id
 
 
