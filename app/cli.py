@@ -405,7 +405,7 @@ def report(
                 def step(section: str, done: int, of: int) -> None:
                     progress.update(task, completed=done, description=section.replace("_", " "))
 
-                async with transaction(database.read_sessions) as session:
+                async with transaction(database.write_sessions) as session:
                     built = await reports.run_report(
                         session,
                         principal,

@@ -1,4 +1,5 @@
-"""The background work of a process: the dispatcher and the platform reconciler.
+"""The background work of a process: the dispatcher, the platform reconciler and the report
+read model's queue.
 
 `spbridge serve` runs it in-process (unless told not to); `spbridge worker` runs only this, so
 on PostgreSQL any number of workers share the queue.
@@ -17,6 +18,7 @@ from app.db import Database
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.urls import guarded_transport
 from app.platform.reconcile import Reconciler
+from app.reports.drainer import ReportDrainer
 
 log = logging.getLogger("spbridge.worker")
 
@@ -37,12 +39,15 @@ class Background:
     def __init__(self, database: Database, settings: Settings, http: httpx.AsyncClient) -> None:
         self.dispatcher = Dispatcher(database, settings, http)
         self.reconciler = Reconciler(database, settings, http)
+        self.report_drainer = ReportDrainer(database)
 
     def start(self) -> None:
         self.dispatcher.start()
         self.reconciler.start()
+        self.report_drainer.start()
 
     async def stop(self) -> None:
+        await self.report_drainer.stop()
         await self.reconciler.stop()
         await self.dispatcher.stop()
 

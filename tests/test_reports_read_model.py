@@ -1,6 +1,7 @@
-"""The reporting read model (app.reports.projection): kept by the domain function in the same
-transaction, it must equal a rebuild from the rows, and the reports it answers must equal the
-live queries over the operational tables, backdated events included.
+"""The reporting read model (app.reports.projection): writes only queue their cases, a drain (or
+a report, which drains first) takes them in, and then it must equal a rebuild from the rows; the
+reports it answers must equal the live queries over the operational tables, backdated events
+included.
 
 Events go through app.cases.service (open_case, apply_event) with chosen clocks, one transaction
 each, so that referrals can be received in 2025 and events recorded weeks after they happened.
@@ -9,18 +10,19 @@ The figures asserted by hand were worked out from the list of events below.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select
 
 from app.cases import service as domain
 from app.cases.models import Case
 from app.directory.models import SocialPrescribingService
 from app.referrals.models import Referral
 from app.reports import projection, readmodel
-from app.reports.models import ReportCaseFact, ReportCount
+from app.reports.models import ReportCaseFact, ReportCount, ReportPendingCase
 from app.reports.queries import Period
 from app.reports.sections import EDI_ITEMS
 from tests.conftest import Bridge
@@ -34,16 +36,17 @@ def at(text: str) -> dt.datetime:
 
 
 class Recorder:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, first: int = 0) -> None:
         self.sessions = app.state.database.write_sessions
         self.cases: dict[str, tuple[str, str]] = {}
+        self.first = first
 
     async def referral(self, name: str, received: str, **attributes: Any) -> None:
         async with self.sessions() as session:
             service = await session.get(SocialPrescribingService, "life-rooms")
             assert service is not None
             referral = Referral(
-                id=f"00000000-0000-0000-0000-00000000000{len(self.cases)}",
+                id=f"00000000-0000-0000-0000-{self.first + len(self.cases):012d}",
                 organisation="RW4",
                 identifier_system="https://rio.example.nhs.uk/Id/referral",
                 identifier_value=name,
@@ -254,7 +257,23 @@ async def test_reports_equal_the_live_queries(
         assert model_sections == live_sections, (name, period, team)
 
 
-async def _counts(app: Any) -> tuple[dict[tuple[str, ...], int], dict[str, Any]]:
+async def _drain(app: Any, limit: int | None = None) -> int:
+    async with app.state.database.write_sessions() as session:
+        taken: int = await session.run_sync(projection.drain, limit)
+        await session.commit()
+    return taken
+
+
+async def _pending(app: Any) -> set[str]:
+    async with app.state.database.read_sessions() as session:
+        return set(await session.scalars(select(ReportPendingCase.case_id)))
+
+
+async def _counts(
+    app: Any, *, drain: bool = True
+) -> tuple[dict[tuple[str, ...], int], dict[str, Any]]:
+    if drain:
+        await _drain(app)
     async with app.state.database.read_sessions() as session:
         counts: dict[tuple[str, ...], int] = {
             (s, t, m, measure, k): n
@@ -321,6 +340,113 @@ async def test_kept_model_equals_a_rebuild(app: Any, recorded: dict[str, str]) -
     async with app.state.database.engine.begin() as connection:
         assert await connection.run_sync(projection.backfill) == 3
     assert await _counts(app) == kept
+
+
+async def _rebuilt(app: Any) -> tuple[dict[tuple[str, ...], int], dict[str, Any]]:
+    """The read model made again from nothing (the model as it stands is dropped)."""
+    async with app.state.database.write_sessions() as session:
+        await session.execute(delete(ReportCount))
+        await session.execute(delete(ReportCaseFact))
+        await session.commit()
+    async with app.state.database.engine.begin() as connection:
+        await connection.run_sync(projection.backfill)
+    return await _counts(app, drain=False)
+
+
+async def test_writes_only_queue_their_cases(
+    app: Any, bridge: Bridge, recorded: dict[str, str]
+) -> None:
+    # The fixture's writes queued their three cases and touched no counter.
+    async with app.state.database.read_sessions() as session:
+        cases = set(await session.scalars(select(Case.id)))
+    assert len(cases) == 3
+    assert await _pending(app) == cases
+    assert await _counts(app, drain=False) == ({}, {})
+
+    # Intake (open_case) in its transaction: one statement on the queue, none on the model.
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = app.state.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        r = Recorder(app, first=3)
+        await r.referral("r9", "2025-03-10T09:00:00")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len([s for s in statements if "report_pending_cases" in s.lower()]) == 1
+    assert [s for s in statements if "report_counts" in s.lower()] == []
+    assert [s for s in statements if "report_case_facts" in s.lower()] == []
+    new_case = r.cases["r9"][0]
+    assert await _pending(app) == {*cases, new_case}
+    assert await _counts(app, drain=False) == ({}, {})
+
+    # A case written again while queued stays queued once, with its first time.
+    async with app.state.database.read_sessions() as session:
+        first_noted = await session.scalar(
+            select(ReportPendingCase.noted_at).where(ReportPendingCase.case_id == new_case)
+        )
+    await r.event("r9", "case.accepted", "2025-03-11T09:00:00")
+    async with app.state.database.read_sessions() as session:
+        noted = list(
+            await session.scalars(
+                select(ReportPendingCase.noted_at).where(ReportPendingCase.case_id == new_case)
+            )
+        )
+    assert noted == [first_noted]
+
+    # A drain takes what it is asked for, in case id order; a report takes the rest first.
+    assert await _drain(app, 2) == 2
+    assert await _pending(app) == set(sorted([*cases, new_case])[2:])
+    doc = await report(bridge, recorded)
+    assert table(doc, "activity") == {
+        "referrals": [1, 1, 1, 3],
+        "registrations": [2, 0, 2, 4],
+        "attended": [0, 1, 0, 1],
+        "prescriptions": [0, 1, 0, 1],
+    }
+    assert await _pending(app) == set()
+    kept = await _counts(app, drain=False)
+    assert len(kept[1]) == 4
+    assert await _rebuilt(app) == kept
+    assert await _drain(app) == 0
+
+
+async def test_a_write_while_its_case_is_drained_stays_queued(
+    app: Any, recorded: dict[str, str]
+) -> None:
+    """PostgreSQL: a drain locks the queued rows, reads the cases, then deletes the rows. A write
+    to one of those cases in between must not be lost with the row: its queue insert waits for
+    the drain, then queues the case again."""
+    if app.state.database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one write transaction at a time")
+    r = Recorder(app, first=3)
+    await r.referral("r9", "2025-03-10T09:00:00")
+    await _drain(app)
+    await r.event("r9", "case.accepted", "2025-03-11T09:00:00")
+    case_id = r.cases["r9"][0]
+    assert await _pending(app) == {case_id}
+    async with app.state.database.write_sessions() as drainer:
+        # drain's steps, one at a time, so that the write lands after the case was read.
+        locked = list(await drainer.scalars(select(ReportPendingCase.case_id).with_for_update()))
+        assert locked == [case_id]
+        await drainer.run_sync(projection.refresh, locked)
+        writer = asyncio.create_task(
+            r.event("r9", "case.discharged", "2025-03-12T09:00:00", reason="no-longer-required")
+        )
+        await asyncio.sleep(0.5)
+        assert not writer.done()  # waiting for the drain's row lock
+        await drainer.execute(
+            delete(ReportPendingCase).where(ReportPendingCase.case_id.in_(locked))
+        )
+        await drainer.commit()
+    await asyncio.wait_for(writer, 10)
+    assert await _pending(app) == {case_id}
+    kept = await _counts(app)
+    assert kept[0][("life-rooms", "", "2025-03", "state", "discharged\x1fno-longer-required")] == 1
+    assert await _rebuilt(app) == kept
 
 
 def test_projection_knows_the_report_vocabulary() -> None:

@@ -1,14 +1,18 @@
-"""Keeps the reporting read model (app.reports.models) in step with the cases, in the same
-transaction as the writes.
+"""Keeps the reporting read model (app.reports.models) in step with the cases.
 
 Every write to a case, its referral, events or records goes through an ORM session (the domain
 function app.cases.service.apply_event for the API, webhooks and the reconciler; intake's
-open_case; the retention purge). A session listener notes each case touched; just before the
-transaction commits, each such case's contributions to the counters are worked out again from
-its rows (``contributions``: a pure function of them) and only the difference is added to
-``report_counts``. So a backdated event, a changed prescription or a later state lands in the
-right month, and first/last are by occurred_at, whatever order things arrived in. The same
-function fills the model for existing data (``backfill``: migration 0008 and bench/reports.py).
+open_case; the retention purge). A session listener notes each case touched and, just before the
+transaction commits, records it in ``report_pending_cases`` (one insert; no row shared with other
+cases, so concurrent intakes never wait for each other and the referral stays fast). ``drain``
+later works out each noted case's contributions to the counters again from its rows
+(``contributions``: a pure function of them) and adds only the difference to ``report_counts``,
+a batch at a time, so counter rows are written once per batch rather than once per request.
+Reports drain everything noted first, in their own transaction, so they are exact when
+produced; the background (app.worker) drains every second so the queue stays short. A
+backdated event, a changed prescription or a later state lands in the right month, and
+first/last are by occurred_at, whatever order things arrived in. The same function fills the
+model for existing data (``backfill``: migration 0008 and bench/reports.py).
 
 Months are UTC calendar months, as in app.reports.queries. A referral's figures count in the
 month it was received (its cohort); events, prescriptions and scores in the month they happened.
@@ -30,8 +34,9 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
 from app.cases.wellbeing import MEANINGFUL_CHANGE
+from app.db import utcnow
 from app.referrals.models import Referral
-from app.reports.models import ReportCaseFact, ReportCount
+from app.reports.models import ReportCaseFact, ReportCount, ReportPendingCase
 
 SEP = "\x1f"
 # Event types counted by the month they happened (app.reports.sections labels them).
@@ -559,8 +564,8 @@ def _note_cases(session: Session, _context: Any, _instances: Any) -> None:
 
 
 @event.listens_for(Session, "before_commit")
-def _refresh_cases(session: Session) -> None:
-    """Bring the touched cases' contributions up to date, in the committing transaction."""
+def _note_pending(session: Session) -> None:
+    """Record the touched cases for ``drain``, in the committing transaction."""
     if not session.info.get(_TOUCHED) and not session.info.get(_TOUCHED_REFERRALS):
         return
     session.flush()
@@ -580,9 +585,54 @@ def _refresh_cases(session: Session) -> None:
                     select(Case.id).where(Case.referral_id.in_(ids[start : start + 500]))
                 )
             )
-    ids = sorted(cases)
+    if cases:
+        note_pending(session, cases)
+
+
+def note_pending(executor: Executor, case_ids: Iterable[str]) -> None:
+    """Queue cases for ``drain``. A case already queued stays so, with its first noted time; the
+    no-op update (not DO NOTHING) makes a writer wait while a drain holds the row, so that a
+    change committed after the drain read the case is queued again, never lost with the row the
+    drain deletes."""
+    now = utcnow()
+    rows = [{"case_id": case_id, "noted_at": now} for case_id in sorted(case_ids)]
+    table = ReportPendingCase.__table__
+    assert isinstance(table, Table)
+    statement = _insert_of(executor)(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["case_id"], set_={"noted_at": table.c.noted_at}
+    )
+    for start in range(0, len(rows), 1000):
+        executor.execute(statement, rows[start : start + 1000])
+
+
+def drain(executor: Executor, limit: int | None = None, *, wait: bool = False) -> int:
+    """Take up to ``limit`` queued cases (all when None) into the read model and off the queue,
+    in the caller's transaction; returns how many. On PostgreSQL the queued rows are locked:
+    the background skips those another drain holds; a report (``wait``) waits for them, so
+    every case queued before it started is in the counters it then reads. SQLite's write lock
+    already lets one drain run at a time."""
+    query = select(ReportPendingCase.case_id).order_by(ReportPendingCase.case_id)
+    if limit is not None:
+        query = query.limit(limit)
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    if bind.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=not wait)
+    ids = list(executor.scalars(query))
+    if not ids:
+        return 0
+    # One upsert of the counters for the whole batch: the reason to batch.
+    deltas: dict[tuple[str, str, str], int] = defaultdict(int)
     for start in range(0, len(ids), _BATCH):
-        refresh(session, ids[start : start + _BATCH])
+        refresh(executor, ids[start : start + _BATCH], deltas=deltas)
+    _add_counts(executor, deltas)
+    for start in range(0, len(ids), 1000):
+        executor.execute(
+            delete(ReportPendingCase).where(
+                ReportPendingCase.case_id.in_(ids[start : start + 1000])
+            )
+        )
+    return len(ids)
 
 
 @event.listens_for(Session, "after_transaction_end")

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
-from app.dependencies import Now, ReadSession
+from app.dependencies import Now, WriteSession
 from app.errors import api_error_responses
 from app.reports import render, service
 from app.reports.definitions import ACTIVITY, STAFF_HUB, ReportDefinition
@@ -19,7 +19,9 @@ from app.reports.schemas import ReportDocument, ReportFormat
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
-Reader = Annotated[Principal, Depends(require(Operation.REPORT_READ, writes=False))]
+# A write session: a report first takes the queued cases into the read model
+# (app.reports.projection.drain), in its own transaction.
+Reader = Annotated[Principal, Depends(require(Operation.REPORT_READ, writes=True))]
 
 _COMMON = (
     " Covers the services the caller's organisation runs (an admin without an organisation: "
@@ -61,7 +63,7 @@ def _format(request: Request, asked: ReportFormat | None) -> ReportFormat:
 
 async def _answer(
     request: Request,
-    session: ReadSession,
+    session: WriteSession,
     now: dt.datetime,
     principal: Principal,
     definition: ReportDefinition,
@@ -136,7 +138,7 @@ Format = Annotated[
 )
 async def activity_report(
     request: Request,
-    session: ReadSession,
+    session: WriteSession,
     now: Now,
     principal: Reader,
     start: From = None,
@@ -175,7 +177,7 @@ async def activity_report(
 )
 async def staff_hub_report(
     request: Request,
-    session: ReadSession,
+    session: WriteSession,
     now: Now,
     principal: Reader,
     start: From = None,

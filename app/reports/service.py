@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
-from app.reports import readmodel
+from app.reports import projection, readmodel
 from app.reports.definitions import ReportDefinition
 from app.reports.disclosure import disclose
 from app.reports.queries import Period, Scope
@@ -96,7 +96,12 @@ async def run_report(
     )
     # Whole months (what reports are asked for) come from the read model; any other period
     # from the live queries over the operational tables (the same figures, slowly).
-    model = await readmodel.load(session, scope) if readmodel.serves(period, now) else None
+    model = None
+    if readmodel.serves(period, now):
+        # Take every case written so far into the counters first (the writes only queued
+        # them), in this transaction, so the report is exact as of now.
+        await session.run_sync(lambda sync: projection.drain(sync, wait=True))
+        model = await readmodel.load(session, scope)
     facts = Facts(session, scope, period.months(), model=model)
     built: list[Section] = []
     for done, builder in enumerate(definition.sections):

@@ -4,8 +4,9 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-01 23:00:00.000000
 
-app.reports.projection keeps both in the transaction of every write to a case; this migration
-creates them and fills them from the cases already there, with the same function.
+Every write to a case notes it in report_pending_cases; app.reports.projection.drain takes the
+noted cases into both (before a report, and in the background). This migration creates the
+three tables and fills the first two from the cases already there, with the same function.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def upgrade() -> None:
             "service_id", "month", "measure", "key", "team", name=op.f("pk_report_counts")
         ),
     )
+    op.create_table(
+        "report_pending_cases",
+        sa.Column("case_id", sa.String(length=36), nullable=False),
+        sa.Column("noted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("case_id", name=op.f("pk_report_pending_cases")),
+    )
     # Existing installations: every case's contributions, as the projection would have made.
     from app.reports.projection import backfill
 
@@ -65,6 +72,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("report_pending_cases")
     op.drop_table("report_counts")
     op.drop_index("ix_report_case_facts_attended", table_name="report_case_facts")
     op.drop_index("ix_report_case_facts_contact", table_name="report_case_facts")

@@ -1,0 +1,49 @@
+"""The background half of the reporting read model: takes the cases writes queued
+(app.reports.projection.note_pending) into the counters every second, a batch at a time, so the
+queue a report drains before it reads stays short."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from app.db import Database, transaction
+from app.reports import projection
+
+log = logging.getLogger("spbridge.reports")
+
+
+class ReportDrainer:
+    def __init__(self, database: Database, *, interval: float = 1.0, batch: int = 500) -> None:
+        self.database = database
+        self.interval = interval
+        self.batch = batch
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="report-drainer")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                # A full batch means more may be waiting: go on without pausing.
+                while await self.run_once() >= self.batch and not self._stopping.is_set():
+                    pass
+            except Exception:
+                log.exception("draining the report queue failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+
+    async def run_once(self) -> int:
+        """Drain one batch in its own transaction; returns how many cases it took."""
+        async with transaction(self.database.write_sessions) as session:
+            return await session.run_sync(projection.drain, self.batch)
