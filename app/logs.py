@@ -28,7 +28,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import IO, Any
 
@@ -256,12 +256,19 @@ def client_of(scope: Scope) -> tuple[str | None, str | None]:
     return (limited_as if isinstance(limited_as, str) else None), None
 
 
+# Told of every finished request: (method, route template or None, status, seconds).
+RequestObserver = Callable[[str, str | None, int, float], None]
+
+
 class AccessLogMiddleware:
     """One ``spbridge.access`` line per HTTP request: method, route template, status, latency in
-    milliseconds, client and role. Sits inside RequestIdMiddleware, so the line has the ids."""
+    milliseconds, client and role. Sits inside RequestIdMiddleware, so the line has the ids.
+    The same measurement goes to each of ``observers`` (the request metrics), so a request is
+    timed and its route looked up once."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, observers: Sequence[RequestObserver] = ()) -> None:
         self.app = app
+        self.observers = tuple(observers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -283,15 +290,19 @@ class AccessLogMiddleware:
                 status = 500  # what the server's last-resort handler answers
             raise
         finally:
+            seconds = time.perf_counter() - began
+            route = route_template(scope)
             client, role = client_of(scope)
             access_log.info(
                 "request",
                 extra={
                     "method": scope.get("method"),
-                    "route": route_template(scope),
+                    "route": route,
                     "status": status,
-                    "latency_ms": round((time.perf_counter() - began) * 1000, 1),
+                    "latency_ms": round(seconds * 1000, 1),
                     "client": client,
                     "role": role,
                 },
             )
+            for observe in self.observers:
+                observe(str(scope.get("method", "")), route, status or 500, seconds)

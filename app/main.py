@@ -44,7 +44,7 @@ from app.limits import install as install_limits
 from app.logs import AccessLogMiddleware
 from app.metadata.router import router as metadata_router
 from app.openapi import install as install_openapi
-from app.operations.metrics import RequestMetrics, RequestMetricsMiddleware
+from app.operations.metrics import RequestMetrics
 from app.operations.router import router as operations_router
 from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
@@ -159,14 +159,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     application.state.admin_key_hash = hash_key(admin_key) if admin_key else None
 
-    # Outermost last: request ids, the access log, request metrics, then CORS, rate and body
-    # limits (so 429s and 413s are logged and counted too), then the audit trail (a request a
-    # limit refused never reached patient data).
+    # Outermost last: request ids, the access log (which also feeds the request metrics), then
+    # CORS, rate and body limits (so 429s and 413s are logged and counted too), then the audit
+    # trail (a request a limit refused never reached patient data).
     application.add_middleware(AuditMiddleware)
     install_limits(application, settings)
     application.state.request_metrics = RequestMetrics()
-    application.add_middleware(RequestMetricsMiddleware, metrics=application.state.request_metrics)
-    application.add_middleware(AccessLogMiddleware)
+    application.add_middleware(
+        AccessLogMiddleware, observers=[application.state.request_metrics.observe]
+    )
     application.add_middleware(RequestIdMiddleware)
     _install_error_handlers(application)
     for router in (

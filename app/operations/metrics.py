@@ -21,7 +21,6 @@ id, service, organisation or URL (admins see those per destination in GET
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,13 +38,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as package
 from app.cases.models import CaseEvent
 from app.cases.states import EVENT_TYPES
 from app.delivery import admin
-from app.logs import route_template
 
 # The text format every Prometheus reads (names here use only [a-z_], so 0.0.4 is exact).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -86,42 +83,6 @@ class RequestMetrics:
         route = route or UNMATCHED
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
-
-
-class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by its route template (app.logs.route_template, the
-    same the access log names)."""
-
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status: int | None = None
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        except BaseException:
-            if status is None:
-                status = 500  # what the server's last-resort handler answers
-            raise
-        finally:
-            self.metrics.observe(
-                str(scope.get("method", "")),
-                route_template(scope),
-                status if status is not None else 500,
-                time.perf_counter() - began,
-            )
 
 
 # --- figures read from the database at scrape time ---------------------------------------------
