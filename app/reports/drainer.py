@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import logging
 
+from sqlalchemy import select
+
 from app.db import Database, transaction
 from app.reports import projection
+from app.reports.models import ReportPendingCase
 
 log = logging.getLogger("spbridge.reports")
 
@@ -45,5 +48,10 @@ class ReportDrainer:
 
     async def run_once(self) -> int:
         """Drain one batch in its own transaction; returns how many cases it took."""
+        # Look first, in a read transaction: on SQLite a write transaction takes the database's
+        # one write lock, which intake would otherwise wait for every second for nothing.
+        async with transaction(self.database.read_sessions) as session:
+            if await session.scalar(select(ReportPendingCase.case_id).limit(1)) is None:
+                return 0
         async with transaction(self.database.write_sessions) as session:
             return await session.run_sync(projection.drain, self.batch)
