@@ -22,8 +22,8 @@ from app.db import Database
 from app.delivery.models import Delivery
 from app.main import create_app
 from tests.conftest import Bridge, empty_database, make_settings, referral_resource
+from tests.support.delivery import ADMIN, dispatcher_for, subscribe
 from tests.support.receiver import Receiver
-from tests.test_delivery import ADMIN, dispatcher_for, subscribe
 
 runner = CliRunner()
 

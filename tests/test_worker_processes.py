@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.delivery.models import Delivery, DeliveryAttempt
 from tests.conftest import Bridge, referral_resource
+from tests.support.delivery import ADMIN, subscribe
 from tests.support.receiver import Receiver
-from tests.test_delivery import ADMIN, subscribe
 
 SPBRIDGE = str(Path(sys.executable).parent / "spbridge")
 

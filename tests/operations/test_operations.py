@@ -33,8 +33,8 @@ from tests.conftest import (
     referral_resource,
 )
 from tests.support.cases import open_case
+from tests.support.delivery import dispatcher_for, subscribe
 from tests.support.receiver import Receiver, free_port, wait_for
-from tests.test_delivery import dispatcher_for, subscribe
 
 SPBRIDGE = str(Path(sys.executable).parent / "spbridge")
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -20,10 +20,9 @@ from app.db import Database, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.main import create_app
-from tests.conftest import ADMIN_KEY, Bridge, make_settings, referral_resource
+from tests.conftest import Bridge, make_settings, referral_resource
+from tests.support.delivery import ADMIN, dispatcher_for, subscribe
 from tests.support.receiver import Receiver, wait_for
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture
@@ -34,23 +33,6 @@ def settings_overrides() -> dict[str, Any]:
         "circuit_threshold": 3,
         "delivery_lease_seconds": 30,
     }
-
-
-def dispatcher_for(app: Any, clock: Any = utcnow, name: str | None = None) -> Dispatcher:
-    return Dispatcher(
-        app.state.database, app.state.settings, app.state.http, clock=clock, name=name
-    )
-
-
-async def subscribe(
-    bridge: Bridge, url: str, headers: dict[str, str] | None = None, **body: Any
-) -> dict[str, Any]:
-    response = await bridge.http.post(
-        "/api/v1/subscriptions", json={"url": url, **body}, headers=headers or ADMIN
-    )
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 async def refer_many(bridge: Bridge, count: int) -> list[str]:

@@ -22,7 +22,7 @@ from app.db import create_engine
 from app.fhir.resources import OperationOutcome, ServiceRequest, model_class
 from tests.conftest import FHIR_JSON, NOTHING, Bridge, row_counts
 
-EXAMPLES = Path(__file__).parent / "fixtures" / "fhir-examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir-examples"
 FOOD_PANTRY_SR = (
     "sdoh-clinicalcare/"
     "ServiceRequest-SDOHCC-ServiceRequestActiveFoodPantryApplicationAssistExample.json"

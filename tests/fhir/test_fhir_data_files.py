@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-FHIR_DIR = Path(__file__).resolve().parent.parent / "fhir"
+FHIR_DIR = Path(__file__).resolve().parents[2] / "fhir"
 BASE = "https://fhir.spbridge.org"
 REASON_CS = f"{BASE}/CodeSystem/reason-for-referral"
 TEXT_SYSTEM = f"{BASE}/CodeSystem/reason-for-referral-text"
