@@ -106,6 +106,22 @@ class UnsupportedMediaType(AppError):
     title = "Unsupported media type"
 
 
+class Gone(AppError):
+    """410: the resource existed, and its data has been removed under the retention policy."""
+
+    status = 410
+    issue_code = "deleted"
+    title = "Gone"
+
+
+def purged(what: str) -> Gone:
+    """What a read of a purged referral's resources answers (retention)."""
+    return Gone(
+        f"{what} belongs to a case closed longer ago than the retention period; its patient data "
+        "has been removed"
+    )
+
+
 class BusinessRuleViolation(AppError):
     status = 422
     issue_code = "business-rule"

@@ -22,6 +22,7 @@ from app.cases.schemas import CaseEventModel, CaseEventOut, CaseOut, CaseResourc
 from app.cases.states import (
     CLOSED_STATES,
     EVENT_TYPES,
+    FUTURE_TOLERANCE,
     CaseState,
     CaseStatus,
     TransitionRefused,
@@ -36,13 +37,10 @@ from app.clients.roles import Role
 from app.db import utcnow
 from app.delivery import service as delivery
 from app.directory.models import SocialPrescribingService
-from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound
+from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, purged
 from app.fhir.task import TaskView
 from app.referrals.models import Referral
-from app.retention.service import purged
 
-# How far ahead of our clock an event may say it happened (the sender's clock may drift).
-FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 # Event data only the service's own organisation sees (EDI monitoring answers).
 _SERVICE_ONLY_DATA = frozenset({"demographics.recorded"})
 # The referral's FHIR status follows its case's end.

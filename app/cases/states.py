@@ -6,6 +6,7 @@ event may move a case and where to; nothing here touches the database.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +23,10 @@ class CaseState(StrEnum):
     REJECTED = "rejected"
     CANCELLED = "cancelled"
 
+
+# How far ahead of our clock an event may say it happened (the sender's clock may drift); the
+# reports rely on it too (nothing can have happened later than now plus this).
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
 OPEN_STATES = frozenset(
     {CaseState.RECEIVED, CaseState.ACCEPTED, CaseState.IN_PROGRESS, CaseState.ON_HOLD}

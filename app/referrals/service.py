@@ -18,14 +18,20 @@ from app.cases import service as cases
 from app.cases.states import CLOSED_STATES, CaseState
 from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
-from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, PreconditionFailed
+from app.errors import (
+    BusinessRuleViolation,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    purged,
+)
 from app.fhir import search as fhir_search
 from app.fhir.codes import NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
 from app.fhir.task import instant
 from app.referrals.intake import ReferralDraft
 from app.referrals.models import Referral
-from app.retention.service import purged
 
 SEARCH_PARAMETERS = frozenset({"identifier", "patient.identifier", "status", "_lastUpdated", "_id"})
 # Elements of a held referral a referrer may change, and how (FHIR update).

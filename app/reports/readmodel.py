@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.cases.service import FUTURE_TOLERANCE
+from app.cases.states import FUTURE_TOLERANCE
 from app.directory.models import SocialPrescribingService
 from app.reports.models import ReportCaseFact, ReportCount
 from app.reports.projection import SEP, month_of

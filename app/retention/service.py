@@ -37,7 +37,6 @@ from app.audit import trail
 from app.cases.models import Case, CaseEvent, Prescription
 from app.cases.states import CLOSED_STATES
 from app.delivery.models import Delivery, DeliveryAttempt
-from app.errors import AppError
 from app.referrals.models import Referral
 from app.retention.models import PurgeRun
 from app.retention.pseudonyms import (
@@ -54,21 +53,6 @@ _STUB_ELEMENTS = ("intent", "category", "code", "priority", "authoredOn")
 # What a reason for referral keeps: the codes, not the referrer's free text.
 _REASON_KEYS = ("domain", "domain_display", "mapped", "system", "code", "display")
 _FREE_TEXT_EVENTS = frozenset({"prescription.created", "prescription.updated"})
-
-
-class Gone(AppError):
-    """410: the resource existed, and its data has been removed under the retention policy."""
-
-    status = 410
-    issue_code = "deleted"
-    title = "Gone"
-
-
-def purged(what: str) -> Gone:
-    return Gone(
-        f"{what} belongs to a case closed longer ago than the retention period; its patient data "
-        "has been removed"
-    )
 
 
 # --- the purge -----------------------------------------------------------------------------
