@@ -13,11 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.config import Settings
 from app.db import ENQUEUED, Database, session_scope, utcnow
+from app.keys import KeyStore
 
 
 def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
+
+
+def installation_keys(request: Request) -> KeyStore:
+    """The process's store of installation keys (app.keys)."""
+    keys: KeyStore = request.app.state.keys
+    return keys
 
 
 def get_settings_from_app(request: Request) -> Settings:

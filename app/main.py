@@ -40,6 +40,7 @@ from app.errors import (
 )
 from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
+from app.keys import KeyStore
 from app.limits import install as install_limits
 from app.logs import AccessLogMiddleware
 from app.metadata.router import router as metadata_router
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     application.state.settings = settings
+    application.state.keys = KeyStore()
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     application.state.admin_key_hash = hash_key(admin_key) if admin_key else None
 

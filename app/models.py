@@ -6,7 +6,7 @@ from app.clients.models import ApiClient
 from app.db import Base
 from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.directory.models import SocialPrescribingService
-from app.journey.models import SigningKey
+from app.keys import SigningKey
 from app.platform.models import PlatformMessage
 from app.referrals.models import Referral
 from app.reports import projection  # noqa: F401  (keeps the read model on every commit)

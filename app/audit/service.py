@@ -18,8 +18,8 @@ from app.errors import BadRequest, NotFound
 from app.fhir import search as fhir_search
 from app.fhir.codes import CANONICAL_BASE, NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
+from app.pseudonyms import PSEUDONYM_SYSTEM, pseudonym
 from app.referrals.models import Referral
-from app.retention.pseudonyms import PSEUDONYM_SYSTEM, pseudonym
 
 SEARCH_PARAMETERS = frozenset(
     {"_id", "date", "action", "agent", "patient.identifier", "entity", "outcome", "subtype"}

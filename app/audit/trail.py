@@ -29,10 +29,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.audit.models import AuditedPatient, AuditRecord
 from app.db import Database, utcnow
 from app.errors import AppError, error_response
+from app.keys import KeyPurpose, KeyStore
 from app.logs import route_template
+from app.pseudonyms import PSEUDONYM_PREFIX, pseudonym
 from app.referrals.models import Referral
 from app.requestids import valid_id
-from app.retention.pseudonyms import PSEUDONYM_PREFIX, pseudonym, pseudonym_key
 
 log = logging.getLogger("spbridge.audit")
 
@@ -197,12 +198,9 @@ async def _patients(session: AsyncSession, key: bytes, noted: dict[str, str]) ->
 
 
 async def installation_pseudonym_key(state: Any, session: AsyncSession) -> bytes:
-    """The pseudonym key, read once per process (it never changes once made)."""
-    key: bytes | None = getattr(state, "audit_pseudonym_key", None)
-    if key is None:
-        key = await pseudonym_key(session)
-        state.audit_pseudonym_key = key
-    return key
+    """The pseudonym key, from the process's key store."""
+    keys: KeyStore = state.keys
+    return await keys.get(session, KeyPurpose.PSEUDONYM)
 
 
 async def write_record(

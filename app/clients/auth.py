@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.clients import oauth
 from app.clients.models import ApiClient
 from app.clients.roles import PERMISSIONS, SCOPE_OF, Operation, Role
-from app.dependencies import get_now, read_session, write_session
+from app.dependencies import get_now, installation_keys, read_session, write_session
 from app.errors import Forbidden, Unauthorized
+from app.keys import KeyPurpose
 
 KEY_PREFIX = "spb_"
 # The attribute on a require() dependency naming the operation it checks: app.clients.policy
@@ -79,7 +80,7 @@ async def _by_access_token(request: Request, session: AsyncSession, token: str) 
     """An access token from POST /oauth2/token: its signature, audience and expiry checked, then
     its client loaded (role and organisation come from the database, never from the token) and
     refused if revoked, so a revocation takes effect at once."""
-    key = await oauth.signing_key(request.app.state, session, create=False)
+    key = await installation_keys(request).get(session, KeyPurpose.ACCESS_TOKEN)
     verified = oauth.verify_access_token(key, token, get_now(request)) if key else None
     client = await session.get(ApiClient, verified.client_id) if verified else None
     if verified is None or client is None or client.revoked_at is not None:

@@ -29,21 +29,18 @@ import jwt
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import State
 
 from app.clients.models import ApiClient, OAuthJti
 from app.clients.roles import Role, role_scopes
-from app.db import utcnow
-from app.dependencies import WriteSession, get_now
-from app.journey.models import SigningKey
+from app.dependencies import WriteSession, get_now, installation_keys
+from app.keys import KeyPurpose
 
 log = logging.getLogger("spbridge.oauth")
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
-KEY_PURPOSE = "access-token"
 ISSUER = "spbridge"
 AUDIENCE = "spbridge"
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 (an algorithm name, not a secret)
@@ -56,7 +53,6 @@ MAX_ASSERTION_LIFETIME_SECONDS = 300
 ASSERTION_CLOCK_SKEW_SECONDS = 30
 DEFAULT_OVERLAP_SECONDS = 24 * 3600
 MAX_OVERLAP_SECONDS = 30 * 24 * 3600
-_CACHE_ATTRIBUTE = "access_token_signing_key"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _PUBLIC_JWK_MEMBERS = {
@@ -79,47 +75,6 @@ def looks_like_jwt(token: str) -> bool:
 
 
 # --- the bridge's access-token key ------------------------------------------------------------
-
-
-async def _read_key(session: AsyncSession) -> str | None:
-    secret: str | None = await session.scalar(
-        select(SigningKey.secret).where(SigningKey.purpose == KEY_PURPOSE)
-    )
-    return secret
-
-
-async def _make_key(session: AsyncSession) -> str:
-    """Migration 0005 makes the key; should its row be gone, make one in this transaction
-    (whichever request gets there first: the others read the winner's)."""
-    log.warning("the access-token signing key was missing; a new one is made")
-    secret = secrets.token_urlsafe(48)
-    session.add(SigningKey(purpose=KEY_PURPOSE, secret=secret, created_at=utcnow()))
-    try:
-        await session.flush()
-    except IntegrityError:
-        await session.rollback()
-        held = await _read_key(session)
-        if held is None:
-            raise
-        return held
-    return secret
-
-
-async def signing_key(state: State, session: AsyncSession, *, create: bool) -> bytes | None:
-    """The access-token key, read once per process (per app). ``create``: make it if missing
-    (when issuing, before anything else is written in ``session``, a write session); a request
-    that only verifies a token gets None instead."""
-    cached: bytes | None = getattr(state, _CACHE_ATTRIBUTE, None)
-    if cached is not None:
-        return cached
-    secret = await _read_key(session)
-    if secret is None:
-        if not create:
-            return None
-        secret = await _make_key(session)
-    key = secret.encode()
-    setattr(state, _CACHE_ATTRIBUTE, key)
-    return key
 
 
 # --- access tokens ----------------------------------------------------------------------------
@@ -429,9 +384,7 @@ async def _token(request: Request, session: AsyncSession) -> Response:
         raise OAuthError("invalid_request", "grant_type is required")
     if grant_type != "client_credentials":
         raise OAuthError("unsupported_grant_type", "Only grant_type=client_credentials is offered")
-    # First, while nothing else is written: making the key (if missing) may roll back.
-    key = await signing_key(request.app.state, session, create=True)
-    assert key is not None
+    key = await installation_keys(request).get(session, KeyPurpose.ACCESS_TOKEN)
     basic = _basic(request.headers.get("authorization", ""))
     assertion = form.get("client_assertion")
     if basic is not None and assertion is not None:

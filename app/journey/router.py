@@ -21,10 +21,11 @@ from markupsafe import Markup, escape
 from app.audit import trail
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
-from app.dependencies import AppSettings, Now, ReadSession
+from app.dependencies import AppSettings, Now, ReadSession, installation_keys
 from app.errors import api_error_responses
 from app.journey import service
 from app.journey.schemas import JourneyLink
+from app.keys import KeyPurpose
 from app.referrals.service import get_referral
 
 router = APIRouter(tags=["patient journey"])
@@ -121,7 +122,7 @@ async def create_journey_link(
     ] = int(service.LINK_LIFETIME.total_seconds()),
 ) -> JourneyLink:
     referral = await get_referral(session, principal, referral_id)
-    key = await service.signing_key(request.app.state)
+    key = await installation_keys(request).get(session, KeyPurpose.JOURNEY_LINK)
     token, expires = service.issue(key, referral.id, now, expires_in)
     base = _base_url(request, settings.public_base_url)
     response.headers["Cache-Control"] = "no-store"
@@ -176,7 +177,7 @@ async def read_journey_page(request: Request, session: ReadSession, now: Now) ->
     token = request.query_params.get("token")
     if not token:
         return _refused(_NO_LINK)
-    key = await service.signing_key(request.app.state)
+    key = await installation_keys(request).get(session, KeyPurpose.JOURNEY_LINK)
     if not service.token_is_valid(key, token, referral_id, now):
         return _refused(_EXPIRED)
     page = await service.journey_page(session, referral_id, now)

@@ -14,23 +14,18 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import State
 
 from app.cases import records, wellbeing
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
 from app.cases.states import CLOSED_STATES, CaseState, CaseStatus, TransitionRefused, next_status
-from app.db import Database, transaction, utcnow
 from app.directory.models import SocialPrescribingService
 from app.fhir.task import code_displays, instant
-from app.journey.models import SigningKey
 from app.journey.schemas import (
     AppointmentRow,
     Fact,
@@ -41,24 +36,25 @@ from app.journey.schemas import (
     WellbeingView,
     When,
 )
+from app.keys import KeyPurpose
 from app.referrals.models import Referral
 
 log = logging.getLogger("spbridge.journey")
 
 # --- signed links --------------------------------------------------------------------------
 
-KEY_PURPOSE = "journey-link"
 TOKEN_VERSION = "v1"  # noqa: S105 (a format tag, not a secret)
 # How long a link works unless the caller asks for another lifetime (within the bounds).
 LINK_LIFETIME = dt.timedelta(minutes=15)
 MIN_LIFETIME_SECONDS = 60
 MAX_LIFETIME_SECONDS = 3600
 _TOKEN = re.compile(r"^v1\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})$")
-_CACHE_ATTRIBUTE = "journey_signing_key"
 
 
 def _mac(key: bytes, referral_id: str, expires: int) -> str:
-    message = f"spbridge.{KEY_PURPOSE}.{TOKEN_VERSION}\n{referral_id}\n{expires}".encode()
+    message = (
+        f"spbridge.{KeyPurpose.JOURNEY_LINK}.{TOKEN_VERSION}\n{referral_id}\n{expires}".encode()
+    )
     digest = hmac.new(key, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
@@ -90,46 +86,6 @@ def token_is_valid(key: bytes, token: str | None, referral_id: str, now: dt.date
     if not hmac.compare_digest(match.group(2), expected):
         return False
     return now.timestamp() < expires
-
-
-async def _read_key(database: Database) -> str | None:
-    async with database.read_sessions() as session:
-        secret: str | None = await session.scalar(
-            select(SigningKey.secret).where(SigningKey.purpose == KEY_PURPOSE)
-        )
-        return secret
-
-
-async def _make_key(database: Database) -> str:
-    """The migration makes the key; should its row be gone, make a new one (once, whichever
-    process gets there first)."""
-    try:
-        async with transaction(database.write_sessions) as session:
-            held: str | None = await session.scalar(
-                select(SigningKey.secret).where(SigningKey.purpose == KEY_PURPOSE)
-            )
-            if held is None:
-                log.warning("the journey-link signing key was missing; a new one was made")
-                held = secrets.token_urlsafe(48)
-                session.add(SigningKey(purpose=KEY_PURPOSE, secret=held, created_at=utcnow()))
-        return held
-    except IntegrityError:
-        again = await _read_key(database)
-        if again is None:
-            raise
-        return again
-
-
-async def signing_key(state: State) -> bytes:
-    """The journey-link key, read from the database once per process (per app)."""
-    cached: bytes | None = getattr(state, _CACHE_ATTRIBUTE, None)
-    if cached is not None:
-        return cached
-    database: Database = state.database
-    secret = await _read_key(database) or await _make_key(database)
-    key = secret.encode()
-    setattr(state, _CACHE_ATTRIBUTE, key)
-    return key
 
 
 class RedactLinkTokens(logging.Filter):

@@ -37,13 +37,13 @@ from app.audit import trail
 from app.cases.models import Case, CaseEvent, Prescription
 from app.cases.states import CLOSED_STATES
 from app.delivery.models import Delivery, DeliveryAttempt
-from app.referrals.models import Referral
-from app.retention.models import PurgeRun
-from app.retention.pseudonyms import (
+from app.pseudonyms import (
     PSEUDONYM_SYSTEM,
     pseudonym,
     pseudonym_key,
 )
+from app.referrals.models import Referral
+from app.retention.models import PurgeRun
 
 log = logging.getLogger("spbridge.retention")
 

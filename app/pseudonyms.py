@@ -4,22 +4,17 @@ person without their NHS number."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import logging
-import secrets
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.fhir.codes import CANONICAL_BASE
-from app.journey.models import SigningKey
+from app.keys import KeyPurpose, get_or_create_key
 
 log = logging.getLogger("spbridge.retention")
 
-PSEUDONYM_KEY_PURPOSE = "pseudonym"
 # Where a purged referral's stub names its patient: by pseudonym, never by NHS number.
 PSEUDONYM_SYSTEM = f"{CANONICAL_BASE}/Id/patient-pseudonym"
 # A pseudonym fits the NHS number column (10 characters) and can never be taken for an NHS
@@ -38,28 +33,5 @@ def pseudonym(key: bytes, nhs_number: str) -> str:
 
 
 async def pseudonym_key(session: AsyncSession) -> bytes:
-    """The installation's pseudonym key (made by migration 0004). Should its row be gone, a new
-    one is made, with a warning: pseudonyms made under the old key no longer match new ones."""
-    held: str | None = await session.scalar(
-        select(SigningKey.secret).where(SigningKey.purpose == PSEUDONYM_KEY_PURPOSE)
-    )
-    if held is None:
-        log.warning("the pseudonym key was missing; a new one was made")
-        made = secrets.token_urlsafe(48)
-        try:
-            async with session.begin_nested():
-                session.add(
-                    SigningKey(
-                        purpose=PSEUDONYM_KEY_PURPOSE,
-                        secret=made,
-                        created_at=dt.datetime.now(dt.UTC),
-                    )
-                )
-            held = made
-        except IntegrityError:  # another process made it first
-            held = await session.scalar(
-                select(SigningKey.secret).where(SigningKey.purpose == PSEUDONYM_KEY_PURPOSE)
-            )
-            if held is None:
-                raise
-    return held.encode()
+    """The installation's pseudonym key (made by migration 0004; app.keys makes it if missing)."""
+    return await get_or_create_key(session, KeyPurpose.PSEUDONYM)
