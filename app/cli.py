@@ -364,13 +364,13 @@ def report(
     from rich.console import Console
     from rich.progress import Progress
 
-    from app.clients.auth import Principal
-    from app.clients.roles import Role
     from app.db import transaction
     from app.errors import AppError
     from app.reports import render
     from app.reports import service as reports
     from app.reports.definitions import DEFINITIONS, ReportName
+    from app.security.auth import Principal
+    from app.security.roles import Role
 
     if name not in {n.value for n in ReportName}:
         raise typer.BadParameter("activity or staff-hub", param_hint="NAME")

@@ -25,7 +25,7 @@ log = logging.getLogger("spbridge.keys")
 
 
 class KeyPurpose(StrEnum):
-    # signs OAuth2 access tokens (app.clients.oauth); a key's name, not a key
+    # signs OAuth2 access tokens (app.security.oauth); a key's name, not a key
     ACCESS_TOKEN = "access-token"  # noqa: S105
     JOURNEY_LINK = "journey-link"  # signs journey-page links (app.journey)
     PSEUDONYM = "pseudonym"  # keys patient pseudonyms (retention, audit trail)

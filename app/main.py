@@ -17,8 +17,6 @@ from app.audit.router import router as audit_router
 from app.audit.trail import AuditMiddleware
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
-from app.clients.auth import hash_key
-from app.clients.oauth import router as oauth_router
 from app.clients.router import router as clients_router
 from app.config import Settings, get_settings
 from app.db import Database
@@ -52,6 +50,8 @@ from app.referrals.router import router as referrals_router
 from app.reports.router import router as reports_router
 from app.requestids import RequestIdMiddleware
 from app.sandbox.router import router as sandbox_router
+from app.security.auth import hash_key
+from app.security.oauth import router as oauth_router
 from app.webhooks.router import router as subscriptions_router
 from app.worker import Background, outbound_client
 from app.worklist.router import router as worklist_router

@@ -2,7 +2,6 @@
 
 from app.audit.models import AuditedPatient, AuditRecord
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
-from app.clients.models import ApiClient
 from app.db import Base
 from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.directory.models import SocialPrescribingService
@@ -12,6 +11,7 @@ from app.referrals.models import Referral
 from app.reports import projection  # noqa: F401  (keeps the read model on every commit)
 from app.reports.models import ReportCaseFact, ReportCount
 from app.retention.models import PurgeRun
+from app.security.models import ApiClient
 
 __all__ = [
     "ApiClient",

@@ -5,7 +5,7 @@ the app serves (``/openapi.json``, Swagger UI, ReDoc) and for the committed copy
 (``spbridge openapi`` → ``openapi/openapi.json``; a test fails when the two drift):
 
 - who may call each operation: the bearer and OAuth2 security schemes, and each operation's
-  roles and scope, read from its ``require(Operation.…)`` rule (app.clients.policy);
+  roles and scope, read from its ``require(Operation.…)`` rule (app.security.policy);
 - errors as the app really sends them: OperationOutcome (``application/fhir+json``) under
   ``/fhir`` and problem details (``application/problem+json``) elsewhere, in place of FastAPI's
   default validation error (under ``/fhir`` a bad parameter is a 400, not a 422); the statuses
@@ -194,7 +194,7 @@ def _fhir_response_example(operation_id: str, schema: dict[str, Any]) -> Any:
 
 
 def _rules(application: FastAPI) -> dict[tuple[str, str], Any]:
-    from app.clients.policy import PolicyError, route_rules
+    from app.security.policy import PolicyError, route_rules
 
     try:
         return route_rules(application)
@@ -352,7 +352,7 @@ def _complete_examples(spec: dict[str, Any], operation: dict[str, Any], fhir: bo
 
 
 def _roles_sentence(rule: Any) -> str:
-    from app.clients.roles import PERMISSIONS, SCOPE_OF
+    from app.security.roles import PERMISSIONS, SCOPE_OF
 
     roles = ", ".join(sorted(PERMISSIONS[rule]))
     return f"Who may call: {roles} (OAuth2 scope `{SCOPE_OF[rule]}`)."
@@ -360,8 +360,8 @@ def _roles_sentence(rule: Any) -> str:
 
 def _complete_security(operation: dict[str, Any], rule: Any) -> bool:
     """Security requirement and who may call; whether the operation needs a key."""
-    from app.clients.policy import Public
-    from app.clients.roles import SCOPE_OF, Operation
+    from app.security.policy import Public
+    from app.security.roles import SCOPE_OF, Operation
 
     if isinstance(rule, Operation):
         operation["security"] = [{"bearerAuth": []}, {"oauth2": [SCOPE_OF[rule]]}]
@@ -376,7 +376,7 @@ def _complete_security(operation: dict[str, Any], rule: Any) -> bool:
 
 
 def _security_schemes() -> dict[str, Any]:
-    from app.clients.roles import SCOPE_OF
+    from app.security.roles import SCOPE_OF
 
     scopes = {
         scope: SCOPE_DESCRIPTIONS.get(scope, scope) for scope in sorted(set(SCOPE_OF.values()))

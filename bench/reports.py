@@ -38,13 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.cases.wellbeing import METRIC_SCORES  # noqa: E402
-from app.clients.auth import Principal  # noqa: E402
-from app.clients.roles import Role  # noqa: E402
 from app.db import Database, create_engine, transaction  # noqa: E402
 from app.migrate import upgrade_async  # noqa: E402
 from app.reports import projection, service  # noqa: E402
 from app.reports.definitions import ACTIVITY, STAFF_HUB  # noqa: E402
 from app.reports.queries import Period  # noqa: E402
+from app.security.auth import Principal  # noqa: E402
+from app.security.roles import Role  # noqa: E402
 
 SERVICE = "life-rooms"
 START = dt.date(2024, 1, 1)

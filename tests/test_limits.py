@@ -12,10 +12,10 @@ import orjson
 import pytest
 from sqlalchemy import update
 
-from app.clients.models import ApiClient
 from app.config import Settings
 from app.db import Database, utcnow
 from app.limits import RateLimits, TokenBuckets, json_depth
+from app.security.models import ApiClient
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge
 from tests.support.cases import open_case
 

@@ -68,9 +68,9 @@ def test_committed_document_matches_the_app() -> None:
 
 
 def test_the_document_covers_every_route_the_app_serves() -> None:
-    from app.clients.policy import route_rules
     from app.config import Settings
     from app.main import create_app
+    from app.security.policy import route_rules
 
     app = create_app(Settings(database_url="sqlite+aiosqlite:///:memory:"))
     served = {key for key in route_rules(app) if not key[1].startswith(("/docs", "/redoc"))}

@@ -36,10 +36,10 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from app.clients.policy import route_rules
-from app.clients.roles import PERMISSIONS, Operation, Role
 from app.main import create_app
 from app.openapi import document
+from app.security.policy import route_rules
+from app.security.roles import PERMISSIONS, Operation, Role
 from tests.conftest import (
     ADMIN_KEY,
     FHIR_JSON,

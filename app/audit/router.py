@@ -8,13 +8,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from app.audit import service, trail
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.dependencies import AppSettings, ReadSession
 from app.errors import fhir_error_responses
 from app.fhir.http import fhir_base, fhir_resource_response
 from app.fhir.responses import FHIRResponse
 from app.fhir.search import searchset
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 
 router = APIRouter(prefix="/fhir", tags=["FHIR audit"])
 

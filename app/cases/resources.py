@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
 from app.cases.service import task_view
-from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
 from app.errors import BadRequest, NotFound
 from app.fhir import search as fhir_search
@@ -30,6 +29,7 @@ from app.fhir.nhs_number import normalise
 from app.fhir.task import instant, task_resource
 from app.referrals.models import Referral
 from app.referrals.service import service_request_resource, visible_to
+from app.security.auth import Principal
 
 Record = Appointment | Prescription | WellbeingScore
 

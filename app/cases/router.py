@@ -11,8 +11,6 @@ from fastapi.responses import Response
 from app.audit import trail
 from app.cases import resources, service
 from app.cases.schemas import CaseEventIn, CaseOut, RecordedEvent, TransitionRefusedDoc
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.dependencies import AppSettings, Now, ReadSession, WriteSession
 from app.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -24,6 +22,8 @@ from app.fhir.http import fhir_base, fhir_resource_response
 from app.fhir.responses import FHIRResponse, etag
 from app.fhir.search import check_parameters, searchset
 from app.fhir.task import task_resource
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 
 router = APIRouter(prefix="/fhir", tags=["FHIR tasks"])
 

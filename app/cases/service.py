@@ -32,14 +32,14 @@ from app.cases.states import (
     next_status,
 )
 from app.cases.summary import discharge_summary
-from app.clients.auth import Principal
-from app.clients.roles import Role
 from app.db import utcnow
 from app.delivery import service as delivery
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, purged
 from app.fhir.task import TaskView
 from app.referrals.models import Referral
+from app.security.auth import Principal
+from app.security.roles import Role
 
 # Event data only the service's own organisation sees (EDI monitoring answers).
 _SERVICE_ONLY_DATA = frozenset({"demographics.recorded"})

@@ -1,1 +1,1 @@
-"""API clients: who may call, with which role, for which organisation."""
+"""Managing API clients (admin): create, list, revoke, secrets and public keys."""

@@ -6,9 +6,6 @@ from fastapi import APIRouter, Body, Depends, Path, status
 from fastapi.responses import JSONResponse
 
 from app.clients import service
-from app.clients.auth import Principal, require
-from app.clients.models import ApiClient
-from app.clients.roles import Operation
 from app.clients.schemas import (
     ClientCreate,
     ClientCreated,
@@ -20,6 +17,9 @@ from app.clients.schemas import (
 )
 from app.dependencies import Now, ReadSession, WriteSession
 from app.errors import api_error_responses
+from app.security.auth import Principal, require
+from app.security.models import ApiClient
+from app.security.roles import Operation
 
 router = APIRouter(prefix="/api/v1/clients", tags=["clients"])
 

@@ -4,10 +4,9 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.clients.roles import Role
-
-ODS_CODE = r"^[A-Z0-9]{3,10}$"
-SERVICE_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+from app.directory.schemas import SERVICE_ID
+from app.fhir.codes import ODS_CODE
+from app.security.roles import Role
 
 
 class ClientCreate(BaseModel):

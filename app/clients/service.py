@@ -7,12 +7,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clients import oauth
-from app.clients.auth import hash_key, new_api_key
-from app.clients.models import ApiClient
 from app.clients.schemas import ClientCreate
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, NotFound
+from app.security import oauth
+from app.security.auth import hash_key, new_api_key
+from app.security.models import ApiClient
 
 
 async def create_client(session: AsyncSession, request: ClientCreate) -> tuple[ApiClient, str]:

@@ -7,8 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.audit import trail
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.delivery import admin
 from app.delivery.schemas import (
     DeliveryDetail,
@@ -20,6 +18,8 @@ from app.delivery.schemas import (
 )
 from app.dependencies import ReadSession, WriteSession
 from app.errors import api_error_responses
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 
 router = APIRouter(prefix="/api/v1/deliveries", tags=["deliveries"])
 

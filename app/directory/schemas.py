@@ -5,7 +5,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.clients.schemas import ODS_CODE, SERVICE_ID
+from app.fhir.codes import ODS_CODE
+
+# A service id: also its FHIR HealthcareService id.
+SERVICE_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 
 FIRST_CONTACT_TARGET = (
     "Days within which a new referral should be contacted; the worklist flags a case "

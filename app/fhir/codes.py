@@ -36,3 +36,7 @@ SWEMWBS_QUESTIONNAIRE = f"{CANONICAL_BASE}/Questionnaire/swemwbs"
 # The ids the advisor's or platform's system gave appointments and prescriptions.
 APPOINTMENT_ID_SYSTEM = f"{CANONICAL_BASE}/Id/appointment"
 PRESCRIPTION_ID_SYSTEM = f"{CANONICAL_BASE}/Id/social-prescription"
+
+# An ODS organisation code as the API takes it (the bridge's check; ODS codes are 3-10 upper-case
+# letters and digits).
+ODS_CODE = r"^[A-Z0-9]{3,10}$"

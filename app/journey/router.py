@@ -19,14 +19,14 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from app.audit import trail
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.dependencies import AppSettings, Now, ReadSession, installation_keys
 from app.errors import api_error_responses
 from app.journey import service
 from app.journey.schemas import JourneyLink
 from app.keys import KeyPurpose
 from app.referrals.service import get_referral
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 
 router = APIRouter(tags=["patient journey"])
 

@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from app.clients.roles import Role
 from app.config import get_settings
 from app.db import Database, transaction, utcnow
 from app.errors import AppError, validation_message
+from app.security.roles import Role
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -388,7 +388,7 @@ subscriptions_cli = typer.Typer(
 
 def _operator(organisation: str | None = None) -> Any:
     """Who a command acts as: an admin, of every organisation unless one is named."""
-    from app.clients.auth import Principal
+    from app.security.auth import Principal
 
     return Principal(
         client_id=None, name="spbridge command line", role=Role.ADMIN, organisation=organisation
@@ -454,7 +454,7 @@ def subscriptions_create(
     as_json: JsonOption = False,
 ) -> None:
     """Subscribe a URL to case events; prints the signing secret, shown this once."""
-    from app.clients.schemas import ODS_CODE
+    from app.fhir.codes import ODS_CODE
     from app.webhooks import service as subscriptions
     from app.webhooks.schemas import SubscriptionCreate
 

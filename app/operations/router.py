@@ -1,4 +1,4 @@
-"""The probes and the metrics: GET /healthz, /readyz and /metrics (no key; app.clients.policy)."""
+"""The probes and the metrics: GET /healthz, /readyz and /metrics (no key; app.security.policy)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,6 @@ from fastapi.responses import Response
 from app.audit import trail
 from app.cases import resources as case_resources
 from app.cases.router import event_context
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.config import Settings
 from app.dependencies import AppSettings, Now, ReadSession, WriteSession
 from app.errors import AppError, NotFound, fhir_error_responses
@@ -25,6 +23,8 @@ from app.fhir.transaction import unbundle
 from app.referrals import service
 from app.referrals.intake import ReferralDraft, assess
 from app.referrals.models import Referral
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 
 router = APIRouter(prefix="/fhir", tags=["FHIR referrals"])
 

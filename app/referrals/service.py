@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases import service as cases
 from app.cases.states import CLOSED_STATES, CaseState
-from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
 from app.errors import (
     BusinessRuleViolation,
@@ -32,6 +31,7 @@ from app.fhir.nhs_number import normalise
 from app.fhir.task import instant
 from app.referrals.intake import ReferralDraft
 from app.referrals.models import Referral
+from app.security.auth import Principal
 
 SEARCH_PARAMETERS = frozenset({"identifier", "patient.identifier", "status", "_lastUpdated", "_id"})
 # Elements of a held referral a referrer may change, and how (FHIR update).

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.dependencies import Now, WriteSession
 from app.errors import api_error_responses
 from app.reports import render, service
 from app.reports.definitions import ACTIVITY, STAFF_HUB, ReportDefinition
 from app.reports.schemas import ReportDocument, ReportFormat
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 

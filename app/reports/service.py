@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
 from app.reports import projection, readmodel
@@ -19,6 +18,7 @@ from app.reports.disclosure import disclose
 from app.reports.queries import Period, Scope
 from app.reports.sections import Facts
 from app.reports.tables import Report, Section, month_label, published_grid
+from app.security.auth import Principal
 
 # A report covers at most three years: 37 month columns are already more than a page holds.
 MAX_PERIOD_DAYS = 3 * 366

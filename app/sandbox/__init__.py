@@ -17,14 +17,14 @@ import app.models  # noqa: F401  (every table mapped: the reset empties them in 
 from adapters import simulator
 from app.cases.models import Case
 from app.cases.states import OPEN_STATES
-from app.clients.auth import hash_key
-from app.clients.models import ApiClient
-from app.clients.roles import Role
 from app.config import Settings
 from app.db import Base, Database, transaction, utcnow
 from app.delivery.models import Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
 from app.referrals.models import Referral
+from app.security.auth import hash_key
+from app.security.models import ApiClient
+from app.security.roles import Role
 
 SANDBOX_SERVICE = "sandbox-life-rooms"
 SANDBOX_SERVICE_NAME = "Sandbox Life Rooms"

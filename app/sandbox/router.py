@@ -9,11 +9,11 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import sandbox
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.dependencies import AppSettings, WriteSession
 from app.errors import NotFound, api_error_responses
 from app.sandbox import landing
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 
 router = APIRouter()
 

@@ -5,7 +5,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from app.clients.schemas import SERVICE_ID
+from app.directory.schemas import SERVICE_ID
 
 _EXAMPLE: JsonDict = {
     "url": "https://worklist.example.org/hooks/spbridge",

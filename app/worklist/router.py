@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.clients.auth import Principal, require
-from app.clients.roles import Operation
 from app.dependencies import Now, ReadSession
 from app.errors import api_error_responses
+from app.security.auth import Principal, require
+from app.security.roles import Operation
 from app.worklist import service
 from app.worklist.schemas import (
     FIRST_CONTACT_OVERDUE,

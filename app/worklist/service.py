@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases.models import Appointment, Case
 from app.cases.states import CLOSED_STATES, OPEN_STATES, CaseState
-from app.clients.auth import Principal
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
 from app.referrals.models import Referral
+from app.security.auth import Principal
 from app.worklist.schemas import (
     NextAppointment,
     WorklistFlags,

@@ -19,8 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app.audit.trail import AUDITED_ROUTES
-from app.clients.policy import route_rules
 from app.main import create_app
+from app.security.policy import route_rules
 from tests.conftest import (
     ADMIN_KEY,
     FHIR_JSON,

@@ -1,7 +1,7 @@
 """Authorisation (DESIGN §7, §8; security issue part 2).
 
 1. Every route the app registers has exactly one rule: the Operation its require() dependency
-   checks, or an entry in PUBLIC_ROUTES with the reason it needs no key (app/clients/policy.py).
+   checks, or an entry in PUBLIC_ROUTES with the reason it needs no key (app/security/policy.py).
 2. The role table itself says what DESIGN §7 says (hand-written rows: a change to PERMISSIONS
    that contradicts them fails here, whatever the generated matrix says).
 3. The matrix: every route for every caller (no key, a wrong key, each role, the bootstrap admin),
@@ -27,9 +27,9 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from app.clients.policy import PUBLIC_ROUTES, PolicyError, Public, RouteKey, Rule, route_rules
-from app.clients.roles import PERMISSIONS, Operation, Role
 from app.main import create_app
+from app.security.policy import PUBLIC_ROUTES, PolicyError, Public, RouteKey, Rule, route_rules
+from app.security.roles import PERMISSIONS, Operation, Role
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, make_settings, referral_resource
 from tests.support.cases import OpenCase, open_case
 from tests.support.receiver import free_port

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select, text
 
-from app.clients.models import ApiClient
-from app.clients.oauth import JWT_BEARER
 from app.db import create_engine
+from app.security.models import ApiClient
+from app.security.oauth import JWT_BEARER
 from tests.conftest import Bridge
 from tests.support.cases import open_case
 

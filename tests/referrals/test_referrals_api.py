@@ -170,10 +170,10 @@ async def test_losing_a_race_answers_with_the_winner(
     app: Any, bridge: Bridge, referrer: dict[str, str], database_url: str
 ) -> None:
     """Two transactions insert the same identifier; the second sees the constraint, not a 500."""
-    from app.clients.auth import Principal
-    from app.clients.roles import Role
     from app.fhir.terminology import reason_map
     from app.referrals import intake, service
+    from app.security.auth import Principal
+    from app.security.roles import Role
 
     resource = referral_resource()
     model = ServiceRequest.model_validate(resource)

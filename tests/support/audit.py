@@ -15,8 +15,8 @@ from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit.models import AuditRecord
-from app.clients.policy import RouteKey, route_rules
-from app.clients.roles import Operation
+from app.security.policy import RouteKey, route_rules
+from app.security.roles import Operation
 
 PATIENT_DATA_OPERATIONS = frozenset(
     {

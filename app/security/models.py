@@ -23,7 +23,7 @@ class ApiClient(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    # OAuth2 client credentials (app/clients/oauth.py). The client secret, like the key, is kept
+    # OAuth2 client credentials (app/security/oauth.py). The client secret, like the key, is kept
     # as SHA-256 only; the one it replaced keeps working until previous_secret_expires_at.
     secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     previous_secret_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -13,15 +13,15 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clients import oauth
-from app.clients.models import ApiClient
-from app.clients.roles import PERMISSIONS, SCOPE_OF, Operation, Role
 from app.dependencies import get_now, installation_keys, read_session, write_session
 from app.errors import Forbidden, Unauthorized
 from app.keys import KeyPurpose
+from app.security import oauth
+from app.security.models import ApiClient
+from app.security.roles import PERMISSIONS, SCOPE_OF, Operation, Role
 
 KEY_PREFIX = "spb_"
-# The attribute on a require() dependency naming the operation it checks: app.clients.policy
+# The attribute on a require() dependency naming the operation it checks: app.security.policy
 # reads it from every route's dependencies, so the rule of a route is declared once, at the route.
 _OPERATION_ATTRIBUTE = "required_operation"
 

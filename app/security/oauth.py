@@ -33,10 +33,10 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clients.models import ApiClient, OAuthJti
-from app.clients.roles import Role, role_scopes
 from app.dependencies import WriteSession, get_now, installation_keys
 from app.keys import KeyPurpose
+from app.security.models import ApiClient, OAuthJti
+from app.security.roles import Role, role_scopes
 
 log = logging.getLogger("spbridge.oauth")
 

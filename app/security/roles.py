@@ -35,8 +35,8 @@ class Operation(StrEnum):
 
 
 # One declarative table of who may do what. Every route names its operation once, with
-# Depends(require(Operation.…)) (app.clients.auth), or is listed in PUBLIC_ROUTES with its reason
-# (app.clients.policy); tests/test_authorisation.py walks every route for every role against it.
+# Depends(require(Operation.…)) (app.security.auth), or is listed in PUBLIC_ROUTES with its reason
+# (app.security.policy); tests/test_authorisation.py walks every route for every role against it.
 PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.REFERRAL_CREATE: frozenset({Role.CLINICAL_SYSTEM}),
     Operation.REFERRAL_UPDATE: frozenset({Role.CLINICAL_SYSTEM}),
@@ -69,7 +69,7 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
 }
 
 
-# OAuth2 scopes (app/clients/oauth.py): each operation belongs to one scope. An access token
+# OAuth2 scopes (app/security/oauth.py): each operation belongs to one scope. An access token
 # carries the scopes granted, which can only narrow its client's role; API keys keep the role's
 # full rights.
 SCOPE_OF: dict[Operation, str] = {

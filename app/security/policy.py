@@ -1,7 +1,7 @@
 """The rule of every route, read from the app itself (DESIGN §7, §8).
 
 A protected route declares its operation once, where it is defined, with
-``Depends(require(Operation.…))``; ``PERMISSIONS`` (app.clients.roles) says which roles may do each
+``Depends(require(Operation.…))``; ``PERMISSIONS`` (app.security.roles) says which roles may do each
 operation. A route that takes no API key must be listed in ``PUBLIC_ROUTES`` with the reason.
 :func:`route_rules` walks every route the app registers and refuses a route with neither, so a
 new route without a rule fails the test suite (tests/test_authorisation.py). Nothing here runs
@@ -18,8 +18,8 @@ import fastapi.routing
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 
-from app.clients.auth import required_operation
-from app.clients.roles import Operation
+from app.security.auth import required_operation
+from app.security.roles import Operation
 
 RouteKey = tuple[str, str]  # (HTTP method, path template as registered, e.g. /fhir/Task/{task_id})
 
@@ -141,7 +141,7 @@ def route_rules(
             else:
                 problems.append(
                     f"{where} has no rule: add Depends(require(Operation.…)) to it, or list it "
-                    "in PUBLIC_ROUTES (app/clients/policy.py) with the reason it needs no key"
+                    "in PUBLIC_ROUTES (app/security/policy.py) with the reason it needs no key"
                 )
             served.add(key)
     for method, path in sorted(public_routes.keys() - served):
