@@ -444,7 +444,7 @@ def openapi(
     ),
 ) -> None:
     """Write the OpenAPI document generated from the app."""
-    from app.openapi import document
+    from app.main import openapi_document as document
 
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(document(), indent=2, sort_keys=True) + "\n")

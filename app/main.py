@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import app as package
-from app.audit.router import router as audit_router
 from app.audit.trail import AuditMiddleware
+from app.auditevents.router import router as audit_router
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.router import router as clients_router
@@ -45,6 +45,7 @@ from app.metadata.router import router as metadata_router
 from app.openapi import install as install_openapi
 from app.operations.metrics import RequestMetrics
 from app.operations.router import router as operations_router
+from app.outbound import outbound_client
 from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
 from app.reports.router import router as reports_router
@@ -53,7 +54,7 @@ from app.sandbox.router import router as sandbox_router
 from app.security.auth import hash_key
 from app.security.oauth import router as oauth_router
 from app.webhooks.router import router as subscriptions_router
-from app.worker import Background, outbound_client
+from app.worker import Background
 from app.worklist.router import router as worklist_router
 
 log = logging.getLogger("spbridge")
@@ -235,3 +236,12 @@ def _document_rate_limit(application: FastAPI) -> None:
         return schema
 
     application.openapi = openapi  # type: ignore[method-assign]
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API description as committed in openapi/openapi.json (`spbridge openapi`)."""
+    # Fixed settings: the document must not depend on the machine that generates it.
+    spec: dict[str, Any] = create_app(
+        Settings(database_url="sqlite+aiosqlite:///:memory:")
+    ).openapi()
+    return spec

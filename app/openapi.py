@@ -25,7 +25,6 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.config import Settings
 from app.errors import (
     _DESCRIPTIONS,
     FHIR_MEDIA_TYPE,
@@ -431,13 +430,3 @@ def install(application: FastAPI) -> None:
         return made["document"]
 
     application.openapi = openapi  # type: ignore[method-assign]
-
-
-def document() -> dict[str, Any]:
-    from app.main import create_app
-
-    # Fixed settings: the document must not depend on the machine that generates it.
-    spec: dict[str, Any] = create_app(
-        Settings(database_url="sqlite+aiosqlite:///:memory:")
-    ).openapi()
-    return spec

@@ -16,23 +16,11 @@ import httpx
 from app.config import Settings
 from app.db import Database
 from app.delivery.dispatcher import Dispatcher
-from app.delivery.urls import guarded_transport
+from app.outbound import outbound_client
 from app.platform.reconcile import Reconciler
 from app.reports.drainer import ReportDrainer
 
 log = logging.getLogger("spbridge.worker")
-
-
-def outbound_client(settings: Settings) -> httpx.AsyncClient:
-    """The process's one outbound client; every call also sets its own timeout. Its connections
-    go only to addresses the outbound URL policy allows, checked after DNS (app.delivery.urls)."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=64)
-    return httpx.AsyncClient(
-        transport=guarded_transport(settings, limits),
-        timeout=httpx.Timeout(10.0, connect=5.0),
-        follow_redirects=False,
-        trust_env=False,
-    )
 
 
 class Background:

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
-from app.openapi import document
+from app.main import openapi_document as document
 from tests.conftest import ROOT
 
 FHIR_JSON = "application/fhir+json"

@@ -37,7 +37,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from app.main import create_app
-from app.openapi import document
+from app.main import openapi_document as document
 from app.security.policy import route_rules
 from app.security.roles import PERMISSIONS, Operation, Role
 from tests.conftest import (

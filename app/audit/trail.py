@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,7 +32,6 @@ from app.errors import AppError, error_response
 from app.keys import KeyPurpose, KeyStore
 from app.logs import route_template
 from app.pseudonyms import PSEUDONYM_PREFIX, pseudonym
-from app.referrals.models import Referral
 from app.requestids import valid_id
 
 log = logging.getLogger("spbridge.audit")
@@ -146,16 +145,6 @@ def note_nhs_number(nhs_number: str) -> None:
         scope.patients[f"{_BY_NUMBER}{nhs_number}"] = nhs_number
 
 
-def note_referral_ids(referral_ids: Iterable[str | None]) -> None:
-    """As :func:`note`, for code that holds only referral ids: their patients are looked up when
-    the record is written."""
-    scope = _current.get()
-    if scope is not None:
-        for referral_id in referral_ids:
-            if referral_id is not None:
-                scope.patients.setdefault(referral_id, "")
-
-
 def set_status(status: int) -> None:
     scope = _current.get()
     if scope is not None:
@@ -181,16 +170,8 @@ def _outcome(status: int) -> str:
     return "4" if status < 500 else "8"
 
 
-async def _patients(session: AsyncSession, key: bytes, noted: dict[str, str]) -> list[str]:
+def _pseudonyms(key: bytes, noted: dict[str, str]) -> list[str]:
     """The pseudonym of each noted patient, in the order noted (one per referral)."""
-    missing = [ident for ident, number in noted.items() if not number]
-    if missing:
-        rows = await session.execute(
-            select(Referral.id, Referral.nhs_number).where(Referral.id.in_(missing))
-        )
-        noted.update((ident, number) for ident, number in rows)
-        for ident in [ident for ident, number in noted.items() if not number]:
-            del noted[ident]  # no such referral (an id from a filter): no patient reached
     return [
         number if number.startswith(PSEUDONYM_PREFIX) else pseudonym(key, number)
         for number in noted.values()
@@ -223,7 +204,7 @@ async def write_record(
     ``agent`` is (client id, name, role, organisation)."""
     client_id, agent_name, role, organisation = agent
     record_id = str(uuid.uuid4())
-    pseudonyms = await _patients(session, key, patients)
+    pseudonyms = _pseudonyms(key, patients)
     # Plain INSERTs, not ORM objects: the record is written on every patient-data request, and
     # the unit of work would cost more than the statements (nothing reads these objects back).
     await session.execute(

@@ -12,8 +12,9 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.service import task_view
+from app.cases.visibility import visible_to
 from app.directory.models import SocialPrescribingService
 from app.errors import BadRequest, NotFound
 from app.fhir import search as fhir_search
@@ -27,9 +28,18 @@ from app.fhir.case_resources import (
 from app.fhir.codes import NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
 from app.fhir.task import instant, task_resource
-from app.referrals.models import Referral
-from app.referrals.service import service_request_resource, visible_to
 from app.security.auth import Principal
+
+
+def service_request_resource(referral: Referral) -> dict[str, Any]:
+    resource = dict(referral.resource)
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(referral.version_id)
+    meta["lastUpdated"] = instant(referral.last_updated)
+    resource["meta"] = meta
+    resource["status"] = referral.status
+    return {"resourceType": "ServiceRequest", "id": referral.id, **resource}
+
 
 Record = Appointment | Prescription | WellbeingScore
 

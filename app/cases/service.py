@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from adapters import registry
 from app.audit import trail
 from app.cases import records
-from app.cases.models import Case, CaseEvent
+from app.cases.models import Case, CaseEvent, Referral
 from app.cases.schemas import CaseEventModel, CaseEventOut, CaseOut, CaseResources, parse_event
 from app.cases.states import (
     CLOSED_STATES,
@@ -37,7 +37,6 @@ from app.delivery import service as delivery
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, purged
 from app.fhir.task import TaskView
-from app.referrals.models import Referral
 from app.security.auth import Principal
 from app.security.roles import Role
 

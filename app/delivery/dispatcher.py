@@ -49,17 +49,15 @@ from adapters.base import (
     RetryableError,
 )
 from app.cases import resources as case_resources
-from app.cases.models import Case
+from app.cases.models import Case, Referral
+from app.cases.resources import service_request_resource
 from app.cases.service import cases_for_delivery
 from app.config import Settings
 from app.db import Database, transaction, utcnow
-from app.delivery import retry
+from app.delivery import retry, signing
 from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.delivery.service import enqueue_operational
 from app.fhir.task import task_resource
-from app.referrals.models import Referral
-from app.referrals.service import service_request_resource
-from app.webhooks import signing
 
 log = logging.getLogger("spbridge.delivery")
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.audit import trail
+from app.cases.visibility import note_referrals
 from app.delivery import admin
 from app.delivery.schemas import (
     DeliveryDetail,
@@ -55,7 +55,7 @@ async def list_deliveries(
         limit=limit,
         cursor=cursor,
     )
-    trail.note_referral_ids(item.referral_id for item in page.items)
+    await note_referrals(session, [item.referral_id for item in page.items])
     return page
 
 
@@ -85,7 +85,7 @@ async def replay_matching(
     body: ReplayFilter, session: WriteSession, _admin: Replayer
 ) -> ReplayResult:
     ids = await admin.replay_matching(session, body)
-    trail.note_referral_ids([body.referral] if ids else [])
+    await note_referrals(session, [body.referral] if ids else [])
     return ReplayResult(replayed=len(ids), ids=ids)
 
 
@@ -100,7 +100,7 @@ async def replay_matching(
 )
 async def read_delivery(delivery_id: str, session: ReadSession, _admin: Reader) -> DeliveryDetail:
     detail = await admin.get_delivery(session, delivery_id)
-    trail.note_referral_ids([detail.referral_id])
+    await note_referrals(session, [detail.referral_id])
     return detail
 
 
@@ -114,5 +114,5 @@ async def read_delivery(delivery_id: str, session: ReadSession, _admin: Reader) 
 )
 async def replay_one(delivery_id: str, session: WriteSession, _admin: Replayer) -> DeliveryDetail:
     detail = await admin.replay_one(session, delivery_id)
-    trail.note_referral_ids([detail.referral_id])
+    await note_referrals(session, [detail.referral_id])
     return detail

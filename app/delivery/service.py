@@ -9,12 +9,11 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.cases.models import Case, CaseEvent
+from app.cases.models import Case, CaseEvent, Referral
 from app.cases.states import consent_withdrawn
 from app.db import ENQUEUED
+from app.delivery import signing
 from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
-from app.referrals.models import Referral
-from app.webhooks import signing
 
 
 async def destinations_for(

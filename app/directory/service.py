@@ -12,10 +12,10 @@ from adapters.base import Adapter, AdapterConfig, AdapterKind
 from app.config import Settings
 from app.db import utcnow
 from app.delivery.models import Destination, DestinationKind
-from app.delivery.urls import check_outbound_url
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
 from app.errors import BusinessRuleViolation, Conflict, Issue, NotFound, validation_message
+from app.outbound import check_outbound_url
 
 
 async def _adapter_config(

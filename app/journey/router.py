@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from app.audit import trail
+from app.cases.visibility import note_referrals
 from app.dependencies import AppSettings, Now, ReadSession, installation_keys
 from app.errors import api_error_responses
 from app.journey import service
@@ -183,5 +183,5 @@ async def read_journey_page(request: Request, session: ReadSession, now: Now) ->
     page = await service.journey_page(session, referral_id, now)
     if page is None:
         return _refused(_GONE, 404)
-    trail.note_referral_ids([referral_id])
+    await note_referrals(session, [referral_id])
     return _render("journey.html", 200, page=page)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases import records, wellbeing
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.states import CLOSED_STATES, CaseState, CaseStatus, TransitionRefused, next_status
 from app.directory.models import SocialPrescribingService
 from app.fhir.task import code_displays, instant
@@ -37,7 +37,6 @@ from app.journey.schemas import (
     When,
 )
 from app.keys import KeyPurpose
-from app.referrals.models import Referral
 
 log = logging.getLogger("spbridge.journey")
 

@@ -14,11 +14,10 @@ from adapters import registry
 from adapters.base import InboundEvent, InboundMessage, PlatformAdapter
 from app.audit import trail
 from app.cases import service as cases
-from app.cases.models import Case
+from app.cases.models import Case, Referral
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
 from app.platform.models import PlatformMessage
-from app.referrals.models import Referral
 
 log = logging.getLogger("spbridge.platform")
 

@@ -10,6 +10,8 @@ from fastapi.responses import Response
 
 from app.audit import trail
 from app.cases import resources as case_resources
+from app.cases.models import Referral
+from app.cases.resources import service_request_resource
 from app.cases.router import event_context
 from app.config import Settings
 from app.dependencies import AppSettings, Now, ReadSession, WriteSession
@@ -22,7 +24,6 @@ from app.fhir.terminology import reason_map
 from app.fhir.transaction import unbundle
 from app.referrals import service
 from app.referrals.intake import ReferralDraft, assess
-from app.referrals.models import Referral
 from app.security.auth import Principal, require
 from app.security.roles import Operation
 
@@ -106,7 +107,7 @@ async def create_service_request(
     trail.note([referral])
     trail.set_status(201 if intake.created else 200)
     return FHIRResponse(
-        service.service_request_resource(referral),
+        service_request_resource(referral),
         status_code=201 if intake.created else 200,
         headers=_headers(referral, fhir_base(request, settings)),
     )
@@ -179,7 +180,7 @@ async def post_transaction(
         item: dict[str, Any] = {"response": response}
         if entry.contained_id is None:
             item["fullUrl"] = f"{base}/ServiceRequest/{referral.id}"
-            item["resource"] = service.service_request_resource(referral)
+            item["resource"] = service_request_resource(referral)
         entries.append(item)
     return FHIRResponse(
         {"resourceType": "Bundle", "type": "transaction-response", "entry": entries},
@@ -216,7 +217,7 @@ async def read_service_request(
         return FHIRResponse(resource, headers={"ETag": etag(version)})
     headers = _headers(referral, fhir_base(request, settings))
     del headers["Location"]
-    return FHIRResponse(service.service_request_resource(referral), headers=headers)
+    return FHIRResponse(service_request_resource(referral), headers=headers)
 
 
 @router.get(
@@ -309,7 +310,7 @@ async def search_service_requests(
             fhir_base(request, settings),
             "ServiceRequest",
             query,
-            [service.service_request_resource(r) for r in referrals],
+            [service_request_resource(r) for r in referrals],
             total,
             cursor,
         )
@@ -348,4 +349,4 @@ async def update_service_request(
     )
     headers = _headers(referral, fhir_base(request, settings))
     del headers["Location"]
-    return FHIRResponse(service.service_request_resource(referral), headers=headers)
+    return FHIRResponse(service_request_resource(referral), headers=headers)

@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases import service as cases
+from app.cases.models import Referral
 from app.cases.states import CLOSED_STATES, CaseState
+from app.cases.visibility import organisation_sees, visible_to
 from app.directory.models import SocialPrescribingService
 from app.errors import (
     BusinessRuleViolation,
@@ -28,9 +30,7 @@ from app.errors import (
 from app.fhir import search as fhir_search
 from app.fhir.codes import NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
-from app.fhir.task import instant
 from app.referrals.intake import ReferralDraft
-from app.referrals.models import Referral
 from app.security.auth import Principal
 
 SEARCH_PARAMETERS = frozenset({"identifier", "patient.identifier", "status", "_lastUpdated", "_id"})
@@ -43,26 +43,6 @@ _IGNORED_ON_COMPARE = ("id", "meta", "status", "text")
 class Intake:
     referral: Referral
     created: bool
-
-
-def _organisation_sees(principal: Principal) -> ColumnElement[bool] | None:
-    """Referrals the caller's organisation sent or whose service it runs; None: everything."""
-    if principal.sees_everything:
-        return None
-    own_services = select(SocialPrescribingService.id).where(
-        SocialPrescribingService.organisation == principal.organisation
-    )
-    return or_(
-        Referral.organisation == principal.organisation, Referral.service_id.in_(own_services)
-    )
-
-
-def visible_to(principal: Principal) -> ColumnElement[bool] | None:
-    """Referrals the caller's organisation sent or whose service it runs, and their resources;
-    never a purged referral (retention: its patient data is gone, reading it answers 410)."""
-    condition = _organisation_sees(principal)
-    held = Referral.purged_at.is_(None)
-    return held if condition is None else and_(held, condition)
 
 
 def _restrict(query: Select[Any], principal: Principal) -> Select[Any]:
@@ -79,16 +59,6 @@ def stored_resource(raw: dict[str, Any]) -> dict[str, Any]:
         if kept:
             resource["meta"] = kept
     return resource
-
-
-def service_request_resource(referral: Referral) -> dict[str, Any]:
-    resource = dict(referral.resource)
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(referral.version_id)
-    meta["lastUpdated"] = instant(referral.last_updated)
-    resource["meta"] = meta
-    resource["status"] = referral.status
-    return {"resourceType": "ServiceRequest", "id": referral.id, **resource}
 
 
 async def _existing(
@@ -202,7 +172,7 @@ async def create_referral(
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
     """The referral if the caller may see it (404 otherwise); 410 once it has been purged."""
     query = select(Referral).where(Referral.id == referral_id)
-    condition = _organisation_sees(principal)
+    condition = organisation_sees(principal)
     if condition is not None:
         query = query.where(condition)
     referral: Referral | None = await session.scalar(query)

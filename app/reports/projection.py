@@ -32,10 +32,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.wellbeing import MEANINGFUL_CHANGE
 from app.db import utcnow
-from app.referrals.models import Referral
 from app.reports.models import ReportCaseFact, ReportCount, ReportPendingCase
 
 SEP = "\x1f"

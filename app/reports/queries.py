@@ -40,8 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.cases.models import Case, CaseEvent
-from app.referrals.models import Referral
+from app.cases.models import Case, CaseEvent, Referral
 from app.reports.tables import TOTAL
 
 DAY = dt.timedelta(days=1)

@@ -15,11 +15,10 @@ import orjson
 from sqlalchemy import Integer, and_, case, cast, distinct, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.wellbeing import MEANINGFUL_CHANGE
 from app.directory.models import SocialPrescribingService
 from app.fhir.codes import FHIR_DATA_DIR
-from app.referrals.models import Referral
 from app.reports.projection import EVENT_ROWS, SEP
 from app.reports.queries import (
     DURATION_BANDS,

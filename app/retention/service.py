@@ -34,7 +34,7 @@ from sqlalchemy import Select, func, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
-from app.cases.models import Case, CaseEvent, Prescription
+from app.cases.models import Case, CaseEvent, Prescription, Referral
 from app.cases.states import CLOSED_STATES
 from app.delivery.models import Delivery, DeliveryAttempt
 from app.pseudonyms import (
@@ -42,7 +42,6 @@ from app.pseudonyms import (
     pseudonym,
     pseudonym_key,
 )
-from app.referrals.models import Referral
 from app.retention.models import PurgeRun
 
 log = logging.getLogger("spbridge.retention")

@@ -15,13 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import app.models  # noqa: F401  (every table mapped: the reset empties them in dependency order)
 from adapters import simulator
-from app.cases.models import Case
+from app.cases.models import Case, Referral
 from app.cases.states import OPEN_STATES
 from app.config import Settings
 from app.db import Base, Database, transaction, utcnow
 from app.delivery.models import Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
-from app.referrals.models import Referral
 from app.security.auth import hash_key
 from app.security.models import ApiClient
 from app.security.roles import Role

@@ -14,12 +14,12 @@ from adapters.base import AdapterError
 from app.cases.states import EVENT_TYPES
 from app.config import Settings
 from app.db import utcnow
+from app.delivery import signing
 from app.delivery.models import Delivery, Destination, DestinationKind
-from app.delivery.urls import check_outbound_url
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
+from app.outbound import check_outbound_url
 from app.security.auth import Principal
-from app.webhooks import signing
 from app.webhooks.schemas import PingResult, SubscriptionCreate, SubscriptionUpdate
 
 

@@ -22,11 +22,10 @@ from sqlalchemy import ColumnElement, Select, and_, case, false, not_, or_, sele
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
-from app.cases.models import Appointment, Case
+from app.cases.models import Appointment, Case, Referral
 from app.cases.states import CLOSED_STATES, OPEN_STATES, CaseState
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
-from app.referrals.models import Referral
 from app.security.auth import Principal
 from app.worklist.schemas import (
     NextAppointment,

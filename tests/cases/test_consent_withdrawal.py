@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from app.cases.models import Case, CaseEvent
+from app.cases.models import Case, CaseEvent, Referral
 from app.db import Database, utcnow
 from app.delivery import service as delivery_service
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.fhir.resources import model_class
-from app.referrals.models import Referral
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
 from tests.support.cases import OpenCase, open_case
 from tests.support.elemental_platform import FakePlatform, make_platform_app, serve

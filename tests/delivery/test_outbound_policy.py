@@ -1,4 +1,4 @@
-"""The outbound URL policy at connection time (app/delivery/urls.py): after DNS, and on redirects.
+"""The outbound URL policy at connection time (app/outbound.py): after DNS, and on redirects.
 
 A URL is checked when it is saved (tests/test_subscriptions_api.py, tests/test_retry_schedule.py)
 and again whenever a connection is opened, on the addresses its host resolves to then: so a name
@@ -20,14 +20,18 @@ import pytest
 from sqlalchemy import select
 
 from adapters.base import PermanentError, RetryableError, send
+from app import outbound as urls
 from app.config import Settings
 from app.db import Database
-from app.delivery import urls
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Delivery, DeliveryAttempt
-from app.delivery.urls import GuardedNetworkBackend, OutboundAddressRefused, check_outbound_url
 from app.errors import BusinessRuleViolation
-from app.worker import outbound_client
+from app.outbound import (
+    GuardedNetworkBackend,
+    OutboundAddressRefused,
+    check_outbound_url,
+    outbound_client,
+)
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
 from tests.support.receiver import Receiver, free_port
 

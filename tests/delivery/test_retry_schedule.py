@@ -1,5 +1,5 @@
 """Pure unit tests of the retry schedule (app/delivery/retry.py) and the outbound URL policy
-(app/delivery/urls.py). No database, no network beyond resolving ``localhost`` and IP literals.
+(app/outbound.py). No database, no network beyond resolving ``localhost`` and IP literals.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from app.config import Settings
 from app.delivery.retry import JITTER, delay_after, next_attempt_at
-from app.delivery.urls import check_outbound_url
 from app.errors import BusinessRuleViolation
+from app.outbound import check_outbound_url
 
 T0 = dt.datetime(2026, 2, 1, 9, 0, tzinfo=dt.UTC)
 DAY = 24 * 3600.0

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.wellbeing import METRIC_SCORES
-from app.referrals.models import Referral
 from app.retention.service import purge
 from tests.conftest import Bridge
 

@@ -18,9 +18,8 @@ import pytest
 from sqlalchemy import delete, event, select
 
 from app.cases import service as domain
-from app.cases.models import Case
+from app.cases.models import Case, Referral
 from app.directory.models import SocialPrescribingService
-from app.referrals.models import Referral
 from app.reports import projection, readmodel
 from app.reports.models import ReportCaseFact, ReportCount, ReportPendingCase
 from app.reports.queries import Period

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, inspect, select
 
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, WellbeingScore
+from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.db import Base, Database, utcnow
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.models import Delivery, DeliveryAttempt
-from app.referrals.models import Referral
 from app.retention.models import PurgeRun
 from app.retention.service import PSEUDONYM_SYSTEM, pseudonym, pseudonym_key, purge
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource

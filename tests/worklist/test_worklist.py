@@ -15,9 +15,8 @@ import orjson
 import pytest
 from sqlalchemy import select, update
 
-from app.cases.models import Case
+from app.cases.models import Case, Referral
 from app.db import Database
-from app.referrals.models import Referral
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
 
 DAY = dt.timedelta(days=1)

@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.audit.models import AuditedPatient, AuditRecord
+from app.cases.models import Referral
 from app.directory.models import SocialPrescribingService
 from app.errors import BadRequest, NotFound
 from app.fhir import search as fhir_search
 from app.fhir.codes import CANONICAL_BASE, NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
 from app.pseudonyms import PSEUDONYM_SYSTEM, pseudonym
-from app.referrals.models import Referral
 from app.security.auth import Principal
 
 SEARCH_PARAMETERS = frozenset(

@@ -165,3 +165,15 @@ def guarded_transport(settings: Settings, limits: httpx.Limits) -> httpx.AsyncHT
         network_backend=GuardedNetworkBackend(settings),
     )
     return transport
+
+
+def outbound_client(settings: Settings) -> httpx.AsyncClient:
+    """The process's one outbound client; every call also sets its own timeout. Its connections
+    go only to addresses the outbound URL policy allows, checked after DNS (app.outbound)."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=64)
+    return httpx.AsyncClient(
+        transport=guarded_transport(settings, limits),
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        follow_redirects=False,
+        trust_env=False,
+    )

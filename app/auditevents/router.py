@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from app.audit import service, trail
+from app.audit import trail
+from app.auditevents import service
 from app.dependencies import AppSettings, ReadSession
 from app.errors import fhir_error_responses
 from app.fhir.http import fhir_base, fhir_resource_response
