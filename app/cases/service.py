@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from adapters import registry
 from app.audit import trail
 from app.cases import records
 from app.cases.models import Case, CaseEvent, Referral
@@ -374,7 +373,7 @@ async def record_event(
             "of its ServiceRequest (status revoked)",
             expression="type",
         )
-    if registry.adapter_class(service.adapter).delivers and event.type != "consent.withdrawn":
+    if service.delivers and event.type != "consent.withdrawn":
         # The platform holds these cases: a change made here would never reach it. A consent
         # withdrawal is the exception: the bridge must stop its own processing at once, and it
         # tells the platform to stop by cancelling the case there.

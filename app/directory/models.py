@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Integer, String, Text
+from sqlalchemy import Boolean, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
@@ -19,6 +19,9 @@ class SocialPrescribingService(Base):
     organisation: Mapped[str] = mapped_column(String(16), index=True)
     adapter: Mapped[str] = mapped_column(String(64))
     adapter_config: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    # Whether the adapter holds the service's cases on its platform (set when the service is
+    # registered): changes are then made there and come back, never through the case API.
+    delivers: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Worklist flags: days within which a new referral should be contacted, and how long support
     # usually lasts from first contact (the pilot's six weeks).

@@ -60,6 +60,7 @@ async def register_service(
         organisation=request.organisation,
         adapter=request.adapter,
         adapter_config=config.model_dump(mode="json"),
+        delivers=adapter.delivers,
         first_contact_target_days=request.first_contact_target_days,
         support_window_days=request.support_window_days,
     )

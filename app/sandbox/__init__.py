@@ -67,6 +67,7 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
             organisation=SANDBOX_SERVICE_ORGANISATION,
             adapter=simulator.SimulatorAdapter.name,
             adapter_config=config,
+            delivers=simulator.SimulatorAdapter.delivers,
         )
         session.add(service)
         # No ORM relationship orders these inserts: the service row goes first.
@@ -75,6 +76,7 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
         # An older sandbox database (or another seed or speed): the service moves over.
         service.adapter = simulator.SimulatorAdapter.name
         service.adapter_config = config
+        service.delivers = simulator.SimulatorAdapter.delivers
     now = utcnow()
     route = await session.scalar(
         select(Destination).where(
