@@ -7,7 +7,6 @@ from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.directory.models import SocialPrescribingService
 from app.keys import SigningKey
 from app.platform.models import PlatformMessage
-from app.reports import projection  # noqa: F401  (keeps the read model on every commit)
 from app.reports.models import ReportCaseFact, ReportCount
 from app.retention.models import PurgeRun
 from app.security.models import ApiClient

@@ -189,3 +189,16 @@ class WellbeingScore(Base):
     metric_score: Mapped[float] = mapped_column(Float)
     measured_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ReportPendingCase(Base):
+    """A case written since the reports' read model last took it in: every writer queues the
+    cases it changed here (app.cases.after_write; one small insert, on no shared row), and
+    app.reports drains the queue into the model in batches: before every report, and every
+    second in the background."""
+
+    __tablename__ = "report_pending_cases"
+
+    case_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # When it was first noted (a later write to the same case keeps it): the queue's age.
+    noted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

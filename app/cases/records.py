@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,13 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.cases import wellbeing
 from app.cases.models import Appointment, Case, Prescription, WellbeingScore
 from app.errors import BusinessRuleViolation, Conflict
-
-# Appointment events → the status they leave a booked appointment in.
-_APPOINTMENT_OUTCOMES = {
-    "appointment.attended": "fulfilled",
-    "appointment.did_not_attend": "noshow",
-    "appointment.cancelled": "cancelled",
-}
 
 
 @dataclass
@@ -96,97 +90,159 @@ async def _open_appointment(session: AsyncSession, case: Case, data: dict[str, A
     return appointment
 
 
-async def apply(
+# The effect of one (already validated and allowed) event on the case and its records; the event
+# registry (app.cases.events) names each event type's effect.
+Effector = Callable[
+    [AsyncSession, Case, dict[str, Any], dt.datetime, dt.datetime], Awaitable[Effect]
+]
+
+
+async def register(
     session: AsyncSession,
     case: Case,
-    event_type: str,
     data: dict[str, Any],
     occurred_at: dt.datetime,
     now: dt.datetime,
 ) -> Effect:
-    """Change the case's records for one (already validated and allowed) event."""
-    effect = Effect()
-    if event_type == "appointment.booked":
-        appointment = await _booked(session, case, data, occurred_at)
-        appointment.created_at = appointment.updated_at = now
-        reference = f"Appointment/{appointment.id}"
-        effect.resources.append(reference)
-        effect.outputs.append({"type": "appointment", "reference": reference})
-    elif event_type == "appointment.rescheduled":
+    """Registered with the service: who will work with the person, when the event says."""
+    case.team = data.get("team", case.team)
+    case.advisor = data.get("advisor", case.advisor)
+    return Effect()
+
+
+async def book(
+    session: AsyncSession,
+    case: Case,
+    data: dict[str, Any],
+    occurred_at: dt.datetime,
+    now: dt.datetime,
+) -> Effect:
+    appointment = await _booked(session, case, data, occurred_at)
+    appointment.created_at = appointment.updated_at = now
+    reference = f"Appointment/{appointment.id}"
+    return Effect([reference], [{"type": "appointment", "reference": reference}])
+
+
+async def reschedule(
+    session: AsyncSession,
+    case: Case,
+    data: dict[str, Any],
+    occurred_at: dt.datetime,
+    now: dt.datetime,
+) -> Effect:
+    appointment = await _open_appointment(session, case, data)
+    appointment.start = _parse_instant(data["start"])
+    appointment.appointment_type = data["appointment_type"]
+    appointment.minutes = data["duration_minutes"]
+    appointment.reschedules += 1
+    _touch(appointment, now)
+    return Effect([f"Appointment/{appointment.id}"])
+
+
+def close_appointment(status: str) -> Effector:
+    """The effect of an appointment's outcome: the booked appointment becomes ``status``
+    (fulfilled, noshow, cancelled), with the minutes spent or who cancelled when given."""
+
+    async def effect(
+        session: AsyncSession,
+        case: Case,
+        data: dict[str, Any],
+        occurred_at: dt.datetime,
+        now: dt.datetime,
+    ) -> Effect:
         appointment = await _open_appointment(session, case, data)
-        appointment.start = _parse_instant(data["start"])
-        appointment.appointment_type = data["appointment_type"]
-        appointment.minutes = data["duration_minutes"]
-        appointment.reschedules += 1
-        _touch(appointment, now)
-        effect.resources.append(f"Appointment/{appointment.id}")
-    elif event_type in _APPOINTMENT_OUTCOMES:
-        appointment = await _open_appointment(session, case, data)
-        appointment.status = _APPOINTMENT_OUTCOMES[event_type]
-        if event_type == "appointment.attended":
+        appointment.status = status
+        if status == "fulfilled":
             appointment.attended_minutes = data.get("duration_minutes")
-        if event_type == "appointment.cancelled":
+        if status == "cancelled":
             appointment.cancelled_by = data.get("cancelled_by")
         _touch(appointment, now)
-        effect.resources.append(f"Appointment/{appointment.id}")
-    elif event_type == "prescription.created":
-        if await _prescription(session, case, data["prescription_id"]) is not None:
-            raise Conflict(
-                "prescription_id is already a prescription of this case; change it with "
-                "prescription.updated",
-                expression="prescription_id",
-            )
-        prescription = Prescription(
-            id=str(uuid.uuid4()),
-            case_id=case.id,
-            referral_id=case.referral_id,
-            external_id=data["prescription_id"],
-            category=data["category"],
-            provider=data["provider"],
-            activity=data["activity"],
-            status=data["status"],
-            prescribed_at=occurred_at,
-            version_id=1,
-            created_at=now,
-            updated_at=now,
+        return Effect([f"Appointment/{appointment.id}"])
+
+    return effect
+
+
+async def prescribe(
+    session: AsyncSession,
+    case: Case,
+    data: dict[str, Any],
+    occurred_at: dt.datetime,
+    now: dt.datetime,
+) -> Effect:
+    if await _prescription(session, case, data["prescription_id"]) is not None:
+        raise Conflict(
+            "prescription_id is already a prescription of this case; change it with "
+            "prescription.updated",
+            expression="prescription_id",
         )
-        session.add(prescription)
-        reference = f"ServiceRequest/{prescription.id}"
-        effect.resources.append(reference)
-        effect.outputs.append({"type": "social-prescription", "reference": reference})
-    elif event_type == "prescription.updated":
-        found = await _prescription(session, case, data["prescription_id"])
-        if found is None:
-            raise _unknown("social prescription", "prescription_id")
-        for name in ("status", "category", "provider", "activity"):
-            if name in data:
-                setattr(found, name, data[name])
-        _touch(found, now)
-        effect.resources.append(f"ServiceRequest/{found.id}")
-    elif event_type == "outcome.recorded":
-        raw = wellbeing.raw_score(data["items"])
-        score = WellbeingScore(
-            id=str(uuid.uuid4()),
-            questionnaire_response_id=str(uuid.uuid4()),
-            case_id=case.id,
-            referral_id=case.referral_id,
-            instrument=data["instrument"],
-            stage=data["stage"],
-            items=list(data["items"]),
-            raw_score=raw,
-            metric_score=wellbeing.metric_score(raw),
-            measured_at=occurred_at,
-            created_at=now,
-        )
-        session.add(score)
-        answers = f"QuestionnaireResponse/{score.questionnaire_response_id}"
-        observation = f"Observation/{score.id}"
-        effect.resources += [answers, observation]
-        effect.outputs += [
+    prescription = Prescription(
+        id=str(uuid.uuid4()),
+        case_id=case.id,
+        referral_id=case.referral_id,
+        external_id=data["prescription_id"],
+        category=data["category"],
+        provider=data["provider"],
+        activity=data["activity"],
+        status=data["status"],
+        prescribed_at=occurred_at,
+        version_id=1,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(prescription)
+    reference = f"ServiceRequest/{prescription.id}"
+    return Effect([reference], [{"type": "social-prescription", "reference": reference}])
+
+
+async def change_prescription(
+    session: AsyncSession,
+    case: Case,
+    data: dict[str, Any],
+    occurred_at: dt.datetime,
+    now: dt.datetime,
+) -> Effect:
+    found = await _prescription(session, case, data["prescription_id"])
+    if found is None:
+        raise _unknown("social prescription", "prescription_id")
+    for name in ("status", "category", "provider", "activity"):
+        if name in data:
+            setattr(found, name, data[name])
+    _touch(found, now)
+    return Effect([f"ServiceRequest/{found.id}"])
+
+
+async def measure(
+    session: AsyncSession,
+    case: Case,
+    data: dict[str, Any],
+    occurred_at: dt.datetime,
+    now: dt.datetime,
+) -> Effect:
+    """A wellbeing measurement: its answers (QuestionnaireResponse) and score (Observation)."""
+    raw = wellbeing.raw_score(data["items"])
+    score = WellbeingScore(
+        id=str(uuid.uuid4()),
+        questionnaire_response_id=str(uuid.uuid4()),
+        case_id=case.id,
+        referral_id=case.referral_id,
+        instrument=data["instrument"],
+        stage=data["stage"],
+        items=list(data["items"]),
+        raw_score=raw,
+        metric_score=wellbeing.metric_score(raw),
+        measured_at=occurred_at,
+        created_at=now,
+    )
+    session.add(score)
+    answers = f"QuestionnaireResponse/{score.questionnaire_response_id}"
+    observation = f"Observation/{score.id}"
+    return Effect(
+        [answers, observation],
+        [
             {"type": "wellbeing-answers", "reference": answers},
             {"type": "wellbeing-score", "reference": observation},
-        ]
-    return effect
+        ],
+    )
 
 
 def _touch(record: Appointment | Prescription, now: dt.datetime) -> None:

@@ -10,7 +10,8 @@ from fastapi.responses import Response
 
 from app.audit import trail
 from app.cases import resources, service
-from app.cases.schemas import CaseEventIn, CaseOut, RecordedEvent, TransitionRefusedDoc
+from app.cases.events import CaseEventIn
+from app.cases.schemas import CaseOut, RecordedEvent, TransitionRefusedDoc
 from app.dependencies import AppSettings, Now, ReadSession, WriteSession
 from app.errors import (
     PROBLEM_MEDIA_TYPE,

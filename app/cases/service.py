@@ -1,7 +1,9 @@
 """The one domain function every change to a case goes through (DESIGN §3).
 
-It checks the state machine, appends the CaseEvent, moves the case, and writes an outbox row for
-each destination, all in the caller's transaction. It never commits.
+It checks the event against its declaration in the registry (app.cases.events: body, states,
+effect), appends the CaseEvent, moves the case, then does the after-write work (outbox rows,
+report queue, audit note: app.cases.after_write), all in the caller's transaction. It never
+commits.
 """
 
 from __future__ import annotations
@@ -16,31 +18,33 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases import records
+from app.cases.after_write import after_event
+from app.cases.events import (
+    REGISTRY,
+    EventBody,
+    TransitionRefused,
+    allowed_events,
+    next_status,
+    parse_event,
+    reaches_patient,
+)
 from app.cases.models import Case, CaseEvent, Referral
-from app.cases.schemas import CaseEventModel, CaseEventOut, CaseOut, CaseResources, parse_event
+from app.cases.schemas import CaseEventOut, CaseOut, CaseResources
 from app.cases.states import (
     CLOSED_STATES,
-    EVENT_TYPES,
     FUTURE_TOLERANCE,
     CaseState,
     CaseStatus,
-    TransitionRefused,
-    allowed_events,
     consent_withdrawn,
-    is_contact,
-    next_status,
 )
 from app.cases.summary import discharge_summary
 from app.db import utcnow
-from app.delivery import service as delivery
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, purged
 from app.fhir.task import TaskView
 from app.security.auth import Principal
 from app.security.roles import Role
 
-# Event data only the service's own organisation sees (EDI monitoring answers).
-_SERVICE_ONLY_DATA = frozenset({"demographics.recorded"})
 # The referral's FHIR status follows its case's end.
 _REFERRAL_STATUS = {CaseState.CANCELLED: "revoked", CaseState.COMPLETED: "completed"}
 
@@ -111,7 +115,8 @@ async def apply_event(
             return existing
     now = now or utcnow()
     is_new = case.last_event_seq == 0
-    data = parse_event(event.type, event.data) if event.type in EVENT_TYPES else event.data
+    declared = REGISTRY.get(event.type)
+    data = parse_event(event.type, event.data) if declared is not None else event.data
     occurred_at = event.occurred_at or now
     if not is_new:
         check_occurred_at(occurred_at, referral, now, FUTURE_TOLERANCE)
@@ -131,7 +136,12 @@ async def apply_event(
             expression="type",
             extensions={"current_state": state, "allowed_events": refused.allowed},
         ) from None
-    effect = await records.apply(session, case, event.type, data, occurred_at, now)
+    assert declared is not None  # next_status refuses an undeclared type
+    effect = (
+        await declared.effect(session, case, data, occurred_at, now)
+        if declared.effect is not None
+        else records.Effect()
+    )
 
     case.state = status.state.value
     case.business_status = status.business_status
@@ -139,14 +149,11 @@ async def apply_event(
     case.status_reason = status.status_reason
     if status.state is CaseState.IN_PROGRESS:
         case.progress_status = status.business_status
-    if is_contact(event.type, data) and (
+    if reaches_patient(event.type, data) and (
         case.first_contact_at is None or occurred_at < case.first_contact_at
     ):
         # A contact recorded late but earlier in time is still the first contact.
         case.first_contact_at = occurred_at
-    if event.type == "case.accepted":
-        case.team = data.get("team", case.team)
-        case.advisor = data.get("advisor", case.advisor)
     if effect.outputs:
         case.outputs = [*case.outputs, *effect.outputs]
     if status.state in (CaseState.COMPLETED, CaseState.DISCHARGED):
@@ -178,8 +185,7 @@ async def apply_event(
     session.add(record)
 
     referral_status = _REFERRAL_STATUS.get(status.state)
-    withdrawn = consent_withdrawn(status.state, status.status_reason)
-    if withdrawn:
+    if consent_withdrawn(status.state, status.status_reason):
         # The referral stands withdrawn for the referrer too: revoked, as when they cancel it.
         referral_status = "revoked"
     if referral_status and referral.status != referral_status:
@@ -187,14 +193,14 @@ async def apply_event(
         referral.version_id += 1
         referral.last_updated = now
 
-    holding: set[str] = set()
-    if withdrawn:
-        # Consent withdrawn: every delivery of this person's data still queued is cancelled in
-        # this transaction; enqueue then sends only the closing Task to the referrer and a
-        # cancellation to a platform that may hold the case (app.delivery.service).
-        holding = await delivery.stop_for_withdrawal(session, referral.id, now)
-    destinations = await delivery.destinations_for(session, referral, service.organisation)
-    delivery.enqueue(session, destinations, case, record, platforms_holding=holding)
+    await after_event(
+        session,
+        case=case,
+        referral=referral,
+        service_organisation=service.organisation,
+        event=record,
+        now=now,
+    )
     return record
 
 
@@ -358,7 +364,7 @@ async def record_event(
     session: AsyncSession,
     principal: Principal,
     case_id: str,
-    event: CaseEventModel,
+    event: EventBody,
     context: EventContext,
     now: dt.datetime,
 ) -> tuple[CaseEvent, Case, bool]:
@@ -367,7 +373,7 @@ async def record_event(
     case, referral, service = await visible_case(session, principal, case_id, lock=True)
     if not principal.sees_everything and principal.organisation != service.organisation:
         raise Forbidden("Only the organisation that runs the service records events on its cases")
-    if event.type.startswith("referral."):
+    if REGISTRY[event.type].from_referrer:
         raise BusinessRuleViolation(
             f"'{event.type}' comes from the referrer: a referral is cancelled with a FHIR update "
             "of its ServiceRequest (status revoked)",
@@ -416,7 +422,9 @@ async def record_event(
 
 
 def event_out(event: CaseEvent, *, show_data: bool = True) -> CaseEventOut:
-    data = event.data if show_data or event.type not in _SERVICE_ONLY_DATA else {}
+    declared = REGISTRY.get(event.type)
+    service_only = declared is not None and declared.service_only
+    data = event.data if show_data or not service_only else {}
     return CaseEventOut(
         event_id=event.id,
         sequence=event.seq,

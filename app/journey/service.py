@@ -15,15 +15,24 @@ import hmac
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases import records, wellbeing
+from app.cases.events import REGISTRY, TransitionRefused, next_status, reaches_patient
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
-from app.cases.states import CLOSED_STATES, CaseState, CaseStatus, TransitionRefused, next_status
+from app.cases.states import CLOSED_STATES, CaseState, CaseStatus
+from app.cases.wording import (
+    CANCELLED_BY,
+    COMPLETED,
+    DISCHARGED,
+    IN_PROGRESS,
+    PRESCRIPTION_STATUS,
+    lower,
+    plural,
+)
 from app.directory.models import SocialPrescribingService
 from app.fhir.task import code_displays, instant
 from app.journey.schemas import (
@@ -130,24 +139,6 @@ def when(value: dt.datetime) -> When:
     return When(iso=instant(value), text=f"{day}, {local:%H:%M}\u00a0{local.tzname()}")
 
 
-def _instant(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"
-
-
-def _minutes(value: object) -> str | None:
-    return _plural(value, "minute") if isinstance(value, int) else None
-
-
 def nhs_number(value: str) -> str:
     """The NHS number as it is written: 3 3 4."""
     digits = value.strip()
@@ -162,32 +153,6 @@ def _display(code_system: str, code: object, fallback: str = "") -> str:
     return code_displays(code_system).get(code, code)
 
 
-def _lower(text: str) -> str:
-    """A display name inside a sentence: "Unable to Contact" → "unable to contact"."""
-    return text.lower()
-
-
-_IN_PROGRESS = {
-    "awaiting-contact": "trying to contact the person",
-    "contacted": "the person has been contacted",
-    "appointment-booked": "appointment booked",
-    "seen": "seen by the service",
-    "prescribed": "social prescription made",
-}
-_COMPLETED = {
-    "needs-met": "needs met",
-    "referred-on": "referred on to other support",
-}
-_DISCHARGED = {
-    "did-not-attend": "did not attend",
-    "unable-to-contact": "unable to contact",
-    "no-longer-required": "no longer needs the service",
-    "inappropriate-referral": "inappropriate referral",
-    "declined": "the person declined the service",
-    "consent-withdrawn": "the person withdrew consent",
-}
-
-
 def state_words(case: Case) -> tuple[str, str]:
     """Where the case stands in plain words, and its tone (open, hold, done, ended)."""
     state, business = case.state, case.business_status
@@ -196,18 +161,18 @@ def state_words(case: Case) -> tuple[str, str]:
     if state == CaseState.ACCEPTED:
         return "Accepted — registered with the service, contact to follow", "open"
     if state == CaseState.IN_PROGRESS:
-        detail = _IN_PROGRESS.get(business, _lower(_display("task-business-status", business)))
+        detail = IN_PROGRESS.get(business, lower(_display("task-business-status", business)))
         return f"In progress — {detail}", "open"
     if state == CaseState.ON_HOLD:
         return "On hold — support is paused for now", "hold"
     if state == CaseState.COMPLETED:
-        detail = _COMPLETED.get(business, _lower(_display("completion-reason", business)))
+        detail = COMPLETED.get(business, lower(_display("completion-reason", business)))
         return f"Completed — {detail}", "done"
     if state == CaseState.DISCHARGED:
-        detail = _DISCHARGED.get(business, _lower(_display("discharge-reason", business)))
+        detail = DISCHARGED.get(business, lower(_display("discharge-reason", business)))
         return f"Discharged — {detail}", "ended"
     if state == CaseState.REJECTED:
-        reason = _lower(_display("rejection-reason", case.status_reason, "no reason given"))
+        reason = lower(_display("rejection-reason", case.status_reason, "no reason given"))
         return f"Not accepted by the service — {reason}", "ended"
     if state == CaseState.CANCELLED:
         return "Cancelled by the referrer", "ended"
@@ -233,63 +198,33 @@ def state_since(events: Iterable[CaseEvent]) -> dt.datetime | None:
         status = after
         if after.state is CaseState.IN_PROGRESS:
             progress = after.business_status
-        if event.type == "contact.attempted":
-            contacted = contacted or event.data.get("outcome") == "reached"
-        contacted = contacted or event.type == "appointment.attended"
+        contacted = contacted or reaches_patient(event.type, event.data)
     return since
 
 
 # --- the timeline --------------------------------------------------------------------------
 
-_CONTACT_METHODS = {
-    "telephone": "by telephone",
-    "text": "by text message",
-    "email": "by email",
-    "letter": "by letter",
-    "in-person": "in person",
-}
-_HOLD_REASONS = {
-    "patient-request": "at the person's request",
-    "unwell": "the person is unwell",
-    "in-hospital": "the person is in hospital",
-    "other": "other reason",
-}
-_PRESCRIPTION_STATUS = {
-    "proposed": ("Proposed", "info"),
-    "active": ("Active", "info"),
-    "completed": ("Completed", "good"),
-    "declined": ("Declined", "neutral"),
-}
-_CANCELLED_BY = {"patient": "by the person", "service": "by the service"}
 
+class _Narrator:
+    """What the event registry's descriptions need from this page (app.cases.events.Narrator)."""
 
-def _appointment_kind(code: object) -> str:
-    return _lower(_display("appointment-type", code, "appointment"))
+    def __init__(
+        self, appointments: Mapping[str, Appointment], prescriptions: Mapping[str, Prescription]
+    ) -> None:
+        self._appointments = appointments
+        self._prescriptions = prescriptions
 
+    def when(self, instant: dt.datetime) -> str:
+        return when(instant).text
 
-def _booking(data: Mapping[str, Any]) -> str:
-    parts = [_appointment_kind(data.get("appointment_type"))]
-    minutes = _minutes(data.get("duration_minutes"))
-    if minutes:
-        parts.append(minutes)
-    start = _instant(data.get("start"))
-    if start:
-        parts.append(when(start).text)
-    return ", ".join(parts)
+    def display(self, code_system: str, code: object, fallback: str = "") -> str:
+        return _display(code_system, code, fallback)
 
+    def appointment(self, appointment_id: object) -> Appointment | None:
+        return self._appointments.get(str(appointment_id))
 
-def _which(appointment: Appointment | None) -> str:
-    if appointment is None:
-        return ""
-    return f" ({when(appointment.start).text})"
-
-
-def _prescription_name(data: Mapping[str, Any], held: Prescription | None) -> str:
-    activity = data.get("activity") or (held.activity if held else None)
-    provider = data.get("provider") or (held.provider if held else None)
-    if activity and provider:
-        return f"{activity} with {provider}"
-    return str(activity or provider or "a social prescription")
+    def prescription(self, prescription_id: object) -> Prescription | None:
+        return self._prescriptions.get(str(prescription_id))
 
 
 def describe(
@@ -297,90 +232,12 @@ def describe(
     appointments: Mapping[str, Appointment],
     prescriptions: Mapping[str, Prescription],
 ) -> tuple[str, str | None]:
-    """One event as a line a clinician reads at a glance (and an optional second line)."""
-    data: Mapping[str, Any] = event.data or {}
-    kind = event.type
-    appointment = appointments.get(str(data.get("appointment_id")))
-    if kind == "referral.received":
-        return "Referral received", None
-    if kind == "referral.updated":
-        return "Referral updated by the referrer", None
-    if kind == "referral.cancelled":
-        return "Referral cancelled by the referrer", None
-    if kind == "case.accepted":
-        who = ", ".join(str(data[k]) for k in ("advisor", "team") if data.get(k))
-        return "Accepted and registered by the service", (f"Working with: {who}" if who else None)
-    if kind == "case.rejected":
-        reason = _lower(_display("rejection-reason", data.get("reason"), "no reason given"))
-        return f"Referral not accepted: {reason}", None
-    if kind == "contact.attempted":
-        method = _CONTACT_METHODS.get(str(data.get("method")))
-        outcome = data.get("outcome")
-        if outcome == "reached":
-            text = "Contact made with the person"
-        elif outcome == "message-left":
-            text = "Contact attempted: message left"
-        else:
-            text = "Contact attempted: no answer"
-        return (f"{text} ({method})" if method else text), None
-    if kind == "appointment.booked":
-        return f"Appointment booked: {_booking(data)}", None
-    if kind == "appointment.rescheduled":
-        return f"Appointment moved: now {_booking(data)}", None
-    if kind == "appointment.attended":
-        spent = _minutes(data.get("duration_minutes"))
-        return f"Attended appointment{_which(appointment)}", (f"Took {spent}" if spent else None)
-    if kind == "appointment.did_not_attend":
-        return f"Did not attend appointment{_which(appointment)}", None
-    if kind == "appointment.cancelled":
-        by = _CANCELLED_BY.get(str(data.get("cancelled_by")))
-        text = f"Appointment cancelled{' ' + by if by else ''}{_which(appointment)}"
-        return text, None
-    if kind == "prescription.created":
-        status = _PRESCRIPTION_STATUS.get(str(data.get("status")), ("proposed", ""))[0].lower()
-        name = _prescription_name(data, None)
-        category = _display("prescription-category", data.get("category"))
-        return f"Social prescription: {name} ({status})", (
-            f"Category: {category}" if category else None
-        )
-    if kind == "prescription.updated":
-        held = prescriptions.get(str(data.get("prescription_id")))
-        name = _prescription_name({}, held) if held else _prescription_name(data, None)
-        if data.get("status") in _PRESCRIPTION_STATUS:
-            status = _PRESCRIPTION_STATUS[data["status"]][0].lower()
-            return f"Social prescription {status}: {name}", None
-        return f"Social prescription changed: {name}", None
-    if kind == "outcome.recorded":
-        return _measured(data), None
-    if kind == "demographics.recorded":
-        return "Equality monitoring information recorded", None
-    if kind == "case.on_hold":
-        why = _HOLD_REASONS.get(str(data.get("reason")))
-        return "Support put on hold" + (f": {why}" if why else ""), None
-    if kind == "case.resumed":
-        return "Support resumed after a hold", None
-    if kind == "case.completed":
-        reason = _COMPLETED.get(str(data.get("reason")), "needs met")
-        return f"Support completed: {reason}", None
-    if kind == "case.discharged":
-        reason = _DISCHARGED.get(str(data.get("reason")), "no reason given")
-        return f"Discharged: {reason}", None
-    if kind == "consent.withdrawn":
-        return "The person withdrew consent: the case is closed and nothing more is shared", None
-    return f"Update recorded ({kind})", None
-
-
-def _measured(data: Mapping[str, Any]) -> str:
-    instrument = str(data.get("instrument") or "SWEMWBS")
-    stage = _display("wellbeing-measure", data.get("stage"))
-    items = data.get("items")
-    score = ""
-    if isinstance(items, list) and all(isinstance(item, int) for item in items):
-        try:
-            score = f": {wellbeing.metric_score(wellbeing.raw_score(items)):.2f}"
-        except (ValueError, KeyError):
-            score = ""
-    return f"Wellbeing measured ({instrument}){score}" + (f", {_lower(stage)}" if stage else "")
+    """One event as a line a clinician reads at a glance (and an optional second line), as its
+    type's declaration describes it."""
+    declared = REGISTRY.get(event.type)
+    if declared is None:
+        return f"Update recorded ({event.type})", None
+    return declared.journey(event.data or {}, _Narrator(appointments, prescriptions))
 
 
 # --- the records ---------------------------------------------------------------------------
@@ -401,23 +258,23 @@ def _appointment_row(appointment: Appointment, now: dt.datetime) -> AppointmentR
     else:
         outcome, tone = _APPOINTMENT_OUTCOMES.get(appointment.status, (appointment.status, ""))
     if appointment.status == "fulfilled" and appointment.attended_minutes:
-        outcome += f" ({_plural(appointment.attended_minutes, 'minute')})"
-    if appointment.status == "cancelled" and appointment.cancelled_by in _CANCELLED_BY:
-        outcome += f" {_CANCELLED_BY[appointment.cancelled_by]}"
+        outcome += f" ({plural(appointment.attended_minutes, 'minute')})"
+    if appointment.status == "cancelled" and appointment.cancelled_by in CANCELLED_BY:
+        outcome += f" {CANCELLED_BY[appointment.cancelled_by]}"
     if appointment.reschedules:
         moved = "once" if appointment.reschedules == 1 else f"{appointment.reschedules} times"
         outcome += f"; moved {moved}"
     return AppointmentRow(
         when=when(appointment.start),
         kind=_display("appointment-type", appointment.appointment_type),
-        minutes=_plural(appointment.minutes, "minute"),
+        minutes=plural(appointment.minutes, "minute"),
         outcome=outcome,
         tone=tone or "neutral",
     )
 
 
 def _prescription_row(prescription: Prescription) -> PrescriptionRow:
-    status, tone = _PRESCRIPTION_STATUS.get(prescription.status, (prescription.status, "neutral"))
+    status, tone = PRESCRIPTION_STATUS.get(prescription.status, (prescription.status, "neutral"))
     return PrescriptionRow(
         activity=prescription.activity,
         provider=prescription.provider,

@@ -40,8 +40,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import app as package
+from app.cases.events import EVENT_TYPES
 from app.cases.models import CaseEvent
-from app.cases.states import EVENT_TYPES
 from app.delivery import admin
 
 # The text format every Prometheus reads (names here use only [a-z_], so 0.0.4 is exact).

@@ -10,9 +10,9 @@ import logging
 
 from sqlalchemy import select
 
+from app.cases.models import ReportPendingCase
 from app.db import Database, transaction
 from app.reports import projection
-from app.reports.models import ReportPendingCase
 
 log = logging.getLogger("spbridge.reports")
 

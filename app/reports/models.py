@@ -49,15 +49,3 @@ class ReportCount(Base):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     team: Mapped[str] = mapped_column(Text, primary_key=True)
     n: Mapped[int] = mapped_column(Integer)
-
-
-class ReportPendingCase(Base):
-    """A case written since the read model last took it in: its writer notes it here (one small
-    insert, on no shared row), and app.reports.projection.drain brings the model up to date
-    later, in batches: before every report, and every second in the background."""
-
-    __tablename__ = "report_pending_cases"
-
-    case_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    # When it was first noted (a later write to the same case keeps it): the queue's age.
-    noted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

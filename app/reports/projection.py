@@ -26,29 +26,28 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, delete, event, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
+from app.cases.events import COUNTED_ROWS
+from app.cases.models import (
+    Appointment,
+    Case,
+    CaseEvent,
+    Prescription,
+    Referral,
+    ReportPendingCase,
+    WellbeingScore,
+)
 from app.cases.wellbeing import MEANINGFUL_CHANGE
-from app.db import utcnow
-from app.reports.models import ReportCaseFact, ReportCount, ReportPendingCase
+from app.reports.models import ReportCaseFact, ReportCount
 
 SEP = "\x1f"
-# Event types counted by the month they happened (app.reports.sections labels them).
-EVENT_ROWS = (
-    ("case.accepted", "Registrations (case accepted)"),
-    ("appointment.booked", "Appointments scheduled"),
-    ("appointment.attended", "Appointments attended"),
-    ("appointment.did_not_attend", "Appointments not attended (DNA)"),
-    ("appointment.cancelled", "Appointments cancelled"),
-    ("appointment.rescheduled", "Appointments rescheduled"),
-    ("prescription.created", "Social prescriptions"),
-    ("contact.attempted", "Contact attempts"),
-)
+# Event types counted by the month they happened, with their labels: the event registry says.
+EVENT_ROWS = COUNTED_ROWS
 COUNTED_EVENTS = tuple(t for t, _ in EVENT_ROWS)
 EDI_KEYS = (
     "ethnicity",
@@ -70,8 +69,6 @@ _DAY_US = 24 * _HOUR_US
 # Waits longer than this are bucketed by whole days (still 24 buckets a day apart).
 _HOURLY_UP_TO_DAYS = 60
 _BATCH = 2000
-_TOUCHED = "spbridge.report_cases"
-_TOUCHED_REFERRALS = "spbridge.report_referrals"
 
 Contributions = dict[str, int]
 
@@ -545,66 +542,6 @@ def backfill(connection: Connection, *, batch: int = _BATCH) -> int:
         after = ids[-1]
 
 
-# --- the session hooks -----------------------------------------------------------------------
-
-
-@event.listens_for(Session, "before_flush")
-def _note_cases(session: Session, _context: Any, _instances: Any) -> None:
-    """Note the cases whose rows this flush writes."""
-    cases: set[str] = session.info.setdefault(_TOUCHED, set())
-    referrals: set[str] = session.info.setdefault(_TOUCHED_REFERRALS, set())
-    for instance in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(instance, Case):
-            cases.add(instance.id)
-        elif isinstance(instance, CaseEvent | Appointment | Prescription | WellbeingScore):
-            cases.add(instance.case_id)
-        elif isinstance(instance, Referral) and session.is_modified(instance):
-            referrals.add(instance.id)
-
-
-@event.listens_for(Session, "before_commit")
-def _note_pending(session: Session) -> None:
-    """Record the touched cases for ``drain``, in the committing transaction."""
-    if not session.info.get(_TOUCHED) and not session.info.get(_TOUCHED_REFERRALS):
-        return
-    session.flush()
-    cases: set[str] = session.info.pop(_TOUCHED, set())
-    referrals: set[str] = session.info.pop(_TOUCHED_REFERRALS, set())
-    if referrals:
-        # Cases already in the session need no query (intake adds referral and case together).
-        for instance in list(session.identity_map.values()):
-            if isinstance(instance, Case) and instance.referral_id in referrals:
-                cases.add(instance.id)
-                referrals.discard(instance.referral_id)
-    if referrals:
-        ids = sorted(referrals)
-        for start in range(0, len(ids), 500):
-            cases.update(
-                session.scalars(
-                    select(Case.id).where(Case.referral_id.in_(ids[start : start + 500]))
-                )
-            )
-    if cases:
-        note_pending(session, cases)
-
-
-def note_pending(executor: Executor, case_ids: Iterable[str]) -> None:
-    """Queue cases for ``drain``. A case already queued stays so, with its first noted time; the
-    no-op update (not DO NOTHING) makes a writer wait while a drain holds the row, so that a
-    change committed after the drain read the case is queued again, never lost with the row the
-    drain deletes."""
-    now = utcnow()
-    rows = [{"case_id": case_id, "noted_at": now} for case_id in sorted(case_ids)]
-    table = ReportPendingCase.__table__
-    assert isinstance(table, Table)
-    statement = _insert_of(executor)(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=["case_id"], set_={"noted_at": table.c.noted_at}
-    )
-    for start in range(0, len(rows), 1000):
-        executor.execute(statement, rows[start : start + 1000])
-
-
 def drain(executor: Executor, limit: int | None = None, *, wait: bool = False) -> int:
     """Take up to ``limit`` queued cases (all when None) into the read model and off the queue,
     in the caller's transaction; returns how many. On PostgreSQL the queued rows are locked:
@@ -632,12 +569,3 @@ def drain(executor: Executor, limit: int | None = None, *, wait: bool = False) -
             )
         )
     return len(ids)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_cases(session: Session, transaction: SessionTransaction) -> None:
-    """A transaction ended without its commit (or was committed): nothing left to do. A
-    savepoint's end is not the transaction's: what was noted before it still counts."""
-    if transaction.parent is None:
-        session.info.pop(_TOUCHED, None)
-        session.info.pop(_TOUCHED_REFERRALS, None)

@@ -34,6 +34,7 @@ from sqlalchemy import Select, func, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
+from app.cases.after_write import queue_for_reports
 from app.cases.models import Case, CaseEvent, Prescription, Referral
 from app.cases.states import CLOSED_STATES
 from app.delivery.models import Delivery, DeliveryAttempt
@@ -170,6 +171,10 @@ async def purge(
             if "activity" in (event.data or {}):
                 event.data = {k: v for k, v in event.data.items() if k != "activity"}
         cancelled = await _purge_deliveries(session, ids, now)
+        # Purged referrals still count in the reports, recounted from what is kept.
+        await queue_for_reports(
+            session, await session.scalars(select(Case.id).where(Case.referral_id.in_(ids))), now
+        )
         # One audit record for the run, naming each purged patient by pseudonym.
         await trail.write_record(
             session,

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters.base import AdapterError
-from app.cases.states import EVENT_TYPES
+from app.cases.events import EVENT_TYPES
 from app.config import Settings
 from app.db import utcnow
 from app.delivery import signing

@@ -17,8 +17,8 @@ from adapters import registry, simulator
 from adapters.base import CaseReference, Outbound, PlatformReferral
 from adapters.simulator import SimulatorAdapter, SimulatorConfig
 from adapters.simulator.journeys import ACTIVE, COMPLETED, DISCHARGED, Journey, plan
-from app.cases.schemas import parse_event
-from app.cases.states import CaseState, next_status
+from app.cases.events import next_status, parse_event
+from app.cases.states import CaseState
 
 OUTBOUND = Outbound(request_id="dlv-1", correlation_id=None)
 IDS = [f"referral-{n:04d}" for n in range(1000)]

@@ -2,14 +2,8 @@
 
 import pytest
 
-from app.cases.states import (
-    CLOSED_STATES,
-    CaseState,
-    CaseStatus,
-    TransitionRefused,
-    allowed_events,
-    next_status,
-)
+from app.cases.events import TransitionRefused, allowed_events, next_status
+from app.cases.states import CLOSED_STATES, CaseState, CaseStatus
 
 S = CaseState
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from app.cases.after_write import queue_for_reports
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.wellbeing import METRIC_SCORES
+from app.db import utcnow
 from app.retention.service import purge
 from tests.conftest import Bridge
 
@@ -296,6 +298,9 @@ async def store(app: Any, dataset: Dataset) -> None:
             session.add_all([r for r in dataset.rows if isinstance(r, kind)])
             await session.flush()
         session.add_all([r for r in dataset.rows if not isinstance(r, Referral | Case)])
+        # Written straight into the tables, so the writer's after-write step is ours to call.
+        cases = [r.id for r in dataset.rows if isinstance(r, Case)]
+        await queue_for_reports(session, cases, utcnow())
         await session.commit()
 
 

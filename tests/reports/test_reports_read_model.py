@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import delete, event, select
 
 from app.cases import service as domain
-from app.cases.models import Case, Referral
+from app.cases.models import Case, Referral, ReportPendingCase
 from app.directory.models import SocialPrescribingService
 from app.reports import projection, readmodel
-from app.reports.models import ReportCaseFact, ReportCount, ReportPendingCase
+from app.reports.models import ReportCaseFact, ReportCount
 from app.reports.queries import Period
 from app.reports.sections import EDI_ITEMS
 from tests.conftest import Bridge

@@ -1,0 +1,71 @@
+"""The work after every write to a case, in the writer's transaction (DESIGN §3, §4).
+
+Every case event ends here (:func:`after_event`, called by the one domain function
+``app.cases.service.apply_event``): the outbox rows for every destination, the report queue, the
+audit trail's note of the patient reached. A writer that changes a case without an event (the
+retention purge) queues its cases for the reports with :func:`queue_for_reports`. Nothing here
+is a listener: what runs after a write is what these functions call, in order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit import trail
+from app.cases.models import Case, CaseEvent, Referral, ReportPendingCase
+from app.cases.states import consent_withdrawn
+from app.delivery import service as outbox
+
+_BATCH = 1000
+
+
+async def after_event(
+    session: AsyncSession,
+    *,
+    case: Case,
+    referral: Referral,
+    service_organisation: str,
+    event: CaseEvent,
+    now: dt.datetime,
+) -> None:
+    """Queue what ``event`` must cause: deliveries, the report's recount, the audit note."""
+    holding: set[str] = set()
+    if consent_withdrawn(case.state, case.status_reason):
+        # Consent withdrawn: every delivery of this person's data still queued is cancelled in
+        # this transaction; enqueue then sends only the closing Task to the referrer and a
+        # cancellation to a platform that may hold the case.
+        holding = await outbox.stop_for_withdrawal(session, referral.id, now)
+    destinations = await outbox.destinations_for(session, referral, service_organisation)
+    outbox.enqueue(session, destinations, case, event, platforms_holding=holding)
+    await queue_for_reports(session, [case.id], now)
+    trail.note([referral])
+
+
+async def queue_for_reports(
+    session: AsyncSession, case_ids: Iterable[str], now: dt.datetime
+) -> None:
+    """Queue cases for the reports' read model (app.reports drains the queue).
+
+    A case already queued stays so, with its first noted time; the no-op update (not DO NOTHING)
+    makes a writer wait while a drain holds the row, so a change committed after the drain read
+    the case is queued again, never lost with the row the drain deletes."""
+    rows = [{"case_id": case_id, "noted_at": now} for case_id in sorted(set(case_ids))]
+    if not rows:
+        return
+    table = ReportPendingCase.__table__
+    assert isinstance(table, Table)
+    dialect = session.get_bind().dialect.name
+    insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["case_id"], set_={"noted_at": table.c.noted_at}
+    )
+    for start in range(0, len(rows), _BATCH):
+        await session.execute(statement, rows[start : start + _BATCH])
