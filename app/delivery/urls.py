@@ -1,8 +1,10 @@
 """Where the bridge may send things: the outbound URL policy (DESIGN §7, §8).
 
 Outside sandbox mode a receiver must be https and public. Loopback, private, link-local and
-cloud-metadata addresses are refused unless their host (or host:port) is listed in
-``SPBRIDGE_ALLOWED_OUTBOUND_HOSTS`` (on-premises receivers, tests); listed hosts may use http.
+cloud-metadata addresses, and IPv6 forms that embed or map IPv4 (NAT64, 6to4, Teredo,
+IPv4-compatible, IPv4-mapped) or are site-local, are refused unless their host (or host:port) is
+listed in ``SPBRIDGE_ALLOWED_OUTBOUND_HOSTS`` (on-premises receivers, tests); listed hosts may
+use http.
 
 The policy is checked twice: when a URL is saved (``check_outbound_url``), and when a connection
 is made (``guarded_transport``, under the process's one outbound client), on the addresses the
@@ -34,11 +36,33 @@ async def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddres
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
+# IPv6 forms that carry an IPv4 address inside them, so that a gateway, tunnel or the host's own
+# stack may deliver to that IPv4 address (64:ff9b::a9fe:a9fe reaches 169.254.169.254 through
+# NAT64), and the deprecated site-local range. Python calls most of them global. They are refused
+# whatever IPv4 address they carry: a receiver with a real IPv6 address never needs one.
+_IPV6_REFUSED = tuple(
+    ipaddress.IPv6Network(network)
+    for network in (
+        "::/96",  # IPv4-compatible (deprecated), and the unspecified and loopback addresses
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+        "64:ff9b::/96",  # NAT64, well-known prefix
+        "64:ff9b:1::/48",  # NAT64, local-use prefix
+        "2001::/32",  # Teredo
+        "2002::/16",  # 6to4
+        "fec0::/10",  # site-local (deprecated)
+    )
+)
+
+
 def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Anything not on the public internet: loopback, private, link-local (cloud metadata at
-    169.254.169.254), shared address space (100.64.0.0/10, another metadata range), reserved."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _is_internal(address.ipv4_mapped)
+    169.254.169.254), shared address space (100.64.0.0/10, another metadata range), reserved,
+    and every IPv6 form that embeds or maps an IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address) and any(
+        address in network for network in _IPV6_REFUSED
+    ):
+        return True
     return not address.is_global or address.is_multicast
 
 
