@@ -27,6 +27,7 @@ from app.cases.states import (
     CONSENT_WITHDRAWAL_REASONS,
     DISCHARGE_REASONS,
 )
+from app.db import utc_in_range
 from app.errors import BusinessRuleViolation, Issue, validation_message
 
 
@@ -38,7 +39,7 @@ def _no_nul(value: str) -> str:
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC)
+    return utc_in_range(value)
 
 
 Text = Annotated[

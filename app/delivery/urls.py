@@ -78,8 +78,15 @@ def _allowed(host: str, port: int | None, settings: Settings) -> bool:
 
 async def check_outbound_url(url: str, settings: Settings, field: str = "url") -> None:
     """Refuse (422 naming ``field``) a URL the bridge must not call."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        # As the sender will read it (httpx, IDNA 2008): what it cannot send is refused now.
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        # Unbalanced brackets, a bracketed host that is no IP address, a host name that is no
+        # IDNA name (urlsplit and the idna codec raise ValueError subclasses).
+        raise BusinessRuleViolation(f"{field} is not a valid URL", expression=field) from None
     if parts.scheme not in ("http", "https") or not host:
         raise BusinessRuleViolation(f"{field} must be an absolute http(s) URL", expression=field)
     if parts.username or parts.password:
@@ -97,7 +104,7 @@ async def check_outbound_url(url: str, settings: Settings, field: str = "url") -
     except ValueError:
         try:
             addresses = set(await resolve(host, port or 443))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a name the resolver cannot encode
             raise BusinessRuleViolation(
                 f"{field}: the host does not resolve", expression=field
             ) from None
@@ -145,7 +152,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
                 addresses = await asyncio.wait_for(resolve(name, port), timeout)
             except TimeoutError:
                 raise httpcore.ConnectTimeout(f"resolving {name} timed out") from None
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a name the resolver cannot encode
                 raise httpcore.ConnectError(f"{name} does not resolve") from None
         refused = [address for address in addresses if _is_internal(address)]
         if refused or not addresses:
