@@ -20,7 +20,7 @@ from app.cases.router import router as task_router
 from app.clients.auth import hash_key
 from app.clients.oauth import router as oauth_router
 from app.clients.router import router as clients_router
-from app.config import Settings, get_settings
+from app.config import ConfigurationError, Settings, get_settings, require_public_base_url
 from app.db import Database
 from app.delivery.router import router as deliveries_router
 from app.directory.router import router as services_router
@@ -125,6 +125,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        try:
+            require_public_base_url(settings)
+        except ConfigurationError as refused:
+            log.critical(str(refused))  # one line, before the server's own report of the failure
+            raise
         redact_tokens_in_access_logs()
         database = Database.from_url(settings.database_url, settings.database_pool_size)
         http = outbound_client(settings)

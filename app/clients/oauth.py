@@ -36,6 +36,7 @@ from starlette.datastructures import State
 
 from app.clients.models import ApiClient, OAuthJti
 from app.clients.roles import Role, role_scopes
+from app.config import public_base
 from app.db import utcnow
 from app.dependencies import WriteSession, get_now
 from app.journey.models import SigningKey
@@ -255,10 +256,9 @@ def _json(body: BaseModel, status: int, headers: dict[str, str] | None = None) -
 
 
 def _token_url(request: Request) -> str:
-    base: str | None = request.app.state.settings.public_base_url
-    if base:
-        return base.rstrip("/") + TOKEN_PATH
-    return str(request.url.replace(query=None, fragment=None))
+    """The audience a client assertion must name: this endpoint at the configured address,
+    never one built from the Host header (which would let the client choose it)."""
+    return public_base(request.app.state.settings) + TOKEN_PATH
 
 
 def _form(body: bytes, content_type: str) -> dict[str, str]:

@@ -51,7 +51,7 @@ from adapters.base import (
 from app.cases import resources as case_resources
 from app.cases.models import Case
 from app.cases.service import cases_for_delivery
-from app.config import Settings
+from app.config import Settings, public_base
 from app.db import Database, transaction, utcnow
 from app.delivery import retry
 from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
@@ -435,9 +435,7 @@ class Dispatcher:
         secrets = destination.signing_secrets(now)
         if not destination.url or not secrets or delivery.payload is None:
             raise PermanentError("the subscription has no URL, secret or payload")
-        body = signing.body_of(
-            signing.with_base_url(delivery.payload, self.settings.public_base_url)
-        )
+        body = signing.body_of(signing.with_base_url(delivery.payload, public_base(self.settings)))
         url = destination.url
         timeout = self.settings.webhook_timeout
         message_id = delivery.id

@@ -21,6 +21,7 @@ from markupsafe import Markup, escape
 from app.audit import trail
 from app.clients.auth import Principal, require
 from app.clients.roles import Operation
+from app.config import Settings, public_base
 from app.dependencies import AppSettings, Now, ReadSession
 from app.errors import api_error_responses
 from app.journey import service
@@ -81,8 +82,9 @@ def _refused(message: str, status_code: int = 403) -> HTMLResponse:
     return _render("refused.html", status_code, heading=heading, message=message)
 
 
-def _base_url(request: Request, public_base_url: str | None) -> str:
-    return (public_base_url or str(request.base_url)).rstrip("/")
+def _base_url(settings: Settings) -> str:
+    # From the settings only: a link built on the Host header could send a clinician elsewhere.
+    return public_base(settings)
 
 
 @router.get(
@@ -123,7 +125,7 @@ async def create_journey_link(
     referral = await get_referral(session, principal, referral_id)
     key = await service.signing_key(request.app.state)
     token, expires = service.issue(key, referral.id, now, expires_in)
-    base = _base_url(request, settings.public_base_url)
+    base = _base_url(settings)
     response.headers["Cache-Control"] = "no-store"
     return JourneyLink(
         url=f"{base}/journey/{quote(referral.id, safe='')}?token={token}",
