@@ -399,10 +399,11 @@ def _json(body: Any) -> bytes:
 
 
 def assert_answered(response: httpx.Response) -> None:
-    """Below 500, and a refusal is problem details."""
+    """Below 500, and a refusal is problem details that quotes no unknown member."""
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert_refusal(response)
+        assert "ZQX" not in response.text
 
 
 class Cases:

@@ -28,7 +28,7 @@ from app.cases.states import (
     DISCHARGE_REASONS,
 )
 from app.db import utc_in_range
-from app.errors import BusinessRuleViolation, Issue, validation_message
+from app.errors import BusinessRuleViolation, Issue, validation_location, validation_message
 
 
 def _no_nul(value: str) -> str:
@@ -304,8 +304,9 @@ def parse_event(event_type: str, data: dict[str, Any], *, where: str = "data") -
     except ValidationError as exc:
         issues = []
         for error in exc.errors()[:20]:
-            path = ".".join(str(part) for part in error["loc"][1:]) or where
-            issues.append(Issue("value", f"{where}.{path}: {validation_message(error)}", path))
+            inside = ".".join(str(part) for part in validation_location(error)[1:])
+            path = f"{where}.{inside}" if inside else where
+            issues.append(Issue("value", f"{path}: {validation_message(error)}", inside or where))
         raise BusinessRuleViolation(issues[0].diagnostics, issues=issues) from None
     result: dict[str, Any] = model.data()
     return result

@@ -271,9 +271,10 @@ def _form(body: bytes, content_type: str) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise OAuthError("invalid_request", "The form could not be read") from None
     form: dict[str, str] = {}
-    for name, value in pairs:
+    for position, (name, value) in enumerate(pairs, 1):
         if name in form:
-            raise OAuthError("invalid_request", f"The parameter '{name[:40]}' is repeated")
+            # Its position, not its name: the name is the client's (docs/SECURITY.md T7).
+            raise OAuthError("invalid_request", f"Form parameter {position} repeats an earlier one")
         if "\x00" in value:
             raise OAuthError("invalid_request", "The form holds a NUL character")
         form[name] = value

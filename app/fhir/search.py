@@ -28,11 +28,16 @@ class Page:
 
 
 def check_parameters(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(params) - allowed - COMMON_PARAMETERS)
+    """400 for a parameter not in ``allowed``, located by its position among the parameters'
+    names (from 1, in the order given), never by its name: that is the client's (T7)."""
+    names = list(dict.fromkeys(params))
+    supported = allowed | COMMON_PARAMETERS
+    unknown = [position for position, name in enumerate(names, 1) if name not in supported]
     if unknown:
         raise BadRequest(
-            f"Unsupported search parameter '{unknown[0]:.60}'; supported: "
-            + ", ".join(sorted(allowed | COMMON_PARAMETERS)),
+            f"Parameter {unknown[0]} of the query (counting names in the order given) is a "
+            "search parameter this server does not support; supported: "
+            + ", ".join(sorted(supported)),
             issue_code="not-supported",
         )
 
