@@ -552,6 +552,12 @@ async def subscribers(bridge: Bridge) -> tuple[dict[str, str], str]:
 )
 @example(create={"url": "https://[::1"}, patch={"url": "https://[ZQX]/"}, as_admin=True)
 @example(create={"url": "https://[ZQX]/"}, patch={"url": "https://[::1"}, as_admin=False)
+# What hypothesis found once: a NUL under an unknown member was located by the member's name.
+@example(
+    create={"url": "https://hooks.example.org/", "ZQX": "a\x00"},
+    patch={"ZQX\x00": 1},
+    as_admin=True,
+)
 async def test_no_subscription_body_gets_a_5xx(
     bridge: Bridge,
     subscribers: tuple[dict[str, str], str],

@@ -368,6 +368,28 @@ async def test_the_platform_webhook_quotes_nothing_of_a_signed_message(
     assert not problems, "\n".join(problems)
 
 
+async def test_a_nul_character_is_located_without_naming_unknown_members(
+    bridge: Bridge, lenient: httpx.AsyncClient
+) -> None:
+    """NUL characters are refused before the body reaches its route (app/limits.py), where no
+    schema says which names are the client's: a member no schema declares is named by its
+    parent, a declared one by itself. (Hypothesis found the first.)"""
+    for payload, pointer in [
+        ({"url": "https://example.org/h", MARKER: "a\x00"}, "body"),
+        ({"url": "https://example.org/h", MARKER: {"inner": ["a\x00"]}}, "body"),
+        ({"url": "https://example.org/h", "description": "a\x00"}, "description"),
+        ({f"{MARKER}\x00": 1}, "body"),
+    ]:
+        response = await lenient.post(
+            "/api/v1/subscriptions",
+            content=orjson.dumps(payload),
+            headers={**ADMIN, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["pointer"] == pointer
+        assert not leaks(response), response.text
+
+
 def test_the_markers_are_found_where_they_are() -> None:
     """The scan's own check finds the marker in a body, a header name and a header value."""
     for response in (
