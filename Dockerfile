@@ -3,6 +3,7 @@
 #   spbridge worker                                                    delivery workers
 #   spbridge migrate / spbridge purge                                  one-off jobs
 # Configure with SPBRIDGE_* environment variables at run time: no setting or secret is baked in.
+# SPBRIDGE_PUBLIC_BASE_URL is required (serve and worker refuse to start without it).
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

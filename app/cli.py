@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import uvicorn
 
-from app.config import Settings, get_settings
+from app.config import ConfigurationError, Settings, get_settings, require_public_base_url
 from app.logs import configure_logging
 from app.operations.commands import clients_cli, services_cli, subscriptions_cli
 
@@ -40,6 +40,22 @@ def graceful_timeout(settings: Settings) -> int:
     """Seconds uvicorn lets open requests finish after SIGTERM; then the lifespan gives the
     dispatcher as long again (app.worker.Background.stop). Whole seconds, rounded up."""
     return math.ceil(settings.shutdown_grace_seconds)
+
+
+def bound_base_url(host: str, port: int) -> str:
+    """http://host:port for the address `serve` binds; a wildcard address is reached locally."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (naming the wildcard, not binding it)
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def _require_public_base_url(settings: Settings) -> None:
+    try:
+        require_public_base_url(settings)
+    except ConfigurationError as refused:
+        typer.echo(f"error: {refused}", err=True)
+        raise typer.Exit(2) from None
 
 
 @cli.command()
@@ -105,6 +121,10 @@ def serve(
             settings.reconcile_interval = 1.0
     if not dispatcher:
         settings.run_dispatcher = False
+    if sandbox and not settings.public_base_url:
+        # The address this server binds: the links it hands out point back at it.
+        settings.public_base_url = bound_base_url(host, port)
+    _require_public_base_url(settings)
     if migrate_first:
         upgrade(settings.database_url)
     if sandbox:
@@ -147,6 +167,7 @@ def worker(
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    _require_public_base_url(settings)  # the links in webhooks are built on it
     if migrate_first:
         upgrade(settings.database_url)
     if is_sqlite(settings.database_url):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # authoredOn may be this far ahead of our clock (the referrer's clock may drift).
     clock_skew_seconds: int = Field(default=300, ge=0)
+    # The address clients reach the bridge at (https://bridge.example.nhs.uk): the token
+    # endpoint's audience, journey links, FHIR fullUrls and links in webhooks are built on it,
+    # never on a request's Host header. Required outside sandbox mode (require_public_base_url).
     public_base_url: str | None = None
     # Retention: `spbridge purge` removes the patient data of cases closed longer ago than this
     # (the counts reports need stay). Default 8 years (2922 days), the minimum the NHS Records
@@ -71,6 +75,18 @@ class Settings(BaseSettings):
     # Origins whose browsers may call the API (CORS); empty: no CORS headers at all.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _plain_base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL, such as https://bridge.example.org")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must carry no credentials, query or fragment")
+        return value.strip().rstrip("/")
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -96,6 +112,38 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+# What the sandbox hands out when told no address: `spbridge serve --sandbox` sets the host and
+# port it binds instead (app.cli.serve); this is its default.
+SANDBOX_BASE_URL = "http://127.0.0.1:8000"
+
+
+class ConfigurationError(RuntimeError):
+    """The settings cannot run the service; the message says which and what to do."""
+
+
+MISSING_PUBLIC_BASE_URL = (
+    "SPBRIDGE_PUBLIC_BASE_URL is not set: set it to the address clients reach this service at "
+    "(e.g. https://bridge.example.nhs.uk); only sandbox mode runs without it"
+)
+
+
+def require_public_base_url(settings: Settings) -> None:
+    """Refuse to run outside sandbox mode without a public base URL (docs/DEPLOYMENT.md)."""
+    if not settings.sandbox and not settings.public_base_url:
+        raise ConfigurationError(MISSING_PUBLIC_BASE_URL)
+
+
+def public_base(settings: Settings) -> str:
+    """The bridge's own address, without a trailing slash, for every URL it hands out (token
+    audience, journey links, FHIR fullUrls and Locations, links in webhooks). It comes from the
+    settings only, never from a request's Host header, which the client chooses (DESIGN §10)."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    if settings.sandbox:
+        return SANDBOX_BASE_URL
+    raise ConfigurationError(MISSING_PUBLIC_BASE_URL)
 
 
 @lru_cache

@@ -66,6 +66,36 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.UTC)
 
 
+# The instants the bridge takes from input (case events, appointments, searches, report periods):
+# wide enough for any real referral, narrow enough that converting to UTC and the date arithmetic
+# done on them (months of a report, an appointment's end, worklist deadlines) never overflow.
+EARLIEST_INSTANT = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+LATEST_INSTANT = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def instant_range(earliest: dt.datetime, latest: dt.datetime) -> str:
+    return f"must fall between the years {earliest.year} and {latest.year - 1}"
+
+
+INSTANT_RANGE = instant_range(EARLIEST_INSTANT, LATEST_INSTANT)
+
+
+def utc_in_range(
+    value: dt.datetime,
+    earliest: dt.datetime = EARLIEST_INSTANT,
+    latest: dt.datetime = LATEST_INSTANT,
+) -> dt.datetime:
+    """An aware ``value`` in UTC; ValueError saying the range if it falls outside it, as
+    0001-01-01T00:00:00+23:59 does (it has no UTC equivalent at all)."""
+    try:
+        instant = value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(instant_range(earliest, latest)) from None
+    if not earliest <= instant < latest:
+        raise ValueError(instant_range(earliest, latest))
+    return instant
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

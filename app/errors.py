@@ -255,13 +255,33 @@ def api_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+UNDEFINED_MEMBER = "holds a member this API does not define"
+
+
+def validation_location(error: Mapping[str, Any]) -> tuple[int | str, ...]:
+    """Where pydantic found ``error``, by declared names and positions only. A member the model
+    does not define is located at its parent: its name is the client's, and may be anything."""
+    location = tuple(error.get("loc", ()))
+    if error.get("type") == "extra_forbidden":
+        return location[:-1]
+    return location
+
+
 def validation_message(error: Mapping[str, Any]) -> str:
     """Pydantic's message for one error, without the value sent (it may be patient data or a
     secret). Most messages name only the rule; a few quote the input, and are rewritten."""
     context = error.get("ctx") or {}
-    if error.get("type") == "union_tag_invalid":
+    kind = error.get("type")
+    if kind == "union_tag_invalid":
         return (
             f"unknown {context.get('discriminator', 'tag')}; "
             f"expected one of {context.get('expected_tags', '')}"
         )
-    return str(error.get("msg", "is not valid"))
+    if kind == "extra_forbidden":
+        return UNDEFINED_MEMBER
+    message = str(error.get("msg", "is not valid")).split("\n", 1)[0]
+    value = error.get("input")
+    # A message that repeats what was sent (a validator's own wording may) says less instead.
+    if isinstance(value, str | int | float) and len(str(value)) >= 2 and str(value) in message:
+        return "has an invalid value"
+    return message

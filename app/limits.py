@@ -251,29 +251,59 @@ def has_nul(scope: Scope) -> bool:
     return "\x00" in path or b"\x00" in query or b"%00" in query
 
 
-def _nul_pointer(value: Any, path: tuple[str, ...] = ()) -> str | None:
-    """Where the first NUL sits in a parsed body (nesting is already bounded), as a.b.0.c."""
+def _nul_pointer(
+    value: Any, path: tuple[str, ...] = (), declared: frozenset[str] = frozenset()
+) -> str | None:
+    """Where the first NUL sits in a parsed body (nesting is already bounded), as a.b.0.c. A
+    member whose name no schema declares is named by its parent: its name is the client's."""
     if isinstance(value, str):
         return ".".join(path) or "body" if "\x00" in value else None
     if isinstance(value, dict):
         for key, item in value.items():
-            if "\x00" in key:
-                return ".".join(path) or "body"
-            found = _nul_pointer(item, (*path, key))
+            if key in declared:
+                found = _nul_pointer(item, (*path, key), declared)
+            elif "\x00" in key or _nul_pointer(item) is not None:
+                found = ".".join(path) or "body"
+            else:
+                found = None
             if found is not None:
                 return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found = _nul_pointer(item, (*path, str(index)))
+            found = _nul_pointer(item, (*path, str(index)), declared)
             if found is not None:
                 return found
     return None
 
 
-def nul_refusal(body: bytes) -> BusinessRuleViolation:
-    """A 422 naming the field that holds the NUL character (not quoting it)."""
+def declared_members(scope: Scope) -> frozenset[str]:
+    """The member names the app's request and response schemas declare (its OpenAPI document),
+    read once per app."""
+    application = scope.get("app")
+    if application is None or not hasattr(application, "openapi"):
+        return frozenset()
+    names: frozenset[str] | None = getattr(application.state, "declared_members", None)
+    if names is None:
+        found: set[str] = set()
+        stack: list[Any] = [application.openapi()]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                properties = node.get("properties")
+                if isinstance(properties, dict):
+                    found.update(properties)
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        names = application.state.declared_members = frozenset(found)
+    return names
+
+
+def nul_refusal(body: bytes, declared: frozenset[str] = frozenset()) -> BusinessRuleViolation:
+    """A 422 naming the field that holds the NUL character (not quoting it, nor any member name
+    ``declared`` does not hold)."""
     try:
-        pointer = _nul_pointer(orjson.loads(body))
+        pointer = _nul_pointer(orjson.loads(body), declared=declared)
     except orjson.JSONDecodeError:
         pointer = None
     where = pointer or "body"
@@ -339,7 +369,7 @@ class BodyLimitMiddleware:
             )
             return
         if body and _is_json(headers.get("content-type")) and _JSON_NUL.search(body):
-            await refuse(scope, receive, send, nul_refusal(body))
+            await refuse(scope, receive, send, nul_refusal(body, declared_members(scope)))
             return
         replay: list[Message] = early or [
             {"type": "http.request", "body": body, "more_body": False}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +19,7 @@ from app.auditevents.router import router as audit_router
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.router import router as clients_router
-from app.config import Settings, get_settings
+from app.config import ConfigurationError, Settings, get_settings, require_public_base_url
 from app.db import Database
 from app.delivery.router import router as deliveries_router
 from app.directory.router import router as services_router
@@ -34,6 +35,7 @@ from app.errors import (
     NotFound,
     error_response,
     is_fhir_path,
+    validation_location,
     validation_message,
 )
 from app.journey.router import router as journey_router
@@ -72,7 +74,7 @@ def _validation_error(request: Request, exc: RequestValidationError) -> AppError
     issues = []
     body = exc.body if isinstance(exc.body, dict) else {}
     for error in exc.errors()[:20]:
-        location = [str(part) for part in error.get("loc", ())]
+        location = [str(part) for part in validation_location(error)]
         if len(location) > 1 and location[0] == "body" and body.get("type") == location[1]:
             # A tagged union puts the tag in the path; the field is what the client sent.
             del location[1]
@@ -86,6 +88,13 @@ def _validation_error(request: Request, exc: RequestValidationError) -> AppError
     if _is_fhir(request):
         return BadRequest(issues[0].diagnostics, issues=issues)
     return BusinessRuleViolation(issues[0].diagnostics, issues=issues)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "unknown status"
 
 
 def _install_error_handlers(application: FastAPI) -> None:
@@ -105,7 +114,8 @@ def _install_error_handlers(application: FastAPI) -> None:
         elif exc.status_code == 405:
             error = MethodNotAllowed("This endpoint does not support that method")
         else:
-            error = BadRequest(str(exc.detail)[:200])
+            # The framework's own refusals: said in our words (its detail could carry input).
+            error = BadRequest(f"The request was refused: {_phrase(exc.status_code)}")
             error.status = exc.status_code  # type: ignore[misc]
         return render_error(request, error)
 
@@ -127,6 +137,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
+        try:
+            require_public_base_url(settings)
+        except ConfigurationError as refused:
+            log.critical(str(refused))  # one line, before the server's own report of the failure
+            raise
         redact_tokens_in_access_logs()
         database = Database.from_url(settings.database_url, settings.database_pool_size)
         http = outbound_client(settings)

@@ -1,8 +1,10 @@
 """Where the bridge may send things: the outbound URL policy (DESIGN §7, §8).
 
 Outside sandbox mode a receiver must be https and public. Loopback, private, link-local and
-cloud-metadata addresses are refused unless their host (or host:port) is listed in
-``SPBRIDGE_ALLOWED_OUTBOUND_HOSTS`` (on-premises receivers, tests); listed hosts may use http.
+cloud-metadata addresses, and IPv6 forms that embed or map IPv4 (NAT64, 6to4, Teredo,
+IPv4-compatible, IPv4-mapped) or are site-local, are refused unless their host (or host:port) is
+listed in ``SPBRIDGE_ALLOWED_OUTBOUND_HOSTS`` (on-premises receivers, tests); listed hosts may
+use http.
 
 The policy is checked twice: when a URL is saved (``check_outbound_url``), and when a connection
 is made (``guarded_transport``, under the process's one outbound client), on the addresses the
@@ -34,11 +36,33 @@ async def resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddres
     return list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
+# IPv6 forms that carry an IPv4 address inside them, so that a gateway, tunnel or the host's own
+# stack may deliver to that IPv4 address (64:ff9b::a9fe:a9fe reaches 169.254.169.254 through
+# NAT64), and the deprecated site-local range. Python calls most of them global. They are refused
+# whatever IPv4 address they carry: a receiver with a real IPv6 address never needs one.
+_IPV6_REFUSED = tuple(
+    ipaddress.IPv6Network(network)
+    for network in (
+        "::/96",  # IPv4-compatible (deprecated), and the unspecified and loopback addresses
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+        "64:ff9b::/96",  # NAT64, well-known prefix
+        "64:ff9b:1::/48",  # NAT64, local-use prefix
+        "2001::/32",  # Teredo
+        "2002::/16",  # 6to4
+        "fec0::/10",  # site-local (deprecated)
+    )
+)
+
+
 def _is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Anything not on the public internet: loopback, private, link-local (cloud metadata at
-    169.254.169.254), shared address space (100.64.0.0/10, another metadata range), reserved."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _is_internal(address.ipv4_mapped)
+    169.254.169.254), shared address space (100.64.0.0/10, another metadata range), reserved,
+    and every IPv6 form that embeds or maps an IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address) and any(
+        address in network for network in _IPV6_REFUSED
+    ):
+        return True
     return not address.is_global or address.is_multicast
 
 
@@ -54,8 +78,15 @@ def _allowed(host: str, port: int | None, settings: Settings) -> bool:
 
 async def check_outbound_url(url: str, settings: Settings, field: str = "url") -> None:
     """Refuse (422 naming ``field``) a URL the bridge must not call."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        # As the sender will read it (httpx, IDNA 2008): what it cannot send is refused now.
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        # Unbalanced brackets, a bracketed host that is no IP address, a host name that is no
+        # IDNA name (urlsplit and the idna codec raise ValueError subclasses).
+        raise BusinessRuleViolation(f"{field} is not a valid URL", expression=field) from None
     if parts.scheme not in ("http", "https") or not host:
         raise BusinessRuleViolation(f"{field} must be an absolute http(s) URL", expression=field)
     if parts.username or parts.password:
@@ -73,7 +104,7 @@ async def check_outbound_url(url: str, settings: Settings, field: str = "url") -
     except ValueError:
         try:
             addresses = set(await resolve(host, port or 443))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a name the resolver cannot encode
             raise BusinessRuleViolation(
                 f"{field}: the host does not resolve", expression=field
             ) from None
@@ -121,7 +152,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
                 addresses = await asyncio.wait_for(resolve(name, port), timeout)
             except TimeoutError:
                 raise httpcore.ConnectTimeout(f"resolving {name} timed out") from None
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a name the resolver cannot encode
                 raise httpcore.ConnectError(f"{name} does not resolve") from None
         refused = [address for address in addresses if _is_internal(address)]
         if refused or not addresses:

@@ -408,6 +408,7 @@ def bridge_env(pg: str, database: str, admin_key: str, extra: dict[str, str]) ->
     env["SPBRIDGE_RATE_LIMIT_PER_MINUTE"] = "0"
     env["SPBRIDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE"] = "0"
     env["SPBRIDGE_ALLOWED_OUTBOUND_HOSTS"] = "127.0.0.1"
+    env["SPBRIDGE_PUBLIC_BASE_URL"] = "https://bridge.bench.example"  # required outside sandbox
     env.update(extra)
     return env
 

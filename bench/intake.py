@@ -482,6 +482,7 @@ def start_bridge(pg: str, database: str, admin_key: str, log_dir: Path) -> Serve
     env["SPBRIDGE_RATE_LIMIT_PER_MINUTE"] = "0"
     env["SPBRIDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE"] = "0"
     port = free_port()
+    env["SPBRIDGE_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"  # required outside sandbox
     spbridge = str(Path(sys.executable).parent / "spbridge")
     command = [spbridge, "serve", "--host", "127.0.0.1", "--port", str(port)]
     return Server("bridge", command, env, port, log_dir)

@@ -149,11 +149,13 @@ async def empty_database(url: str) -> None:
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    # Tests drive the dispatcher themselves unless they ask for the in-process one.
+    # Tests drive the dispatcher themselves unless they ask for the in-process one. The public
+    # base URL is the test client's own address (outside sandbox mode it is required).
     values: dict[str, Any] = {
         "database_url": database_url,
         "admin_api_key": ADMIN_KEY,
         "run_dispatcher": False,
+        "public_base_url": "http://testserver",
         **overrides,
     }
     return Settings(**values)

@@ -31,6 +31,7 @@ async def start_worker(database_url: str, log: Path) -> asyncio.subprocess.Proce
         **os.environ,
         "SPBRIDGE_DATABASE_URL": database_url,
         "SPBRIDGE_ALLOWED_OUTBOUND_HOSTS": "127.0.0.1",
+        "SPBRIDGE_PUBLIC_BASE_URL": "https://bridge.example.org",
         "SPBRIDGE_DELIVERY_LEASE_SECONDS": "1",
         "SPBRIDGE_DISPATCH_BATCH_SIZE": "10",
         "SPBRIDGE_DISPATCH_POLL_INTERVAL": "0.05",

@@ -446,7 +446,10 @@ class _Fields:
             parsed = None
         if parsed is None or parsed.tzinfo is None:
             raise MappingError(self.where(name), "must be a date-time with a UTC offset")
-        return parsed.astimezone(dt.UTC)
+        try:
+            return parsed.astimezone(dt.UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+23:59 has no UTC equivalent
+            raise MappingError(self.where(name), "is out of range") from None
 
     def obj(self, name: str) -> _Fields:
         return _Fields(self.values.get(name), self.where(name))

@@ -44,7 +44,8 @@ from app.cases.states import (
     discharged,
     status,
 )
-from app.errors import BusinessRuleViolation, Issue, validation_message
+from app.db import utc_in_range
+from app.errors import BusinessRuleViolation, Issue, validation_location, validation_message
 
 # --- the fields event bodies are made of ----------------------------------------------------
 
@@ -57,7 +58,7 @@ def _no_nul(value: str) -> str:
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC)
+    return utc_in_range(value)
 
 
 Text = Annotated[
@@ -752,7 +753,8 @@ def parse_event(event_type: str, data: dict[str, Any], *, where: str = "data") -
     except ValidationError as exc:
         issues = []
         for error in exc.errors()[:20]:
-            path = ".".join(str(part) for part in error["loc"][1:]) or where
-            issues.append(Issue("value", f"{where}.{path}: {validation_message(error)}", path))
+            inside = ".".join(str(part) for part in validation_location(error)[1:])
+            path = f"{where}.{inside}" if inside else where
+            issues.append(Issue("value", f"{path}: {validation_message(error)}", inside or where))
         raise BusinessRuleViolation(issues[0].diagnostics, issues=issues) from None
     return model.data()

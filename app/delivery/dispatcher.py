@@ -52,7 +52,7 @@ from app.cases import resources as case_resources
 from app.cases.models import Case, Referral
 from app.cases.resources import service_request_resource
 from app.cases.service import cases_for_delivery
-from app.config import Settings
+from app.config import Settings, public_base
 from app.db import Database, transaction, utcnow
 from app.delivery import retry, signing
 from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
@@ -433,9 +433,7 @@ class Dispatcher:
         secrets = destination.signing_secrets(now)
         if not destination.url or not secrets or delivery.payload is None:
             raise PermanentError("the subscription has no URL, secret or payload")
-        body = signing.body_of(
-            signing.with_base_url(delivery.payload, self.settings.public_base_url)
-        )
+        body = signing.body_of(signing.with_base_url(delivery.payload, public_base(self.settings)))
         url = destination.url
         timeout = self.settings.webhook_timeout
         message_id = delivery.id

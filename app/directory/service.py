@@ -14,7 +14,14 @@ from app.db import utcnow
 from app.delivery.models import Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
-from app.errors import BusinessRuleViolation, Conflict, Issue, NotFound, validation_message
+from app.errors import (
+    BusinessRuleViolation,
+    Conflict,
+    Issue,
+    NotFound,
+    validation_location,
+    validation_message,
+)
 from app.outbound import check_outbound_url
 
 
@@ -35,7 +42,8 @@ async def _adapter_config(
         issues = [
             Issue(
                 "value",
-                f"{'.'.join(map(str, e['loc']))}: {validation_message(e)}",
+                f"{'.'.join(map(str, ('adapter_config', *validation_location(e))))}: "
+                f"{validation_message(e)}",
                 "adapter_config",
             )
             for e in exc.errors(include_url=False)
@@ -53,7 +61,7 @@ async def register_service(
         AdapterKind.PLATFORM, request.adapter, request.adapter_config, settings
     )
     if await session.get(SocialPrescribingService, request.id) is not None:
-        raise Conflict(f"A service with id '{request.id}' already exists", expression="id")
+        raise Conflict("A service with this id already exists", expression="id")
     service = SocialPrescribingService(
         id=request.id,
         name=request.name,

@@ -8,15 +8,15 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from app.config import Settings
+from app.config import Settings, public_base
 from app.errors import FHIR_MEDIA_TYPE
 from app.fhir.codes import FHIR_DATA_DIR
 
 
 def fhir_base(request: Request, settings: Settings) -> str:
-    if settings.public_base_url:
-        return settings.public_base_url.rstrip("/") + "/fhir"
-    return str(request.base_url).rstrip("/") + "/fhir"
+    """The FHIR base for fullUrls, Locations and links: from the settings, never from the
+    request's Host header (``request`` is kept for the callers' sake)."""
+    return public_base(settings) + "/fhir"
 
 
 @lru_cache

@@ -18,6 +18,8 @@ from app.errors import (
     Issue,
     PayloadTooLarge,
     UnsupportedMediaType,
+    validation_location,
+    validation_message,
 )
 from app.fhir.resources import model_class
 
@@ -123,13 +125,8 @@ def _safe_message(error: Any) -> str:
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        return "is not an element of this resource type"
-    msg = str(error.get("msg", "is invalid")).split("\n", 1)[0]
-    value = error.get("input")
-    # A message that repeats what was sent could carry patient data: say less.
-    if isinstance(value, str | int | float) and len(str(value)) >= 2 and str(value) in msg:
-        return "has an invalid value"
-    return msg
+        return "has an element not defined in R4"
+    return validation_message(error)
 
 
 def validation_issues(
@@ -137,7 +134,8 @@ def validation_issues(
 ) -> list[Issue]:
     issues = []
     for error in exc.errors(include_url=False, include_context=False):
-        where = fhirpath(root, prefix + tuple(error["loc"]))
+        # An unknown element is located at its parent: its name is the client's (T7).
+        where = fhirpath(root, prefix + validation_location(error))
         code = _ISSUE_CODES.get(error["type"], "value")
         issues.append(Issue(code, f"{where} {_safe_message(error)}", where))
         if len(issues) >= 20:
@@ -156,7 +154,7 @@ def check_resource_type(data: dict[str, Any], expected: str | None, root: str = 
         )
     if expected is not None and resource_type != expected:
         raise BadRequest(
-            f"Expected a {expected} resource, got {resource_type!s:.40}",
+            f"Expected a {expected} resource; resourceType names another",
             issue_code="invalid",
             expression=where,
         )

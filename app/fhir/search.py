@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from app.db import utc_in_range
 from app.errors import BadRequest
 
 DEFAULT_COUNT = 20
@@ -16,6 +17,8 @@ MAX_COUNT = 100
 # Parameters every search takes besides its own.
 COMMON_PARAMETERS = frozenset({"_count", "_cursor", "_format"})
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
+SEARCH_EARLIEST = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+SEARCH_LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,16 @@ class Page:
 
 
 def check_parameters(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    unknown = sorted(set(params) - allowed - COMMON_PARAMETERS)
+    """400 for a parameter not in ``allowed``, located by its position among the parameters'
+    names (from 1, in the order given), never by its name: that is the client's (T7)."""
+    names = list(dict.fromkeys(params))
+    supported = allowed | COMMON_PARAMETERS
+    unknown = [position for position, name in enumerate(names, 1) if name not in supported]
     if unknown:
         raise BadRequest(
-            f"Unsupported search parameter '{unknown[0]:.60}'; supported: "
-            + ", ".join(sorted(allowed | COMMON_PARAMETERS)),
+            f"Parameter {unknown[0]} of the query (counting names in the order given) is a "
+            "search parameter this server does not support; supported: "
+            + ", ".join(sorted(supported)),
             issue_code="not-supported",
         )
 
@@ -52,6 +60,7 @@ def page_of(params: Mapping[str, str]) -> Page:
             cursor = (dt.datetime.fromisoformat(stamp), ident)
             if cursor[0].tzinfo is None or not ident:
                 raise ValueError
+            cursor = (utc_in_range(cursor[0], SEARCH_EARLIEST, SEARCH_LATEST), ident)
         except ValueError:
             raise BadRequest(
                 "_cursor is not one this server issued", expression="_cursor"
@@ -86,6 +95,13 @@ def date_bound(value: str, name: str) -> tuple[str, dt.datetime]:
                 instant = instant.replace(tzinfo=dt.UTC)
     except ValueError:
         raise BadRequest(f"{name} must be a FHIR date or dateTime", expression=name) from None
+    try:
+        # A bound only needs comparing (lt2999 is a fair way to say "any"), so its range is
+        # wider than that of instants the bridge holds; still clear of the year 9999, past which
+        # a day or a year more (audit date precision) overflows.
+        instant = utc_in_range(instant, SEARCH_EARLIEST, SEARCH_LATEST)
+    except ValueError as refused:
+        raise BadRequest(f"{name} {refused}", expression=name) from None
     if prefix == "ne":
         raise BadRequest(
             f"{name} does not support the 'ne' prefix", issue_code="not-supported", expression=name

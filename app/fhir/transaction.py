@@ -121,7 +121,8 @@ def unbundle(bundle: dict[str, Any]) -> UnbundledReferral:
             issues.append(
                 Issue(
                     "not-supported",
-                    f"{kind} is not accepted in a referral Bundle (accepted: ServiceRequest, "
+                    "This resource type is not accepted in a referral Bundle (accepted: "
+                    "ServiceRequest, "
                     f"{', '.join(SUPPORTING_TYPES)})",
                     f"{where}.resource",
                 )

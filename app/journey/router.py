@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from app.cases.visibility import note_referrals
+from app.config import Settings, public_base
 from app.dependencies import AppSettings, Now, ReadSession, installation_keys
 from app.errors import api_error_responses
 from app.journey import service
@@ -82,8 +83,9 @@ def _refused(message: str, status_code: int = 403) -> HTMLResponse:
     return _render("refused.html", status_code, heading=heading, message=message)
 
 
-def _base_url(request: Request, public_base_url: str | None) -> str:
-    return (public_base_url or str(request.base_url)).rstrip("/")
+def _base_url(settings: Settings) -> str:
+    # From the settings only: a link built on the Host header could send a clinician elsewhere.
+    return public_base(settings)
 
 
 @router.get(
@@ -124,7 +126,7 @@ async def create_journey_link(
     referral = await get_referral(session, principal, referral_id)
     key = await installation_keys(request).get(session, KeyPurpose.JOURNEY_LINK)
     token, expires = service.issue(key, referral.id, now, expires_in)
-    base = _base_url(request, settings.public_base_url)
+    base = _base_url(settings)
     response.headers["Cache-Control"] = "no-store"
     return JourneyLink(
         url=f"{base}/journey/{quote(referral.id, safe='')}?token={token}",

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import EARLIEST_INSTANT, INSTANT_RANGE, LATEST_INSTANT
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
 from app.reports import projection, readmodel
@@ -42,6 +43,9 @@ def default_period(today: dt.date) -> Period:
 
 def period_of(start: dt.date | None, end: dt.date | None, today: dt.date) -> Period:
     """The period asked for (defaults: the twelve months to today), or a 422 saying why not."""
+    for name, day in (("from", start), ("to", end)):
+        if day is not None and not EARLIEST_INSTANT.date() <= day < LATEST_INSTANT.date():
+            raise BusinessRuleViolation(f"'{name}' {INSTANT_RANGE}", expression=name)
     if start is None and end is None:
         return default_period(today)
     if end is None:

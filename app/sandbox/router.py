@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import sandbox
+from app.config import public_base
 from app.dependencies import AppSettings, WriteSession
 from app.errors import NotFound, api_error_responses
 from app.sandbox import landing
@@ -45,7 +46,7 @@ class SandboxReset(BaseModel):
 
 @router.get("/", include_in_schema=False, response_class=HTMLResponse)
 async def landing_page(request: Request, settings: AppSettings) -> HTMLResponse:
-    base_url = landing.plain_base_url(settings.public_base_url or str(request.base_url))
+    base_url = landing.plain_base_url(public_base(settings))
     return HTMLResponse(
         landing.render(settings, base_url),
         headers={

@@ -33,6 +33,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import public_base
 from app.dependencies import WriteSession, get_now, installation_keys
 from app.keys import KeyPurpose
 from app.security.models import ApiClient, OAuthJti
@@ -210,10 +211,9 @@ def _json(body: BaseModel, status: int, headers: dict[str, str] | None = None) -
 
 
 def _token_url(request: Request) -> str:
-    base: str | None = request.app.state.settings.public_base_url
-    if base:
-        return base.rstrip("/") + TOKEN_PATH
-    return str(request.url.replace(query=None, fragment=None))
+    """The audience a client assertion must name: this endpoint at the configured address,
+    never one built from the Host header (which would let the client choose it)."""
+    return public_base(request.app.state.settings) + TOKEN_PATH
 
 
 def _form(body: bytes, content_type: str) -> dict[str, str]:
@@ -226,9 +226,10 @@ def _form(body: bytes, content_type: str) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise OAuthError("invalid_request", "The form could not be read") from None
     form: dict[str, str] = {}
-    for name, value in pairs:
+    for position, (name, value) in enumerate(pairs, 1):
         if name in form:
-            raise OAuthError("invalid_request", f"The parameter '{name[:40]}' is repeated")
+            # Its position, not its name: the name is the client's (docs/SECURITY.md T7).
+            raise OAuthError("invalid_request", f"Form parameter {position} repeats an earlier one")
         if "\x00" in value:
             raise OAuthError("invalid_request", "The form holds a NUL character")
         form[name] = value

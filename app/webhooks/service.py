@@ -25,12 +25,12 @@ from app.webhooks.schemas import PingResult, SubscriptionCreate, SubscriptionUpd
 
 def _check_events(events: list[str], principal: Principal) -> list[str]:
     known = EVENT_TYPES | (signing.OPERATIONAL_EVENTS if principal.sees_everything else set())
-    unknown = [event for event in events if event not in known]
+    unknown = [index for index, event in enumerate(events) if event not in known]
     if unknown:
+        # Located by position: the unknown names are the client's (docs/SECURITY.md T7).
         raise BusinessRuleViolation(
-            f"events: unknown event type(s) {', '.join(sorted(unknown))[:300]}; "
-            f"known: {', '.join(sorted(known))}",
-            expression="events",
+            f"events[{unknown[0]}] is not a known event type; known: {', '.join(sorted(known))}",
+            expression=f"events[{unknown[0]}]",
         )
     return sorted(set(events))
 

@@ -445,7 +445,7 @@ async def test_replay_by_filter(app: Any, bridge: Bridge) -> None:
 
 async def test_replay_filter_is_validated(app: Any, bridge: Bridge) -> None:
     for body, pointer in [
-        ({"destinations": "x"}, "destinations"),
+        ({"destinations": "x"}, "body"),  # no such member: located at its parent (T7)
         ({"dead_since": "yesterday"}, "dead_since"),
         ({"referral": 5}, "referral"),
     ]:

@@ -312,3 +312,77 @@ def test_the_outbound_client_uses_the_guard() -> None:
     http = outbound_client(settings())
     assert isinstance(guard_of(http).backend, httpcore.AnyIOBackend)
     assert http.follow_redirects is False
+
+
+# --- IPv6 forms that embed or map IPv4, and site-local (issue 13 part 5) ------------------------
+
+# Each carries (or may be routed to) an IPv4 address, most of them an internal one; Python calls
+# all but two of them global. They are refused whatever IPv4 address they carry.
+EMBEDDING_IPV4 = {
+    "NAT64 64:ff9b::/96 (169.254.169.254)": "64:ff9b::a9fe:a9fe",
+    "NAT64 written with the IPv4 address": "64:ff9b::169.254.169.254",
+    "NAT64 local-use 64:ff9b:1::/48": "64:ff9b:1::a9fe:a9fe",
+    "6to4 2002::/16 (169.254.169.254)": "2002:a9fe:a9fe::1",
+    "6to4 of a public address": "2002:5db8:d822::1",
+    "Teredo 2001::/32": "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "IPv4-compatible ::/96 (127.0.0.1)": "::127.0.0.1",
+    "IPv4-compatible of a public address": "::93.184.216.34",
+    "IPv4-mapped (127.0.0.1)": "::ffff:127.0.0.1",
+    "IPv4-mapped of a public address": "::ffff:93.184.216.34",
+    "IPv4-translated ::ffff:0:0:0/96": "::ffff:0:a9fe:a9fe",
+    "site-local fec0::/10": "fec0::1",
+    "site-local, top of the range": "feff:ffff::1",
+}
+
+
+@pytest.mark.parametrize("address", EMBEDDING_IPV4.values(), ids=EMBEDDING_IPV4.keys())
+async def test_saving_refuses_ipv6_that_embeds_ipv4_or_is_site_local(
+    dns: dict[str, list[Address]], address: str
+) -> None:
+    with pytest.raises(BusinessRuleViolation, match="internal address"):
+        await check_outbound_url(f"https://[{address}]/hook", settings())
+    dns["embedded.example"] = [ipaddress.ip_address(address)]  # and as a DNS answer (AAAA)
+    with pytest.raises(BusinessRuleViolation, match="internal address"):
+        await check_outbound_url("https://embedded.example/hook", settings())
+    # Listed, as today, it is allowed: an on-premises receiver behind such an address.
+    await check_outbound_url(
+        f"https://[{address}]/hook", settings(allowed_outbound_hosts=[f"[{address}]"])
+    )
+
+
+@pytest.mark.parametrize("address", EMBEDDING_IPV4.values(), ids=EMBEDDING_IPV4.keys())
+async def test_connecting_refuses_ipv6_that_embeds_ipv4_or_is_site_local(
+    dns: dict[str, list[Address]], address: str
+) -> None:
+    dns["rebound.example"] = [ipaddress.ip_address(address)]
+    inner = FakeBackend(fail=lambda _: False)
+    guard = GuardedNetworkBackend(settings(), inner)
+    for host in (address, "rebound.example"):
+        with pytest.raises(OutboundAddressRefused, match="internal address"):
+            await guard.connect_tcp(host, 443)
+    assert inner.calls == []
+    listed = GuardedNetworkBackend(settings(allowed_outbound_hosts=["rebound.example"]), inner)
+    await listed.connect_tcp("rebound.example", 443)
+    assert inner.calls == [("rebound.example", 443)]
+
+
+async def test_public_ipv6_is_still_allowed(dns: dict[str, list[Address]]) -> None:
+    """The refusals above are of forms, not of IPv6: a global unicast address passes."""
+    public6 = "2606:2800:220:1:248:1893:25c8:1946"
+    await check_outbound_url(f"https://[{public6}]/hook", settings())
+    dns["v6.example"] = [ipaddress.ip_address(public6)]
+    await check_outbound_url("https://v6.example/hook", settings())
+    inner = FakeBackend(fail=lambda _: False)
+    await GuardedNetworkBackend(settings(), inner).connect_tcp("v6.example", 443)
+    assert inner.calls == [(public6, 443)]
+
+
+async def test_a_subscription_to_nat64_metadata_is_refused_through_the_api(
+    app: Any, bridge: Bridge
+) -> None:
+    for url in ("https://[64:ff9b::a9fe:a9fe]/latest", "https://[::127.0.0.1]:8443/hook"):
+        response = await bridge.http.post("/api/v1/subscriptions", json={"url": url}, headers=ADMIN)
+        assert response.status_code == 422, response.text
+        assert "internal address" in response.json()["detail"]
+    listed = await bridge.http.get("/api/v1/subscriptions", headers=ADMIN)
+    assert listed.json() == []

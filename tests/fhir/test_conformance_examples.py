@@ -75,8 +75,9 @@ REFUSED = [
     pytest.param(
         "bars/service_request/id/GET-success.json",
         400,
-        [("value", "ServiceRequest.basedOn"), ("structure", "ServiceRequest.PatientInstruction")],
-        id="bars-servicerequest-read",  # basedOn is an object; PatientInstruction is no element
+        [("value", "ServiceRequest.basedOn"), ("structure", "ServiceRequest")],
+        # basedOn is an object; PatientInstruction is no element (located at its parent: T7)
+        id="bars-servicerequest-read",
     ),
     pytest.param(
         "bars/service_request/GET-success.json",

@@ -773,6 +773,10 @@ async def test_the_page_in_a_narrow_panel_of_headless_chromium(database_url: str
         serve(application) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=30) as http,
     ):
+        # The links point where the bridge is configured to be: here, the port just bound.
+        application.state.settings = application.state.settings.model_copy(
+            update={"public_base_url": base_url}
+        )
         service = await http.post(
             "/api/v1/services",
             json={

@@ -304,6 +304,7 @@ async def test_serve_stops_gracefully_letting_the_delivery_in_flight_finish(
         "SPBRIDGE_DATABASE_URL": url,
         "SPBRIDGE_ADMIN_API_KEY": ADMIN_KEY,
         "SPBRIDGE_ALLOWED_OUTBOUND_HOSTS": "127.0.0.1",
+        "SPBRIDGE_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "SPBRIDGE_SHUTDOWN_GRACE_SECONDS": "10",
         "SPBRIDGE_DISPATCH_POLL_INTERVAL": "0.05",
     }

@@ -195,14 +195,14 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
         referral_resource(colour="blue"),
         400,
         "structure",
-        "ServiceRequest.colour",
+        "ServiceRequest",
     ),
     (
         "unknown element deep inside",
         _nested(contained__0__name__0__nickname="x"),
         400,
         "structure",
-        "ServiceRequest.contained[0].name[0].nickname",
+        "ServiceRequest.contained[0].name[0]",
     ),
     ("wrong type", referral_resource(status=5), 400, "value", "ServiceRequest.status"),
     (

@@ -291,7 +291,7 @@ REFUSALS = [
         unknown_element_in_patient,
         400,
         "structure",
-        "Bundle.entry[1].resource.favouriteColour",
+        "Bundle.entry[1].resource",  # the parent: the unknown name is the client's
         id="unknown-element-in-Patient",
     ),
     pytest.param(

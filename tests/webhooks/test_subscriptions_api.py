@@ -177,8 +177,8 @@ async def test_patch_refuses_what_create_refuses(app: Any, bridge: Bridge) -> No
     for body, pointer in [
         ({"url": "https://10.0.0.1/"}, "url"),
         ({"url": "http://93.184.216.34/"}, "url"),
-        ({"events": ["no.such.event"]}, "events"),
-        ({"events": ["delivery.dead_lettered"]}, "events"),
+        ({"events": ["no.such.event"]}, "events[0]"),
+        ({"events": ["delivery.dead_lettered"]}, "events[0]"),
         ({"service": "no-such-service"}, "service"),
     ]:
         response = await bridge.http.patch(url, json=body, headers=advisor)
@@ -309,9 +309,11 @@ async def test_unknown_event_is_refused_naming_events(app: Any, bridge: Bridge) 
     body = response.json()
     assert body["title"] == "Unprocessable entity"
     assert body["status"] == 422
-    assert body["detail"].startswith("events: unknown event type(s) referral.teleported; known: ")
+    # Located by its position, never quoted (docs/SECURITY.md T7).
+    assert body["detail"].startswith("events[1] is not a known event type; known: ")
+    assert "teleported" not in response.text
     assert body["errors"] == [
-        {"code": "business-rule", "detail": body["detail"], "pointer": "events"}
+        {"code": "business-rule", "detail": body["detail"], "pointer": "events[1]"}
     ]
     # Operational events are not offered to a non-admin.
     assert "delivery.dead_lettered" not in body["detail"]
@@ -327,8 +329,8 @@ async def test_operational_events_are_for_admins_only(app: Any, bridge: Bridge, 
             "/api/v1/subscriptions", json={"url": PUBLIC, "events": [event]}, headers=caller
         )
         assert response.status_code == 422, role
-        assert response.json()["errors"][0]["pointer"] == "events"
-        assert f"unknown event type(s) {event};" in response.json()["detail"]
+        assert response.json()["errors"][0]["pointer"] == "events[0]"
+        assert "events[0] is not a known event type;" in response.json()["detail"]
     created = await subscribe(bridge, events=[event, "referral.received"])
     assert created["events"] == sorted([event, "referral.received"])
 
@@ -732,12 +734,13 @@ async def test_malformed_bodies_are_422_problem_json(app: Any, bridge: Bridge) -
             "type": "about:blank",
             "title": "Unprocessable entity",
             "status": 422,
-            "detail": "colour: Extra inputs are not permitted",
+            # The body is named, not the member: its name is the client's (T7).
+            "detail": "body: holds a member this API does not define",
             "errors": [
                 {
                     "code": "value",
-                    "detail": "colour: Extra inputs are not permitted",
-                    "pointer": "colour",
+                    "detail": "body: holds a member this API does not define",
+                    "pointer": "body",
                 }
             ],
         }
