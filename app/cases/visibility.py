@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
@@ -32,6 +32,13 @@ def visible_to(principal: Principal) -> ColumnElement[bool] | None:
     condition = organisation_sees(principal)
     held = Referral.purged_at.is_(None)
     return held if condition is None else and_(held, condition)
+
+
+def seen_referral_ids(principal: Principal) -> Select[str] | None:
+    """The ids of the referrals :func:`organisation_sees`, for rows that name a referral by id
+    (deliveries, audit records); None: every referral."""
+    condition = organisation_sees(principal)
+    return None if condition is None else select(Referral.id).where(condition)
 
 
 async def note_referrals(session: AsyncSession, referral_ids: Iterable[str | None]) -> None:
