@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.audit.models import AuditedPatient, AuditRecord
-from app.cases.models import Referral
-from app.directory.models import SocialPrescribingService
+from app.cases.visibility import seen_referral_ids
 from app.errors import BadRequest, NotFound
 from app.fhir import search as fhir_search
 from app.fhir.codes import CANONICAL_BASE, NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
 from app.pseudonyms import PSEUDONYM_SYSTEM, pseudonym
+from app.security import scope
 from app.security.auth import Principal
 
 SEARCH_PARAMETERS = frozenset(
@@ -49,29 +49,18 @@ class HeldRecord:
 
 def _restricted(principal: Principal) -> ColumnElement[bool] | None:
     """An organisation's admin sees what its own clients did, and every access to the patients
-    of the referrals it sent or receives; the bootstrap admin sees everything."""
-    if principal.sees_everything:
+    of the referrals it sent or receives (purged or not: their data is gone, their audit records
+    are not); the bootstrap admin sees everything."""
+    seen = seen_referral_ids(principal)
+    own = scope.owned_by(principal, AuditRecord.organisation)
+    if seen is None or own is None:
         return None
     reached_ours = exists(
-        select(AuditedPatient.audit_event_id)
-        .join(Referral, Referral.id == AuditedPatient.referral_id)
-        .where(AuditedPatient.audit_event_id == AuditRecord.id, _organisation_of(principal))
+        select(AuditedPatient.audit_event_id).where(
+            AuditedPatient.audit_event_id == AuditRecord.id, AuditedPatient.referral_id.in_(seen)
+        )
     )
-    return or_(AuditRecord.organisation == principal.organisation, reached_ours)
-
-
-def _organisation_of(principal: Principal) -> ColumnElement[bool]:
-    """The referral is one the caller's organisation sent or receives, purged or not (purged
-    referrals are out of ``visible_to``: their data is gone; their audit records are not)."""
-    service_organisation = (
-        select(SocialPrescribingService.organisation)
-        .where(SocialPrescribingService.id == Referral.service_id)
-        .scalar_subquery()
-    )
-    return or_(
-        Referral.organisation == principal.organisation,
-        service_organisation == principal.organisation,
-    )
+    return or_(own, reached_ours)
 
 
 def _date_conditions(values: Sequence[str]) -> list[ColumnElement[bool]]:
@@ -184,9 +173,7 @@ async def search(
     fhir_search.check_parameters(params, SEARCH_PARAMETERS)
     page = fhir_search.page_of(params)
     query = select(AuditRecord).where(*_conditions(params, key), *_date_conditions(dates))
-    restriction = _restricted(principal)
-    if restriction is not None:
-        query = query.where(restriction)
+    query = scope.restrict(query, _restricted(principal))
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if page.cursor is not None:
         stamp, ident = page.cursor
@@ -213,10 +200,7 @@ async def search(
 
 async def read(session: AsyncSession, principal: Principal, record_id: str) -> HeldRecord:
     query = select(AuditRecord).where(AuditRecord.id == record_id)
-    restriction = _restricted(principal)
-    if restriction is not None:
-        query = query.where(restriction)
-    record = await session.scalar(query)
+    record = await session.scalar(scope.restrict(query, _restricted(principal)))
     if record is None:
         raise NotFound("No such AuditEvent is known here")
     return (await _with_patients(session, [record]))[0]
