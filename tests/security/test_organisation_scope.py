@@ -26,6 +26,7 @@ from app.security import scope
 from app.security.auth import Principal
 from app.security.roles import Role
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.support.cases import open_case
 from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
 
@@ -259,6 +260,47 @@ async def test_an_organisations_admin_cannot_read_or_replay_another_organisation
     assert (await bridge.http.get(path, headers=their_admin)).status_code == 200
     replayed = await bridge.http.post(f"{path}/replay", headers=their_admin)
     assert replayed.status_code == 200 and replayed.json()["state"] == "pending"
+
+
+async def test_an_organisations_admin_reads_only_its_own_patients_in_the_audit_trail(
+    app: Any, bridge: Bridge
+) -> None:
+    """A request that reached several organisations' referrals (the installation admin's search)
+    is on each organisation's trail, showing each only its own referrals' patients: another
+    organisation's referral ids are neither shown nor searchable."""
+    ours = await open_case(bridge)  # RW4 → life-rooms of LR001
+    theirs = await open_case(
+        bridge, service="zz-service", service_organisation="ZZ001", referrer_organisation="RX1"
+    )
+    everyone = await bridge.http.get(
+        "/fhir/ServiceRequest", params={"patient.identifier": NHS_NUMBER}, headers=ADMIN
+    )
+    assert everyone.json()["total"] == 2, everyone.text
+    admin = await bridge.key("admin", "LR001")
+
+    trail = await bridge.http.get(
+        "/fhir/AuditEvent",
+        params={"entity": f"ServiceRequest/{ours.referral_id}", "action": "E"},
+        headers=admin,
+    )
+    assert trail.status_code == 200, trail.text
+    searches = [entry["resource"] for entry in trail.json()["entry"]]
+    assert any(e["agent"][0]["who"]["display"] == "bootstrap admin" for e in searches)
+    assert ours.referral_id in trail.text
+    assert theirs.referral_id not in trail.text
+    for search in searches:
+        record = await bridge.http.get(f"/fhir/AuditEvent/{search['id']}", headers=admin)
+        assert record.status_code == 200 and theirs.referral_id not in record.text
+    # Their referral finds nothing, though the same record reached it.
+    probe = await bridge.http.get(
+        "/fhir/AuditEvent", params={"entity": f"ServiceRequest/{theirs.referral_id}"}, headers=admin
+    )
+    assert probe.json()["total"] == 0, probe.text
+    # The installation's admin sees the whole record.
+    whole = await bridge.http.get(
+        "/fhir/AuditEvent", params={"entity": f"ServiceRequest/{theirs.referral_id}"}, headers=ADMIN
+    )
+    assert whole.json()["total"] > 0 and ours.referral_id in whole.text
 
 
 # --- the rule itself ----------------------------------------------------------------------------
