@@ -8,6 +8,12 @@
    with real ids of objects the caller's organisation owns. The expected outcome is generated
    from PERMISSIONS: no key → 401; a role the operation does not allow → 403 from the role check;
    an allowed role → neither 401 nor 403, never 5xx (200 for every read of a real id).
+3b. The matrix across organisations (issue 13 part 1): every route for every role of one
+   organisation, admins included, naming the other organisation's objects and codes, writes
+   included, both ways round. Each route is classified in ACROSS (a new route must be):
+   404 for another organisation's object, 403 for a create naming another organisation, lists
+   and searches without the other's data; never 2xx on it, none of its ids in any answer, none of
+   its rows changed. Only the bootstrap admin crosses organisations.
 4. Organisation isolation on every read path: two organisations' referrals with case records;
    every by-id read of the other organisation's data is 404, every search finds none of it, and
    every write to it is 404; the owners, asked the same, do see it. Journey-page tokens open only
@@ -20,13 +26,16 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import bindparam, text
 
+from app.db import create_engine
 from app.main import create_app
 from app.security.policy import PUBLIC_ROUTES, PolicyError, Public, RouteKey, Rule, route_rules
 from app.security.roles import PERMISSIONS, Operation, Role
@@ -620,6 +629,233 @@ async def test_every_route_for_every_caller(app: Any, bridge: Bridge, lenient: A
             assert outcomes[method, template, "reporting"] == 403, (method, template)
     # The matrix did reach every protected route with every caller.
     assert len(outcomes) == len(rules) * len(CALLERS)
+
+
+# --- 3b. the matrix across organisations --------------------------------------------------------
+
+
+class Across(StrEnum):
+    """What a route answers a caller of one organisation who names another organisation's data
+    (its ids in the path, query or body, or its ODS code as the organisation acted for)."""
+
+    UNKNOWN = "404: another organisation's object is as unknown as one that does not exist"
+    REFUSED = "403: a create or change naming another organisation"
+    FILTERED = "200: a list or search, with none of the other organisation's data in it"
+    DIRECTORY = "200: services are directory data, the same for every organisation"
+    OWN = "2xx: it makes the caller's own data, whichever organisation that concerns"
+    NOT_SERVED = "404: the sandbox reset exists only in sandbox mode"
+
+
+ACROSS: dict[RouteKey, Across] = {
+    ("GET", "/fhir/ServiceRequest/{referral_id}"): Across.UNKNOWN,
+    ("PUT", "/fhir/ServiceRequest/{referral_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/ServiceRequest/{referral_id}/$journey"): Across.UNKNOWN,
+    ("GET", "/fhir/ServiceRequest"): Across.FILTERED,
+    # A referral to another organisation's service is the referrer's own (it is the job).
+    ("POST", "/fhir/ServiceRequest"): Across.OWN,
+    ("POST", "/fhir"): Across.OWN,
+    ("GET", "/fhir/Task/{task_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Task"): Across.FILTERED,
+    ("GET", "/fhir/Appointment/{resource_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Appointment"): Across.FILTERED,
+    ("GET", "/fhir/Observation/{resource_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Observation"): Across.FILTERED,
+    ("GET", "/fhir/QuestionnaireResponse/{resource_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/QuestionnaireResponse"): Across.FILTERED,
+    ("GET", "/fhir/AuditEvent/{audit_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/AuditEvent"): Across.FILTERED,
+    ("GET", "/api/v1/cases/{case_id}"): Across.UNKNOWN,
+    ("POST", "/api/v1/cases/{case_id}/events"): Across.UNKNOWN,
+    ("GET", "/api/v1/referrals/{referral_id}/journey-link"): Across.UNKNOWN,
+    ("GET", "/api/v1/worklist"): Across.UNKNOWN,  # ?service= another's
+    ("GET", "/api/v1/reports/activity"): Across.UNKNOWN,  # ?service= another's
+    ("GET", "/api/v1/reports/staff-hub"): Across.UNKNOWN,  # ?service= another's
+    ("POST", "/api/v1/clients"): Across.REFUSED,
+    ("GET", "/api/v1/clients"): Across.FILTERED,
+    ("POST", "/api/v1/clients/{client_id}/secret"): Across.UNKNOWN,
+    ("PUT", "/api/v1/clients/{client_id}/public-key"): Across.UNKNOWN,
+    ("POST", "/api/v1/clients/{client_id}/revoke"): Across.UNKNOWN,
+    ("POST", "/api/v1/services"): Across.REFUSED,
+    ("GET", "/api/v1/services"): Across.DIRECTORY,
+    ("GET", "/api/v1/services/{service_id}"): Across.DIRECTORY,
+    ("PUT", "/api/v1/clinical-routes/{organisation}"): Across.REFUSED,
+    ("GET", "/api/v1/clinical-routes/{organisation}"): Across.UNKNOWN,
+    ("GET", "/api/v1/clinical-routes"): Across.FILTERED,
+    # A subscription hears only of what its own organisation sees, whatever it filters on.
+    ("POST", "/api/v1/subscriptions"): Across.OWN,
+    ("GET", "/api/v1/subscriptions"): Across.FILTERED,
+    ("GET", "/api/v1/subscriptions/{subscription_id}"): Across.UNKNOWN,
+    ("PATCH", "/api/v1/subscriptions/{subscription_id}"): Across.UNKNOWN,
+    ("DELETE", "/api/v1/subscriptions/{subscription_id}"): Across.UNKNOWN,
+    ("POST", "/api/v1/subscriptions/{subscription_id}/rotate-secret"): Across.UNKNOWN,
+    ("POST", "/api/v1/subscriptions/{subscription_id}/test"): Across.UNKNOWN,
+    ("GET", "/api/v1/deliveries"): Across.FILTERED,  # ?referral= another's
+    ("GET", "/api/v1/deliveries/stats"): Across.FILTERED,
+    ("GET", "/api/v1/deliveries/{delivery_id}"): Across.UNKNOWN,
+    ("POST", "/api/v1/deliveries/{delivery_id}/replay"): Across.UNKNOWN,
+    ("POST", "/api/v1/deliveries/replay"): Across.FILTERED,  # {"referral": another's}
+    ("POST", "/api/v1/sandbox/reset"): Across.NOT_SERVED,
+}
+_EXPECTED_ACROSS = {
+    Across.UNKNOWN: 404,
+    Across.REFUSED: 403,
+    Across.FILTERED: 200,
+    Across.DIRECTORY: 200,
+    Across.NOT_SERVED: 404,
+}
+
+
+def test_every_route_is_classified_across_organisations() -> None:
+    rules = route_rules(offline_app())
+    protected = {key for key, rule in rules.items() if isinstance(rule, Operation)}
+    assert set(ACROSS) == protected, (protected - set(ACROSS), set(ACROSS) - protected)
+
+
+def across_problems(
+    key: RouteKey, rule: Rule, caller: str, response: httpx.Response, markers: set[str]
+) -> list[str]:
+    """What is wrong with the answer to a caller naming another organisation's data; ``markers``
+    identify that data (those the caller sent itself, which a search's self link repeats, are
+    not counted)."""
+    method, path = key
+    status = response.status_code
+    where = f"{method} {path} as another organisation's {caller}: {status}"
+    if status >= 500:
+        return [f"{where} (a server error): {response.text[:300]}"]
+    kind = ACROSS.get(key)
+    problems = []
+    if kind is not Across.DIRECTORY:
+        sent = f"{response.request.url} {response.request.content!r}"
+        leaked = sorted(m for m in markers if m in response.text and m not in sent)
+        if leaked:
+            problems.append(f"{where}: the answer holds the other organisation's {leaked}")
+    if isinstance(rule, Public):
+        expected = PUBLIC_OUTCOMES.get(key)
+        if expected is not None and status != expected:
+            problems.append(f"{where}, expected {expected} (public route)")
+        return problems
+    assert kind is not None, key
+    if Role(caller) not in PERMISSIONS[rule]:
+        if status != 403 or f"may not do '{rule}'" not in response.text:
+            problems.append(f"{where}, expected 403 from the role check ({rule})")
+        return problems
+    if kind is Across.OWN:
+        if not 200 <= status < 300:
+            problems.append(f"{where}, expected 2xx (the caller's own): {response.text[:200]}")
+    elif status != _EXPECTED_ACROSS[kind]:
+        problems.append(f"{where}, expected {kind.value}: {response.text[:200]}")
+    elif kind is Across.REFUSED and "must be your own organisation" not in response.text:
+        problems.append(f"{where}: not refused by the organisation rule: {response.text[:200]}")
+    return problems
+
+
+async def organisation_rows(database_url: str, world: World) -> dict[str, list[Any]]:
+    """Every row of the world's organisations that an admin operation could change: clients,
+    services, destinations (routes, platforms, subscriptions), the referrals' deliveries,
+    cases, events and the referrals themselves."""
+    organisations = [world.orgs.referrer, world.orgs.service_organisation]
+    referrals = [world.case.referral_id, world.cancellable_id]
+    queries = {
+        "api_clients": "SELECT * FROM api_clients WHERE organisation IN :orgs",
+        "services": "SELECT id, name, organisation, adapter, adapter_config, delivers "
+        "FROM services WHERE organisation IN :orgs",
+        "destinations": "SELECT * FROM destinations WHERE id IN :destinations",
+        "deliveries": "SELECT * FROM deliveries WHERE referral_id IN :referrals",
+        "cases": "SELECT * FROM cases WHERE referral_id IN :referrals",
+        "case_events": "SELECT e.* FROM case_events e JOIN cases c ON c.id = e.case_id "
+        "WHERE c.referral_id IN :referrals",
+        "referrals": "SELECT id, status, version_id, last_updated FROM referrals "
+        "WHERE id IN :referrals",
+    }
+    values = {"orgs": organisations, "referrals": referrals, "destinations": world.destinations}
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = {}
+            for table, sql in queries.items():
+                statement = text(sql).bindparams(
+                    *(bindparam(name, expanding=True) for name in values if f":{name}" in sql)
+                )
+                names = {name: list(values[name]) for name in values if f":{name}" in sql}
+                result = await connection.execute(statement, names)
+                rows[table] = sorted((tuple(row) for row in result), key=repr)
+            return rows
+    finally:
+        await engine.dispose()
+
+
+async def make_dead_letters(database_url: str, world: World) -> None:
+    """The world's referral's deliveries become dead letters (replayable, so a replay that
+    reached them would show)."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE deliveries SET state = 'dead' WHERE referral_id = :referral"),
+                {"referral": world.case.referral_id},
+            )
+    finally:
+        await engine.dispose()
+
+
+def _across_order(key: RouteKey) -> tuple[bool, bool, str, str]:
+    # The audit trail is searched first: the attempts below are recorded under the caller's own
+    # organisation, naming the other's ids it tried (its own admin may see its own attempts).
+    return (key[1] != "/fhir/AuditEvent", *_order(key))
+
+
+async def test_every_route_across_organisations(
+    app: Any, bridge: Bridge, lenient: Any, database_url: str
+) -> None:
+    """Every route, for every role of one organisation (admins included), naming another
+    organisation's data, writes included: never 2xx on it, never any of it in an answer; and
+    nothing of the other organisation changes. Both ways round. The installation's admin, asked
+    the same, finds it all (so the checks could fail)."""
+    first = await build_world(bridge, FIRST)
+    second = await build_world(bridge, SECOND)
+    rules = route_rules(app)
+    for intruder, target in ((first, second), (second, first)):
+        await make_dead_letters(database_url, target)
+        before = await organisation_rows(database_url, target)
+        markers = target.markers()
+        problems: list[str] = []
+        for key in sorted(rules, key=_across_order):
+            method, template = key
+            for caller in ROLE_CALLERS:
+                call = target.call(method, template, caller)
+                # The client named is the other organisation's clinical system (issue 13).
+                url, _ = target.path(method, template, caller, client="clinical-system")
+                response = await lenient.request(
+                    method,
+                    url,
+                    params=call.params,
+                    json=call.json,
+                    content=call.content,
+                    headers={**call.headers, **intruder.keys[caller]},
+                )
+                problems += across_problems(key, rules[key], caller, response, markers)
+        assert not problems, "\n".join(problems)
+        assert await organisation_rows(database_url, target) == before
+
+        # The installation's admin is the one caller that crosses organisations: the same
+        # lists and searches show the target's data to it, and the same reads find it.
+        for key, kind in ACROSS.items():
+            method, template = key
+            if method != "GET" or kind not in (Across.FILTERED, Across.UNKNOWN):
+                continue
+            call = target.call(method, template, "bootstrap admin")
+            url, _ = target.path(method, template, "bootstrap admin", client="clinical-system")
+            response = await lenient.get(url, params=call.params, headers=BOOTSTRAP_ADMIN)
+            assert response.status_code == 200, (key, response.text)
+            if kind is Across.FILTERED:
+                assert any(marker in response.text for marker in markers), key
+        # And the target's own admin replays its dead letters, which nobody else could.
+        replayed = await lenient.post(
+            "/api/v1/deliveries/replay",
+            json={"referral": target.case.referral_id},
+            headers=target.keys["admin"],
+        )
+        assert replayed.status_code == 200 and replayed.json()["replayed"] > 0, replayed.text
 
 
 # --- 4. organisation isolation ------------------------------------------------------------------
