@@ -198,10 +198,12 @@ def deliveries_list(
     from app.delivery import admin
     from app.delivery.schemas import DeliveryPage
     from app.operations.commands import read
+    from app.security import scope
 
     async def listing(session: AsyncSession) -> DeliveryPage:
         return await admin.list_deliveries(
             session,
+            scope.installation("spbridge command line"),
             state=state,
             referral=referral,
             destination=destination,
@@ -238,6 +240,9 @@ def deliveries_replay(
     from app.delivery import admin
     from app.delivery.schemas import ReplayFilter
     from app.operations.commands import INVALID, fail, progress, run, write
+    from app.security import scope
+
+    operator = scope.installation("spbridge command line")
 
     if delivery_id is None and not (destination or referral or event_type):
         fail(
@@ -247,7 +252,7 @@ def deliveries_replay(
     if delivery_id is not None:
 
         async def replay(session: AsyncSession) -> None:
-            await admin.replay_one(session, delivery_id)
+            await admin.replay_one(session, operator, delivery_id)
 
         write(replay)
         typer.echo("replayed 1 delivery")
@@ -263,7 +268,7 @@ def deliveries_replay(
             task = shown.add_task("replaying dead letters", total=None)
             while True:
                 async with transaction(database.write_sessions) as session:
-                    batch = await admin.replay_matching(session, matching)
+                    batch = await admin.replay_matching(session, operator, matching)
                 fresh = [ident for ident in batch if ident not in seen]
                 if not fresh:
                     return

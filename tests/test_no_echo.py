@@ -137,7 +137,7 @@ def requests_for(
 ) -> list[Request]:
     """Every way of marking one call to ``template`` by ``caller``."""
     url, _ = world.path(method, template, caller)
-    call = world.call(method, template)
+    call = world.call(method, template, caller)
     base_headers = dict(call.headers)
     if call.content is not None:
         base_body: Any = orjson.loads(call.content)
@@ -273,7 +273,7 @@ async def test_no_route_quotes_what_the_client_sent(
                 if method == "GET":
                     # Held data, such as an audit record of an earlier request of this scan,
                     # is answered without any marker sent: not an echo.
-                    unmarked = world.call(method, template)
+                    unmarked = world.call(method, template, caller)
                     again = await lenient.get(
                         request.url
                         if "{" not in template

@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.audit.models import AuditedPatient, AuditRecord
-from app.cases.models import Referral
-from app.directory.models import SocialPrescribingService
+from app.cases.visibility import seen_referral_ids
 from app.errors import BadRequest, NotFound
 from app.fhir import search as fhir_search
 from app.fhir.codes import CANONICAL_BASE, NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
 from app.pseudonyms import PSEUDONYM_SYSTEM, pseudonym
+from app.security import scope
 from app.security.auth import Principal
 
 SEARCH_PARAMETERS = frozenset(
@@ -49,28 +49,46 @@ class HeldRecord:
 
 def _restricted(principal: Principal) -> ColumnElement[bool] | None:
     """An organisation's admin sees what its own clients did, and every access to the patients
-    of the referrals it sent or receives; the bootstrap admin sees everything."""
-    if principal.sees_everything:
+    of the referrals it sent or receives (purged or not: their data is gone, their audit records
+    are not); the bootstrap admin sees everything."""
+    seen = seen_referral_ids(principal)
+    own = scope.owned_by(principal, AuditRecord.organisation)
+    if seen is None or own is None:
         return None
     reached_ours = exists(
-        select(AuditedPatient.audit_event_id)
-        .join(Referral, Referral.id == AuditedPatient.referral_id)
-        .where(AuditedPatient.audit_event_id == AuditRecord.id, _organisation_of(principal))
+        select(AuditedPatient.audit_event_id).where(
+            AuditedPatient.audit_event_id == AuditRecord.id, AuditedPatient.referral_id.in_(seen)
+        )
     )
-    return or_(AuditRecord.organisation == principal.organisation, reached_ours)
+    return or_(own, reached_ours)
 
 
-def _organisation_of(principal: Principal) -> ColumnElement[bool]:
-    """The referral is one the caller's organisation sent or receives, purged or not (purged
-    referrals are out of ``visible_to``: their data is gone; their audit records are not)."""
-    service_organisation = (
-        select(SocialPrescribingService.organisation)
-        .where(SocialPrescribingService.id == Referral.service_id)
-        .scalar_subquery()
-    )
+def _shown(principal: Principal) -> ColumnElement[bool] | None:
+    """Which of a record's patients (AuditedPatient, with its AuditRecord) an organisation's
+    admin is shown, and may search by: those of referrals it sent or receives, and the NHS
+    numbers its own clients looked up. A request that reached several organisations' referrals
+    (an installation admin's search) shows each organisation only its own; the bootstrap admin
+    is shown every one."""
+    seen = seen_referral_ids(principal)
+    own = scope.owned_by(principal, AuditRecord.organisation)
+    if seen is None or own is None:
+        return None
     return or_(
-        Referral.organisation == principal.organisation,
-        service_organisation == principal.organisation,
+        AuditedPatient.referral_id.in_(seen), and_(AuditedPatient.referral_id.is_(None), own)
+    )
+
+
+def _patient_condition(
+    principal: Principal, *conditions: ColumnElement[bool]
+) -> ColumnElement[bool]:
+    """The record has a patient, shown to the caller, that meets ``conditions``."""
+    shown = _shown(principal)
+    return exists(
+        select(AuditedPatient.audit_event_id).where(
+            AuditedPatient.audit_event_id == AuditRecord.id,
+            *conditions,
+            *([] if shown is None else [shown]),
+        )
     )
 
 
@@ -124,7 +142,9 @@ def _nhs_numbers(value: str) -> list[str]:
     return numbers
 
 
-def _conditions(params: Mapping[str, str], key: bytes) -> list[ColumnElement[bool]]:
+def _conditions(
+    principal: Principal, params: Mapping[str, str], key: bytes
+) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if "_id" in params:
         conditions.append(AuditRecord.id.in_(params["_id"].split(",")))
@@ -143,26 +163,14 @@ def _conditions(params: Mapping[str, str], key: bytes) -> list[ColumnElement[boo
         for number in numbers:
             trail.note_nhs_number(number)
         pseudonyms = [pseudonym(key, number) for number in numbers]
-        conditions.append(
-            exists(
-                select(AuditedPatient.audit_event_id).where(
-                    AuditedPatient.audit_event_id == AuditRecord.id,
-                    AuditedPatient.patient.in_(pseudonyms),
-                )
-            )
-        )
+        conditions.append(_patient_condition(principal, AuditedPatient.patient.in_(pseudonyms)))
     if "entity" in params:
         alternatives = []
         for reference in params["entity"].split(","):
             resource_type, _, ident = reference.partition("/")
             if not ident:
                 raise BadRequest("entity takes Type/id references", expression="entity")
-            referral = exists(
-                select(AuditedPatient.audit_event_id).where(
-                    AuditedPatient.audit_event_id == AuditRecord.id,
-                    AuditedPatient.referral_id == ident,
-                )
-            )
+            referral = _patient_condition(principal, AuditedPatient.referral_id == ident)
             named = and_(
                 AuditRecord.resource_type == resource_type, AuditRecord.resource_id == ident
             )
@@ -183,10 +191,10 @@ async def search(
     """Matching records the caller may see, newest first, one page, with the total."""
     fhir_search.check_parameters(params, SEARCH_PARAMETERS)
     page = fhir_search.page_of(params)
-    query = select(AuditRecord).where(*_conditions(params, key), *_date_conditions(dates))
-    restriction = _restricted(principal)
-    if restriction is not None:
-        query = query.where(restriction)
+    query = select(AuditRecord).where(
+        *_conditions(principal, params, key), *_date_conditions(dates)
+    )
+    query = scope.restrict(query, _restricted(principal))
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if page.cursor is not None:
         stamp, ident = page.cursor
@@ -208,27 +216,31 @@ async def search(
         rows = rows[: page.count]
         if rows:
             next_cursor = fhir_search.encode_cursor(rows[-1].recorded_at, rows[-1].id)
-    return await _with_patients(session, rows), total, next_cursor
+    return await _with_patients(session, principal, rows), total, next_cursor
 
 
 async def read(session: AsyncSession, principal: Principal, record_id: str) -> HeldRecord:
     query = select(AuditRecord).where(AuditRecord.id == record_id)
-    restriction = _restricted(principal)
-    if restriction is not None:
-        query = query.where(restriction)
-    record = await session.scalar(query)
+    record = await session.scalar(scope.restrict(query, _restricted(principal)))
     if record is None:
         raise NotFound("No such AuditEvent is known here")
-    return (await _with_patients(session, [record]))[0]
+    return (await _with_patients(session, principal, [record]))[0]
 
 
-async def _with_patients(session: AsyncSession, records: list[AuditRecord]) -> list[HeldRecord]:
+async def _with_patients(
+    session: AsyncSession, principal: Principal, records: list[AuditRecord]
+) -> list[HeldRecord]:
     by_record: dict[str, list[AuditedPatient]] = {record.id: [] for record in records}
     if records:
-        patients = await session.scalars(
+        query = (
             select(AuditedPatient)
+            .join(AuditRecord, AuditRecord.id == AuditedPatient.audit_event_id)
             .where(AuditedPatient.audit_event_id.in_(list(by_record)))
-            .order_by(AuditedPatient.audit_event_id, AuditedPatient.position)
+        )
+        patients = await session.scalars(
+            scope.restrict(query, _shown(principal)).order_by(
+                AuditedPatient.audit_event_id, AuditedPatient.position
+            )
         )
         for patient in patients:
             by_record[patient.audit_event_id].append(patient)

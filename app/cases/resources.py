@@ -28,6 +28,7 @@ from app.fhir.case_resources import (
 from app.fhir.codes import NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
 from app.fhir.task import instant, task_resource
+from app.security import scope
 from app.security.auth import Principal
 
 
@@ -102,13 +103,6 @@ def _rows(kind: Kind) -> Select[Any, Any, Any, Any]:
     )
 
 
-def _restricted(
-    query: Select[Any, Any, Any, Any], principal: Principal | None
-) -> Select[Any, Any, Any, Any]:
-    condition = visible_to(principal) if principal is not None else None
-    return query if condition is None else query.where(condition)
-
-
 def _context(record: Record, nhs_number: str, service_id: str, name: str) -> CaseContext:
     return CaseContext(record.referral_id, nhs_number, service_id, name)
 
@@ -118,7 +112,7 @@ async def read(
 ) -> tuple[dict[str, Any], int] | None:
     """One resource and its version, if it exists and the caller may see it."""
     kind = KINDS[resource_type]
-    query = _restricted(_rows(kind).where(kind.id_column == resource_id), principal)
+    query = scope.restrict(_rows(kind).where(kind.id_column == resource_id), visible_to(principal))
     row = (await session.execute(query)).first()
     if row is None:
         return None
@@ -191,7 +185,7 @@ async def search(
     fhir_search.check_parameters(params, SEARCH_PARAMETERS | extra_parameters)
     kind = KINDS[resource_type]
     page = fhir_search.page_of(params)
-    query = _restricted(_rows(kind).where(*_conditions(kind, params)), principal)
+    query = scope.restrict(_rows(kind).where(*_conditions(kind, params)), visible_to(principal))
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if page.cursor is not None:
         stamp, ident = page.cursor

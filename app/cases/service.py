@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
@@ -38,10 +38,12 @@ from app.cases.states import (
     consent_withdrawn,
 )
 from app.cases.summary import discharge_summary
+from app.cases.visibility import organisation_sees, runs_service, visible_case
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, purged
 from app.fhir.task import TaskView
+from app.security import scope
 from app.security.auth import Principal
 from app.security.roles import Role
 
@@ -241,21 +243,13 @@ async def open_case(
 def _case_rows() -> Select[Case, Referral, str]:
     return (
         select(Case, Referral, SocialPrescribingService.name)
-        .join(Referral, Referral.id == Case.referral_id)
+        .join(Case.referral)
         .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
     )
 
 
 def _task_query(principal: Principal) -> Select[Case, Referral, str]:
-    query = _case_rows()
-    if not principal.sees_everything:
-        query = query.where(
-            or_(
-                Referral.organisation == principal.organisation,
-                SocialPrescribingService.organisation == principal.organisation,
-            )
-        )
-    return query
+    return scope.restrict(_case_rows(), organisation_sees(principal))
 
 
 def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
@@ -328,34 +322,6 @@ async def cases_for_delivery(
 # --- the case API: advisors and platforms record events, callers follow the case --------------
 
 
-async def visible_case(
-    session: AsyncSession, principal: Principal, case_id: str, *, lock: bool = False
-) -> tuple[Case, Referral, SocialPrescribingService]:
-    """The case with its referral and service, if the caller's organisation may see it (404
-    otherwise); ``lock`` takes the case's row lock for a change."""
-    query = (
-        select(Case, Referral, SocialPrescribingService)
-        .join(Referral, Referral.id == Case.referral_id)
-        .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
-        .where(Case.id == case_id)
-    )
-    if not principal.sees_everything:
-        query = query.where(
-            or_(
-                Referral.organisation == principal.organisation,
-                SocialPrescribingService.organisation == principal.organisation,
-            )
-        )
-    if lock:
-        query = query.with_for_update(of=Case)
-    row = (await session.execute(query)).first()
-    if row is None:
-        raise NotFound("No such case is known here")
-    case, referral, service = row
-    trail.note([referral])
-    return case, referral, service
-
-
 def _source(principal: Principal) -> str:
     return {Role.ADVISOR: "advisor", Role.PLATFORM: "platform"}.get(principal.role, "admin")
 
@@ -371,7 +337,7 @@ async def record_event(
     """An advisor's or platform client's event, through the one domain function. Returns the
     event, the case after it, and whether it was applied now (False: an idempotent repeat)."""
     case, referral, service = await visible_case(session, principal, case_id, lock=True)
-    if not principal.sees_everything and principal.organisation != service.organisation:
+    if not runs_service(principal, service):
         raise Forbidden("Only the organisation that runs the service records events on its cases")
     if REGISTRY[event.type].from_referrer:
         raise BusinessRuleViolation(
@@ -446,7 +412,7 @@ async def case_detail(session: AsyncSession, principal: Principal, case_id: str)
         .order_by(CaseEvent.occurred_at, CaseEvent.seq)
     )
     held = (await records.records_of(session, [case.id]))[case.id]
-    service_side = principal.sees_everything or principal.organisation == service.organisation
+    service_side = runs_service(principal, service)
     return CaseOut(
         case_id=case.id,
         referral_id=referral.id,

@@ -1,28 +1,43 @@
 """Which referrals, and so which cases and resources, an organisation sees (DESIGN §7): those
-it sent and those whose service it runs. The one place this security rule is written."""
+it sent and those whose service it runs; and which it works on: the cases of the services it
+runs. The one place these security rules are written; every read, search, worklist, Task,
+resource, journey, delivery and audit-event query takes its condition from here.
+
+A case is seen through its referral: queries join them through the one relationship
+(``.join(Case.referral)``) and filter on the referral. The organisation a caller acts for, and
+the bootstrap admin's view of every organisation, come from ``app.security.scope``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
-from app.cases.models import Referral
+from app.cases.models import Case, Referral
 from app.directory.models import SocialPrescribingService
+from app.errors import NotFound
+from app.security import scope
 from app.security.auth import Principal
 
 
-def organisation_sees(principal: Principal) -> ColumnElement[bool] | None:
-    """Referrals the caller's organisation sent or whose service it runs; None: everything."""
-    if principal.sees_everything:
-        return None
-    own_services = select(SocialPrescribingService.id).where(
-        SocialPrescribingService.organisation == principal.organisation
+def _services_of(organisation: str) -> Select[str]:
+    return select(SocialPrescribingService.id).where(
+        SocialPrescribingService.organisation == organisation
     )
-    return or_(
-        Referral.organisation == principal.organisation, Referral.service_id.in_(own_services)
+
+
+def organisation_sees(principal: Principal) -> ColumnElement[bool] | None:
+    """Referrals the caller's organisation sent or whose service it runs, purged or not (their
+    audit records and deliveries outlive their patient data); None: everything."""
+    return scope.scoped(
+        principal,
+        lambda organisation: or_(
+            Referral.organisation == organisation,
+            Referral.service_id.in_(_services_of(organisation)),
+        ),
     )
 
 
@@ -32,6 +47,47 @@ def visible_to(principal: Principal) -> ColumnElement[bool] | None:
     condition = organisation_sees(principal)
     held = Referral.purged_at.is_(None)
     return held if condition is None else and_(held, condition)
+
+
+def seen_referral_ids(principal: Principal) -> Select[str] | None:
+    """The ids of the referrals :func:`organisation_sees`, for rows that name a referral by id
+    (deliveries, audit records); None: every referral."""
+    condition = organisation_sees(principal)
+    return None if condition is None else select(Referral.id).where(condition)
+
+
+def runs(principal: Principal) -> ColumnElement[bool] | None:
+    """The services the caller's organisation runs, whose cases it works on (the worklist, case
+    events, the service's own data); None: every service."""
+    return scope.owned_by(principal, SocialPrescribingService.organisation)
+
+
+def runs_service(principal: Principal, service: SocialPrescribingService) -> bool:
+    """Whether the caller is on the service's side of a case it sees."""
+    return scope.owns(principal, service.organisation)
+
+
+async def visible_case(
+    session: AsyncSession, principal: Principal, case_id: str, *, lock: bool = False
+) -> tuple[Case, Referral, SocialPrescribingService]:
+    """The case with its referral and service, if the caller's organisation sees it (404
+    otherwise), noted in the request's audit record; ``lock`` takes the case's row lock for a
+    change."""
+    query = (
+        select(Case, Referral, SocialPrescribingService)
+        .join(Case.referral)
+        .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+        .where(Case.id == case_id)
+    )
+    query = scope.restrict(query, organisation_sees(principal))
+    if lock:
+        query = query.with_for_update(of=Case)
+    row = (await session.execute(query)).first()
+    if row is None:
+        raise NotFound("No such case is known here")
+    case, referral, service = row
+    trail.note([referral])
+    return case, referral, service
 
 
 async def note_referrals(session: AsyncSession, referral_ids: Iterable[str | None]) -> None:

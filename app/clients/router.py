@@ -41,16 +41,21 @@ def _out(client: ApiClient) -> dict[str, object]:
     status_code=status.HTTP_201_CREATED,
     response_model=ClientCreated,
     summary="Create an API client",
-    description="Admins create clients; the API key is in this response only.",
+    description=(
+        "Admins create clients; the API key is in this response only. An organisation's admin "
+        "creates clients of its own organisation only (another `organisation` is 403); the "
+        "installation's admin (the bootstrap key), of any. `default_service` may be any "
+        "registered service."
+    ),
     operation_id="createClient",
     responses=api_error_responses(401, 403, 422),
 )
 async def create_client(
     body: ClientCreate,
     session: WriteSession,
-    _admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
+    admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
 ) -> dict[str, object]:
-    client, key = await service.create_client(session, body)
+    client, key = await service.create_client(session, admin, body)
     return {**_out(client), "api_key": key}
 
 
@@ -58,15 +63,18 @@ async def create_client(
     "",
     response_model=list[ClientOut],
     summary="List API clients",
-    description="Every client, without keys.",
+    description=(
+        "The clients of the caller's organisation, without keys (the installation's admin: "
+        "every client)."
+    ),
     operation_id="listClients",
     responses=api_error_responses(401, 403),
 )
 async def list_clients(
     session: ReadSession,
-    _admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=False))],
+    admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=False))],
 ) -> list[dict[str, object]]:
-    return [_out(client) for client in await service.list_clients(session)]
+    return [_out(client) for client in await service.list_clients(session, admin)]
 
 
 ClientId = Annotated[str, Path(max_length=36, description="The client's id")]
@@ -82,7 +90,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
         "secret is in this response only; only its SHA-256 is kept. A secret it replaces keeps "
         "working for `overlap_seconds` (default 24 hours; 0 ends it at once), so the client can "
         "switch without downtime; only the latest replaced secret is kept. A revoked client "
-        "gets 409."
+        "gets 409; another organisation's client is unknown (404)."
     ),
     operation_id="rotateClientSecret",
     responses=api_error_responses(401, 403, 404, 409, 422),
@@ -91,11 +99,11 @@ async def rotate_secret(
     client_id: ClientId,
     session: WriteSession,
     now: Now,
-    _admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
+    admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
     body: Annotated[SecretRotation | None, Body()] = None,
 ) -> JSONResponse:
     overlap = (body or SecretRotation()).overlap_seconds
-    client, secret = await service.rotate_secret(session, client_id, overlap, now)
+    client, secret = await service.rotate_secret(session, admin, client_id, overlap, now)
     issued = SecretIssued(
         client_id=client.id,
         client_secret=secret,
@@ -113,7 +121,8 @@ async def rotate_secret(
         "ES256) that the client signs its `private_key_jwt` assertions with at "
         "`POST /oauth2/token`. A key it replaces is still accepted for `overlap_seconds` "
         "(default 24 hours; only the latest replaced key is kept). Private key members are "
-        "refused (422). A revoked client gets 409."
+        "refused (422). A revoked client gets 409; another organisation's client is unknown "
+        "(404)."
     ),
     operation_id="registerClientPublicKey",
     responses=api_error_responses(401, 403, 404, 409, 422),
@@ -123,10 +132,10 @@ async def register_public_key(
     body: PublicKeyRegistration,
     session: WriteSession,
     now: Now,
-    _admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
+    admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
 ) -> dict[str, object]:
     client = await service.register_public_key(
-        session, client_id, dict(body.jwk), body.overlap_seconds, now
+        session, admin, client_id, dict(body.jwk), body.overlap_seconds, now
     )
     return {
         "client_id": client.id,
@@ -142,7 +151,8 @@ async def register_public_key(
     description=(
         "Revokes the client at once: its API key, client secrets, public keys and every access "
         "token already issued to it stop working on the next request. Revoking again changes "
-        "nothing. There is no un-revoke: make a new client."
+        "nothing. There is no un-revoke: make a new client. Another organisation's client is "
+        "unknown (404)."
     ),
     operation_id="revokeClient",
     responses=api_error_responses(401, 403, 404),
@@ -151,6 +161,6 @@ async def revoke_client(
     client_id: ClientId,
     session: WriteSession,
     now: Now,
-    _admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
+    admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
 ) -> dict[str, object]:
-    return _out(await service.revoke(session, client_id, now))
+    return _out(await service.revoke(session, admin, client_id, now))

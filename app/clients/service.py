@@ -10,13 +10,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.clients.schemas import ClientCreate
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, NotFound
-from app.security import oauth
-from app.security.auth import hash_key, new_api_key
+from app.security import oauth, scope
+from app.security.auth import Principal, hash_key, new_api_key
 from app.security.models import ApiClient
 
+_NOT_FOUND = "No such client"
 
-async def create_client(session: AsyncSession, request: ClientCreate) -> tuple[ApiClient, str]:
-    """A new client and its API key; the key is returned here once and only its hash is kept."""
+
+async def create_client(
+    session: AsyncSession, principal: Principal, request: ClientCreate
+) -> tuple[ApiClient, str]:
+    """A new client of the caller's organisation (403 for another) and its API key; the key is
+    returned here once and only its hash is kept. The default service may be any registered
+    service: it only says where the client's referrals go when they name no performer, which a
+    clinical system may name freely (services are directory data)."""
+    scope.require_own(principal, request.organisation, expression="organisation")
     if (
         request.default_service is not None
         and await session.get(SocialPrescribingService, request.default_service) is None
@@ -38,25 +46,39 @@ async def create_client(session: AsyncSession, request: ClientCreate) -> tuple[A
     return client, key
 
 
-async def list_clients(session: AsyncSession) -> list[ApiClient]:
-    return list(await session.scalars(select(ApiClient).order_by(ApiClient.created_at)))
+async def list_clients(session: AsyncSession, principal: Principal) -> list[ApiClient]:
+    """The clients of the caller's organisation (the installation's admin: every client)."""
+    query = select(ApiClient).order_by(ApiClient.created_at)
+    condition = scope.owned_by(principal, ApiClient.organisation)
+    return list(await session.scalars(scope.restrict(query, condition)))
 
 
-async def _held(session: AsyncSession, client_id: str) -> ApiClient:
+async def _own(session: AsyncSession, principal: Principal, client_id: str) -> ApiClient:
+    """The client, locked for a change, if it is of the caller's organisation (404 otherwise)."""
     client = await session.get(ApiClient, client_id, with_for_update=True)
     if client is None:
-        raise NotFound("No such client")
+        raise NotFound(_NOT_FOUND)
+    scope.require_found(principal, client.organisation, _NOT_FOUND)
+    return client
+
+
+async def _held(session: AsyncSession, principal: Principal, client_id: str) -> ApiClient:
+    client = await _own(session, principal, client_id)
     if client.revoked_at is not None:
         raise Conflict("The client is revoked: make a new one")
     return client
 
 
 async def rotate_secret(
-    session: AsyncSession, client_id: str, overlap_seconds: int, now: dt.datetime
+    session: AsyncSession,
+    principal: Principal,
+    client_id: str,
+    overlap_seconds: int,
+    now: dt.datetime,
 ) -> tuple[ApiClient, str]:
     """A new client secret, returned once (only its hash is kept); the one it replaces keeps
     working for ``overlap_seconds``."""
-    client = await _held(session, client_id)
+    client = await _held(session, principal, client_id)
     secret = oauth.new_client_secret()
     if client.secret_hash is not None and overlap_seconds > 0:
         client.previous_secret_hash = client.secret_hash
@@ -71,6 +93,7 @@ async def rotate_secret(
 
 async def register_public_key(
     session: AsyncSession,
+    principal: Principal,
     client_id: str,
     jwk: dict[str, Any],
     overlap_seconds: int,
@@ -82,7 +105,7 @@ async def register_public_key(
         public = oauth.public_jwk(jwk)
     except oauth.JwkRefused as refused:
         raise BusinessRuleViolation(f"jwk: {refused}", expression="jwk") from None
-    client = await _held(session, client_id)
+    client = await _held(session, principal, client_id)
     if client.public_key_jwk is not None and overlap_seconds > 0:
         client.previous_public_key_jwk = client.public_key_jwk
         client.previous_public_key_expires_at = now + dt.timedelta(seconds=overlap_seconds)
@@ -94,12 +117,12 @@ async def register_public_key(
     return client
 
 
-async def revoke(session: AsyncSession, client_id: str, now: dt.datetime) -> ApiClient:
+async def revoke(
+    session: AsyncSession, principal: Principal, client_id: str, now: dt.datetime
+) -> ApiClient:
     """Revoke a client: its API key, secrets, keys and access tokens stop working at once
     (every request loads the client again). Revoking twice keeps the first time."""
-    client = await session.get(ApiClient, client_id, with_for_update=True)
-    if client is None:
-        raise NotFound("No such client")
+    client = await _own(session, principal, client_id)
     if client.revoked_at is None:
         client.revoked_at = now
         await session.flush()

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases.models import Case, CaseEvent
 from app.cases.states import consent_withdrawn
+from app.cases.visibility import seen_referral_ids
 from app.db import ENQUEUED, utcnow
-from app.delivery.models import Delivery, DeliveryAttempt, Destination
+from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.delivery.schemas import (
     AttemptOut,
     DeliveryDetail,
@@ -22,12 +23,54 @@ from app.delivery.schemas import (
     ReplayFilter,
 )
 from app.delivery.service import CONSENT_WITHDRAWN_EVENT
+from app.directory.models import SocialPrescribingService
 from app.errors import BadRequest, BusinessRuleViolation, Conflict, NotFound
 from app.fhir.search import encode_cursor, page_of
+from app.security import scope
+from app.security.auth import Principal
 
 STATES = ("pending", "in_flight", "delivered", "dead", "cancelled")
 REPLAYABLE = ("dead", "cancelled")
 REPLAY_LIMIT = 1000
+_NOT_FOUND = "No such delivery"
+
+
+def _operated_by(principal: Principal) -> ColumnElement[bool] | None:
+    """The destinations the caller's organisation operates, whose queues it may see and replay:
+    its services' platforms, its clinical route, its subscriptions (the installation's admin:
+    every destination). Another organisation's receivers, their answers and their circuits are
+    not its business, even for a referral both organisations see."""
+
+    def operated(organisation: str) -> ColumnElement[bool]:
+        own_services = select(SocialPrescribingService.id).where(
+            SocialPrescribingService.organisation == organisation
+        )
+        return or_(
+            and_(
+                Destination.kind == DestinationKind.PLATFORM,
+                Destination.service_id.in_(own_services),
+            ),
+            and_(
+                Destination.kind.in_([DestinationKind.CLINICAL, DestinationKind.WEBHOOK]),
+                Destination.organisation == organisation,
+            ),
+        )
+
+    return scope.scoped(principal, operated)
+
+
+def _visible(principal: Principal) -> ColumnElement[bool] | None:
+    """The deliveries an organisation's admin may see and replay: to a destination it operates,
+    and either of a referral it sent or receives or an operational event (no referral); the
+    installation's admin: every delivery."""
+    operated = _operated_by(principal)
+    referrals = seen_referral_ids(principal)
+    if operated is None or referrals is None:
+        return None
+    return and_(
+        Delivery.destination_id.in_(select(Destination.id).where(operated)),
+        or_(Delivery.referral_id.is_(None), Delivery.referral_id.in_(referrals)),
+    )
 
 
 def _out(delivery: Delivery, destination: Destination) -> dict[str, Any]:
@@ -52,6 +95,7 @@ def _out(delivery: Delivery, destination: Destination) -> dict[str, Any]:
 
 async def list_deliveries(
     session: AsyncSession,
+    principal: Principal,
     *,
     state: str | None,
     referral: str | None,
@@ -71,6 +115,7 @@ async def list_deliveries(
     query = select(Delivery, Destination).join(
         Destination, Destination.id == Delivery.destination_id
     )
+    query = scope.restrict(query, _visible(principal))
     if state:
         query = query.where(Delivery.state == state)
     if referral:
@@ -99,16 +144,17 @@ async def list_deliveries(
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 
-async def get_delivery(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
-    row = (
-        await session.execute(
-            select(Delivery, Destination)
-            .join(Destination, Destination.id == Delivery.destination_id)
-            .where(Delivery.id == delivery_id)
-        )
-    ).first()
+async def get_delivery(
+    session: AsyncSession, principal: Principal, delivery_id: str
+) -> DeliveryDetail:
+    query = (
+        select(Delivery, Destination)
+        .join(Destination, Destination.id == Delivery.destination_id)
+        .where(Delivery.id == delivery_id)
+    )
+    row = (await session.execute(scope.restrict(query, _visible(principal)))).first()
     if row is None:
-        raise NotFound("No such delivery")
+        raise NotFound(_NOT_FOUND)
     attempts = await session.scalars(
         select(DeliveryAttempt)
         .where(DeliveryAttempt.delivery_id == delivery_id)
@@ -168,10 +214,15 @@ async def _withheld_by_withdrawal(session: AsyncSession, delivery: Delivery) -> 
     return event_type != CONSENT_WITHDRAWN_EVENT
 
 
-async def replay_one(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
-    delivery = await session.get(Delivery, delivery_id, with_for_update=True)
+async def replay_one(
+    session: AsyncSession, principal: Principal, delivery_id: str
+) -> DeliveryDetail:
+    query = scope.restrict(select(Delivery).where(Delivery.id == delivery_id), _visible(principal))
+    delivery = await session.scalar(
+        query.with_for_update().execution_options(populate_existing=True)
+    )
     if delivery is None:
-        raise NotFound("No such delivery")
+        raise NotFound(_NOT_FOUND)
     destination = await session.get(Destination, delivery.destination_id)
     if destination is None or destination.deleted_at is not None:
         raise Conflict("The destination of this delivery has been deleted; it cannot be replayed")
@@ -191,15 +242,20 @@ async def replay_one(session: AsyncSession, delivery_id: str) -> DeliveryDetail:
     await _reactivate_destinations(session, {delivery.destination_id}, now)
     session.info[ENQUEUED] = True
     await session.flush()
-    return await get_delivery(session, delivery_id)
+    return await get_delivery(session, principal, delivery_id)
 
 
-async def replay_matching(session: AsyncSession, request: ReplayFilter) -> list[str]:
+async def replay_matching(
+    session: AsyncSession, principal: Principal, request: ReplayFilter
+) -> list[str]:
     conditions: list[ColumnElement[bool]] = [
         Delivery.state == "dead",
         # A deleted subscription's dead letters would wait for ever in the queue.
         Delivery.destination_id.in_(select(Destination.id).where(Destination.deleted_at.is_(None))),
     ]
+    visible = _visible(principal)
+    if visible is not None:
+        conditions.append(visible)
     if request.destination:
         conditions.append(Delivery.destination_id == request.destination)
     if request.referral:
@@ -231,17 +287,19 @@ async def replay_matching(session: AsyncSession, request: ReplayFilter) -> list[
     return ids
 
 
-async def queue_stats(session: AsyncSession) -> QueueStats:
+async def queue_stats(session: AsyncSession, principal: Principal) -> QueueStats:
+    """The queues of the destinations the caller's organisation operates (the installation's
+    admin: every destination), counting only the deliveries it may see."""
     now = utcnow()
-    counts = await session.execute(
-        select(
-            Delivery.destination_id,
-            Delivery.state,
-            func.count(),
-            func.sum(Delivery.attempts),
-            func.min(Delivery.created_at).filter(Delivery.state.in_(("pending", "in_flight"))),
-        ).group_by(Delivery.destination_id, Delivery.state)
+    counted = select(
+        Delivery.destination_id,
+        Delivery.state,
+        func.count(),
+        func.sum(Delivery.attempts),
+        func.min(Delivery.created_at).filter(Delivery.state.in_(("pending", "in_flight"))),
     )
+    counted = scope.restrict(counted, _visible(principal))
+    counts = await session.execute(counted.group_by(Delivery.destination_id, Delivery.state))
     per_destination: dict[str, dict[str, Any]] = {}
     for destination_id, state, count, attempts, oldest in counts:
         entry = per_destination.setdefault(
@@ -253,7 +311,8 @@ async def queue_stats(session: AsyncSession) -> QueueStats:
             oldest = oldest.replace(tzinfo=dt.UTC)
         if oldest is not None and (entry["oldest"] is None or oldest < entry["oldest"]):
             entry["oldest"] = oldest
-    destinations = list(await session.scalars(select(Destination).order_by(Destination.created_at)))
+    operated = scope.restrict(select(Destination), _operated_by(principal))
+    destinations = list(await session.scalars(operated.order_by(Destination.created_at)))
     queues = []
     totals: dict[str, int] = dict.fromkeys(STATES, 0)
     oldest_overall: dt.datetime | None = None

@@ -31,14 +31,17 @@ Replayer = Annotated[Principal, Depends(require(Operation.DELIVERY_REPLAY, write
     "",
     response_model=DeliveryPage,
     summary="List deliveries",
-    description="Every outbound delivery, newest first, filtered by state, referral, "
-    "destination or event type; `state=dead` lists the dead letters.",
+    description="Outbound deliveries, newest first, filtered by state, referral, destination or "
+    "event type; `state=dead` lists the dead letters. An organisation's admin sees the "
+    "deliveries to the destinations its organisation operates (its services' platforms, its "
+    "clinical route, its subscriptions) of referrals it sent or receives; the installation's "
+    "admin (the bootstrap key), every delivery.",
     operation_id="listDeliveries",
     responses=api_error_responses(401, 403, 422),
 )
 async def list_deliveries(
     session: ReadSession,
-    _admin: Reader,
+    principal: Reader,
     state: DeliveryState | None = None,
     referral: Annotated[str | None, Query(max_length=64)] = None,
     destination: Annotated[str | None, Query(max_length=64)] = None,
@@ -48,6 +51,7 @@ async def list_deliveries(
 ) -> DeliveryPage:
     page = await admin.list_deliveries(
         session,
+        principal,
         state=state,
         referral=referral,
         destination=destination,
@@ -64,12 +68,13 @@ async def list_deliveries(
     response_model=QueueStats,
     summary="Queue health",
     description="Counts by state, age of the oldest pending delivery and attempts, in total and "
-    "per destination, with each destination's circuit.",
+    "per destination, with each destination's circuit: for an organisation's admin, the "
+    "destinations its organisation operates and the deliveries it may list.",
     operation_id="deliveryQueueStats",
     responses=api_error_responses(401, 403),
 )
-async def queue_stats(session: ReadSession, _admin: Reader) -> QueueStats:
-    return await admin.queue_stats(session)
+async def queue_stats(session: ReadSession, principal: Reader) -> QueueStats:
+    return await admin.queue_stats(session, principal)
 
 
 @router.post(
@@ -77,14 +82,15 @@ async def queue_stats(session: ReadSession, _admin: Reader) -> QueueStats:
     response_model=ReplayResult,
     summary="Replay dead letters by filter",
     description="Puts the dead letters matching the filter (at most 1000 per call, oldest first) "
-    "back in the queue; they keep their ids, so receivers can still de-duplicate.",
+    "back in the queue; they keep their ids, so receivers can still de-duplicate. Only the "
+    "deliveries the caller may list are replayed.",
     operation_id="replayDeliveries",
     responses=api_error_responses(401, 403, 422),
 )
 async def replay_matching(
-    body: ReplayFilter, session: WriteSession, _admin: Replayer
+    body: ReplayFilter, session: WriteSession, principal: Replayer
 ) -> ReplayResult:
-    ids = await admin.replay_matching(session, body)
+    ids = await admin.replay_matching(session, principal, body)
     await note_referrals(session, [body.referral] if ids else [])
     return ReplayResult(replayed=len(ids), ids=ids)
 
@@ -94,12 +100,14 @@ async def replay_matching(
     response_model=DeliveryDetail,
     summary="Read a delivery and its attempts",
     description="One delivery with every attempt: when, the status, the first 2 KB of the "
-    "answer, the error.",
+    "answer, the error. A delivery the caller may not list is unknown (404).",
     operation_id="readDelivery",
     responses=api_error_responses(401, 403, 404),
 )
-async def read_delivery(delivery_id: str, session: ReadSession, _admin: Reader) -> DeliveryDetail:
-    detail = await admin.get_delivery(session, delivery_id)
+async def read_delivery(
+    delivery_id: str, session: ReadSession, principal: Reader
+) -> DeliveryDetail:
+    detail = await admin.get_delivery(session, principal, delivery_id)
     await note_referrals(session, [detail.referral_id])
     return detail
 
@@ -108,11 +116,14 @@ async def read_delivery(delivery_id: str, session: ReadSession, _admin: Reader) 
     "/{delivery_id}/replay",
     response_model=DeliveryDetail,
     summary="Replay a dead letter",
-    description="Puts one dead (or cancelled) delivery back in the queue with the same id.",
+    description="Puts one dead (or cancelled) delivery back in the queue with the same id. A "
+    "delivery the caller may not list is unknown (404).",
     operation_id="replayDelivery",
     responses=api_error_responses(401, 403, 404, 409),
 )
-async def replay_one(delivery_id: str, session: WriteSession, _admin: Replayer) -> DeliveryDetail:
-    detail = await admin.replay_one(session, delivery_id)
+async def replay_one(
+    delivery_id: str, session: WriteSession, principal: Replayer
+) -> DeliveryDetail:
+    detail = await admin.replay_one(session, principal, delivery_id)
     await note_referrals(session, [detail.referral_id])
     return detail

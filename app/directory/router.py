@@ -35,7 +35,8 @@ def _out(record: SocialPrescribingService) -> ServiceOut:
     response_model=ServiceOut,
     summary="Register a social prescribing service",
     description="Admins register the services referrals can be sent to, with the adapter that "
-    "holds their cases.",
+    "holds their cases. An organisation's admin registers its own organisation's services only "
+    "(another `organisation` is 403); the installation's admin (the bootstrap key), any.",
     operation_id="registerService",
     responses=api_error_responses(401, 403, 409, 422),
 )
@@ -43,16 +44,17 @@ async def register_service(
     body: ServiceCreate,
     session: WriteSession,
     settings: AppSettings,
-    _admin: Annotated[Principal, Depends(require(Operation.SERVICE_MANAGE, writes=True))],
+    admin: Annotated[Principal, Depends(require(Operation.SERVICE_MANAGE, writes=True))],
 ) -> ServiceOut:
-    return _out(await service.register_service(session, body, settings))
+    return _out(await service.register_service(session, admin, body, settings))
 
 
 @router.get(
     "",
     response_model=list[ServiceOut],
     summary="List social prescribing services",
-    description="The services a referral's performer may name.",
+    description="The services a referral's performer may name: the directory, the same for "
+    "every client whatever its organisation (without the adapters' settings).",
     operation_id="listServices",
     responses=api_error_responses(401),
 )
@@ -101,7 +103,8 @@ def _route_out(route: Destination) -> ClinicalRouteOut:
     summary="Set where a referring organisation's updates go",
     description="Names the clinical adapter (e.g. `fhir_push` to the organisation's FHIR server) "
     "and its configuration, validated now, including the URL policy. Every later change to that "
-    "organisation's referrals is sent there.",
+    "organisation's referrals is sent there. An organisation's admin sets its own organisation's "
+    "route only (another is 403); the installation's admin (the bootstrap key), any.",
     operation_id="putClinicalRoute",
     responses=api_error_responses(401, 403, 422),
 )
@@ -110,21 +113,23 @@ async def put_clinical_route(
     body: ClinicalRouteIn,
     session: WriteSession,
     settings: AppSettings,
-    _admin: RouteManager,
+    admin: RouteManager,
 ) -> ClinicalRouteOut:
-    return _route_out(await service.put_clinical_route(session, organisation, body, settings))
+    route = await service.put_clinical_route(session, admin, organisation, body, settings)
+    return _route_out(route)
 
 
 @routes_router.get(
     "",
     response_model=list[ClinicalRouteOut],
     summary="List clinical routes",
-    description="Every referring organisation that gets updates back, and how.",
+    description="How the caller's organisation gets updates back (the installation's admin: "
+    "every referring organisation's route).",
     operation_id="listClinicalRoutes",
     responses=api_error_responses(401, 403),
 )
-async def list_clinical_routes(session: ReadSession, _admin: RouteReader) -> list[ClinicalRouteOut]:
-    return [_route_out(route) for route in await service.list_clinical_routes(session)]
+async def list_clinical_routes(session: ReadSession, admin: RouteReader) -> list[ClinicalRouteOut]:
+    return [_route_out(route) for route in await service.list_clinical_routes(session, admin)]
 
 
 @routes_router.get(
@@ -132,11 +137,11 @@ async def list_clinical_routes(session: ReadSession, _admin: RouteReader) -> lis
     response_model=ClinicalRouteOut,
     summary="Read a clinical route",
     description="Where one organisation's updates go (the configuration, which may hold "
-    "credentials, is not shown).",
+    "credentials, is not shown). Another organisation's route is unknown (404).",
     operation_id="readClinicalRoute",
     responses=api_error_responses(401, 403, 404, 422),
 )
 async def read_clinical_route(
-    organisation: Organisation, session: ReadSession, _admin: RouteReader
+    organisation: Organisation, session: ReadSession, admin: RouteReader
 ) -> ClinicalRouteOut:
-    return _route_out(await service.get_clinical_route(session, organisation))
+    return _route_out(await service.get_clinical_route(session, admin, organisation))

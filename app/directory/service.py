@@ -23,6 +23,8 @@ from app.errors import (
     validation_message,
 )
 from app.outbound import check_outbound_url
+from app.security import scope
+from app.security.auth import Principal
 
 
 async def _adapter_config(
@@ -55,8 +57,10 @@ async def _adapter_config(
 
 
 async def register_service(
-    session: AsyncSession, request: ServiceCreate, settings: Settings
+    session: AsyncSession, principal: Principal, request: ServiceCreate, settings: Settings
 ) -> SocialPrescribingService:
+    """A new service of the caller's organisation (403 for another's)."""
+    scope.require_own(principal, request.organisation, expression="organisation")
     adapter, config = await _adapter_config(
         AdapterKind.PLATFORM, request.adapter, request.adapter_config, settings
     )
@@ -94,6 +98,9 @@ async def register_service(
     return service
 
 
+# Services are directory data, read by every client whatever its organisation (a clinical system
+# names the service it refers to); only their owner's admin registers them. What they hold that
+# is not for everyone (the adapter's settings, which may be credentials) is never shown.
 async def list_services(session: AsyncSession) -> list[SocialPrescribingService]:
     return list(
         await session.scalars(
@@ -123,8 +130,14 @@ async def _route(session: AsyncSession, organisation: str) -> Destination | None
 
 
 async def put_clinical_route(
-    session: AsyncSession, organisation: str, request: ClinicalRouteIn, settings: Settings
+    session: AsyncSession,
+    principal: Principal,
+    organisation: str,
+    request: ClinicalRouteIn,
+    settings: Settings,
 ) -> Destination:
+    """Set the caller's organisation's route (403 for another's, whether it has one or not)."""
+    scope.require_own(principal, organisation, expression="organisation")
     _adapter, config = await _adapter_config(
         AdapterKind.CLINICAL, request.adapter, request.adapter_config, settings
     )
@@ -148,22 +161,25 @@ async def put_clinical_route(
     return route
 
 
-async def list_clinical_routes(session: AsyncSession) -> list[Destination]:
-    return list(
-        await session.scalars(
-            select(Destination)
-            .where(Destination.kind == DestinationKind.CLINICAL)
-            .order_by(Destination.organisation)
-        )
-    )
+async def list_clinical_routes(session: AsyncSession, principal: Principal) -> list[Destination]:
+    """The caller's organisation's route (the installation's admin: every route)."""
+    query = select(Destination).where(Destination.kind == DestinationKind.CLINICAL)
+    query = scope.restrict(query, scope.owned_by(principal, Destination.organisation))
+    return list(await session.scalars(query.order_by(Destination.organisation)))
 
 
-async def get_clinical_route(session: AsyncSession, organisation: str) -> Destination:
+_NO_ROUTE = "No clinical route for this organisation"
+
+
+async def get_clinical_route(
+    session: AsyncSession, principal: Principal, organisation: str
+) -> Destination:
+    scope.require_found(principal, organisation, _NO_ROUTE)
     route = await session.scalar(
         select(Destination).where(
             Destination.kind == DestinationKind.CLINICAL, Destination.organisation == organisation
         )
     )
     if route is None:
-        raise NotFound("No clinical route for this organisation")
+        raise NotFound(_NO_ROUTE)
     return route

@@ -340,7 +340,7 @@ async def journey_page(
     row = (
         await session.execute(
             select(Case, Referral, SocialPrescribingService)
-            .join(Referral, Referral.id == Case.referral_id)
+            .join(Case.referral)
             .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
             .where(Case.referral_id == referral_id)
         )

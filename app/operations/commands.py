@@ -190,7 +190,7 @@ def clients_create(
     )
 
     async def create(session: Any) -> tuple[dict[str, Any], str]:
-        client, key = await service.create_client(session, request)
+        client, key = await service.create_client(session, _operator(), request)
         return _client_out(client), key
 
     created, key = write(create)
@@ -215,7 +215,7 @@ def clients_list(
     from app.clients import service
 
     async def listing(session: Any) -> list[dict[str, Any]]:
-        return [_client_out(client) for client in await service.list_clients(session)]
+        return [_client_out(client) for client in await service.list_clients(session, _operator())]
 
     clients = [c for c in read(listing) if include_revoked or c["revoked_at"] is None]
     if as_json:
@@ -239,7 +239,7 @@ def clients_revoke(
     from app.clients import service
 
     async def revoke(session: Any) -> dict[str, Any]:
-        return _client_out(await service.revoke(session, client_id, utcnow()))
+        return _client_out(await service.revoke(session, _operator(), client_id, utcnow()))
 
     revoked = write(revoke)
     typer.echo(f"client {revoked['id']} revoked (since {revoked['revoked_at']})")
@@ -369,7 +369,7 @@ def services_create(
     settings = get_settings()
 
     async def create(session: Any) -> dict[str, Any]:
-        return _service_out(await service.register_service(session, request, settings))
+        return _service_out(await service.register_service(session, _operator(), request, settings))
 
     created = write(create)
     if as_json:

@@ -43,6 +43,7 @@ import app as package
 from app.cases.events import EVENT_TYPES
 from app.cases.models import CaseEvent
 from app.delivery import admin
+from app.security import scope
 
 # The text format every Prometheus reads (names here use only [a-z_], so 0.0.4 is exact).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -103,7 +104,7 @@ class DatabaseFigures:
 async def database_figures(session: AsyncSession) -> DatabaseFigures:
     """Two grouped counts: the admins' queue statistics (app.delivery.admin.queue_stats), summed
     per kind of destination, and the case log by event type."""
-    stats = await admin.queue_stats(session)
+    stats = await admin.queue_stats(session, scope.installation("metrics"))
     deliveries: dict[tuple[str, str], dict[str, int]] = {}
     open_circuits: dict[tuple[str, str], int] = defaultdict(int)
     for queue in stats.destinations:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,6 +31,7 @@ from app.fhir import search as fhir_search
 from app.fhir.codes import NHS_NUMBER_SYSTEM
 from app.fhir.nhs_number import normalise
 from app.referrals.intake import ReferralDraft
+from app.security import scope
 from app.security.auth import Principal
 
 SEARCH_PARAMETERS = frozenset({"identifier", "patient.identifier", "status", "_lastUpdated", "_id"})
@@ -43,11 +44,6 @@ _IGNORED_ON_COMPARE = ("id", "meta", "status", "text")
 class Intake:
     referral: Referral
     created: bool
-
-
-def _restrict(query: Select[Any], principal: Principal) -> Select[Any]:
-    condition = visible_to(principal)
-    return query if condition is None else query.where(condition)
 
 
 def stored_resource(raw: dict[str, Any]) -> dict[str, Any]:
@@ -172,10 +168,7 @@ async def create_referral(
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
     """The referral if the caller may see it (404 otherwise); 410 once it has been purged."""
     query = select(Referral).where(Referral.id == referral_id)
-    condition = organisation_sees(principal)
-    if condition is not None:
-        query = query.where(condition)
-    referral: Referral | None = await session.scalar(query)
+    referral = await session.scalar(scope.restrict(query, organisation_sees(principal)))
     if referral is None:
         raise NotFound("No such ServiceRequest is known here")
     trail.note([referral])
@@ -236,7 +229,7 @@ async def search_referrals(
     fhir_search.check_parameters(params, SEARCH_PARAMETERS)
     page = fhir_search.page_of(params)
     conditions = _conditions(params) + _last_updated(last_updated)
-    query = _restrict(select(Referral).where(*conditions), principal)
+    query = scope.restrict(select(Referral).where(*conditions), visible_to(principal))
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
     if page.cursor is not None:
         stamp, ident = page.cursor
@@ -273,7 +266,7 @@ async def conditional_matches(
         )
     conditions = _conditions(params) + _last_updated([v for k, v in pairs if k == "_lastUpdated"])
     query = (
-        _restrict(select(Referral).where(*conditions), principal)
+        scope.restrict(select(Referral).where(*conditions), visible_to(principal))
         .where(Referral.organisation == principal.organisation)
         .limit(2)
     )

@@ -91,7 +91,7 @@ def _due(cutoff: dt.datetime) -> Select[Referral]:
     closed = func.coalesce(Case.closed_at, Case.updated_at)
     return (
         select(Referral)
-        .join(Case, Case.referral_id == Referral.id)
+        .join(Referral.case)
         .where(
             Case.state.in_([state.value for state in CLOSED_STATES]),
             closed < cutoff,

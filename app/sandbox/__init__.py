@@ -127,7 +127,7 @@ async def resume_journeys(session: AsyncSession) -> int:
     rows = await session.execute(
         select(SocialPrescribingService.adapter_config, Case.referral_id, Referral.created_at)
         .join(Case, Case.service_id == SocialPrescribingService.id)
-        .join(Referral, Referral.id == Case.referral_id)
+        .join(Case.referral)
         .where(
             SocialPrescribingService.adapter == simulator.SimulatorAdapter.name,
             Case.state.in_([state.value for state in OPEN_STATES]),

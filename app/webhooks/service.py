@@ -19,6 +19,7 @@ from app.delivery.models import Delivery, Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
 from app.outbound import check_outbound_url
+from app.security import scope
 from app.security.auth import Principal
 from app.webhooks.schemas import PingResult, SubscriptionCreate, SubscriptionUpdate
 
@@ -54,7 +55,7 @@ async def create_subscription(
         adapter="webhook",
         service_id=request.service,
         # It sees what its owner may see: an admin without an organisation sees everything.
-        organisation=None if principal.sees_everything else principal.organisation,
+        organisation=scope.acting_for(principal),
         config={},
         event_types=events,
         active=True,
@@ -76,8 +77,9 @@ def _visible(principal: Principal) -> list[ColumnElement[bool]]:
         Destination.kind == DestinationKind.WEBHOOK,
         Destination.deleted_at.is_(None),
     ]
-    if not principal.sees_everything:
-        conditions.append(Destination.organisation == principal.organisation)
+    owned = scope.owned_by(principal, Destination.organisation)
+    if owned is not None:
+        conditions.append(owned)
     return conditions
 
 

@@ -24,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases.models import Appointment, Case, Referral
 from app.cases.states import CLOSED_STATES, OPEN_STATES, CaseState
+from app.cases.visibility import runs
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
+from app.security import scope
 from app.security.auth import Principal
 from app.worklist.schemas import (
     NextAppointment,
@@ -120,8 +122,7 @@ async def visible_services(
 ) -> list[SocialPrescribingService]:
     """The caller's services (or the one asked for, 404 when it is not the caller's)."""
     query = select(SocialPrescribingService).order_by(SocialPrescribingService.id)
-    if not principal.sees_everything:
-        query = query.where(SocialPrescribingService.organisation == principal.organisation)
+    query = scope.restrict(query, runs(principal))
     if service_id is not None:
         query = query.where(SocialPrescribingService.id == service_id)
     services = list(await session.scalars(query))
@@ -287,7 +288,7 @@ async def list_worklist(
     # Only the referral's columns the item shows (not the stored FHIR resource).
     query = (
         select(Case, *_REFERRAL_COLUMNS)
-        .join(Referral, Referral.id == Case.referral_id)
+        .join(Case.referral)
         .where(Case.service_id.in_(list(by_id)), Case.state.in_(states))
     )
     if request.team is not None:

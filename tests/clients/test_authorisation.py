@@ -8,6 +8,12 @@
    with real ids of objects the caller's organisation owns. The expected outcome is generated
    from PERMISSIONS: no key → 401; a role the operation does not allow → 403 from the role check;
    an allowed role → neither 401 nor 403, never 5xx (200 for every read of a real id).
+3b. The matrix across organisations (issue 13 part 1): every route for every role of one
+   organisation, admins included, naming the other organisation's objects and codes, writes
+   included, both ways round. Each route is classified in ACROSS (a new route must be):
+   404 for another organisation's object, 403 for a create naming another organisation, lists
+   and searches without the other's data; never 2xx on it, none of its ids in any answer, none of
+   its rows changed. Only the bootstrap admin crosses organisations.
 4. Organisation isolation on every read path: two organisations' referrals with case records;
    every by-id read of the other organisation's data is 404, every search finds none of it, and
    every write to it is 404; the owners, asked the same, do see it. Journey-page tokens open only
@@ -20,13 +26,16 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import bindparam, text
 
+from app.db import create_engine
 from app.main import create_app
 from app.security.policy import PUBLIC_ROUTES, PolicyError, Public, RouteKey, Rule, route_rules
 from app.security.roles import PERMISSIONS, Operation, Role
@@ -47,6 +56,13 @@ DUMMY_ID = "00000000-0000-4000-8000-000000000000"
 # Where subscriptions and the clinical route point: a closed port on loopback (allowed below),
 # so the subscription test ping fails fast and nothing leaves the machine.
 HOOK_URL = f"http://127.0.0.1:{free_port()}/hook"
+# A public key to register (EC P-256, the example of RFC 7515 A.3).
+PUBLIC_JWK = {
+    "kty": "EC",
+    "crv": "P-256",
+    "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+    "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+}
 
 
 @pytest.fixture
@@ -193,6 +209,13 @@ HAND_WRITTEN_ROUTE_ROWS = [
     ("POST", "/api/v1/services", "clinical-system", 403),
     ("PUT", "/api/v1/clinical-routes/{organisation}", "platform", 403),
     ("GET", "/api/v1/deliveries", "admin", 200),
+    # An organisation's admin manages its own organisation's clients, route and deliveries.
+    ("POST", "/api/v1/clients/{client_id}/secret", "admin", 200),
+    ("PUT", "/api/v1/clients/{client_id}/public-key", "admin", 200),
+    ("POST", "/api/v1/clients/{client_id}/revoke", "admin", 200),
+    ("GET", "/api/v1/clinical-routes/{organisation}", "admin", 200),
+    ("PUT", "/api/v1/clinical-routes/{organisation}", "admin", 200),
+    ("GET", "/api/v1/deliveries/{delivery_id}", "admin", 200),
     ("GET", "/api/v1/deliveries", "advisor", 403),
     ("GET", "/api/v1/deliveries", "platform", 403),
     ("GET", "/api/v1/deliveries", "clinical-system", 403),
@@ -218,8 +241,35 @@ def fhir(resource: dict[str, Any]) -> Call:
     return Call(content=orjson.dumps(resource), headers=dict(FHIR_JSON))
 
 
-def transaction_bundle() -> dict[str, Any]:
-    referral = referral_resource("life-rooms")
+@dataclass(frozen=True)
+class Organisations:
+    """The two ends of a world's referral: a referrer, and a service with the organisation that
+    runs it (and an elemental hub of the same organisation, for the platform webhook)."""
+
+    service: str
+    service_organisation: str
+    referrer: str
+    elemental: str
+    # Whether an answer naming its ODS codes gives its data away (the first world's codes are
+    # also in the text of every referral here, whoever sent it).
+    marked: bool = False
+
+    def of(self, caller: str) -> str:
+        """The organisation a caller of this world acts for (clinical systems are the referrer's;
+        the bootstrap admin names the referrer where it must name one)."""
+        if caller in ("clinical-system", "bootstrap admin"):
+            return self.referrer
+        return self.service_organisation
+
+
+FIRST = Organisations("life-rooms", "LR001", "RW4", "elemental-hub")
+# Codes that cannot turn up by chance in an id, a cursor or a key: the cross-organisation test
+# searches every answer for them.
+SECOND = Organisations("zq-service", "ZQ9SV", "ZQ9RF", "zq-elemental", marked=True)
+
+
+def transaction_bundle(service: str = "life-rooms") -> dict[str, Any]:
+    referral = referral_resource(service)
     return {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -279,19 +329,30 @@ async def subscribe(bridge: Bridge, headers: dict[str, str]) -> str:
 
 @dataclass
 class World:
-    """What the matrix calls: one referral (RW4 → life-rooms of LR001) with case records, keys for
-    every role (clinical-system at RW4; the rest at LR001, the service's organisation), a
-    subscription of each caller's own, a clinical route, a delivery, and an elemental service."""
+    """What the matrix calls: one referral (referrer → the service of another organisation) with
+    case records, keys for every role (clinical-system at the referrer; the rest at the service's
+    organisation), a subscription of each caller's own, a clinical route for each of the two
+    organisations, deliveries, a spare client to manage, and an elemental service."""
 
+    orgs: Organisations
     keys: dict[str, dict[str, str]]
     case: OpenCase
     cancellable_id: str
     cancellation: dict[str, Any]
     resources: dict[str, list[str]]
     subscriptions: dict[str, str]
-    delivery_id: str
+    # A delivery each admin may see (an organisation's admin: one to its own subscription).
+    deliveries: dict[str, str]
+    # Client ids: "spare" (made to be managed: secrets, keys, revocation) and each role's.
+    clients: dict[str, str]
+    routes: dict[str, str]  # organisation → its clinical route's destination id
+    audit_id: str  # a record of the referral's creation
+    destinations: set[str]  # every destination of its organisations: routes, platforms, hooks
+    delivery_ids: set[str]  # every delivery of its referral
 
-    def path(self, method: str, template: str, caller: str) -> tuple[str, bool]:
+    def path(
+        self, method: str, template: str, caller: str, client: str = "spare"
+    ) -> tuple[str, bool]:
         """The URL for this caller, and whether every path parameter named a real object (a
         parameter this test does not know gets a dummy id: the read is then not expected to
         find anything, but the rule is checked all the same)."""
@@ -299,29 +360,31 @@ class World:
             "referral_id": self.case.referral_id,
             "task_id": self.case.case_id,
             "case_id": self.case.case_id,
-            "service_id": "life-rooms",
-            "organisation": "RW4",
-            "delivery_id": self.delivery_id,
+            "service_id": self.orgs.service,
+            "organisation": self.orgs.of(caller),
+            "delivery_id": self.deliveries.get(caller, self.deliveries["bootstrap admin"]),
             "subscription_id": self.subscriptions.get(caller, self.subscriptions["advisor"]),
+            "client_id": self.clients[client],
+            "audit_id": self.audit_id,
             "adapter": "elemental",
         }
         if (method, template) == ("PUT", "/fhir/ServiceRequest/{referral_id}"):
             values["referral_id"] = self.cancellable_id  # the matrix must not close the case
         if template.endswith("/webhook"):
-            values["service_id"] = "elemental-hub"
+            values["service_id"] = self.orgs.elemental
         if template.startswith("/fhir/") and template.endswith("/{resource_id}"):
             values["resource_id"] = self.resources.get(template.split("/")[2], [DUMMY_ID])[0]
         names = [match.group(1) for match in _PARAMETER.finditer(template)]
         url = _PARAMETER.sub(lambda m: values.get(m.group(1), DUMMY_ID), template)
         return url, all(values.get(name, DUMMY_ID) != DUMMY_ID for name in names)
 
-    def call(self, method: str, template: str) -> Call:
+    def call(self, method: str, template: str, caller: str) -> Call:
         referral = f"ServiceRequest/{self.case.referral_id}"
         match method, template:
             case "POST", "/fhir/ServiceRequest":
-                return fhir(referral_resource("life-rooms"))
+                return fhir(referral_resource(self.orgs.service))
             case "POST", "/fhir":
-                return fhir(transaction_bundle())
+                return fhir(transaction_bundle(self.orgs.service))
             case "PUT", "/fhir/ServiceRequest/{referral_id}":
                 return fhir(self.cancellation)
             case "GET", "/fhir/Task":
@@ -330,16 +393,27 @@ class World:
                 return Call(params={"based-on": referral})
             case "GET", "/fhir/ServiceRequest":
                 return Call(params={"patient.identifier": NHS_NUMBER})
+            case "GET", "/fhir/AuditEvent":
+                return Call(params={"entity": referral})
+            case "GET", "/api/v1/deliveries":
+                return Call(params={"referral": self.case.referral_id})
+            case "GET", (
+                "/api/v1/worklist" | "/api/v1/reports/activity" | "/api/v1/reports/staff-hub"
+            ):
+                return Call(params={"service": self.orgs.service})
             case "POST", "/api/v1/cases/{case_id}/events":
                 return Call(json={"type": "contact.attempted", "outcome": "no-answer"})
             case "POST", "/api/v1/clients":
-                return Call(json={"name": "new", "role": "reporting", "organisation": "RW4"})
+                organisation = self.orgs.of(caller)
+                return Call(json={"name": "new", "role": "reporting", "organisation": organisation})
+            case "PUT", "/api/v1/clients/{client_id}/public-key":
+                return Call(json={"jwk": PUBLIC_JWK})
             case "POST", "/api/v1/services":
                 service_id = f"svc-{uuid.uuid4().hex[:12]}"
                 body = {
                     "id": service_id,
                     "name": "New",
-                    "organisation": "LR001",
+                    "organisation": self.orgs.service_organisation,
                     "adapter": "local",
                 }
                 return Call(json=body)
@@ -356,13 +430,40 @@ class World:
                 return Call(content=b'{"type": "case.accepted"}')
         return Call()
 
+    def markers(self) -> set[str]:
+        """What identifies this world's organisations' data in an answer: every id of theirs and
+        their ODS codes (not the service's id: services are directory data, public)."""
+        resources = {i for ids in self.resources.values() for i in ids}
+        return (
+            {self.case.referral_id, self.case.case_id, self.cancellable_id, self.audit_id}
+            | resources
+            | set(self.subscriptions.values())
+            | self.delivery_ids
+            | set(self.clients.values())
+            | self.destinations
+            | ({self.orgs.referrer, self.orgs.service_organisation} if self.orgs.marked else set())
+        )
 
-async def build_world(bridge: Bridge) -> World:
-    await bridge.service("life-rooms", "LR001")
+
+async def new_client(
+    bridge: Bridge, role: str, organisation: str, default_service: str | None = None
+) -> tuple[str, dict[str, str]]:
+    """A client made by the bootstrap admin: its id and its key's headers."""
+    body = {"name": f"{role} {organisation}", "role": role, "organisation": organisation}
+    if default_service:
+        body["default_service"] = default_service
+    response = await bridge.http.post("/api/v1/clients", json=body, headers=bridge.admin)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    return created["id"], {"Authorization": f"Bearer {created['api_key']}"}
+
+
+async def build_world(bridge: Bridge, orgs: Organisations = FIRST) -> World:
+    await bridge.service(orgs.service, orgs.service_organisation)
     elemental = {
-        "id": "elemental-hub",
+        "id": orgs.elemental,
         "name": "A hub on Elemental",
-        "organisation": "LR001",
+        "organisation": orgs.service_organisation,
         "adapter": "elemental",
         "adapter_config": {
             "base_url": HOOK_URL.removesuffix("/hook"),
@@ -372,18 +473,23 @@ async def build_world(bridge: Bridge) -> World:
     }
     response = await bridge.http.post("/api/v1/services", json=elemental, headers=bridge.admin)
     assert response.status_code == 201, response.text
-    response = await bridge.http.put(
-        "/api/v1/clinical-routes/RW4",
-        json={"adapter": "fhir_push", "adapter_config": {"base_url": HOOK_URL + "/fhir"}},
-        headers=bridge.admin,
-    )
-    assert response.status_code == 200, response.text
-    keys = {
-        role.value: await bridge.key(
-            role.value, "RW4" if role is CLINICAL else "LR001", default_service="life-rooms"
+    routes = {}
+    for organisation in (orgs.referrer, orgs.service_organisation):
+        response = await bridge.http.put(
+            f"/api/v1/clinical-routes/{organisation}",
+            json={"adapter": "fhir_push", "adapter_config": {"base_url": HOOK_URL + "/fhir"}},
+            headers=bridge.admin,
         )
-        for role in Role
-    }
+        assert response.status_code == 200, response.text
+        routes[organisation] = response.json()["destination_id"]
+    clients: dict[str, str] = {}
+    keys: dict[str, dict[str, str]] = {}
+    for role in Role:
+        organisation = orgs.referrer if role is CLINICAL else orgs.service_organisation
+        clients[role.value], keys[role.value] = await new_client(
+            bridge, role.value, organisation, default_service=orgs.service
+        )
+    clients["spare"], _ = await new_client(bridge, "reporting", orgs.service_organisation)
     keys["bootstrap admin"] = BOOTSTRAP_ADMIN
     keys["wrong key"] = {"Authorization": "Bearer spb_not_a_key_" + "y" * 30}
     keys["no key"] = {}
@@ -393,19 +499,61 @@ async def build_world(bridge: Bridge) -> World:
         for caller in (*ROLE_CALLERS, "bootstrap admin")
         if caller != "reporting"
     }
-    case = await open_case(bridge, register=False)
+    case = await open_case(
+        bridge,
+        service=orgs.service,
+        service_organisation=orgs.service_organisation,
+        referrer_organisation=orgs.referrer,
+        register=False,
+    )
     await record_case_work(case)
     resources = await case_resources(bridge, case)
-    cancellable = await bridge.refer(keys["clinical-system"], referral_resource("life-rooms"))
+    cancellable = await bridge.refer(keys["clinical-system"], referral_resource(orgs.service))
     assert cancellable.status_code == 201, cancellable.text
     cancellation = {**cancellable.json(), "status": "revoked"}
-    deliveries = await bridge.http.get(
-        "/api/v1/deliveries", params={"referral": case.referral_id}, headers=bridge.admin
+    deliveries = {}
+    for caller in ("admin", "bootstrap admin"):
+        listed = await bridge.http.get(
+            "/api/v1/deliveries", params={"referral": case.referral_id}, headers=keys[caller]
+        )
+        assert listed.status_code == 200, listed.text
+        deliveries[caller] = listed.json()["items"][0]["id"]
+    every_delivery = await bridge.http.get(
+        "/api/v1/deliveries",
+        params={"referral": case.referral_id, "limit": 100},
+        headers=bridge.admin,
     )
-    assert deliveries.status_code == 200, deliveries.text
-    delivery_id = deliveries.json()["items"][0]["id"]
+    delivery_ids = {item["id"] for item in every_delivery.json()["items"]}
+    # Every destination of the world: its routes, its platform, its subscriptions.
+    stats = await bridge.http.get("/api/v1/deliveries/stats", headers=bridge.admin)
+    services = {orgs.service, orgs.elemental}
+    destinations = {
+        queue["destination_id"]
+        for queue in stats.json()["destinations"]
+        if queue["organisation"] in routes or queue["service_id"] in services
+    } | {subscriptions["bootstrap admin"]}
+    assert set(routes.values()) | set(subscriptions.values()) <= destinations
+    audit = await bridge.http.get(
+        "/fhir/AuditEvent",
+        params={"entity": f"ServiceRequest/{case.referral_id}", "action": "C"},
+        headers=bridge.admin,
+    )
+    assert audit.status_code == 200, audit.text
+    audit_id = audit.json()["entry"][0]["resource"]["id"]
     return World(
-        keys, case, cancellable.json()["id"], cancellation, resources, subscriptions, delivery_id
+        orgs,
+        keys,
+        case,
+        cancellable.json()["id"],
+        cancellation,
+        resources,
+        subscriptions,
+        deliveries,
+        clients,
+        routes,
+        audit_id,
+        destinations,
+        delivery_ids,
     )
 
 
@@ -418,7 +566,8 @@ async def lenient(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _order(key: RouteKey) -> tuple[bool, str, str]:
-    return (key[0] == "DELETE", key[1], key[0])  # deletes last: the rest need what they delete
+    # Deletes and revocations last: the rest need what they remove.
+    return (key[0] == "DELETE" or key[1].endswith("/revoke"), key[1], key[0])
 
 
 def problems_of(
@@ -459,7 +608,7 @@ async def test_every_route_for_every_caller(app: Any, bridge: Bridge, lenient: A
     for key in sorted(rules, key=_order):
         method, template = key
         for caller in CALLERS:
-            call = world.call(method, template)
+            call = world.call(method, template, caller)
             url, real_ids = world.path(method, template, caller)
             response = await lenient.request(
                 method,
@@ -480,6 +629,233 @@ async def test_every_route_for_every_caller(app: Any, bridge: Bridge, lenient: A
             assert outcomes[method, template, "reporting"] == 403, (method, template)
     # The matrix did reach every protected route with every caller.
     assert len(outcomes) == len(rules) * len(CALLERS)
+
+
+# --- 3b. the matrix across organisations --------------------------------------------------------
+
+
+class Across(StrEnum):
+    """What a route answers a caller of one organisation who names another organisation's data
+    (its ids in the path, query or body, or its ODS code as the organisation acted for)."""
+
+    UNKNOWN = "404: another organisation's object is as unknown as one that does not exist"
+    REFUSED = "403: a create or change naming another organisation"
+    FILTERED = "200: a list or search, with none of the other organisation's data in it"
+    DIRECTORY = "200: services are directory data, the same for every organisation"
+    OWN = "2xx: it makes the caller's own data, whichever organisation that concerns"
+    NOT_SERVED = "404: the sandbox reset exists only in sandbox mode"
+
+
+ACROSS: dict[RouteKey, Across] = {
+    ("GET", "/fhir/ServiceRequest/{referral_id}"): Across.UNKNOWN,
+    ("PUT", "/fhir/ServiceRequest/{referral_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/ServiceRequest/{referral_id}/$journey"): Across.UNKNOWN,
+    ("GET", "/fhir/ServiceRequest"): Across.FILTERED,
+    # A referral to another organisation's service is the referrer's own (it is the job).
+    ("POST", "/fhir/ServiceRequest"): Across.OWN,
+    ("POST", "/fhir"): Across.OWN,
+    ("GET", "/fhir/Task/{task_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Task"): Across.FILTERED,
+    ("GET", "/fhir/Appointment/{resource_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Appointment"): Across.FILTERED,
+    ("GET", "/fhir/Observation/{resource_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Observation"): Across.FILTERED,
+    ("GET", "/fhir/QuestionnaireResponse/{resource_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/QuestionnaireResponse"): Across.FILTERED,
+    ("GET", "/fhir/AuditEvent/{audit_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/AuditEvent"): Across.FILTERED,
+    ("GET", "/api/v1/cases/{case_id}"): Across.UNKNOWN,
+    ("POST", "/api/v1/cases/{case_id}/events"): Across.UNKNOWN,
+    ("GET", "/api/v1/referrals/{referral_id}/journey-link"): Across.UNKNOWN,
+    ("GET", "/api/v1/worklist"): Across.UNKNOWN,  # ?service= another's
+    ("GET", "/api/v1/reports/activity"): Across.UNKNOWN,  # ?service= another's
+    ("GET", "/api/v1/reports/staff-hub"): Across.UNKNOWN,  # ?service= another's
+    ("POST", "/api/v1/clients"): Across.REFUSED,
+    ("GET", "/api/v1/clients"): Across.FILTERED,
+    ("POST", "/api/v1/clients/{client_id}/secret"): Across.UNKNOWN,
+    ("PUT", "/api/v1/clients/{client_id}/public-key"): Across.UNKNOWN,
+    ("POST", "/api/v1/clients/{client_id}/revoke"): Across.UNKNOWN,
+    ("POST", "/api/v1/services"): Across.REFUSED,
+    ("GET", "/api/v1/services"): Across.DIRECTORY,
+    ("GET", "/api/v1/services/{service_id}"): Across.DIRECTORY,
+    ("PUT", "/api/v1/clinical-routes/{organisation}"): Across.REFUSED,
+    ("GET", "/api/v1/clinical-routes/{organisation}"): Across.UNKNOWN,
+    ("GET", "/api/v1/clinical-routes"): Across.FILTERED,
+    # A subscription hears only of what its own organisation sees, whatever it filters on.
+    ("POST", "/api/v1/subscriptions"): Across.OWN,
+    ("GET", "/api/v1/subscriptions"): Across.FILTERED,
+    ("GET", "/api/v1/subscriptions/{subscription_id}"): Across.UNKNOWN,
+    ("PATCH", "/api/v1/subscriptions/{subscription_id}"): Across.UNKNOWN,
+    ("DELETE", "/api/v1/subscriptions/{subscription_id}"): Across.UNKNOWN,
+    ("POST", "/api/v1/subscriptions/{subscription_id}/rotate-secret"): Across.UNKNOWN,
+    ("POST", "/api/v1/subscriptions/{subscription_id}/test"): Across.UNKNOWN,
+    ("GET", "/api/v1/deliveries"): Across.FILTERED,  # ?referral= another's
+    ("GET", "/api/v1/deliveries/stats"): Across.FILTERED,
+    ("GET", "/api/v1/deliveries/{delivery_id}"): Across.UNKNOWN,
+    ("POST", "/api/v1/deliveries/{delivery_id}/replay"): Across.UNKNOWN,
+    ("POST", "/api/v1/deliveries/replay"): Across.FILTERED,  # {"referral": another's}
+    ("POST", "/api/v1/sandbox/reset"): Across.NOT_SERVED,
+}
+_EXPECTED_ACROSS = {
+    Across.UNKNOWN: 404,
+    Across.REFUSED: 403,
+    Across.FILTERED: 200,
+    Across.DIRECTORY: 200,
+    Across.NOT_SERVED: 404,
+}
+
+
+def test_every_route_is_classified_across_organisations() -> None:
+    rules = route_rules(offline_app())
+    protected = {key for key, rule in rules.items() if isinstance(rule, Operation)}
+    assert set(ACROSS) == protected, (protected - set(ACROSS), set(ACROSS) - protected)
+
+
+def across_problems(
+    key: RouteKey, rule: Rule, caller: str, response: httpx.Response, markers: set[str]
+) -> list[str]:
+    """What is wrong with the answer to a caller naming another organisation's data; ``markers``
+    identify that data (those the caller sent itself, which a search's self link repeats, are
+    not counted)."""
+    method, path = key
+    status = response.status_code
+    where = f"{method} {path} as another organisation's {caller}: {status}"
+    if status >= 500:
+        return [f"{where} (a server error): {response.text[:300]}"]
+    kind = ACROSS.get(key)
+    problems = []
+    if kind is not Across.DIRECTORY:
+        sent = f"{response.request.url} {response.request.content!r}"
+        leaked = sorted(m for m in markers if m in response.text and m not in sent)
+        if leaked:
+            problems.append(f"{where}: the answer holds the other organisation's {leaked}")
+    if isinstance(rule, Public):
+        expected = PUBLIC_OUTCOMES.get(key)
+        if expected is not None and status != expected:
+            problems.append(f"{where}, expected {expected} (public route)")
+        return problems
+    assert kind is not None, key
+    if Role(caller) not in PERMISSIONS[rule]:
+        if status != 403 or f"may not do '{rule}'" not in response.text:
+            problems.append(f"{where}, expected 403 from the role check ({rule})")
+        return problems
+    if kind is Across.OWN:
+        if not 200 <= status < 300:
+            problems.append(f"{where}, expected 2xx (the caller's own): {response.text[:200]}")
+    elif status != _EXPECTED_ACROSS[kind]:
+        problems.append(f"{where}, expected {kind.value}: {response.text[:200]}")
+    elif kind is Across.REFUSED and "must be your own organisation" not in response.text:
+        problems.append(f"{where}: not refused by the organisation rule: {response.text[:200]}")
+    return problems
+
+
+async def organisation_rows(database_url: str, world: World) -> dict[str, list[Any]]:
+    """Every row of the world's organisations that an admin operation could change: clients,
+    services, destinations (routes, platforms, subscriptions), the referrals' deliveries,
+    cases, events and the referrals themselves."""
+    organisations = [world.orgs.referrer, world.orgs.service_organisation]
+    referrals = [world.case.referral_id, world.cancellable_id]
+    queries = {
+        "api_clients": "SELECT * FROM api_clients WHERE organisation IN :orgs",
+        "services": "SELECT id, name, organisation, adapter, adapter_config, delivers "
+        "FROM services WHERE organisation IN :orgs",
+        "destinations": "SELECT * FROM destinations WHERE id IN :destinations",
+        "deliveries": "SELECT * FROM deliveries WHERE referral_id IN :referrals",
+        "cases": "SELECT * FROM cases WHERE referral_id IN :referrals",
+        "case_events": "SELECT e.* FROM case_events e JOIN cases c ON c.id = e.case_id "
+        "WHERE c.referral_id IN :referrals",
+        "referrals": "SELECT id, status, version_id, last_updated FROM referrals "
+        "WHERE id IN :referrals",
+    }
+    values = {"orgs": organisations, "referrals": referrals, "destinations": world.destinations}
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = {}
+            for table, sql in queries.items():
+                statement = text(sql).bindparams(
+                    *(bindparam(name, expanding=True) for name in values if f":{name}" in sql)
+                )
+                names = {name: list(values[name]) for name in values if f":{name}" in sql}
+                result = await connection.execute(statement, names)
+                rows[table] = sorted((tuple(row) for row in result), key=repr)
+            return rows
+    finally:
+        await engine.dispose()
+
+
+async def make_dead_letters(database_url: str, world: World) -> None:
+    """The world's referral's deliveries become dead letters (replayable, so a replay that
+    reached them would show)."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE deliveries SET state = 'dead' WHERE referral_id = :referral"),
+                {"referral": world.case.referral_id},
+            )
+    finally:
+        await engine.dispose()
+
+
+def _across_order(key: RouteKey) -> tuple[bool, bool, str, str]:
+    # The audit trail is searched first: the attempts below are recorded under the caller's own
+    # organisation, naming the other's ids it tried (its own admin may see its own attempts).
+    return (key[1] != "/fhir/AuditEvent", *_order(key))
+
+
+async def test_every_route_across_organisations(
+    app: Any, bridge: Bridge, lenient: Any, database_url: str
+) -> None:
+    """Every route, for every role of one organisation (admins included), naming another
+    organisation's data, writes included: never 2xx on it, never any of it in an answer; and
+    nothing of the other organisation changes. Both ways round. The installation's admin, asked
+    the same, finds it all (so the checks could fail)."""
+    first = await build_world(bridge, FIRST)
+    second = await build_world(bridge, SECOND)
+    rules = route_rules(app)
+    for intruder, target in ((first, second), (second, first)):
+        await make_dead_letters(database_url, target)
+        before = await organisation_rows(database_url, target)
+        markers = target.markers()
+        problems: list[str] = []
+        for key in sorted(rules, key=_across_order):
+            method, template = key
+            for caller in ROLE_CALLERS:
+                call = target.call(method, template, caller)
+                # The client named is the other organisation's clinical system (issue 13).
+                url, _ = target.path(method, template, caller, client="clinical-system")
+                response = await lenient.request(
+                    method,
+                    url,
+                    params=call.params,
+                    json=call.json,
+                    content=call.content,
+                    headers={**call.headers, **intruder.keys[caller]},
+                )
+                problems += across_problems(key, rules[key], caller, response, markers)
+        assert not problems, "\n".join(problems)
+        assert await organisation_rows(database_url, target) == before
+
+        # The installation's admin is the one caller that crosses organisations: the same
+        # lists and searches show the target's data to it, and the same reads find it.
+        for key, kind in ACROSS.items():
+            method, template = key
+            if method != "GET" or kind not in (Across.FILTERED, Across.UNKNOWN):
+                continue
+            call = target.call(method, template, "bootstrap admin")
+            url, _ = target.path(method, template, "bootstrap admin", client="clinical-system")
+            response = await lenient.get(url, params=call.params, headers=BOOTSTRAP_ADMIN)
+            assert response.status_code == 200, (key, response.text)
+            if kind is Across.FILTERED:
+                assert any(marker in response.text for marker in markers), key
+        # And the target's own admin replays its dead letters, which nobody else could.
+        replayed = await lenient.post(
+            "/api/v1/deliveries/replay",
+            json={"referral": target.case.referral_id},
+            headers=target.keys["admin"],
+        )
+        assert replayed.status_code == 200 and replayed.json()["replayed"] > 0, replayed.text
 
 
 # --- 4. organisation isolation ------------------------------------------------------------------
