@@ -3,6 +3,10 @@
 Databases are built by running the Alembic migrations, once per backend per run, and emptied
 between tests. PostgreSQL is required in CI (CI=true) or when SPBRIDGE_TEST_REQUIRE_POSTGRES=1;
 elsewhere its tests are skipped, loudly, if it cannot be reached.
+
+``fhir_server`` is a strict FHIR R4 server on loopback (tests/support/fhir_server/, Node.js),
+started once per run and emptied before each test that uses it. It is required in CI or when
+SPBRIDGE_TEST_REQUIRE_FHIR_SERVER=1; elsewhere its tests are skipped, loudly, without Node.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import copy
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from app.config import Settings
 from app.db import Base, create_engine
 from app.main import create_app
 from app.migrate import upgrade
+from tests.support import fhir_test_server
 from tests.support.audit import RequestRecorder, check_audit_completeness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +120,33 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if metafunc.definition.get_closest_marker("postgresql_only"):
             backends = [b for b in BACKENDS if b == "postgresql"]
         metafunc.parametrize("backend", backends, scope="session")
+
+
+@pytest.fixture(scope="session")
+def fhir_server_process() -> Iterator[fhir_test_server.FhirTestServer]:
+    """The test FHIR server, started once per run (see tests/support/fhir_test_server.py)."""
+    try:
+        server = fhir_test_server.start()
+    except fhir_test_server.FhirServerUnavailable as exc:
+        message = f"The test FHIR server is not available: {exc}"
+        if fhir_test_server.REQUIRE_FHIR_SERVER:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fhir_server(
+    fhir_server_process: fhir_test_server.FhirTestServer,
+) -> fhir_test_server.FhirTestServer:
+    """The test FHIR server, empty and strict (no update as create, references checked,
+    resources validated); ``fhir_server.reset(updateCreate=True)`` or ``.set_mode(…)`` to change
+    that, ``.base_url`` for a clinical route, ``.requests()`` for what it was sent."""
+    fhir_server_process.reset()
+    return fhir_server_process
 
 
 @pytest.fixture
