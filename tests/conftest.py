@@ -30,7 +30,7 @@ from app.config import Settings
 from app.db import Base, create_engine
 from app.main import create_app
 from app.migrate import upgrade
-from tests.support import fhir_test_server
+from tests.support import conformance, fhir_test_server
 from tests.support.audit import RequestRecorder, check_audit_completeness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,8 +145,36 @@ def fhir_server(
     """The test FHIR server, empty and strict (no update as create, references checked,
     resources validated); ``fhir_server.reset(updateCreate=True)`` or ``.set_mode(…)`` to change
     that, ``.base_url`` for a clinical route, ``.requests()`` for what it was sent."""
-    fhir_server_process.reset()
-    return fhir_server_process
+    server = fhir_server_process
+    server.reset()
+    recorder = conformance.current()
+    if recorder is not None:
+        # What the bridge sent it, checked at the end of the test (tests/support/conformance.py).
+        recorder.sources.append(server.bodies_from_the_bridge)
+    return server
+
+
+@pytest.fixture(autouse=True)
+def fhir_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every FHIR resource the bridge gives out during the test, checked as R4 afterwards:
+    reported at the end of the run, or failing the test with SPBRIDGE_TEST_FHIR_CONFORMANCE=strict
+    (tests/support/conformance.py); not for a test marked ``fhir_unchecked``."""
+    unchecked = request.node.get_closest_marker("fhir_unchecked") is not None
+    recorder = None if unchecked else conformance.start(request.node.nodeid)
+    yield
+    found = conformance.finish(recorder)
+    if found and conformance.MODE == "strict":
+        pytest.fail(conformance.failure_message(found), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if conformance.REPORT.resources_checked or conformance.MODE == "off":
+        terminalreporter.section("FHIR conformance")
+        for line in conformance.REPORT.lines():
+            terminalreporter.write_line(line)
+        if conformance.MODE != "off":
+            conformance.REPORT.write()
+            terminalreporter.write_line(f"  details: {conformance.REPORT_FILE}")
 
 
 @pytest.fixture
@@ -218,10 +246,29 @@ async def client(app: Any, audit_check: bool) -> AsyncIterator[httpx.AsyncClient
     # (tests/support/audit.py): the suite as a whole is the audit-completeness test.
     recorder = RequestRecorder(app)
     transport = httpx.ASGITransport(app=recorder)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://testserver",
+        event_hooks={"response": [_observe_fhir_answer]},
+    ) as http:
         yield http
     if audit_check:
         await check_audit_completeness(app, recorder)
+
+
+async def _observe_fhir_answer(response: httpx.Response) -> None:
+    """Hand what the bridge served under /fhir to the test's conformance recorder."""
+    recorder = conformance.current()
+    if recorder is None or not response.request.url.path.startswith("/fhir"):
+        return
+    if "json" not in response.headers.get("content-type", ""):
+        return
+    await response.aread()
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return
+    recorder.saw(f"served {response.request.method} {response.request.url.path}", body)
 
 
 class Bridge:

@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.fhir_test_server import FhirTestServer
+from tests.support.fhir_test_server import HARNESS_AGENT, FhirTestServer
 
-FHIR_JSON = {"Content-Type": "application/fhir+json"}
+# The harness's own requests (invalid on purpose, some of them) are not the bridge's.
+FHIR_JSON = {"Content-Type": "application/fhir+json", "User-Agent": HARNESS_AGENT}
 ODS = "https://fhir.nhs.uk/Id/ods-organization-code"
 TASK_IDS = "https://fhir.spbridge.org/Id/task"
 

@@ -29,6 +29,8 @@ NODE_MODULES = SERVER_DIR / "node_modules"
 REQUIRE_FHIR_SERVER = (
     bool(os.environ.get("CI")) or os.environ.get("SPBRIDGE_TEST_REQUIRE_FHIR_SERVER") == "1"
 )
+# The tests' own requests to the server say so, and are not taken for the bridge's.
+HARNESS_AGENT = "spbridge-tests"
 START_TIMEOUT = 60.0
 INSTALL_TIMEOUT = 300.0
 # What a test server refuses unless told otherwise: what strict production servers do.
@@ -75,7 +77,9 @@ class FhirTestServer:
     startup_seconds: float
     node_startup_ms: int
     stderr: list[str] = field(default_factory=list)
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
+    http: httpx.Client = field(
+        default_factory=lambda: httpx.Client(timeout=30.0, headers={"User-Agent": HARNESS_AGENT})
+    )
 
     @property
     def base_url(self) -> str:
@@ -101,6 +105,14 @@ class FhirTestServer:
         x-correlation-id), the authorization scheme, body, status, response."""
         journal: list[dict[str, Any]] = self._admin("GET", "requests")
         return journal
+
+    def bodies_from_the_bridge(self) -> list[tuple[str, Any]]:
+        """What the bridge sent (not the tests' own requests): (``pushed METHOD url``, body)."""
+        return [
+            (f"pushed {sent['method']} {sent['url']}", sent["body"])
+            for sent in self.requests()
+            if sent["body"] is not None and sent["headers"].get("user-agent") != HARNESS_AGENT
+        ]
 
     def seed(self, resource: dict[str, Any]) -> dict[str, Any]:
         """Store a resource as given (its id too), without checks: what the server held before."""

@@ -389,7 +389,7 @@ async function handleFhir(req, res, path) {
     method: req.method,
     url: path,
     headers: Object.fromEntries(
-      ['content-type', 'if-match', 'if-none-exist', 'if-none-match', 'prefer', 'x-request-id', 'x-correlation-id']
+      ['content-type', 'if-match', 'if-none-exist', 'if-none-match', 'prefer', 'user-agent', 'x-request-id', 'x-correlation-id']
         .filter((name) => req.headers[name] !== undefined)
         .map((name) => [name, req.headers[name]])
     ),
