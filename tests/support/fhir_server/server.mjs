@@ -38,6 +38,7 @@ import { gunzipSync } from 'node:zlib';
 import {
   OperationOutcomeError,
   created,
+  getSearchParameter,
   getStatus,
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
@@ -332,7 +333,7 @@ function capabilityStatement() {
           searchParam: [
             { name: '_id', type: 'token' },
             { name: '_lastUpdated', type: 'date' },
-            { name: 'identifier', type: 'token' },
+            ...(getSearchParameter(type, 'identifier') ? [{ name: 'identifier', type: 'token' }] : []),
           ],
         })),
         interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'search-system' }],
@@ -383,8 +384,21 @@ function resourceHeaders(resource) {
   };
 }
 
+// One FHIR request at a time: a failed transaction puts the store back as it was before it, which
+// must not undo another request's writes made in between.
+let turn = Promise.resolve();
+function oneAtATime(work) {
+  const run = turn.then(work, work);
+  turn = run.catch(() => {});
+  return run;
+}
+
 async function handleFhir(req, res, path) {
   const body = await readBody(req);
+  await oneAtATime(() => answerFhir(req, res, path, body));
+}
+
+async function answerFhir(req, res, path, body) {
   const entry = {
     method: req.method,
     url: path,
