@@ -16,7 +16,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPBRIDGE_", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
+    # Connections per process (app.db.PoolLimits): kept open, opened beyond that under load, and
+    # the seconds a request waits for one (or for SQLite's write lock) before it is answered 503.
     database_pool_size: int = Field(default=10, ge=1)
+    database_pool_max_overflow: int = Field(default=10, ge=0)
+    database_pool_timeout: float = Field(default=3.0, gt=0, le=60)
     admin_api_key: SecretStr | None = None
     require_consent: bool = True
     # Delays in seconds between delivery attempts; the last repeats until retry_max_age.
