@@ -6,6 +6,7 @@ The schema is made only by Alembic migrations (``migrations/``); nothing here cr
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -294,6 +295,41 @@ def unavailability(exc: BaseException) -> Unavailable | None:
         return None
     reason = _driver_reason(exc)
     return Unavailable(reason, _type_name(exc)) if reason is not None else None
+
+
+class FailedRounds:
+    """How background work (dispatcher, reconciler, report drainer) meets a round that failed:
+    one log line per round, WARNING with the reason and no stack when the database is
+    unavailable (an outage is not a bug, and a stack a second fills the log), ERROR with the
+    stack otherwise; then a pause that doubles with each failure in a row, from ``first`` up to
+    ``cap`` seconds, so a database that is down or overloaded is not hammered. A round that
+    works starts again from ``first``. Nothing is lost by a failed round: its transaction rolled
+    back, and what it would have done is still there to do."""
+
+    def __init__(
+        self, logger: logging.Logger, message: str, first: float = 1.0, cap: float = 10.0
+    ) -> None:
+        self.logger = logger
+        self.message = message
+        self.first = first
+        self.cap = cap
+        self.in_a_row = 0
+
+    def failed(self, exc: Exception, **extra: Any) -> float:
+        """Log the failure; the seconds to pause before the next round."""
+        self.in_a_row += 1
+        found = unavailability(exc)
+        if found is None:
+            self.logger.error(self.message, exc_info=exc, extra=extra)
+        else:
+            self.logger.warning(
+                self.message,
+                extra={**extra, "reason": f"database {found.reason}", "error": found.error},
+            )
+        return float(min(self.cap, self.first * 2 ** (self.in_a_row - 1)))
+
+    def succeeded(self) -> None:
+        self.in_a_row = 0
 
 
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
