@@ -313,7 +313,13 @@ def database_unavailable(scope: Scope, exc: BaseException) -> DatabaseUnavailabl
         return None
     state = scope.setdefault("state", {})
     if not state.get(FAILURE_LOGGED):
-        log.warning("database unavailable", extra={"reason": found.reason, "error": found.error})
+        # The ids also from the state: outside the request id middleware (in the server's
+        # last-resort handler) its context is gone.
+        ids = {key: state.get(key) for key in ("request_id", "correlation_id")}
+        log.warning(
+            "database unavailable",
+            extra={**ids, "reason": found.reason, "error": found.error},
+        )
         metrics: _UnavailableCounter | None = getattr(
             getattr(scope.get("app"), "state", None), "request_metrics", None
         )
