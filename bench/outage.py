@@ -80,9 +80,19 @@ class Answer:
     retry_after: bool = False
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Run:
     answers: list[Answer] = field(default_factory=list)
+    server_cpu: float = math.nan  # seconds of CPU the server used during the load
     activity: dict[str, list[Counter[str]]] = field(default_factory=lambda: defaultdict(list))
     # Connections idle in transaction: the statement each had run last, and how long it had
     # been idle (ms), over every sample.
@@ -220,8 +230,11 @@ async def sample_activity(
         await connection.close()
 
 
-async def load(args: argparse.Namespace, base_url: str, api_key: str, proxy: ProxyThread) -> Run:
+async def load(
+    args: argparse.Namespace, base_url: str, api_key: str, proxy: ProxyThread, server_pid: int
+) -> Run:
     run = Run()
+    cpu_before = cpu_seconds(server_pid)
     referrals = Referrals()
     total = args.before + args.outage + args.after
     run.cut_at = args.before if args.outage > 0 else math.inf
@@ -259,6 +272,7 @@ async def load(args: argparse.Namespace, base_url: str, api_key: str, proxy: Pro
             await asyncio.gather(*tasks)
         stop.set()
         await sampler
+    run.server_cpu = cpu_seconds(server_pid) - cpu_before
     return run
 
 
@@ -442,6 +456,7 @@ def read_logs(path: Path) -> Logs:
             with_stack += 1
         if line.get("message") == "database unavailable":
             unavailable += 1
+            messages[f"(reason {line.get('reason')}, {line.get('error')})"] += 1
         if level in ("WARNING", "ERROR", "CRITICAL"):
             messages[f"{level} {line.get('logger')}: {str(line.get('message')).strip()}"] += 1
     return Logs(lines, size, by_level, with_stack, unavailable, messages)
@@ -582,6 +597,8 @@ def report(
         + f"; received {len(webhooks)} distinct webhook-ids, "
         f"{sum(n - 1 for n in webhooks.values())} repeats",
         f"- First referral accepted after the restore: {recovery(run)}",
+        f"- Server CPU during the load: {run.server_cpu:.1f} s, "
+        f"{1000 * run.server_cpu / max(1, len(run.answers)):.2f} ms per request sent",
         f"- Server log: {logs.lines} lines, {logs.size / 1024:.0f} KiB; by level "
         + ", ".join(f"{k} {v}" for k, v in sorted(logs.by_level.items()))
         + f"; {logs.with_stack} with a stack; {logs.unavailable} 'database unavailable'",
@@ -655,7 +672,7 @@ async def main_async(
     try:
         await server.wait_ready()
         api_key = await set_up(server.base_url, admin_key, receiver.url)
-        run = await load(args, server.base_url, api_key, proxy)
+        run = await load(args, server.base_url, api_key, proxy, server.process.pid)
         kept = await stored(args.pg, args.database, run, args.settle)
     finally:
         await asyncio.to_thread(server.stop)
