@@ -17,7 +17,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPBRIDGE_", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
-    database_pool_size: int = Field(default=10, ge=1)
+    # Connections per process (app.db.PoolLimits): kept open, opened beyond that under load, and
+    # the seconds a request waits for one (or for SQLite's write lock) before it is answered 503.
+    # A request holds one connection at a time, for a few milliseconds, and one process is one
+    # event loop: 5 + 5 outlast its CPU, and more only lengthen every transaction under overload
+    # (docs/DEPLOYMENT.md, bench/RESULTS.md).
+    database_pool_size: int = Field(default=5, ge=1)
+    database_pool_max_overflow: int = Field(default=5, ge=0)
+    database_pool_timeout: float = Field(default=3.0, gt=0, le=60)
     admin_api_key: SecretStr | None = None
     require_consent: bool = True
     # Delays in seconds between delivery attempts; the last repeats until retry_max_age.

@@ -6,6 +6,8 @@ The schema is made only by Alembic migrations (``migrations/``); nothing here cr
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -23,6 +26,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+from app.config import Settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -104,8 +109,32 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+@dataclass(frozen=True)
+class PoolLimits:
+    """How many connections a process keeps and opens, and how long a request waits for one.
+
+    ``timeout`` bounds every wait for the database's attention: a free connection from the pool,
+    a new connection to be opened (PostgreSQL), and SQLite's write lock (its busy timeout). A wait
+    that runs out is :func:`unavailability` "pool_timeout" or "locked": the request is answered 503
+    quickly instead of hanging. The defaults suit the command line; the server and workers take
+    theirs from the settings (``SPBRIDGE_DATABASE_POOL_*``, :meth:`from_settings`)."""
+
+    size: int = 5
+    max_overflow: int = 5
+    timeout: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PoolLimits:
+        return cls(
+            size=settings.database_pool_size,
+            max_overflow=settings.database_pool_max_overflow,
+            timeout=settings.database_pool_timeout,
+        )
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
     """WAL, a busy timeout and write transactions that take the lock up front (DESIGN §10)."""
+    busy_ms = max(1, round(busy_timeout * 1000))
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -113,7 +142,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -126,17 +155,28 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
+    pool = pool or PoolLimits()
     kwargs: dict[str, Any] = {}
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs.update(
+                pool_size=pool.size, max_overflow=pool.max_overflow, pool_timeout=pool.timeout
+            )
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        kwargs.update(
+            pool_size=pool.size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.timeout,
+            pool_pre_ping=True,
+            # asyncpg waits 60 s for a new connection by default: as long as the pool's wait.
+            connect_args={"timeout": pool.timeout},
+        )
     engine = create_async_engine(url, **kwargs)
     if is_sqlite(url):
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, pool.timeout)
     return engine
 
 
@@ -147,8 +187,8 @@ class Database:
     read_sessions: async_sessionmaker[AsyncSession]
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 10) -> Database:
-        engine = create_engine(url, pool_size)
+    def from_url(cls, url: str, pool: PoolLimits | None = None) -> Database:
+        engine = create_engine(url, pool)
         return cls(
             engine=engine,
             write_sessions=async_sessionmaker(engine, expire_on_commit=False),
@@ -157,8 +197,169 @@ class Database:
             ),
         )
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls.from_url(settings.database_url, PoolLimits.from_settings(settings))
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+# --- the database unavailable ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why a database error means the database is unavailable (not a bug in the request):
+
+    - ``connection``: refused, reset, closed, shut down, or no more connections allowed;
+    - ``pool_timeout``: no pooled connection came free within the pool's timeout (overload);
+    - ``locked``: SQLite's write lock did not come free within its busy timeout;
+    - ``resources``: the server is out of disk, memory or I/O.
+
+    ``error`` is the type of the exception that says so (the driver's, when there is one): it is
+    what gets logged, never the exception's message, which may quote statement parameters."""
+
+    reason: str
+    error: str
+
+
+# PostgreSQL SQLSTATEs: class 08 connection exception, class 53 insufficient resources, and the
+# server going away (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now).
+_PG_CONNECTION_CLASSES = ("08",)
+_PG_RESOURCE_CLASSES = ("53",)
+_PG_SHUTDOWN = frozenset({"57P01", "57P02", "57P03"})
+_PG_TOO_MANY_CONNECTIONS = "53300"
+# SQLite primary result codes (the low byte of an extended code).
+_SQLITE_LOCKED = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+_SQLITE_RESOURCES = frozenset({10, 13, 14})  # SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN
+# Modules whose frames show that an OSError came from talking to the database.
+_DATABASE_MODULES = ("sqlalchemy.", "asyncpg.", "aiosqlite.")
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, then what SQLAlchemy wrapped (``orig``) and the causes, each once."""
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(found) < 8 and all(current is not e for e in found):
+        found.append(current)
+        wrapped = getattr(current, "orig", None)
+        if isinstance(wrapped, BaseException) and all(wrapped is not e for e in found):
+            current = wrapped
+        else:
+            current = current.__cause__ or current.__context__
+    return found
+
+
+def _from_database(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while talking to the database (its frames pass through
+    SQLAlchemy or a driver), not by, say, an outbound HTTP call."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(_DATABASE_MODULES):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _driver_reason(exc: BaseException) -> str | None:
+    # PostgreSQL drivers' errors (asyncpg's, psycopg's, SQLAlchemy's adaptations) carry the
+    # server's SQLSTATE.
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and len(sqlstate) == 5:
+        if (
+            sqlstate.startswith(_PG_CONNECTION_CLASSES)
+            or sqlstate in _PG_SHUTDOWN
+            or sqlstate == _PG_TOO_MANY_CONNECTIONS
+        ):
+            return "connection"
+        if sqlstate.startswith(_PG_RESOURCE_CLASSES):
+            return "resources"
+        return None
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            if code & 0xFF in _SQLITE_LOCKED:
+                return "locked"
+            if code & 0xFF in _SQLITE_RESOURCES:
+                return "resources"
+        return None
+    if isinstance(exc, OSError) and _from_database(exc):
+        # Refused, reset, unreachable or timed out while connecting: the driver raises these
+        # itself, and SQLAlchemy passes them on unwrapped when a new connection fails.
+        return "connection"
+    return None
+
+
+def unavailability(exc: BaseException) -> Unavailable | None:
+    """Whether ``exc`` means the database is unavailable, and why; None for anything else, which
+    is a bug (a query the database refuses, a constraint, a programming error) and stays a 500.
+
+    Decided by the exception's type and the connection's state, never by its message. Only a
+    database error itself counts (a bug raised while handling one does not): SQLAlchemy's pool
+    timeout, its wrapper of a driver error (whose chain is read for the driver's code), or a
+    driver's error raised unwrapped while connecting."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return Unavailable("pool_timeout", _type_name(exc))
+    if isinstance(exc, sa_exc.DBAPIError):
+        chain = _chain(exc)
+        for link in chain:
+            reason = _driver_reason(link)
+            if reason is not None:
+                return Unavailable(reason, _type_name(link))
+        if exc.connection_invalidated:
+            # SQLAlchemy found the connection dead (and dropped it from the pool).
+            return Unavailable("connection", _type_name(chain[-1]))
+        return None
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return None
+    reason = _driver_reason(exc)
+    return Unavailable(reason, _type_name(exc)) if reason is not None else None
+
+
+class FailedRounds:
+    """How background work (dispatcher, reconciler, report drainer) meets a round that failed:
+    one log line per round, WARNING with the reason and no stack when the database is
+    unavailable (an outage is not a bug, and a stack a second fills the log), ERROR with the
+    stack otherwise; then a pause that doubles with each failure in a row, from ``first`` up to
+    ``cap`` seconds, so a database that is down or overloaded is not hammered. A round that
+    works starts again from ``first``. Nothing is lost by a failed round: its transaction rolled
+    back, and what it would have done is still there to do."""
+
+    def __init__(
+        self, logger: logging.Logger, message: str, first: float = 1.0, cap: float = 10.0
+    ) -> None:
+        self.logger = logger
+        self.message = message
+        self.first = first
+        self.cap = cap
+        self.in_a_row = 0
+
+    def failed(self, exc: Exception, **extra: Any) -> float:
+        """Log the failure; the seconds to pause before the next round."""
+        self.in_a_row += 1
+        found = unavailability(exc)
+        if found is None:
+            self.logger.error(self.message, exc_info=exc, extra=extra)
+        else:
+            self.logger.warning(
+                self.message,
+                extra={**extra, "reason": f"database {found.reason}", "error": found.error},
+            )
+        return float(min(self.cap, self.first * 2 ** (self.in_a_row - 1)))
+
+    def succeeded(self) -> None:
+        self.in_a_row = 0
 
 
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:

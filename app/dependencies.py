@@ -27,7 +27,7 @@ def installation_keys(request: Request) -> KeyStore:
     return keys
 
 
-def get_settings_from_app(request: Request) -> Settings:
+async def get_settings_from_app(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -54,10 +54,13 @@ async def read_session(request: Request) -> AsyncIterator[AsyncSession]:
 # request is a durable one (the default scope would commit after the response went out).
 WriteSession = Annotated[AsyncSession, Depends(write_session, scope="function")]
 ReadSession = Annotated[AsyncSession, Depends(read_session, scope="function")]
+# Dependencies are coroutines, even those that only read the app's state: FastAPI runs a plain
+# function in a worker thread, and a request waiting for a thread while it holds a transaction
+# keeps its connection idle in transaction (under load, for as long as the pool is busy).
 AppSettings = Annotated[Settings, Depends(get_settings_from_app)]
 
 
-def get_http(request: Request) -> httpx.AsyncClient:
+async def get_http(request: Request) -> httpx.AsyncClient:
     http: httpx.AsyncClient = request.app.state.http
     return http
 
@@ -72,4 +75,8 @@ def get_now(request: Request) -> dt.datetime:
     return clock()
 
 
-Now = Annotated[dt.datetime, Depends(get_now)]
+async def _now(request: Request) -> dt.datetime:
+    return get_now(request)
+
+
+Now = Annotated[dt.datetime, Depends(_now)]

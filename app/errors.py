@@ -6,13 +6,19 @@ Under ``/fhir`` an error is a FHIR OperationOutcome; everywhere else it is JSON 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.db import Unavailable, unavailability
+
+log = logging.getLogger("spbridge")
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,36 @@ class BusinessRuleViolation(AppError):
     title = "Unprocessable entity"
 
 
+# Seconds a client is asked to wait before trying again after a 503 (the database unavailable,
+# or the audit record not written): long enough for a pool to drain or a failover to finish.
+RETRY_AFTER_SECONDS = 5
+
+
+class ServiceUnavailable(AppError):
+    """503 with Retry-After: the request was refused because something it needs is unavailable
+    for now. Send it again as it is after Retry-After seconds: it was rolled back (or, if the
+    connection was lost as it committed, it was carried out, and a repeat finds it done: referrals
+    by their identifier, case events by their idempotency key, platform messages by their id)."""
+
+    status = 503
+    issue_code = "transient"
+    title = "Service Unavailable"
+
+    def __init__(self, diagnostics: str, **kwargs: Any) -> None:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(kwargs.pop("headers", None) or {})}
+        super().__init__(diagnostics, headers=headers, **kwargs)
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """503: the database did not answer in time (down, connection lost, pool exhausted, locked)."""
+
+    def __init__(self, found: Unavailable) -> None:
+        super().__init__(
+            "The database did not answer in time; send the request again after Retry-After seconds"
+        )
+        self.found = found
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 FHIR_MEDIA_TYPE = "application/fhir+json"
@@ -218,6 +254,10 @@ class ProblemDetailsDoc(BaseModel):
     errors: list[ProblemErrorDoc] | None = None
 
 
+UNAVAILABLE_DESCRIPTION = (
+    "Unavailable for now (the database did not answer in time): send the request again after "
+    "Retry-After seconds"
+)
 _DESCRIPTIONS = {
     400: "Unparseable or structurally invalid request",
     401: "No valid credentials",
@@ -230,6 +270,7 @@ _DESCRIPTIONS = {
     415: "Unsupported media type",
     422: "Breaks a business rule",
     429: "Too many requests",
+    503: UNAVAILABLE_DESCRIPTION,
 }
 
 
@@ -285,3 +326,90 @@ def validation_message(error: Mapping[str, Any]) -> str:
     if isinstance(value, str | int | float) and len(str(value)) >= 2 and str(value) in message:
         return "has an invalid value"
     return message
+
+
+# --- the last resort: errors no handler took ----------------------------------------------------
+
+# Set in the request state once the request's failure has been logged, so it is logged once.
+FAILURE_LOGGED = "failure_logged"
+# Set in the request state when the answer is a 503 because the database was unavailable.
+DATABASE_UNAVAILABLE = "database_unavailable"
+
+
+class _UnavailableCounter(Protocol):
+    def database_unavailable(self, reason: str) -> None: ...
+
+
+def database_unavailable(scope: Scope, exc: BaseException) -> DatabaseUnavailable | None:
+    """The answer to a request that failed because the database was unavailable, with its one
+    log line (WARNING, the exception's type, no stack: an outage is not a bug, and would log
+    thousands) and its count in the metrics; None when ``exc`` is anything else."""
+    found = unavailability(exc)
+    if found is None:
+        return None
+    state = scope.setdefault("state", {})
+    if not state.get(FAILURE_LOGGED):
+        # The ids also from the state: outside the request id middleware (in the server's
+        # last-resort handler) its context is gone.
+        ids = {key: state.get(key) for key in ("request_id", "correlation_id")}
+        log.warning(
+            "database unavailable",
+            extra={**ids, "reason": found.reason, "error": found.error},
+        )
+        metrics: _UnavailableCounter | None = getattr(
+            getattr(scope.get("app"), "state", None), "request_metrics", None
+        )
+        if metrics is not None:
+            metrics.database_unavailable(found.reason)
+    state[FAILURE_LOGGED] = True
+    state[DATABASE_UNAVAILABLE] = True
+    return DatabaseUnavailable(found)
+
+
+def answer_to_failure(scope: Scope, exc: Exception) -> AppError:
+    """What a request that raised ``exc`` (not an AppError) is answered: 503 if the database
+    was unavailable, else 500, logged once with its stack (a bug: never hidden as a 503)."""
+    refusal = database_unavailable(scope, exc)
+    if refusal is not None:
+        return refusal
+    state = scope.setdefault("state", {})
+    if not state.get(FAILURE_LOGGED):
+        # The access log line with the same request id names the route (never the path, which
+        # may hold identifiers).
+        ids = {key: state.get(key) for key in ("request_id", "correlation_id")}
+        log.error("unhandled error", exc_info=exc, extra=ids)
+        state[FAILURE_LOGGED] = True
+    return AppError("An internal error occurred; it has been logged")
+
+
+class ErrorBoundary:
+    """Answers a request whose handler raised an exception no handler took (see
+    :func:`answer_to_failure`), and ends it there: the answer goes out through the other
+    middlewares like any response (the audit trail, the access log, the request ids), and the
+    exception is not raised on to the server, which would log it again with its stack.
+
+    Added first, so it is the innermost middleware. Only when the response had already started is
+    the exception raised on (the server then closes the connection)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as exc:
+            error = answer_to_failure(scope, exc)
+            if started:
+                raise
+            await error_response(scope.get("path", ""), error)(scope, receive, send)

@@ -27,12 +27,15 @@ from app.directory.router import routes_router
 from app.errors import (
     FHIR_MEDIA_TYPE,
     PROBLEM_MEDIA_TYPE,
+    UNAVAILABLE_DESCRIPTION,
     AppError,
     BadRequest,
     BusinessRuleViolation,
+    ErrorBoundary,
     Issue,
     MethodNotAllowed,
     NotFound,
+    answer_to_failure,
     error_response,
     is_fhir_path,
     validation_location,
@@ -120,11 +123,14 @@ def _install_error_handlers(application: FastAPI) -> None:
         return render_error(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # Past the middlewares by now: the ids come from the request. The access log line with
-        # the same request id names the route (never the path, which may hold identifiers).
-        ids = {key: getattr(request.state, key, None) for key in ("request_id", "correlation_id")}
-        log.exception("unhandled error", extra=ids)
-        return render_error(request, AppError("An internal error occurred; it has been logged"))
+        # Only for an error raised outside the ErrorBoundary (in a middleware), or after the
+        # response started. Past the request id middleware by now: its headers are added here.
+        response = render_error(request, answer_to_failure(request.scope, exc))
+        for header, key in (("X-Request-ID", "request_id"), ("X-Correlation-ID", "correlation_id")):
+            value = getattr(request.state, key, None)
+            if isinstance(value, str):
+                response.headers[header] = value
+        return response
 
     application.add_exception_handler(AppError, on_app_error)
     application.add_exception_handler(RequestValidationError, on_validation_error)
@@ -143,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.critical(str(refused))  # one line, before the server's own report of the failure
             raise
         redact_tokens_in_access_logs()
-        database = Database.from_url(settings.database_url, settings.database_pool_size)
+        database = Database.from_settings(settings)
         http = outbound_client(settings)
         application.state.database = database
         application.state.http = http
@@ -179,7 +185,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Outermost last: request ids, the access log (which also feeds the request metrics), then
     # CORS, rate and body limits (so 429s and 413s are logged and counted too), then the audit
-    # trail (a request a limit refused never reached patient data).
+    # trail (a request a limit refused never reached patient data), then the boundary that
+    # answers errors no handler took (500, or 503 when the database is unavailable), so those
+    # answers pass through all of the above like any other.
+    application.add_middleware(ErrorBoundary)
     application.add_middleware(AuditMiddleware)
     install_limits(application, settings)
     application.state.request_metrics = RequestMetrics()
@@ -209,19 +218,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         application.include_router(router)
 
-    _document_rate_limit(application)
+    _document_common_refusals(application)
     install_openapi(application)  # examples, errors and security as integrators need them
     return application
 
 
-def _document_rate_limit(application: FastAPI) -> None:
-    """Every operation but the liveness probe can answer 429 (app.limits): say so in each."""
+# Operations that never touch the database, so never answer 503 for it.
+_NO_DATABASE = frozenset({"/healthz", "/metrics"})
+
+
+def _document_common_refusals(application: FastAPI) -> None:
+    """Every operation but the liveness probe can answer 429 (app.limits), and every one that
+    touches the database 503 when it is unavailable (app.errors.ErrorBoundary): say so in each."""
     generate = application.openapi
 
     def openapi() -> dict[str, Any]:
         if application.openapi_schema is not None:
             return application.openapi_schema
         schema = generate()
+        retry_after = {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "integer"},
+            }
+        }
         for path, operations in schema.get("paths", {}).items():
             if path == "/healthz":
                 continue
@@ -237,16 +257,21 @@ def _document_rate_limit(application: FastAPI) -> None:
                 }
             )
             for operation in operations.values():
-                operation.setdefault("responses", {})["429"] = {
+                responses = operation.setdefault("responses", {})
+                responses["429"] = {
                     "description": "Too many requests: wait for Retry-After seconds",
-                    "headers": {
-                        "Retry-After": {
-                            "description": "Seconds to wait before trying again",
-                            "schema": {"type": "integer"},
-                        }
-                    },
+                    "headers": retry_after,
                     "content": body,
                 }
+                if path not in _NO_DATABASE:
+                    responses.setdefault(
+                        "503",
+                        {
+                            "description": UNAVAILABLE_DESCRIPTION,
+                            "headers": retry_after,
+                            "content": body,
+                        },
+                    )
         application.openapi_schema = schema
         return schema
 

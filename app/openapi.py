@@ -80,6 +80,10 @@ _EXAMPLE_ISSUES: dict[int, Issue] = {
         "Send FHIR resources as application/fhir+json (application/json is also accepted)",
     ),
     429: Issue("throttled", "Too many requests; try again after Retry-After seconds"),
+    503: Issue(
+        "transient",
+        "The database did not answer in time; send the request again after Retry-After seconds",
+    ),
 }
 _EXAMPLE_422 = {
     True: Issue(
@@ -102,6 +106,7 @@ _TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable entity",
     429: "Too many requests",
+    503: "Service Unavailable",
 }
 _MORE_DESCRIPTIONS = {405: "Method not allowed", 500: "Internal error"}
 

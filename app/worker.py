@@ -42,7 +42,7 @@ class Background:
 
 async def run_worker(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then finish or release the deliveries in flight."""
-    database = Database.from_url(settings.database_url, settings.database_pool_size)
+    database = Database.from_settings(settings)
     http = outbound_client(settings)
     background = Background(database, settings, http)
     stopping = asyncio.Event()

@@ -10,6 +10,12 @@ record is then written exactly once:
   without its record and a record never claims a change that was rolled back;
 - every other request (reads, and writes that failed) has it written by :class:`AuditMiddleware`
   before the response starts; if that write fails, the caller gets a 503 instead of the data.
+
+One rule with the rest of the app for the database being unavailable (app.db.unavailability):
+a record that cannot be written because of it gives the same 503 as any request that meets it
+(one log line, counted), and a request answered that 503 is not recorded (see ``_unrecorded``).
+A record that cannot be written for any other reason still withholds the answer (503), logged
+with its stack.
 """
 
 from __future__ import annotations
@@ -27,8 +33,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit.models import AuditedPatient, AuditRecord
-from app.db import Database, utcnow
-from app.errors import AppError, error_response
+from app.db import Database, unavailability, utcnow
+from app.errors import (
+    DATABASE_UNAVAILABLE,
+    AppError,
+    ServiceUnavailable,
+    database_unavailable,
+    error_response,
+)
 from app.keys import KeyPurpose, KeyStore
 from app.logs import route_template
 from app.pseudonyms import PSEUDONYM_PREFIX, pseudonym
@@ -283,12 +295,9 @@ async def _record(session: AsyncSession, asgi_scope: Scope, audit: AuditScope, s
     )
 
 
-class AuditUnavailable(AppError):
-    """503: the audit record could not be written, so the request is refused."""
-
-    status = 503
-    issue_code = "transient"
-    title = "Service Unavailable"
+class AuditUnavailable(ServiceUnavailable):
+    """503: the audit record could not be written (for a reason other than the database being
+    unavailable, which is answered as every request is), so the request is refused."""
 
 
 async def stage(asgi_scope: Scope, session: AsyncSession, default_status: int) -> None:
@@ -299,6 +308,8 @@ async def stage(asgi_scope: Scope, session: AsyncSession, default_status: int) -
     try:
         await _record(session, asgi_scope, audit, audit.status or default_status)
     except Exception as exc:
+        if unavailability(exc) is not None:
+            raise  # the database is unavailable: answered by the ErrorBoundary, as any request
         log.exception("the audit record could not be written; the change is rolled back")
         raise AuditUnavailable(
             "The request could not be recorded in the audit trail, so it was not carried out; "
@@ -333,12 +344,26 @@ def _resource_id(asgi_scope: Scope, audit: AuditScope) -> str | None:
     return given if given is not None and valid_id(given) else None
 
 
-def _withheld() -> AuditUnavailable:
+def _withheld(scope: Scope, exc: Exception) -> AppError:
+    """The answer in place of one whose record could not be written: the database's 503 if it
+    is unavailable, else the audit trail's own 503 (logged with its stack: something to fix)."""
+    refusal = database_unavailable(scope, exc)
+    if refusal is not None:
+        return refusal
+    log.error("the audit record could not be written; answer withheld", exc_info=exc)
     return AuditUnavailable(
         "The request could not be recorded in the audit trail, so its answer is withheld; "
-        "try again shortly",
-        headers={"Retry-After": "5"},
+        "try again shortly"
     )
+
+
+def _unrecorded(scope: Scope) -> bool:
+    """A request answered 503 because the database was unavailable is not recorded here: its
+    answer discloses nothing, a change it made (committed as the connection was lost) carries its
+    record already, the database could not take the record anyway, and trying would make the
+    caller wait a second time. The access log and the metrics count it."""
+    state = scope.get("state") or {}
+    return bool(state.get(DATABASE_UNAVAILABLE))
 
 
 class AuditMiddleware:
@@ -364,27 +389,28 @@ class AuditMiddleware:
                 return
             if message["type"] == "http.response.start":
                 audit = scope_of(scope)
-                if audit is not None and not audit.written:
+                if audit is not None and not audit.written and not _unrecorded(scope):
                     try:
                         await self._write(scope, audit, int(message["status"]))
-                    except Exception:
-                        log.exception("the audit record could not be written; answer withheld")
+                    except Exception as exc:
                         withheld = True
-                        refusal = error_response(scope.get("path", ""), _withheld())
+                        refusal = error_response(scope.get("path", ""), _withheld(scope, exc))
                         await refusal(scope, receive, send)
                         return
             await send(message)
 
         try:
             await self.app(scope, receive, send_after_record)
-        except Exception:
-            # An error no handler turned into a response (a 500): record the failed access.
+        except Exception as exc:
+            # An error raised after its response started (the ErrorBoundary answers the others):
+            # record the failed access, unless the database was unavailable.
             audit = scope_of(scope)
-            if audit is not None and not audit.written:
+            if audit is not None and not audit.written and unavailability(exc) is None:
                 try:
                     await self._write(scope, audit, 500)
-                except Exception:
-                    log.exception("the audit record of a failed request could not be written")
+                except Exception as failure:
+                    if unavailability(failure) is None:
+                        log.exception("the audit record of a failed request could not be written")
             raise
         finally:
             _current.reset(token)

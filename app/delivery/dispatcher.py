@@ -53,7 +53,7 @@ from app.cases.models import Case, Referral
 from app.cases.resources import service_request_resource
 from app.cases.service import cases_for_delivery
 from app.config import Settings, public_base
-from app.db import Database, transaction, utcnow
+from app.db import Database, FailedRounds, transaction, unavailability, utcnow
 from app.delivery import retry, signing
 from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.delivery.service import enqueue_operational
@@ -134,16 +134,20 @@ class Dispatcher:
 
     async def run(self) -> None:
         log.info("dispatcher started", extra={"worker": self.name})
+        failures = FailedRounds(
+            log, "dispatch round failed", first=self.settings.dispatch_poll_interval * 5
+        )
         while not self._stopping.is_set():
             # Cleared before the round, not after it: a commit that wakes us mid-round is not
             # lost, the next pause returns at once.
             self._wake.clear()
             try:
                 handled = await self.run_once()
-            except Exception:  # a broken round must not stop delivery for good
-                log.exception("dispatch round failed", extra={"worker": self.name})
+            except Exception as exc:  # a broken round must not stop delivery for good
                 handled = 0
-                await self._pause(self.settings.dispatch_poll_interval * 5)
+                await self._pause(failures.failed(exc, worker=self.name))
+                continue
+            failures.succeeded()
             if handled == 0:
                 await self._pause(self.settings.dispatch_poll_interval)
 
@@ -163,7 +167,17 @@ class Dispatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.release()
+        try:
+            await self.release()
+        except Exception as exc:
+            found = unavailability(exc)
+            if found is None:
+                raise
+            # Not released: another process claims them when their leases lapse.
+            log.warning(
+                "claims not released",
+                extra={"worker": self.name, "reason": f"database {found.reason}"},
+            )
         log.info("dispatcher stopped", extra={"worker": self.name})
 
     async def release(self) -> int:

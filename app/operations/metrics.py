@@ -3,7 +3,9 @@
 Two kinds of figure, because they come from two places:
 
 - **This process's requests**: ``spbridge_http_requests_total`` by method, route template and
-  status, and the ``spbridge_http_request_duration_seconds`` histogram by method and route. Kept
+  status, the ``spbridge_http_request_duration_seconds`` histogram by method and route, and
+  ``spbridge_database_unavailable_responses_total`` (503s because the database did not answer)
+  by reason. Kept
   in the process's memory (``RequestMetrics``): with N API processes, scrape each one and let
   Prometheus sum them (``sum by (route, status) (rate(...))``).
 - **The queue and the case log**, read from the database at scrape time
@@ -54,6 +56,8 @@ UNMATCHED = "unmatched"
 # From a cached read (~1 ms) to a slow FHIR transaction or a stalled database (10 s).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OPEN_STATES = ("pending", "in_flight")
+# app.db.Unavailable.reason: a fixed list, so the counter's series are too.
+UNAVAILABLE_REASONS = ("connection", "pool_timeout", "locked", "resources")
 
 
 class RequestMetrics:
@@ -75,9 +79,22 @@ class RequestMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.unavailable = Counter(
+            "spbridge_database_unavailable_responses",
+            "Requests answered 503 because the database was unavailable, by reason: connection "
+            "(refused, lost, shut down), pool_timeout (no connection free in time), locked "
+            "(SQLite's write lock), resources (disk, memory)",
+            ("reason",),
+            registry=self.registry,
+        )
+        for reason in UNAVAILABLE_REASONS:
+            self.unavailable.labels(reason)  # every series from 0, so rate() sees the first one
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+
+    def database_unavailable(self, reason: str) -> None:
+        self.unavailable.labels(reason if reason in UNAVAILABLE_REASONS else "other").inc()
 
     def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"

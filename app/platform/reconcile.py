@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from adapters import registry
 from adapters.base import AdapterError, PlatformAdapter
 from app.config import Settings
-from app.db import Database, transaction, utcnow
+from app.db import Database, FailedRounds, transaction, utcnow
 from app.directory.models import SocialPrescribingService
 from app.errors import AppError
 from app.platform.service import apply_message, platform_adapter
@@ -53,15 +53,17 @@ class Reconciler:
                 await self._task
 
     async def run(self) -> None:
+        interval = min(self.settings.reconcile_interval, 30.0)
+        failures = FailedRounds(log, "reconciliation round failed", first=interval, cap=interval)
         while not self._stopping.is_set():
+            pause = interval
             try:
                 await self.run_once()
-            except Exception:
-                log.exception("reconciliation round failed")
+                failures.succeeded()
+            except Exception as exc:  # the services' cursors stay where they were
+                pause = failures.failed(exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stopping.wait(), timeout=min(self.settings.reconcile_interval, 30.0)
-                )
+                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
 
     async def run_once(self, now: dt.datetime | None = None) -> int:
         """Poll every service that is due; returns how many messages were applied."""

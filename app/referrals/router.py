@@ -45,11 +45,20 @@ def _headers(referral: Referral, base: str) -> dict[str, str]:
     }
 
 
-async def _read_resource(
-    request: Request, settings: Settings, resource_type: str
+async def _read_body(request: Request, settings: AppSettings) -> bytes:
+    """The body as sent, read before the caller is authenticated (this dependency is declared
+    ahead of require()): authentication begins the request's transaction, which must not stay
+    open while the client is still sending (on SQLite it holds the database's write lock)."""
+    return await parsing.read_body(request, settings.max_body_bytes)
+
+
+RawBody = Annotated[bytes, Depends(_read_body)]
+
+
+def _read_resource(
+    request: Request, body: bytes, resource_type: str
 ) -> tuple[bytes, dict[str, Any], Any]:
     parsing.check_media_type(request.headers.get("content-type"))
-    body = await parsing.read_body(request, settings.max_body_bytes)
     data = parsing.parse_json(body)
     parsing.check_resource_type(data, resource_type)
     model = parsing.parse_resource(data, resource_type)
@@ -95,10 +104,11 @@ async def create_service_request(
     request: Request,
     session: WriteSession,
     settings: AppSettings,
+    body: RawBody,
     principal: Annotated[Principal, Depends(require(Operation.REFERRAL_CREATE, writes=True))],
     if_none_exist: Annotated[str | None, Header(alias="If-None-Exist")] = None,
 ) -> Response:
-    _body, data, model = await _read_resource(request, settings, "ServiceRequest")
+    _body, data, model = _read_resource(request, body, "ServiceRequest")
     draft = _assess(model, settings)
     intake = await service.create_referral(
         session, draft, data, principal, event_context(request, principal), if_none_exist
@@ -134,9 +144,10 @@ async def post_transaction(
     request: Request,
     session: WriteSession,
     settings: AppSettings,
+    body: RawBody,
     principal: Annotated[Principal, Depends(require(Operation.REFERRAL_CREATE, writes=True))],
 ) -> Response:
-    _body, data, _bundle = await _read_resource(request, settings, "Bundle")
+    _body, data, _bundle = _read_resource(request, body, "Bundle")
     unbundled = unbundle(data)
     try:
         model = parsing.parse_resource(unbundled.service_request, "ServiceRequest")
@@ -340,10 +351,11 @@ async def update_service_request(
     request: Request,
     session: WriteSession,
     settings: AppSettings,
+    body: RawBody,
     principal: Annotated[Principal, Depends(require(Operation.REFERRAL_UPDATE, writes=True))],
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> Response:
-    _body, data, _model = await _read_resource(request, settings, "ServiceRequest")
+    _body, data, _model = _read_resource(request, body, "ServiceRequest")
     referral = await service.update_referral(
         session, principal, referral_id, data, if_match, event_context(request, principal)
     )

@@ -11,7 +11,7 @@ import logging
 from sqlalchemy import select
 
 from app.cases.models import ReportPendingCase
-from app.db import Database, transaction
+from app.db import Database, FailedRounds, transaction
 from app.reports import projection
 
 log = logging.getLogger("spbridge.reports")
@@ -36,15 +36,18 @@ class ReportDrainer:
                 await self._task
 
     async def run(self) -> None:
+        failures = FailedRounds(log, "draining the report queue failed", first=self.interval)
         while not self._stopping.is_set():
+            pause = self.interval
             try:
                 # A full batch means more may be waiting: go on without pausing.
                 while await self.run_once() >= self.batch and not self._stopping.is_set():
                     pass
-            except Exception:
-                log.exception("draining the report queue failed")
+                failures.succeeded()
+            except Exception as exc:  # the queue stays as it was: the next round takes it
+                pause = failures.failed(exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
+                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
 
     async def run_once(self) -> int:
         """Drain one batch in its own transaction; returns how many cases it took."""
