@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import Database
-from app.delivery.models import Delivery, DeliveryAttempt
+from app.outbox.models import Delivery, DeliveryAttempt
 from tests.conftest import Bridge, referral_resource
 from tests.support.delivery import ADMIN, subscribe
 from tests.support.receiver import Receiver

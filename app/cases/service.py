@@ -32,10 +32,10 @@ from app.cases.states import (
 )
 from app.cases.summary import discharge_summary
 from app.db import utcnow
-from app.delivery import service as delivery
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, purged
 from app.fhir.task import TaskView
+from app.outbox import service as outbox
 from app.security.auth import Principal
 from app.security.roles import Role
 
@@ -191,10 +191,17 @@ async def apply_event(
     if withdrawn:
         # Consent withdrawn: every delivery of this person's data still queued is cancelled in
         # this transaction; enqueue then sends only the closing Task to the referrer and a
-        # cancellation to a platform that may hold the case (app.delivery.service).
-        holding = await delivery.stop_for_withdrawal(session, referral.id, now)
-    destinations = await delivery.destinations_for(session, referral, service.organisation)
-    delivery.enqueue(session, destinations, case, record, platforms_holding=holding)
+        # cancellation to a platform that may hold the case (app.outbox.service).
+        holding = await outbox.stop_for_withdrawal(session, referral.id, now)
+    destinations = await outbox.destinations_for(
+        session,
+        service_id=referral.service_id,
+        referrer=referral.organisation,
+        provider=service.organisation,
+    )
+    outbox.enqueue(
+        session, destinations, case, record, withdrawn=withdrawn, platforms_holding=holding
+    )
     return record
 
 

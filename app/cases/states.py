@@ -135,7 +135,7 @@ _SOURCES: dict[str, frozenset[CaseState]] = {
     "case.discharged": OPEN_STATES,
     # The person withdraws consent (or objects to the processing) at any point while the case
     # is open: the case closes as discharged and no more of their data is sent anywhere (only
-    # the closing Task to the referrer). See app.delivery.service.stop_for_withdrawal.
+    # the closing Task to the referrer). See app.outbox.service.stop_for_withdrawal.
     "consent.withdrawn": OPEN_STATES,
 }
 

@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.cases.models import Case, CaseEvent
 from app.cases.states import consent_withdrawn
 from app.db import ENQUEUED, utcnow
-from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.delivery.schemas import (
     AttemptOut,
     DeliveryDetail,
@@ -21,9 +20,10 @@ from app.delivery.schemas import (
     QueueStats,
     ReplayFilter,
 )
-from app.delivery.service import CONSENT_WITHDRAWN_EVENT
 from app.errors import BadRequest, BusinessRuleViolation, Conflict, NotFound
 from app.fhir.search import encode_cursor, page_of
+from app.outbox.models import Delivery, DeliveryAttempt, Destination
+from app.outbox.service import CONSENT_WITHDRAWN_EVENT
 
 STATES = ("pending", "in_flight", "delivered", "dead", "cancelled")
 REPLAYABLE = ("dead", "cancelled")

@@ -55,9 +55,10 @@ from app.cases.service import cases_for_delivery
 from app.config import Settings
 from app.db import Database, transaction, utcnow
 from app.delivery import retry, signing
-from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
-from app.delivery.service import enqueue_operational
 from app.fhir.task import task_resource
+from app.outbox import payloads
+from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
+from app.outbox.service import enqueue_operational
 
 log = logging.getLogger("spbridge.delivery")
 
@@ -547,7 +548,7 @@ class Dispatcher:
             return  # an operational event itself: alerting on it could loop
         await enqueue_operational(
             session,
-            signing.DEAD_LETTERED,
+            payloads.DEAD_LETTERED,
             {
                 "delivery_id": delivery.id,
                 "destination_id": delivery.destination_id,
@@ -646,7 +647,7 @@ class Dispatcher:
         )
         await enqueue_operational(
             session,
-            signing.SUBSCRIPTION_DISABLED,
+            payloads.SUBSCRIPTION_DISABLED,
             {
                 "subscription_id": destination.id,
                 "reason": reason,

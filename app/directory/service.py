@@ -11,11 +11,11 @@ from adapters import registry
 from adapters.base import Adapter, AdapterConfig, AdapterKind
 from app.config import Settings
 from app.db import utcnow
-from app.delivery.models import Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
 from app.errors import BusinessRuleViolation, Conflict, Issue, NotFound, validation_message
 from app.outbound import check_outbound_url
+from app.outbox.models import Destination, DestinationKind
 
 
 async def _adapter_config(

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases.models import Case, CaseEvent, Prescription, Referral
 from app.cases.states import CLOSED_STATES
-from app.delivery.models import Delivery, DeliveryAttempt
+from app.outbox.models import Delivery, DeliveryAttempt
 from app.pseudonyms import (
     PSEUDONYM_SYSTEM,
     pseudonym,

@@ -19,8 +19,8 @@ from app.cases.models import Case, Referral
 from app.cases.states import OPEN_STATES
 from app.config import Settings
 from app.db import Base, Database, transaction, utcnow
-from app.delivery.models import Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
+from app.outbox.models import Destination, DestinationKind
 from app.security.auth import hash_key
 from app.security.models import ApiClient
 from app.security.roles import Role

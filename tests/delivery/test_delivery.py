@@ -18,8 +18,8 @@ from standardwebhooks.webhooks import Webhook
 
 from app.db import Database, utcnow
 from app.delivery.dispatcher import Dispatcher
-from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.main import create_app
+from app.outbox.models import Delivery, DeliveryAttempt, Destination
 from tests.conftest import Bridge, make_settings, referral_resource
 from tests.support.delivery import ADMIN, dispatcher_for, subscribe
 from tests.support.receiver import Receiver, wait_for

@@ -24,7 +24,6 @@ from app import outbound as urls
 from app.config import Settings
 from app.db import Database
 from app.delivery.dispatcher import Dispatcher
-from app.delivery.models import Delivery, DeliveryAttempt
 from app.errors import BusinessRuleViolation
 from app.outbound import (
     GuardedNetworkBackend,
@@ -32,6 +31,7 @@ from app.outbound import (
     check_outbound_url,
     outbound_client,
 )
+from app.outbox.models import Delivery, DeliveryAttempt
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
 from tests.support.receiver import Receiver, free_port
 

@@ -18,7 +18,7 @@ from sqlalchemy import func, inspect, select
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.db import Base, Database, utcnow
 from app.delivery.dispatcher import Dispatcher
-from app.delivery.models import Delivery, DeliveryAttempt
+from app.outbox.models import Delivery, DeliveryAttempt
 from app.retention.models import PurgeRun
 from app.retention.service import PSEUDONYM_SYSTEM, pseudonym, pseudonym_key, purge
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource
