@@ -17,7 +17,6 @@ at a time; the first answer from it makes its whole backlog due at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -56,6 +55,7 @@ from app.config import Settings
 from app.db import Database, transaction, utcnow
 from app.delivery import retry, signing
 from app.fhir.task import task_resource
+from app.loops import Loop
 from app.outbox import payloads
 from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.outbox.service import enqueue_operational
@@ -113,9 +113,14 @@ class Dispatcher:
         self.http = http
         self.clock = clock
         self.name = name or worker_name()
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop(
+            f"dispatcher {self.name}",
+            self._round,
+            interval=settings.dispatch_poll_interval,
+            after_error=settings.dispatch_poll_interval * 5,
+            log=log,
+            failure="dispatch round failed",
+        )
         self._adapters: dict[tuple[str, str], Any] = {}
         self._held_probes: set[str] = set()
         self._postgres = database.engine.dialect.name == "postgresql"
@@ -123,47 +128,24 @@ class Dispatcher:
     # --- running -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"dispatcher {self.name}")
+        log.info("dispatcher started", extra={"worker": self.name})
+        self._loop.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     @property
     def running(self) -> bool:
         """Whether its loop is going: started, not stopped, not ended by an error (readiness)."""
-        return self._task is not None and not self._task.done()
+        return self._loop.running
 
-    async def run(self) -> None:
-        log.info("dispatcher started", extra={"worker": self.name})
-        while not self._stopping.is_set():
-            # Cleared before the round, not after it: a commit that wakes us mid-round is not
-            # lost, the next pause returns at once.
-            self._wake.clear()
-            try:
-                handled = await self.run_once()
-            except Exception:  # a broken round must not stop delivery for good
-                log.exception("dispatch round failed", extra={"worker": self.name})
-                handled = 0
-                await self._pause(self.settings.dispatch_poll_interval * 5)
-            if handled == 0:
-                await self._pause(self.settings.dispatch_poll_interval)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+    async def _round(self) -> bool:
+        return await self.run_once() > 0
 
     async def stop(self, grace: float | None = None) -> None:
         """Finish the round in flight (up to ``grace`` seconds), else release its claims."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is None:
-            return
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        done, _ = await asyncio.wait({self._task}, timeout=grace)
-        if not done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop(grace)
         await self.release()
         log.info("dispatcher stopped", extra={"worker": self.name})
 

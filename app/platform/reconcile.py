@@ -6,8 +6,6 @@ the same de-duplication and domain path as a webhook, so overlap costs nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 
@@ -20,6 +18,7 @@ from app.config import Settings
 from app.db import Database, transaction, utcnow
 from app.directory.models import SocialPrescribingService
 from app.errors import AppError
+from app.loops import Loop
 from app.platform.service import apply_message, platform_adapter
 
 log = logging.getLogger("spbridge.platform")
@@ -38,30 +37,24 @@ class Reconciler:
         self.database = database
         self.settings = settings
         self.http = http
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._postgres = database.engine.dialect.name == "postgresql"
+        self._loop = Loop(
+            "reconciler",
+            self._round,
+            interval=min(settings.reconcile_interval, 30.0),
+            log=log,
+            failure="reconciliation round failed",
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="reconciler")
+        self._loop.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("reconciliation round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stopping.wait(), timeout=min(self.settings.reconcile_interval, 30.0)
-                )
+    async def _round(self) -> bool:
+        await self.run_once()
+        return False
 
     async def run_once(self, now: dt.datetime | None = None) -> int:
         """Poll every service that is due; returns how many messages were applied."""
