@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from app.db import Database
 from app.outbox.models import Delivery, DeliveryAttempt
 from tests.conftest import Bridge, referral_resource
-from tests.support.delivery import ADMIN, subscribe
+from tests.support.delivery import ADMIN, dispatcher_for, subscribe
 from tests.support.receiver import Receiver
 
 SPBRIDGE = str(Path(sys.executable).parent / "spbridge")
@@ -157,13 +157,12 @@ async def run_cli(database_url: str, *args: str) -> tuple[int, str]:
 async def test_deliveries_commands_list_and_replay_dead_letters(
     app: Any, bridge: Bridge, database_url: str
 ) -> None:
-    from app.delivery.dispatcher import Dispatcher
 
     receiver = Receiver(default_status=400)
     await backlog(bridge, receiver, 2)
     await receiver.start()
     try:
-        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+        await dispatcher_for(app).drain()
     finally:
         await receiver.stop()
     assert await states(app) == {"dead": 2}

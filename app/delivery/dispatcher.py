@@ -4,7 +4,8 @@ Each round is three short steps, none holding a transaction open while the netwo
 1. claim a batch in one transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of
    processes share the work; SQLite's ``BEGIN IMMEDIATE`` serialises its one process), under a
    lease that lapses if this process dies;
-2. send every claimed delivery concurrently through its adapter or as a signed webhook;
+2. send every claimed delivery concurrently, each through the sender of its destination's kind
+   (app.delivery.senders: platform adapter, clinical adapter, signed webhook);
 3. record every attempt and its consequence (delivered, retry later, dead letter, circuit) in one
    transaction.
 
@@ -23,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,29 +33,12 @@ from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from adapters import registry
-from adapters.base import (
-    AdapterError,
-    CaseReference,
-    ClinicalAdapter,
-    ClinicalUpdate,
-    FHIRResourceUpdate,
-    Gone,
-    Outbound,
-    Outcome,
-    PermanentError,
-    PlatformAdapter,
-    PlatformReferral,
-    RetryableError,
-)
-from app.cases import resources as case_resources
-from app.cases.models import Case, Referral
-from app.cases.resources import service_request_resource
-from app.cases.service import cases_for_delivery
+from adapters.base import AdapterError, Gone, Outcome, PermanentError, RetryableError
+from app.cases.models import Case
 from app.config import Settings
 from app.db import Database, transaction, utcnow
-from app.delivery import retry, signing
-from app.fhir.task import task_resource
+from app.delivery import retry
+from app.delivery.senders import Claimed, Send, Sender, refuse
 from app.loops import Loop
 from app.outbox import payloads
 from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
@@ -82,7 +66,7 @@ class Job:
     referral_id: str | None
     event_type: str
     probe: bool
-    sender: Callable[[httpx.AsyncClient], Awaitable[Outcome]]
+    sender: Send
 
 
 @dataclass
@@ -105,12 +89,15 @@ class Dispatcher:
         settings: Settings,
         http: httpx.AsyncClient,
         *,
+        senders: Mapping[str, Sender],
         clock: Clock = utcnow,
         name: str | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
         self.http = http
+        # By destination kind, made by whoever makes the dispatcher (app.delivery.senders).
+        self.senders = senders
         self.clock = clock
         self.name = name or worker_name()
         self._loop = Loop(
@@ -121,7 +108,6 @@ class Dispatcher:
             log=log,
             failure="dispatch round failed",
         )
-        self._adapters: dict[tuple[str, str], Any] = {}
         self._held_probes: set[str] = set()
         self._postgres = database.engine.dialect.name == "postgresql"
 
@@ -308,123 +294,32 @@ class Dispatcher:
                 select(Destination).where(Destination.id.in_(destination_ids))
             )
         }
-        needs_case = [
-            d.referral_id
-            for d in deliveries
-            if d.referral_id and destinations[d.destination_id].kind != DestinationKind.WEBHOOK
-        ]
-        cases = await cases_for_delivery(session, needs_case)
-        changed = await case_resources.for_events(
-            session,
-            [
-                d.case_event_id
-                for d in deliveries
-                if d.case_event_id
-                and destinations[d.destination_id].kind == DestinationKind.CLINICAL
-            ],
-        )
-        jobs = []
+        by_kind: dict[str, list[Claimed]] = {}
         for delivery in deliveries:
             destination = destinations[delivery.destination_id]
-            try:
-                sender = self._sender(delivery, destination, cases, changed, now)
-            except PermanentError as exc:
-                sender = _failing(exc)
-            jobs.append(
-                Job(
-                    delivery_id=delivery.id,
-                    number=delivery.attempts,
-                    destination_id=destination.id,
-                    destination_kind=destination.kind,
-                    referral_id=delivery.referral_id,
-                    event_type=delivery.event_type,
-                    probe=delivery.id in probes,
-                    sender=sender,
+            by_kind.setdefault(destination.kind, []).append((delivery, destination))
+        jobs = []
+        for kind, claimed in by_kind.items():
+            sender = self.senders.get(kind)
+            if sender is None:
+                error = PermanentError(f"no sender for destinations of kind '{kind}'")
+                sends = [refuse(error)] * len(claimed)
+            else:
+                sends = await sender.prepare(session, claimed, now)
+            for (delivery, destination), send in zip(claimed, sends, strict=True):
+                jobs.append(
+                    Job(
+                        delivery_id=delivery.id,
+                        number=delivery.attempts,
+                        destination_id=destination.id,
+                        destination_kind=destination.kind,
+                        referral_id=delivery.referral_id,
+                        event_type=delivery.event_type,
+                        probe=delivery.id in probes,
+                        sender=send,
+                    )
                 )
-            )
         return jobs
-
-    def _adapter(self, destination: Destination) -> Any:
-        key = (destination.id, destination.updated_at.isoformat())
-        adapter = self._adapters.get(key)
-        if adapter is None:
-            try:
-                cls = registry.adapter_class(destination.adapter)
-                adapter = cls(cls.config_model.model_validate(destination.config))
-            except (registry.UnknownAdapter, ValueError) as exc:
-                raise PermanentError(
-                    f"destination configuration is not usable: {type(exc).__name__}"
-                ) from None
-            self._adapters[key] = adapter
-        return adapter
-
-    def _sender(
-        self,
-        delivery: Delivery,
-        destination: Destination,
-        cases: dict[str, tuple[Case, Referral, Any]],
-        changed: dict[str, list[tuple[str, str, dict[str, Any]]]],
-        now: dt.datetime,
-    ) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
-        outbound = Outbound(request_id=delivery.id, correlation_id=delivery.correlation_id)
-        if destination.kind == DestinationKind.WEBHOOK:
-            return self._webhook_sender(delivery, destination, now)
-        if delivery.referral_id is None or delivery.referral_id not in cases:
-            raise PermanentError("the referral of this delivery no longer exists")
-        case, referral, task = cases[delivery.referral_id]
-        adapter = self._adapter(destination)
-        if destination.kind == DestinationKind.PLATFORM and isinstance(adapter, PlatformAdapter):
-            if delivery.event_type == "referral.received":
-                new_case = PlatformReferral(
-                    referral_id=referral.id,
-                    case_id=case.id,
-                    service_id=case.service_id,
-                    service_request=service_request_resource(referral),
-                    reasons=[r["domain"] for r in referral.reasons if r.get("domain")],
-                    referring_organisation=referral.organisation,
-                    referring_team=referral.referring_team,
-                    received_at=referral.created_at,
-                )
-                return lambda http: adapter.create_case(http, new_case, outbound)
-            if delivery.event_type == "referral.cancelled":
-                reference = CaseReference(
-                    referral_id=referral.id,
-                    case_id=case.id,
-                    external_reference=case.external_reference,
-                )
-                return lambda http: adapter.cancel_case(http, reference, outbound)
-            raise PermanentError(f"a platform is not sent '{delivery.event_type}' events")
-        if destination.kind == DestinationKind.CLINICAL and isinstance(adapter, ClinicalAdapter):
-            # Current versions, not those at the event: a late or replayed delivery never takes
-            # the clinician's view backwards. The resources the event made or changed go first,
-            # so the Task's outputs point at resources the receiver already holds.
-            made = changed.get(delivery.case_event_id or "", [])
-            update_ = ClinicalUpdate(
-                referral_id=referral.id,
-                event_type=delivery.event_type,
-                resources=[
-                    *(FHIRResourceUpdate(kind, ident, body) for kind, ident, body in made),
-                    FHIRResourceUpdate("Task", case.id, task_resource(task)),
-                ],
-            )
-            return lambda http: adapter.send_update(http, update_, outbound)
-        raise PermanentError(f"adapter '{destination.adapter}' does not serve a {destination.kind}")
-
-    def _webhook_sender(
-        self, delivery: Delivery, destination: Destination, now: dt.datetime
-    ) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
-        secrets = destination.signing_secrets(now)
-        if not destination.url or not secrets or delivery.payload is None:
-            raise PermanentError("the subscription has no URL, secret or payload")
-        body = signing.body_of(
-            signing.with_base_url(delivery.payload, self.settings.public_base_url)
-        )
-        url = destination.url
-        timeout = self.settings.webhook_timeout
-        message_id = delivery.id
-        return lambda http: signing.post_signed(
-            http, url, message_id, body, secrets, timeout=timeout, what="webhook"
-        )
 
     # --- 2. sending ----------------------------------------------------------------------------
 
@@ -640,13 +535,6 @@ class Dispatcher:
             },
             now,
         )
-
-
-def _failing(error: AdapterError) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
-    async def fail(_http: httpx.AsyncClient) -> Outcome:
-        raise error
-
-    return fail
 
 
 def _ms(began: float) -> int:

@@ -20,6 +20,7 @@ from app.outbox import service as outbox
 from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
 from tests.support.cases import OpenCase, open_case
+from tests.support.delivery import dispatcher_for
 from tests.support.elemental_platform import FakePlatform, make_platform_app, serve
 from tests.support.receiver import Receiver
 
@@ -33,10 +34,8 @@ def settings_overrides() -> dict[str, Any]:
 
 
 def dispatcher(app: Any, later: dt.timedelta = dt.timedelta()) -> Dispatcher:
-    return Dispatcher(
-        app.state.database,
-        app.state.settings,
-        app.state.http,
+    return dispatcher_for(
+        app,
         clock=lambda: utcnow() + later,
     )
 
