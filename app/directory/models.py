@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from sqlalchemy import Boolean, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, JSONDoc, UTCDateTime, utcnow
+from app.db import Base, UTCDateTime, utcnow
 
 
 class SocialPrescribingService(Base):
@@ -17,8 +16,9 @@ class SocialPrescribingService(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     organisation: Mapped[str] = mapped_column(String(16), index=True)
+    # The platform adapter; its configuration is on the service's platform destination
+    # (app.outbox.models.Destination), which a service whose adapter does not deliver lacks.
     adapter: Mapped[str] = mapped_column(String(64))
-    adapter_config: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     # Whether the adapter holds the service's cases on its platform (set when the service is
     # registered): changes are then made there and come back, never through the case API.
     delivers: Mapped[bool] = mapped_column(Boolean, default=False)

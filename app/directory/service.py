@@ -59,7 +59,6 @@ async def register_service(
         name=request.name,
         organisation=request.organisation,
         adapter=request.adapter,
-        adapter_config=config.model_dump(mode="json"),
         delivers=adapter.delivers,
         first_contact_target_days=request.first_contact_target_days,
         support_window_days=request.support_window_days,
@@ -68,6 +67,8 @@ async def register_service(
     # No ORM relationship orders these inserts: the service row must exist before its route.
     await session.flush()
     if adapter.delivers:
+        # The adapter's configuration lives here only: the dispatcher, inbound webhooks and
+        # reconciliation all read it from the service's platform destination.
         now = utcnow()
         session.add(
             Destination(
@@ -75,7 +76,7 @@ async def register_service(
                 kind=DestinationKind.PLATFORM,
                 adapter=request.adapter,
                 service_id=request.id,
-                config=service.adapter_config,
+                config=config.model_dump(mode="json"),
                 event_types=sorted(adapter.event_types),
                 consecutive_failures=0,
                 created_at=now,

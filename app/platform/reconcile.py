@@ -17,7 +17,7 @@ from adapters.base import AdapterError, PlatformAdapter
 from app.config import Settings
 from app.db import Database, transaction, utcnow
 from app.directory.models import SocialPrescribingService
-from app.errors import AppError
+from app.errors import AppError, NotFound
 from app.loops import Loop
 from app.platform.service import apply_message, platform_adapter
 
@@ -87,7 +87,11 @@ class Reconciler:
             service = await session.get(SocialPrescribingService, service_id)
             if service is None:
                 return 0
-            adapter = platform_adapter(service)
+            try:
+                adapter = await platform_adapter(session, service)
+            except NotFound:
+                log.warning("platform not configured for polling", extra={"service": service_id})
+                return 0
         try:
             result = await adapter.poll(self.http, cursor)
         except AdapterError as exc:
