@@ -11,8 +11,10 @@ Each round is three short steps, none holding a transaction open while the netwo
 
 Ordering: only the oldest undelivered delivery of a (referral, destination) pair can be claimed,
 so a later update never overtakes an earlier one and a failing referral holds back only itself.
-Circuit: after ``circuit_threshold`` consecutive retryable failures a destination gets one probe
-at a time; the first answer from it makes its whole backlog due at once.
+Circuit: after ``circuit_threshold`` consecutive rounds in which every attempt to a destination
+failed retryably (however many deliveries a round held), it gets one probe at a time, each after
+the next step of the retry schedule (or its Retry-After); the first answer from it makes its whole
+backlog due at once.
 """
 
 from __future__ import annotations
@@ -464,9 +466,13 @@ class Dispatcher:
                     .values(next_attempt_at=now)
                 )
             return
-        destination.consecutive_failures += len(results)
+        # Every attempt failed and may be retried: one more failed look at the destination, however
+        # many deliveries the round held (a batch of 50 is one look, not 50): its position on the
+        # retry schedule follows its own rounds and probes, never the size of its backlog.
+        destination.consecutive_failures += 1
         destination.failing_since = destination.failing_since or now
         if destination.consecutive_failures >= self.settings.circuit_threshold:
+            # Open: the first probe after the schedule's first step, each failed probe one step on.
             beyond = destination.consecutive_failures - self.settings.circuit_threshold + 1
             retry_after = max(
                 (
