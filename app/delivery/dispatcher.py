@@ -20,6 +20,7 @@ backlog due at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -27,11 +28,13 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, tuple_, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -55,6 +58,27 @@ ERROR_CHARS = 500
 
 def worker_name() -> str:
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# What "the database cannot be reached now" looks like: a dropped or refused connection, a
+# pool timeout, SQLite's lock timeout. Recording is tried again; anything else is a bug.
+UNREACHABLE = (OperationalError, InterfaceError, SATimeoutError, OSError)
+
+
+@dataclass
+class Claims:
+    """The claims of one round: delivery id → its attempt number (the claim's token)."""
+
+    numbers: dict[str, int]
+    probes: set[str] = field(default_factory=set)  # destinations this round probes
+    lost: set[str] = field(default_factory=set)
+    # Renewing and recording take turns; once recorded, nothing is renewed (a renewal must not
+    # overwrite the probe time the record just set).
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recorded: bool = False
+
+    def held(self) -> dict[str, int]:
+        return {ident: n for ident, n in self.numbers.items() if ident not in self.lost}
 
 
 @dataclass
@@ -169,19 +193,105 @@ class Dispatcher:
             jobs = await self._claim(session, self.clock())
         if not jobs:
             return 0
-        limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
+        claims = Claims(
+            {job.delivery_id: job.number for job in jobs},
+            probes={job.destination_id for job in jobs if job.probe},
+        )
+        # The claims are renewed while the round lasts: a slow receiver, a slow record or a
+        # database outage shorter than the lease must not let another process send them again.
+        heartbeat = asyncio.create_task(self._heartbeat(claims), name=f"leases {self.name}")
+        try:
+            limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
 
-        async def attempt(job: Job) -> Result:
-            async with limit:
-                return await self._attempt(job)
+            async def attempt(job: Job) -> Result:
+                async with limit:
+                    return await self._attempt(job)
 
-        results = await asyncio.gather(*(attempt(job) for job in jobs))
-        async with transaction(self.database.write_sessions) as session:
-            await self._record(session, results, self.clock())
+            results = await asyncio.gather(*(attempt(job) for job in jobs))
+            await self._record_held(results, claims)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
         for job in jobs:
             if job.probe:
                 self._held_probes.discard(job.destination_id)
         return len(jobs)
+
+    async def _record_held(self, results: Sequence[Result], claims: Claims) -> None:
+        """Record the round's results for the claims still held; while the database cannot be
+        reached, try again (the heartbeat keeps the claims meanwhile) rather than drop them."""
+        pause = 0.1
+        while True:
+            try:
+                async with claims.turn:
+                    held = [r for r in results if r.job.delivery_id not in claims.lost]
+                    async with transaction(self.database.write_sessions) as session:
+                        await self._record(session, held, self.clock())
+                    claims.recorded = True
+                return
+            except UNREACHABLE as exc:
+                if self._loop.stopping:
+                    raise
+                log.warning(
+                    "recording a round failed; trying again",
+                    extra={"worker": self.name, "error": type(exc).__name__},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self._renew_every)
+
+    @property
+    def _renew_every(self) -> float:
+        return self.settings.delivery_lease_seconds / 3
+
+    async def _heartbeat(self, claims: Claims) -> None:
+        """Renew this round's leases every third of a lease until the round ends; a claim found
+        gone (taken over after a lapse, or cancelled) is not recorded by this process."""
+        while True:
+            await asyncio.sleep(self._renew_every)
+            try:
+                async with claims.turn:
+                    held = claims.held()
+                    if claims.recorded or not held:
+                        return
+                    renewed = await self._renew(held, claims.probes)
+            except UNREACHABLE as exc:
+                log.warning(
+                    "renewing leases failed; trying again",
+                    extra={"worker": self.name, "error": type(exc).__name__},
+                )
+                continue
+            lost = set(held) - renewed
+            if lost:
+                claims.lost |= lost
+                log.warning(
+                    "claims lost while in flight; their results are not recorded",
+                    extra={"worker": self.name, "deliveries": len(lost)},
+                )
+
+    async def _renew(self, held: dict[str, int], probes: set[str]) -> set[str]:
+        now = self.clock()
+        lease = now + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
+        async with transaction(self.database.write_sessions) as session:
+            if probes:
+                # The probe slot lasts as long as the probe's claim.
+                await session.execute(
+                    update(Destination)
+                    .where(Destination.id.in_(probes), Destination.probe_at.is_not(None))
+                    .values(probe_at=lease)
+                )
+            rows = await session.execute(
+                update(Delivery)
+                .where(
+                    tuple_(Delivery.id, Delivery.attempts).in_(list(held.items())),
+                    Delivery.claimed_by == self.name,
+                    Delivery.state == "in_flight",
+                )
+                .values(lease_expires_at=lease)
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            )
+            return set(rows.scalars())
 
     async def drain(self, max_rounds: int = 1000) -> int:
         """Run rounds until nothing is due (tests and the CLI)."""
@@ -357,12 +467,16 @@ class Dispatcher:
             .where(
                 Delivery.id == job.delivery_id,
                 Delivery.claimed_by == self.name,
+                # The attempt number is the claim's token: each claim counts one more, so a
+                # claim that lapsed and was taken again (by anyone, this process too) no longer
+                # matches.
+                Delivery.attempts == job.number,
                 Delivery.state == "in_flight",
             )
             .with_for_update()
         )
         if delivery is None:
-            # Our lease lapsed and another process took it over: its record wins.
+            # Our claim lapsed and was taken over, or the delivery was cancelled: not ours.
             return
         error = result.error
         outcome = result.outcome
