@@ -1,5 +1,6 @@
-"""Migration 0010 moves a platform's adapter configuration from services.adapter_config to the
-service's platform destination, and back on a downgrade, losing nothing."""
+"""Migration 0010 moves a platform's adapter configuration from services.adapter_config (kept,
+unread, for one release) to the service's platform destination, and back on a downgrade, losing
+nothing."""
 
 from __future__ import annotations
 
@@ -91,13 +92,18 @@ async def test_the_configuration_moves_to_the_platform_destination_and_back(
         ("elemental-svc", NEW, True),
         ("orphan-svc", ORPHAN, False),  # kept, and sent nothing
     ]
-    columns = await run(scratch_url, "SELECT * FROM services WHERE id = 'local-svc'")
-    assert len(columns) == 1 and "adapter_config" not in columns[0]._mapping
-
+    # Changed under the new code, where it now lives...
+    changed = {**NEW, "api_key": "k3"}
+    await run(
+        scratch_url,
+        "UPDATE destinations SET config = :config WHERE id = 'd-1'",
+        config=json.dumps(changed),
+    )
+    # ...and given back to the previous release, which reads the service's copy.
     await downgrade_async(scratch_url, "0009")
     rows = await run(scratch_url, "SELECT id, adapter_config FROM services ORDER BY id")
     assert [(s, as_dict(c)) for s, c in rows] == [
-        ("elemental-svc", NEW),
+        ("elemental-svc", changed),
         ("local-svc", {}),
         ("orphan-svc", ORPHAN),
     ]

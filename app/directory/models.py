@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import Boolean, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, utcnow
+from app.db import Base, JSONDoc, UTCDateTime, utcnow
 
 
 class SocialPrescribingService(Base):
@@ -19,6 +20,12 @@ class SocialPrescribingService(Base):
     # The platform adapter; its configuration is on the service's platform destination
     # (app.outbox.models.Destination), which a service whose adapter does not deliver lacks.
     adapter: Mapped[str] = mapped_column(String(64))
+    # Retired (migration 0010 copied it to the platform destination): never read, written empty.
+    # The column stays one release, so processes of the previous release keep working during a
+    # rolling upgrade (docs/DEPLOYMENT.md: add before taking away); the next release drops it.
+    _retired_adapter_config: Mapped[dict[str, Any]] = mapped_column(
+        "adapter_config", JSONDoc, default=dict
+    )
     # Whether the adapter holds the service's cases on its platform (set when the service is
     # registered): changes are then made there and come back, never through the case API.
     delivers: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -1,6 +1,9 @@
 """A platform's adapter configuration lives in one row, its service's platform destination:
-services.adapter_config goes (it was copied once into destinations.config when the service was
-registered, and nothing kept the two in step)
+services.adapter_config is copied there (it was copied once into destinations.config when the
+service was registered, and nothing kept the two in step) and is no longer read. The column
+itself stays for one release, so processes of the previous release keep working while a rolling
+upgrade replaces them (docs/DEPLOYMENT.md: add before taking away); the next release's migration
+drops it.
 
 Revision ID: 0010
 Revises: 0009
@@ -84,17 +87,11 @@ def upgrade() -> None:
                     consecutive_failures=0,
                 )
             )
-    # A plain DROP COLUMN (SQLite 3.35+): copying the table, as batch mode would, means dropping
-    # it, which the destinations and referrals that refer to it forbid.
-    with op.batch_alter_table("services", recreate="never") as batch:
-        batch.drop_column("adapter_config")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("services", recreate="never") as batch:
-        batch.add_column(
-            sa.Column("adapter_config", JSON_DOC, nullable=False, server_default=sa.text("'{}'"))
-        )
+    # The previous release reads the service's copy: give it the destination's, which may have
+    # changed since.
     connection = op.get_bind()
     for service_id, config in connection.execute(
         sa.select(destinations.c.service_id, destinations.c.config).where(

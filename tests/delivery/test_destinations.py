@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select, update
+from sqlalchemy import select, text, update
 
 from adapters.base import PermanentError
 from adapters.elemental import ElementalAdapter
@@ -93,10 +93,9 @@ async def test_a_platforms_configuration_lives_on_its_destination_and_every_read
     }
     database: Database = app.state.database
     async with database.read_sessions() as session:
-        columns = await session.run_sync(
-            lambda sync: {c["name"] for c in inspect(sync.connection()).get_columns("services")}
-        )
-    assert "adapter_config" not in columns  # the one copy is the destination's
+        # The one copy is the destination's (the services column, retired, is left empty).
+        retired = await session.scalar(text("SELECT adapter_config FROM services"))
+    assert retired in ({}, "{}")
 
     # The service moves to another platform account: one row changes, and every reader follows.
     async with database.write_sessions() as session, session.begin():
