@@ -27,12 +27,14 @@ def settings_overrides() -> dict[str, Any]:
     return {"allowed_outbound_hosts": ["127.0.0.1"]}
 
 
-async def start_worker(database_url: str, log: Path) -> asyncio.subprocess.Process:
+async def start_worker(
+    database_url: str, log: Path, lease: float = 1.0
+) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "SPBRIDGE_DATABASE_URL": database_url,
         "SPBRIDGE_ALLOWED_OUTBOUND_HOSTS": "127.0.0.1",
-        "SPBRIDGE_DELIVERY_LEASE_SECONDS": "1",
+        "SPBRIDGE_DELIVERY_LEASE_SECONDS": str(lease),
         "SPBRIDGE_DISPATCH_BATCH_SIZE": "10",
         "SPBRIDGE_DISPATCH_POLL_INTERVAL": "0.05",
         "SPBRIDGE_RETRY_SCHEDULE": "0.1",
@@ -130,16 +132,18 @@ async def until_running(logs: list[Path], timeout: float = 60) -> None:
 async def test_two_workers_share_a_backlog_without_sending_anything_twice(
     app: Any, bridge: Bridge, database_url: str, tmp_path: Path
 ) -> None:
-    """Not timing-sensitive: both workers are running before any of the backlog is due (so
-    both take part however slowly they start), and a sender that is slower than its 1 s lease
-    keeps its claims by renewing them (so a loaded machine sends nothing twice)."""
+    """Not timing-sensitive: both workers are running before any of the backlog is due (so both
+    take part however slowly they start), and each renews its claims every third of its 5 s lease
+    while it sends, so a live worker's claims never lapse to the other on a loaded machine (with
+    the 1 s lease this test once had, and no renewal, 4 of 300 went out twice under load). The
+    renewal itself is tested with a 1 s lease and 3 s sends in tests/delivery/test_leases.py."""
     total = 300
     receiver = Receiver(delay=0.01)
     await backlog(bridge, receiver, total)
     await set_due(app, utcnow() + dt.timedelta(hours=1))
     await receiver.start()
     logs = [tmp_path / f"worker{n}.log" for n in range(2)]
-    workers = [await start_worker(database_url, log) for log in logs]
+    workers = [await start_worker(database_url, log, lease=5.0) for log in logs]
     try:
         await until_running(logs)
         await set_due(app, utcnow())

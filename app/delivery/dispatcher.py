@@ -70,6 +70,9 @@ class Claims:
     """The claims of one round: delivery id → its attempt number (the claim's token)."""
 
     numbers: dict[str, int]
+    # When the leases were last set (monotonic, taken before they were: the next renewal is due
+    # a third of a lease after it, however long the claim or the renewal took).
+    since: float
     probes: set[str] = field(default_factory=set)  # destinations this round probes
     lost: set[str] = field(default_factory=set)
     # Renewing and recording take turns; once recorded, nothing is renewed (a renewal must not
@@ -189,12 +192,14 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """One round: claim, send, record. Returns how many deliveries it handled."""
+        began = time.monotonic()
         async with transaction(self.database.write_sessions) as session:
             jobs = await self._claim(session, self.clock())
         if not jobs:
             return 0
         claims = Claims(
             {job.delivery_id: job.number for job in jobs},
+            since=began,
             probes={job.destination_id for job in jobs if job.probe},
         )
         # The claims are renewed while the round lasts: a slow receiver, a slow record or a
@@ -248,18 +253,22 @@ class Dispatcher:
         """Renew this round's leases every third of a lease until the round ends; a claim found
         gone (taken over after a lapse, or cancelled) is not recorded by this process."""
         while True:
-            await asyncio.sleep(self._renew_every)
+            await asyncio.sleep(max(0.0, claims.since + self._renew_every - time.monotonic()))
             try:
                 async with claims.turn:
                     held = claims.held()
                     if claims.recorded or not held:
                         return
+                    began = time.monotonic()
                     renewed = await self._renew(held, claims.probes)
+                    claims.since = began
             except UNREACHABLE as exc:
                 log.warning(
                     "renewing leases failed; trying again",
                     extra={"worker": self.name, "error": type(exc).__name__},
                 )
+                # Overdue now: try again soon, not at once.
+                await asyncio.sleep(min(self._renew_every, 1.0))
                 continue
             lost = set(held) - renewed
             if lost:
@@ -343,7 +352,8 @@ class Dispatcher:
         ids.extend(probes)
         if not ids:
             return []
-        lease = now + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
+        # From now, not from the start of the claim: a slow claim must not shorten the lease.
+        lease = self.clock() + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
         await session.execute(
             update(Delivery)
             .where(Delivery.id.in_(ids))
