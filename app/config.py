@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     dispatch_concurrency: int = Field(default=32, ge=1, le=512)
     # A claimed delivery whose process died is claimed again after this long.
     delivery_lease_seconds: float = Field(default=60, gt=0)
-    # Consecutive retryable failures after which a destination gets one probe at a time.
+    # Consecutive failed rounds (every attempt in them failed retryably, however many) after
+    # which a destination gets one probe at a time.
     circuit_threshold: int = Field(default=3, ge=1)
     webhook_timeout: float = Field(default=15, gt=0, le=60)
     # A subscription failing without a break for this long is disabled (default 7 days).

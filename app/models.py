@@ -3,9 +3,9 @@
 from app.audit.models import AuditedPatient, AuditRecord
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.db import Base
-from app.delivery.models import Delivery, DeliveryAttempt, Destination
 from app.directory.models import SocialPrescribingService
 from app.keys import SigningKey
+from app.outbox.models import Delivery, DeliveryAttempt, Destination
 from app.platform.models import PlatformMessage
 from app.reports.models import ReportCaseFact, ReportCount
 from app.retention.models import PurgeRun

@@ -16,6 +16,7 @@ import httpx
 from app.config import Settings
 from app.db import Database
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.senders import standard_senders
 from app.outbound import outbound_client
 from app.platform.reconcile import Reconciler
 from app.reports.drainer import ReportDrainer
@@ -25,7 +26,8 @@ log = logging.getLogger("spbridge.worker")
 
 class Background:
     def __init__(self, database: Database, settings: Settings, http: httpx.AsyncClient) -> None:
-        self.dispatcher = Dispatcher(database, settings, http)
+        # The senders by destination kind, made here (not registered by imports).
+        self.dispatcher = Dispatcher(database, settings, http, senders=standard_senders(settings))
         self.reconciler = Reconciler(database, settings, http)
         self.report_drainer = ReportDrainer(database)
 

@@ -125,9 +125,9 @@ FROM plan p, generate_series(1, CASE WHEN p.contact_at IS NULL THEN 0
 """
 
 FILL = """
-INSERT INTO services (id, name, organisation, adapter, adapter_config, created_at,
+INSERT INTO services (id, name, organisation, adapter, created_at,
                       first_contact_target_days, support_window_days)
-VALUES ('life-rooms', 'The Life Rooms (bench)', 'LR001', 'local', '{{}}', now(), 7, 42);
+VALUES ('life-rooms', 'The Life Rooms (bench)', 'LR001', 'local', now(), 7, 42);
 
 INSERT INTO referrals (id, organisation, identifier_system, identifier_value, service_id,
     status, intent, priority, authored_on, nhs_number, patient_name, birth_date, gender,

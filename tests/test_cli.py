@@ -19,8 +19,8 @@ from typer.testing import CliRunner, Result
 from app.cli import cli
 from app.config import get_settings
 from app.db import Database
-from app.delivery.models import Delivery
 from app.main import create_app
+from app.outbox.models import Delivery
 from tests.conftest import Bridge, empty_database, make_settings, referral_resource
 from tests.support.delivery import ADMIN, dispatcher_for, subscribe
 from tests.support.receiver import Receiver

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from app.cases.models import ReportPendingCase
 from app.db import FailedRounds, create_engine, unavailability
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.senders import standard_senders
 from app.logs import QUIET_LOGGERS, configure_logging
 from app.main import create_app
 from app.reports.drainer import ReportDrainer
@@ -404,7 +405,9 @@ async def test_background_work_warns_once_a_round_backs_off_and_loses_nothing(
             assert (await refer(http, referrer, "queued-1")).status_code == 201
             await proxy.cut()
             database, config = app.state.database, app.state.settings
-            dispatcher = Dispatcher(database, config, app.state.http)
+            dispatcher = Dispatcher(
+                database, config, app.state.http, senders=standard_senders(config)
+            )
             drainer = ReportDrainer(database, interval=0.05)
             dispatcher.start()
             drainer.start()

@@ -23,10 +23,10 @@ import httpx
 import orjson
 import pytest
 
-from app.delivery.dispatcher import Dispatcher
 from app.logs import QUIET_LOGGERS, JsonFormatter, configure_logging
 from app.requestids import correlation_id_var, request_id_var
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -349,13 +349,13 @@ async def test_a_whole_journey_logs_nothing_that_identifies_the_patient(
         assert not leaks(failed.text)
 
         # The outbox: the patient's resources go where they should, and nowhere in the logs.
-        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+        await dispatcher_for(app).drain()
         assert any(NHS_NUMBER in request.body.decode() for request in receiver.requests)
         closed = await bridge.http.post(
             events, json={"type": "case.completed", "reason": "needs-met"}, headers=advisor
         )
         assert closed.status_code == 201
-        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+        await dispatcher_for(app).drain()
     finally:
         await receiver.stop()
 

@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 from app import worker as worker_module
 from app.cli import bound_base_url, cli
 from app.config import MISSING_PUBLIC_BASE_URL, ConfigurationError, Settings, get_settings
-from app.delivery.dispatcher import Dispatcher
 from app.main import create_app
 from tests.clients.test_oauth2 import assertion, ec_key, new_client, refused, register_key
 from tests.conftest import FHIR_JSON, Bridge, empty_database, make_settings, referral_resource
 from tests.support.cases import open_case
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
 
 EVIL = {"Host": "evil.example"}
@@ -146,7 +146,7 @@ async def test_webhook_links_are_on_the_configured_base_url(app: Any, bridge: Br
             headers={**referrer, **FHIR_JSON, **EVIL},
         )
         assert response.status_code == 201, response.text
-        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+        await dispatcher_for(app).drain()
     finally:
         await receiver.stop()
     (delivered,) = receiver.requests

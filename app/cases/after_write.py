@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases.models import Case, CaseEvent, Referral, ReportPendingCase
 from app.cases.states import consent_withdrawn
-from app.delivery import service as outbox
+from app.outbox import service as outbox
 
 _BATCH = 1000
 
@@ -37,13 +37,21 @@ async def after_event(
 ) -> None:
     """Queue what ``event`` must cause: deliveries, the report's recount, the audit note."""
     holding: set[str] = set()
-    if consent_withdrawn(case.state, case.status_reason):
+    withdrawn = consent_withdrawn(case.state, case.status_reason)
+    if withdrawn:
         # Consent withdrawn: every delivery of this person's data still queued is cancelled in
         # this transaction; enqueue then sends only the closing Task to the referrer and a
         # cancellation to a platform that may hold the case.
         holding = await outbox.stop_for_withdrawal(session, referral.id, now)
-    destinations = await outbox.destinations_for(session, referral, service_organisation)
-    outbox.enqueue(session, destinations, case, event, platforms_holding=holding)
+    destinations = await outbox.destinations_for(
+        session,
+        service_id=referral.service_id,
+        referrer=referral.organisation,
+        provider=service_organisation,
+    )
+    outbox.enqueue(
+        session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding
+    )
     await queue_for_reports(session, [case.id], now)
     trail.note([referral])
 

@@ -1,1 +1,2 @@
-"""Delivery: the transactional outbox and the destinations it feeds (DESIGN §3)."""
+"""Delivery: the dispatcher that sends the outbox (app.outbox) through a sender per kind of
+destination, retries, signs webhooks, and the admins' view of the queue (DESIGN §3)."""

@@ -12,7 +12,6 @@ from app.cases.models import Case, CaseEvent
 from app.cases.states import consent_withdrawn
 from app.cases.visibility import seen_referral_ids
 from app.db import ENQUEUED, utcnow
-from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.delivery.schemas import (
     AttemptOut,
     DeliveryDetail,
@@ -22,10 +21,11 @@ from app.delivery.schemas import (
     QueueStats,
     ReplayFilter,
 )
-from app.delivery.service import CONSENT_WITHDRAWN_EVENT
 from app.directory.models import SocialPrescribingService
 from app.errors import BadRequest, BusinessRuleViolation, Conflict, NotFound
 from app.fhir.search import encode_cursor, page_of
+from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
+from app.outbox.service import CONSENT_WITHDRAWN_EVENT
 from app.security import scope
 from app.security.auth import Principal
 

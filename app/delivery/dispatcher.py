@@ -4,14 +4,17 @@ Each round is three short steps, none holding a transaction open while the netwo
 1. claim a batch in one transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of
    processes share the work; SQLite's ``BEGIN IMMEDIATE`` serialises its one process), under a
    lease that lapses if this process dies;
-2. send every claimed delivery concurrently through its adapter or as a signed webhook;
+2. send every claimed delivery concurrently, each through the sender of its destination's kind
+   (app.delivery.senders: platform adapter, clinical adapter, signed webhook);
 3. record every attempt and its consequence (delivered, retry later, dead letter, circuit) in one
    transaction.
 
 Ordering: only the oldest undelivered delivery of a (referral, destination) pair can be claimed,
 so a later update never overtakes an earlier one and a failing referral holds back only itself.
-Circuit: after ``circuit_threshold`` consecutive retryable failures a destination gets one probe
-at a time; the first answer from it makes its whole backlog due at once.
+Circuit: after ``circuit_threshold`` consecutive rounds in which every attempt to a destination
+failed retryably (however many deliveries a round held), it gets one probe at a time, each after
+the next step of the retry schedule (or its Retry-After); the first answer from it makes its whole
+backlog due at once.
 """
 
 from __future__ import annotations
@@ -24,40 +27,27 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, tuple_, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from adapters import registry
-from adapters.base import (
-    AdapterError,
-    CaseReference,
-    ClinicalAdapter,
-    ClinicalUpdate,
-    FHIRResourceUpdate,
-    Gone,
-    Outbound,
-    Outcome,
-    PermanentError,
-    PlatformAdapter,
-    PlatformReferral,
-    RetryableError,
-)
-from app.cases import resources as case_resources
-from app.cases.models import Case, Referral
-from app.cases.resources import service_request_resource
-from app.cases.service import cases_for_delivery
-from app.config import Settings, public_base
-from app.db import Database, FailedRounds, transaction, unavailability, utcnow
-from app.delivery import retry, signing
-from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
-from app.delivery.service import enqueue_operational
-from app.fhir.task import task_resource
+from adapters.base import AdapterError, Gone, Outcome, PermanentError, RetryableError
+from app.cases.models import Case
+from app.config import Settings
+from app.db import Database, transaction, unavailability, utcnow
+from app.delivery import retry
+from app.delivery.senders import Claimed, Send, Sender, refuse
+from app.loops import Loop
+from app.outbox import payloads
+from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
+from app.outbox.service import enqueue_operational
 
 log = logging.getLogger("spbridge.delivery")
 
@@ -68,6 +58,30 @@ ERROR_CHARS = 500
 
 def worker_name() -> str:
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# What "the database cannot be reached now" looks like: a dropped or refused connection, a
+# pool timeout, SQLite's lock timeout. Recording is tried again; anything else is a bug.
+UNREACHABLE = (OperationalError, InterfaceError, SATimeoutError, OSError)
+
+
+@dataclass
+class Claims:
+    """The claims of one round: delivery id → its attempt number (the claim's token)."""
+
+    numbers: dict[str, int]
+    # When the leases were last set (monotonic, taken before they were: the next renewal is due
+    # a third of a lease after it, however long the claim or the renewal took).
+    since: float
+    probes: set[str] = field(default_factory=set)  # destinations this round probes
+    lost: set[str] = field(default_factory=set)
+    # Renewing and recording take turns; once recorded, nothing is renewed (a renewal must not
+    # overwrite the probe time the record just set).
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recorded: bool = False
+
+    def held(self) -> dict[str, int]:
+        return {ident: n for ident, n in self.numbers.items() if ident not in self.lost}
 
 
 @dataclass
@@ -81,7 +95,7 @@ class Job:
     referral_id: str | None
     event_type: str
     probe: bool
-    sender: Callable[[httpx.AsyncClient], Awaitable[Outcome]]
+    sender: Send
 
 
 @dataclass
@@ -104,69 +118,49 @@ class Dispatcher:
         settings: Settings,
         http: httpx.AsyncClient,
         *,
+        senders: Mapping[str, Sender],
         clock: Clock = utcnow,
         name: str | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
         self.http = http
+        # By destination kind, made by whoever makes the dispatcher (app.delivery.senders).
+        self.senders = senders
         self.clock = clock
         self.name = name or worker_name()
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._adapters: dict[tuple[str, str], Any] = {}
+        self._loop = Loop(
+            f"dispatcher {self.name}",
+            self._round,
+            interval=settings.dispatch_poll_interval,
+            after_error=settings.dispatch_poll_interval * 5,
+            log=log,
+            failure="dispatch round failed",
+        )
         self._held_probes: set[str] = set()
         self._postgres = database.engine.dialect.name == "postgresql"
 
     # --- running -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"dispatcher {self.name}")
+        log.info("dispatcher started", extra={"worker": self.name})
+        self._loop.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     @property
     def running(self) -> bool:
         """Whether its loop is going: started, not stopped, not ended by an error (readiness)."""
-        return self._task is not None and not self._task.done()
+        return self._loop.running
 
-    async def run(self) -> None:
-        log.info("dispatcher started", extra={"worker": self.name})
-        failures = FailedRounds(
-            log, "dispatch round failed", first=self.settings.dispatch_poll_interval * 5
-        )
-        while not self._stopping.is_set():
-            # Cleared before the round, not after it: a commit that wakes us mid-round is not
-            # lost, the next pause returns at once.
-            self._wake.clear()
-            try:
-                handled = await self.run_once()
-            except Exception as exc:  # a broken round must not stop delivery for good
-                handled = 0
-                await self._pause(failures.failed(exc, worker=self.name))
-                continue
-            failures.succeeded()
-            if handled == 0:
-                await self._pause(self.settings.dispatch_poll_interval)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+    async def _round(self) -> bool:
+        return await self.run_once() > 0
 
     async def stop(self, grace: float | None = None) -> None:
         """Finish the round in flight (up to ``grace`` seconds), else release its claims."""
-        self._stopping.set()
-        self._wake.set()
-        if self._task is None:
-            return
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        done, _ = await asyncio.wait({self._task}, timeout=grace)
-        if not done:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop(grace)
         try:
             await self.release()
         except Exception as exc:
@@ -208,23 +202,115 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """One round: claim, send, record. Returns how many deliveries it handled."""
+        began = time.monotonic()
         async with transaction(self.database.write_sessions) as session:
             jobs = await self._claim(session, self.clock())
         if not jobs:
             return 0
-        limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
+        claims = Claims(
+            {job.delivery_id: job.number for job in jobs},
+            since=began,
+            probes={job.destination_id for job in jobs if job.probe},
+        )
+        # The claims are renewed while the round lasts: a slow receiver, a slow record or a
+        # database outage shorter than the lease must not let another process send them again.
+        heartbeat = asyncio.create_task(self._heartbeat(claims), name=f"leases {self.name}")
+        try:
+            limit = asyncio.Semaphore(self.settings.dispatch_concurrency)
 
-        async def attempt(job: Job) -> Result:
-            async with limit:
-                return await self._attempt(job)
+            async def attempt(job: Job) -> Result:
+                async with limit:
+                    return await self._attempt(job)
 
-        results = await asyncio.gather(*(attempt(job) for job in jobs))
-        async with transaction(self.database.write_sessions) as session:
-            await self._record(session, results, self.clock())
+            results = await asyncio.gather(*(attempt(job) for job in jobs))
+            await self._record_held(results, claims)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
         for job in jobs:
             if job.probe:
                 self._held_probes.discard(job.destination_id)
         return len(jobs)
+
+    async def _record_held(self, results: Sequence[Result], claims: Claims) -> None:
+        """Record the round's results for the claims still held; while the database cannot be
+        reached, try again (the heartbeat keeps the claims meanwhile) rather than drop them."""
+        pause = 0.1
+        while True:
+            try:
+                async with claims.turn:
+                    held = [r for r in results if r.job.delivery_id not in claims.lost]
+                    async with transaction(self.database.write_sessions) as session:
+                        await self._record(session, held, self.clock())
+                    claims.recorded = True
+                return
+            except UNREACHABLE as exc:
+                if self._loop.stopping:
+                    raise
+                log.warning(
+                    "recording a round failed; trying again",
+                    extra={"worker": self.name, "error": type(exc).__name__},
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self._renew_every)
+
+    @property
+    def _renew_every(self) -> float:
+        return self.settings.delivery_lease_seconds / 3
+
+    async def _heartbeat(self, claims: Claims) -> None:
+        """Renew this round's leases every third of a lease until the round ends; a claim found
+        gone (taken over after a lapse, or cancelled) is not recorded by this process."""
+        while True:
+            await asyncio.sleep(max(0.0, claims.since + self._renew_every - time.monotonic()))
+            try:
+                async with claims.turn:
+                    held = claims.held()
+                    if claims.recorded or not held:
+                        return
+                    began = time.monotonic()
+                    renewed = await self._renew(held, claims.probes)
+                    claims.since = began
+            except UNREACHABLE as exc:
+                log.warning(
+                    "renewing leases failed; trying again",
+                    extra={"worker": self.name, "error": type(exc).__name__},
+                )
+                # Overdue now: try again soon, not at once.
+                await asyncio.sleep(min(self._renew_every, 1.0))
+                continue
+            lost = set(held) - renewed
+            if lost:
+                claims.lost |= lost
+                log.warning(
+                    "claims lost while in flight; their results are not recorded",
+                    extra={"worker": self.name, "deliveries": len(lost)},
+                )
+
+    async def _renew(self, held: dict[str, int], probes: set[str]) -> set[str]:
+        now = self.clock()
+        lease = now + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
+        async with transaction(self.database.write_sessions) as session:
+            if probes:
+                # The probe slot lasts as long as the probe's claim.
+                await session.execute(
+                    update(Destination)
+                    .where(Destination.id.in_(probes), Destination.probe_at.is_not(None))
+                    .values(probe_at=lease)
+                )
+            rows = await session.execute(
+                update(Delivery)
+                .where(
+                    tuple_(Delivery.id, Delivery.attempts).in_(list(held.items())),
+                    Delivery.claimed_by == self.name,
+                    Delivery.state == "in_flight",
+                )
+                .values(lease_expires_at=lease)
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            )
+            return set(rows.scalars())
 
     async def drain(self, max_rounds: int = 1000) -> int:
         """Run rounds until nothing is due (tests and the CLI)."""
@@ -276,7 +362,8 @@ class Dispatcher:
         ids.extend(probes)
         if not ids:
             return []
-        lease = now + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
+        # From now, not from the start of the claim: a slow claim must not shorten the lease.
+        lease = self.clock() + dt.timedelta(seconds=self.settings.delivery_lease_seconds)
         await session.execute(
             update(Delivery)
             .where(Delivery.id.in_(ids))
@@ -339,121 +426,32 @@ class Dispatcher:
                 select(Destination).where(Destination.id.in_(destination_ids))
             )
         }
-        needs_case = [
-            d.referral_id
-            for d in deliveries
-            if d.referral_id and destinations[d.destination_id].kind != DestinationKind.WEBHOOK
-        ]
-        cases = await cases_for_delivery(session, needs_case)
-        changed = await case_resources.for_events(
-            session,
-            [
-                d.case_event_id
-                for d in deliveries
-                if d.case_event_id
-                and destinations[d.destination_id].kind == DestinationKind.CLINICAL
-            ],
-        )
-        jobs = []
+        by_kind: dict[str, list[Claimed]] = {}
         for delivery in deliveries:
             destination = destinations[delivery.destination_id]
-            try:
-                sender = self._sender(delivery, destination, cases, changed, now)
-            except PermanentError as exc:
-                sender = _failing(exc)
-            jobs.append(
-                Job(
-                    delivery_id=delivery.id,
-                    number=delivery.attempts,
-                    destination_id=destination.id,
-                    destination_kind=destination.kind,
-                    referral_id=delivery.referral_id,
-                    event_type=delivery.event_type,
-                    probe=delivery.id in probes,
-                    sender=sender,
+            by_kind.setdefault(destination.kind, []).append((delivery, destination))
+        jobs = []
+        for kind, claimed in by_kind.items():
+            sender = self.senders.get(kind)
+            if sender is None:
+                error = PermanentError(f"no sender for destinations of kind '{kind}'")
+                sends = [refuse(error)] * len(claimed)
+            else:
+                sends = await sender.prepare(session, claimed, now)
+            for (delivery, destination), send in zip(claimed, sends, strict=True):
+                jobs.append(
+                    Job(
+                        delivery_id=delivery.id,
+                        number=delivery.attempts,
+                        destination_id=destination.id,
+                        destination_kind=destination.kind,
+                        referral_id=delivery.referral_id,
+                        event_type=delivery.event_type,
+                        probe=delivery.id in probes,
+                        sender=send,
+                    )
                 )
-            )
         return jobs
-
-    def _adapter(self, destination: Destination) -> Any:
-        key = (destination.id, destination.updated_at.isoformat())
-        adapter = self._adapters.get(key)
-        if adapter is None:
-            try:
-                cls = registry.adapter_class(destination.adapter)
-                adapter = cls(cls.config_model.model_validate(destination.config))
-            except (registry.UnknownAdapter, ValueError) as exc:
-                raise PermanentError(
-                    f"destination configuration is not usable: {type(exc).__name__}"
-                ) from None
-            self._adapters[key] = adapter
-        return adapter
-
-    def _sender(
-        self,
-        delivery: Delivery,
-        destination: Destination,
-        cases: dict[str, tuple[Case, Referral, Any]],
-        changed: dict[str, list[tuple[str, str, dict[str, Any]]]],
-        now: dt.datetime,
-    ) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
-        outbound = Outbound(request_id=delivery.id, correlation_id=delivery.correlation_id)
-        if destination.kind == DestinationKind.WEBHOOK:
-            return self._webhook_sender(delivery, destination, now)
-        if delivery.referral_id is None or delivery.referral_id not in cases:
-            raise PermanentError("the referral of this delivery no longer exists")
-        case, referral, task = cases[delivery.referral_id]
-        adapter = self._adapter(destination)
-        if destination.kind == DestinationKind.PLATFORM and isinstance(adapter, PlatformAdapter):
-            if delivery.event_type == "referral.received":
-                new_case = PlatformReferral(
-                    referral_id=referral.id,
-                    case_id=case.id,
-                    service_id=case.service_id,
-                    service_request=service_request_resource(referral),
-                    reasons=[r["domain"] for r in referral.reasons if r.get("domain")],
-                    referring_organisation=referral.organisation,
-                    referring_team=referral.referring_team,
-                    received_at=referral.created_at,
-                )
-                return lambda http: adapter.create_case(http, new_case, outbound)
-            if delivery.event_type == "referral.cancelled":
-                reference = CaseReference(
-                    referral_id=referral.id,
-                    case_id=case.id,
-                    external_reference=case.external_reference,
-                )
-                return lambda http: adapter.cancel_case(http, reference, outbound)
-            raise PermanentError(f"a platform is not sent '{delivery.event_type}' events")
-        if destination.kind == DestinationKind.CLINICAL and isinstance(adapter, ClinicalAdapter):
-            # Current versions, not those at the event: a late or replayed delivery never takes
-            # the clinician's view backwards. The resources the event made or changed go first,
-            # so the Task's outputs point at resources the receiver already holds.
-            made = changed.get(delivery.case_event_id or "", [])
-            update_ = ClinicalUpdate(
-                referral_id=referral.id,
-                event_type=delivery.event_type,
-                resources=[
-                    *(FHIRResourceUpdate(kind, ident, body) for kind, ident, body in made),
-                    FHIRResourceUpdate("Task", case.id, task_resource(task)),
-                ],
-            )
-            return lambda http: adapter.send_update(http, update_, outbound)
-        raise PermanentError(f"adapter '{destination.adapter}' does not serve a {destination.kind}")
-
-    def _webhook_sender(
-        self, delivery: Delivery, destination: Destination, now: dt.datetime
-    ) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
-        secrets = destination.signing_secrets(now)
-        if not destination.url or not secrets or delivery.payload is None:
-            raise PermanentError("the subscription has no URL, secret or payload")
-        body = signing.body_of(signing.with_base_url(delivery.payload, public_base(self.settings)))
-        url = destination.url
-        timeout = self.settings.webhook_timeout
-        message_id = delivery.id
-        return lambda http: signing.post_signed(
-            http, url, message_id, body, secrets, timeout=timeout, what="webhook"
-        )
 
     # --- 2. sending ----------------------------------------------------------------------------
 
@@ -489,12 +487,16 @@ class Dispatcher:
             .where(
                 Delivery.id == job.delivery_id,
                 Delivery.claimed_by == self.name,
+                # The attempt number is the claim's token: each claim counts one more, so a
+                # claim that lapsed and was taken again (by anyone, this process too) no longer
+                # matches.
+                Delivery.attempts == job.number,
                 Delivery.state == "in_flight",
             )
             .with_for_update()
         )
         if delivery is None:
-            # Our lease lapsed and another process took it over: its record wins.
+            # Our claim lapsed and was taken over, or the delivery was cancelled: not ours.
             return
         error = result.error
         outcome = result.outcome
@@ -559,7 +561,7 @@ class Dispatcher:
             return  # an operational event itself: alerting on it could loop
         await enqueue_operational(
             session,
-            signing.DEAD_LETTERED,
+            payloads.DEAD_LETTERED,
             {
                 "delivery_id": delivery.id,
                 "destination_id": delivery.destination_id,
@@ -598,9 +600,13 @@ class Dispatcher:
                     .values(next_attempt_at=now)
                 )
             return
-        destination.consecutive_failures += len(results)
+        # Every attempt failed and may be retried: one more failed look at the destination, however
+        # many deliveries the round held (a batch of 50 is one look, not 50): its position on the
+        # retry schedule follows its own rounds and probes, never the size of its backlog.
+        destination.consecutive_failures += 1
         destination.failing_since = destination.failing_since or now
         if destination.consecutive_failures >= self.settings.circuit_threshold:
+            # Open: the first probe after the schedule's first step, each failed probe one step on.
             beyond = destination.consecutive_failures - self.settings.circuit_threshold + 1
             retry_after = max(
                 (
@@ -658,7 +664,7 @@ class Dispatcher:
         )
         await enqueue_operational(
             session,
-            signing.SUBSCRIPTION_DISABLED,
+            payloads.SUBSCRIPTION_DISABLED,
             {
                 "subscription_id": destination.id,
                 "reason": reason,
@@ -669,13 +675,6 @@ class Dispatcher:
             },
             now,
         )
-
-
-def _failing(error: AdapterError) -> Callable[[httpx.AsyncClient], Awaitable[Outcome]]:
-    async def fail(_http: httpx.AsyncClient) -> Outcome:
-        raise error
-
-    return fail
 
 
 def _ms(began: float) -> int:

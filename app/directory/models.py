@@ -17,8 +17,15 @@ class SocialPrescribingService(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     organisation: Mapped[str] = mapped_column(String(16), index=True)
+    # The platform adapter; its configuration is on the service's platform destination
+    # (app.outbox.models.Destination), which a service whose adapter does not deliver lacks.
     adapter: Mapped[str] = mapped_column(String(64))
-    adapter_config: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    # Retired (migration 0010 copied it to the platform destination): never read, written empty.
+    # The column stays one release, so processes of the previous release keep working during a
+    # rolling upgrade (docs/DEPLOYMENT.md: add before taking away); the next release drops it.
+    _retired_adapter_config: Mapped[dict[str, Any]] = mapped_column(
+        "adapter_config", JSONDoc, default=dict
+    )
     # Whether the adapter holds the service's cases on its platform (set when the service is
     # registered): changes are then made there and come back, never through the case API.
     delivers: Mapped[bool] = mapped_column(Boolean, default=False)

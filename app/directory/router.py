@@ -4,13 +4,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, status
 
-from app.delivery.models import Destination
 from app.dependencies import AppSettings, ReadSession, WriteSession
 from app.directory import service
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ClinicalRouteOut, ServiceCreate, ServiceOut
 from app.errors import api_error_responses
 from app.fhir.codes import ODS_CODE
+from app.outbox.models import Destination
 from app.security.auth import Principal, require
 from app.security.roles import Operation
 

@@ -11,7 +11,6 @@ from adapters import registry
 from adapters.base import Adapter, AdapterConfig, AdapterKind
 from app.config import Settings
 from app.db import utcnow
-from app.delivery.models import Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
 from app.errors import (
@@ -23,6 +22,7 @@ from app.errors import (
     validation_message,
 )
 from app.outbound import check_outbound_url
+from app.outbox.models import Destination, DestinationKind
 from app.security import scope
 from app.security.auth import Principal
 
@@ -71,7 +71,6 @@ async def register_service(
         name=request.name,
         organisation=request.organisation,
         adapter=request.adapter,
-        adapter_config=config.model_dump(mode="json"),
         delivers=adapter.delivers,
         first_contact_target_days=request.first_contact_target_days,
         support_window_days=request.support_window_days,
@@ -80,6 +79,8 @@ async def register_service(
     # No ORM relationship orders these inserts: the service row must exist before its route.
     await session.flush()
     if adapter.delivers:
+        # The adapter's configuration lives here only: the dispatcher, inbound webhooks and
+        # reconciliation all read it from the service's platform destination.
         now = utcnow()
         session.add(
             Destination(
@@ -87,7 +88,7 @@ async def register_service(
                 kind=DestinationKind.PLATFORM,
                 adapter=request.adapter,
                 service_id=request.id,
-                config=service.adapter_config,
+                config=config.model_dump(mode="json"),
                 event_types=sorted(adapter.event_types),
                 consecutive_failures=0,
                 created_at=now,

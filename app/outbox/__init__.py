@@ -1,2 +1,3 @@
-"""The transactional outbox (DESIGN §3): where changes are sent (destinations), the rows every
-change writes in its own transaction (deliveries) and their attempts. app.delivery sends them."""
+"""The transactional outbox (DESIGN §3): where changes are sent (destinations, with their
+adapter configuration), the rows every change writes in its own transaction (deliveries, with
+the thin webhook payloads fixed then) and their attempts. app.delivery sends them."""

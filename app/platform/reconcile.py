@@ -6,8 +6,6 @@ the same de-duplication and domain path as a webhook, so overlap costs nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 
@@ -17,9 +15,10 @@ from sqlalchemy import or_, select
 from adapters import registry
 from adapters.base import AdapterError, PlatformAdapter
 from app.config import Settings
-from app.db import Database, FailedRounds, transaction, utcnow
+from app.db import Database, transaction, utcnow
 from app.directory.models import SocialPrescribingService
-from app.errors import AppError
+from app.errors import AppError, NotFound
+from app.loops import Loop
 from app.platform.service import apply_message, platform_adapter
 
 log = logging.getLogger("spbridge.platform")
@@ -38,32 +37,26 @@ class Reconciler:
         self.database = database
         self.settings = settings
         self.http = http
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._postgres = database.engine.dialect.name == "postgresql"
+        self._loop = Loop(
+            "reconciler",
+            self._round,
+            interval=min(settings.reconcile_interval, 30.0),
+            # A failed poll waits as long as a quiet one: the services' cursors stay put.
+            cap=min(settings.reconcile_interval, 30.0),
+            log=log,
+            failure="reconciliation round failed",
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="reconciler")
+        self._loop.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
-    async def run(self) -> None:
-        interval = min(self.settings.reconcile_interval, 30.0)
-        failures = FailedRounds(log, "reconciliation round failed", first=interval, cap=interval)
-        while not self._stopping.is_set():
-            pause = interval
-            try:
-                await self.run_once()
-                failures.succeeded()
-            except Exception as exc:  # the services' cursors stay where they were
-                pause = failures.failed(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
+    async def _round(self) -> bool:
+        await self.run_once()
+        return False
 
     async def run_once(self, now: dt.datetime | None = None) -> int:
         """Poll every service that is due; returns how many messages were applied."""
@@ -96,7 +89,11 @@ class Reconciler:
             service = await session.get(SocialPrescribingService, service_id)
             if service is None:
                 return 0
-            adapter = platform_adapter(service)
+            try:
+                adapter = await platform_adapter(session, service)
+            except NotFound:
+                log.warning("platform not configured for polling", extra={"service": service_id})
+                return 0
         try:
             result = await adapter.poll(self.http, cursor)
         except AdapterError as exc:

@@ -49,7 +49,7 @@ async def receive_platform_event(
     service = await session.get(SocialPrescribingService, service_id)
     if service is None or service.adapter != adapter:
         raise NotFound("No such platform endpoint")
-    platform = platform_adapter(service)
+    platform = await platform_adapter(session, service)
     try:
         message = platform.parse_inbound(body, dict(request.headers), utcnow())
     except InboundRefused as refused:

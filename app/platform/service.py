@@ -17,6 +17,7 @@ from app.cases import service as cases
 from app.cases.models import Case, Referral
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
+from app.outbox.models import Destination, DestinationKind
 from app.platform.models import PlatformMessage
 
 log = logging.getLogger("spbridge.platform")
@@ -28,9 +29,21 @@ class Applied:
     events: int
 
 
-def platform_adapter(service: SocialPrescribingService) -> PlatformAdapter:
-    cls = registry.adapter_class(service.adapter)
-    adapter = cls(cls.config_model.model_validate(service.adapter_config))
+async def platform_adapter(
+    session: AsyncSession, service: SocialPrescribingService
+) -> PlatformAdapter:
+    """The service's platform adapter, configured from the service's platform destination, the
+    configuration's one home (a service whose adapter holds no cases has neither)."""
+    config = await session.scalar(
+        select(Destination.config).where(
+            Destination.kind == DestinationKind.PLATFORM, Destination.service_id == service.id
+        )
+    )
+    try:
+        cls = registry.adapter_class(service.adapter)
+        adapter = cls(cls.config_model.model_validate(config or {}))
+    except (registry.UnknownAdapter, ValueError):
+        raise NotFound("No such platform endpoint") from None
     if not isinstance(adapter, PlatformAdapter):
         raise NotFound("No such platform endpoint")
     return adapter

@@ -4,14 +4,13 @@ queue a report drains before it reads stays short."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from sqlalchemy import select
 
 from app.cases.models import ReportPendingCase
-from app.db import Database, FailedRounds, transaction
+from app.db import Database, transaction
+from app.loops import Loop
 from app.reports import projection
 
 log = logging.getLogger("spbridge.reports")
@@ -22,32 +21,23 @@ class ReportDrainer:
         self.database = database
         self.interval = interval
         self.batch = batch
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop(
+            "report-drainer",
+            self._round,
+            interval=interval,
+            log=log,
+            failure="draining the report queue failed",
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="report-drainer")
+        self._loop.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
-    async def run(self) -> None:
-        failures = FailedRounds(log, "draining the report queue failed", first=self.interval)
-        while not self._stopping.is_set():
-            pause = self.interval
-            try:
-                # A full batch means more may be waiting: go on without pausing.
-                while await self.run_once() >= self.batch and not self._stopping.is_set():
-                    pass
-                failures.succeeded()
-            except Exception as exc:  # the queue stays as it was: the next round takes it
-                pause = failures.failed(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
+    async def _round(self) -> bool:
+        # A full batch means more may be waiting: go on without pausing.
+        return await self.run_once() >= self.batch
 
     async def run_once(self) -> int:
         """Drain one batch in its own transaction; returns how many cases it took."""

@@ -37,7 +37,7 @@ from app.audit import trail
 from app.cases.after_write import queue_for_reports
 from app.cases.models import Case, CaseEvent, Prescription, Referral
 from app.cases.states import CLOSED_STATES
-from app.delivery.models import Delivery, DeliveryAttempt
+from app.outbox.models import Delivery, DeliveryAttempt
 from app.pseudonyms import (
     PSEUDONYM_SYSTEM,
     pseudonym,

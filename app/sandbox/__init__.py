@@ -19,8 +19,8 @@ from app.cases.models import Case, Referral
 from app.cases.states import OPEN_STATES
 from app.config import Settings
 from app.db import Base, Database, transaction, utcnow
-from app.delivery.models import Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
+from app.outbox.models import Destination, DestinationKind
 from app.security.auth import hash_key
 from app.security.models import ApiClient
 from app.security.roles import Role
@@ -66,7 +66,6 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
             name=SANDBOX_SERVICE_NAME,
             organisation=SANDBOX_SERVICE_ORGANISATION,
             adapter=simulator.SimulatorAdapter.name,
-            adapter_config=config,
             delivers=simulator.SimulatorAdapter.delivers,
         )
         session.add(service)
@@ -75,7 +74,6 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
     else:
         # An older sandbox database (or another seed or speed): the service moves over.
         service.adapter = simulator.SimulatorAdapter.name
-        service.adapter_config = config
         service.delivers = simulator.SimulatorAdapter.delivers
     now = utcnow()
     route = await session.scalar(
@@ -125,11 +123,12 @@ async def resume_journeys(session: AsyncSession) -> int:
     """Give every simulated platform back the open cases it held before a restart; their
     journeys carry on from the referral's arrival time. Returns how many."""
     rows = await session.execute(
-        select(SocialPrescribingService.adapter_config, Case.referral_id, Referral.created_at)
-        .join(Case, Case.service_id == SocialPrescribingService.id)
+        select(Destination.config, Case.referral_id, Referral.created_at)
+        .join(Case, Case.service_id == Destination.service_id)
         .join(Case.referral)
         .where(
-            SocialPrescribingService.adapter == simulator.SimulatorAdapter.name,
+            Destination.kind == DestinationKind.PLATFORM,
+            Destination.adapter == simulator.SimulatorAdapter.name,
             Case.state.in_([state.value for state in OPEN_STATES]),
             # Only cases the platform was given (the dispatcher will give it the rest).
             Case.external_reference.is_not(None),

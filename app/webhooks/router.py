@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 
-from app.delivery.models import Destination
 from app.dependencies import AppSettings, OutboundHTTP, ReadSession, WriteSession
 from app.errors import api_error_responses
+from app.outbox.models import Destination
 from app.security.auth import Principal, require
 from app.security.roles import Operation
 from app.webhooks import service

@@ -15,17 +15,18 @@ from app.cases.events import EVENT_TYPES
 from app.config import Settings
 from app.db import utcnow
 from app.delivery import signing
-from app.delivery.models import Delivery, Destination, DestinationKind
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
 from app.outbound import check_outbound_url
+from app.outbox import payloads
+from app.outbox.models import Delivery, Destination, DestinationKind
 from app.security import scope
 from app.security.auth import Principal
 from app.webhooks.schemas import PingResult, SubscriptionCreate, SubscriptionUpdate
 
 
 def _check_events(events: list[str], principal: Principal) -> list[str]:
-    known = EVENT_TYPES | (signing.OPERATIONAL_EVENTS if principal.sees_everything else set())
+    known = EVENT_TYPES | (payloads.OPERATIONAL_EVENTS if principal.sees_everything else set())
     unknown = [index for index, event in enumerate(events) if event not in known]
     if unknown:
         # Located by position: the unknown names are the client's (docs/SECURITY.md T7).
@@ -171,7 +172,7 @@ async def ping(
 ) -> PingResult:
     """Send a signed ``ping`` now and report how the receiver answered."""
     now = utcnow()
-    payload = signing.operational_payload(signing.PING, now, {"subscription_id": subscription.id})
+    payload = payloads.operational_payload(signing.PING, now, {"subscription_id": subscription.id})
     began = time.perf_counter()
     try:
         outcome = await signing.post_signed(

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from app.delivery.dispatcher import Dispatcher
 from tests.conftest import ADMIN_KEY, Bridge
 from tests.support.cases import OpenCase, open_case
+from tests.support.delivery import dispatcher_for
 from tests.support.fhir_test_server import FhirTestServer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -85,9 +85,7 @@ async def journey_pushed(app: Any, bridge: Bridge, fhir_server: FhirTestServer) 
     seed_the_referrers_own_referral(fhir_server, case)
     for day, body in enumerate(JOURNEY, start=1):
         await case.record({**body, "occurred_at": at(day)})
-    dispatcher = Dispatcher(
-        app.state.database, app.state.settings, app.state.http, clock=app.state.clock
-    )
+    dispatcher = dispatcher_for(app, clock=app.state.clock)
     await dispatcher.drain()
     return case
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from app.delivery.dispatcher import Dispatcher
 from app.fhir.resources import model_class
 from tests.conftest import ADMIN_KEY, Bridge
 from tests.support.cases import open_case
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -179,9 +179,7 @@ async def test_a_pilot_journey_moves_the_task_and_reaches_the_referrer(
     # The referrer's FHIR server got every change: each resource before the Task that lists it.
     await receiver.start()
     try:
-        dispatcher = Dispatcher(
-            app.state.database, app.state.settings, app.state.http, clock=app.state.clock
-        )
+        dispatcher = dispatcher_for(app, clock=app.state.clock)
         await dispatcher.drain()
     finally:
         await receiver.stop()

@@ -12,13 +12,15 @@ import pytest
 from sqlalchemy import select, update
 
 from app.cases.models import Case, CaseEvent, Referral
+from app.cases.states import consent_withdrawn
 from app.db import Database, utcnow
-from app.delivery import service as delivery_service
 from app.delivery.dispatcher import Dispatcher
-from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.fhir.resources import model_class
+from app.outbox import service as outbox
+from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
 from tests.support.cases import OpenCase, open_case
+from tests.support.delivery import dispatcher_for
 from tests.support.elemental_platform import FakePlatform, make_platform_app, serve
 from tests.support.receiver import Receiver
 
@@ -32,10 +34,8 @@ def settings_overrides() -> dict[str, Any]:
 
 
 def dispatcher(app: Any, later: dt.timedelta = dt.timedelta()) -> Dispatcher:
-    return Dispatcher(
-        app.state.database,
-        app.state.settings,
-        app.state.http,
+    return dispatcher_for(
+        app,
         clock=lambda: utcnow() + later,
     )
 
@@ -240,7 +240,12 @@ async def test_nothing_more_is_ever_enqueued_after_a_withdrawal(app: Any, bridge
         held = await session.scalar(select(Case).where(Case.id == case.case_id))
         referral = await session.get(Referral, case.referral_id)
         assert held is not None and referral is not None
-        destinations = await delivery_service.destinations_for(session, referral, "LR001")
+        destinations = await outbox.destinations_for(
+            session,
+            service_id=referral.service_id,
+            referrer=referral.organisation,
+            provider="LR001",
+        )
         assert {d.kind for d in destinations} == {"clinical", "webhook"}
         # Whatever event a caller might still try to send, the outbox takes none of it.
         for event_type in ("case.discharged", "referral.updated", "appointment.booked"):
@@ -254,7 +259,16 @@ async def test_nothing_more_is_ever_enqueued_after_a_withdrawal(app: Any, bridge
                 source="system",
                 data={},
             )
-            assert delivery_service.enqueue(session, destinations, held, event) == []
+            assert (
+                outbox.enqueue(
+                    session,
+                    destinations,
+                    held,
+                    event,
+                    withdrawn=consent_withdrawn(held.state, held.status_reason),
+                )
+                == []
+            )
         await session.rollback()
 
     types = [(d.event_type, d.state) for d in await rows(app, case.referral_id)]

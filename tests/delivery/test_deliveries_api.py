@@ -13,6 +13,7 @@ import pytest
 
 from app.delivery.dispatcher import Dispatcher
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Received, Receiver
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -42,7 +43,7 @@ def settings_overrides() -> dict[str, Any]:
 
 
 def dispatcher(app: Any) -> Dispatcher:
-    return Dispatcher(app.state.database, app.state.settings, app.state.http)
+    return dispatcher_for(app)
 
 
 async def subscribe(bridge: Bridge, url: str, **body: Any) -> str:

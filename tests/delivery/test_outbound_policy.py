@@ -23,8 +23,6 @@ from adapters.base import PermanentError, RetryableError, send
 from app import outbound as urls
 from app.config import Settings
 from app.db import Database
-from app.delivery.dispatcher import Dispatcher
-from app.delivery.models import Delivery, DeliveryAttempt
 from app.errors import BusinessRuleViolation
 from app.outbound import (
     GuardedNetworkBackend,
@@ -32,7 +30,9 @@ from app.outbound import (
     check_outbound_url,
     outbound_client,
 )
+from app.outbox.models import Delivery, DeliveryAttempt
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver, free_port
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -167,7 +167,7 @@ async def test_a_host_that_rebinds_to_loopback_after_saving_is_dead_lettered(
     dns["hooks.rebind.example"] = [LOOPBACK]  # and loopback when the bridge calls it
     inner = FakeBackend()
     guard_of(app.state.http).backend = inner
-    await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+    await dispatcher_for(app).drain()
 
     database: Database = app.state.database
     async with database.read_sessions() as session:

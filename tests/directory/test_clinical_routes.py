@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.task import Task
 
-from app.delivery.dispatcher import Dispatcher
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -375,7 +375,7 @@ async def test_a_referral_is_pushed_to_its_organisations_route(app: Any, bridge:
     await receiver.start()
     await elsewhere.start()
     try:
-        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+        await dispatcher_for(app).drain()
     finally:
         await receiver.stop()
         await elsewhere.stop()

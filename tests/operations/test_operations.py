@@ -21,9 +21,9 @@ from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.db import Database
-from app.delivery.models import Delivery
 from app.main import create_app
 from app.migrate import alembic_config, upgrade_async
+from app.outbox.models import Delivery
 from tests.conftest import (
     ADMIN_KEY,
     Bridge,

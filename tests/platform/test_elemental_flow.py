@@ -16,6 +16,7 @@ from app.db import Database
 from app.delivery.dispatcher import Dispatcher
 from app.platform.reconcile import Reconciler
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.support.delivery import dispatcher_for
 from tests.support.elemental_platform import (
     FakePlatform,
     make_platform_app,
@@ -64,7 +65,7 @@ async def refer(bridge: Bridge) -> str:
 
 
 def dispatcher(app: Any) -> Dispatcher:
-    return Dispatcher(app.state.database, app.state.settings, app.state.http)
+    return dispatcher_for(app)
 
 
 async def post_event(bridge: Bridge, body: bytes, headers: dict[str, str]) -> Any:

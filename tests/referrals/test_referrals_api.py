@@ -18,8 +18,8 @@ from sqlalchemy import select
 from app.cases import service as cases
 from app.cases.models import Case, CaseEvent, Referral
 from app.db import Database
-from app.delivery.models import Delivery, Destination
 from app.directory.models import SocialPrescribingService
+from app.outbox.models import Delivery, Destination
 from tests.conftest import FHIR_JSON, ROOT, Bridge, referral_resource, row_counts
 
 

@@ -17,12 +17,12 @@ from sqlalchemy import func, inspect, select
 
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.db import Base, Database, utcnow
-from app.delivery.dispatcher import Dispatcher
-from app.delivery.models import Delivery, DeliveryAttempt
+from app.outbox.models import Delivery, DeliveryAttempt
 from app.retention.models import PurgeRun
 from app.retention.service import PSEUDONYM_SYSTEM, pseudonym, pseudonym_key, purge
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource
 from tests.support.cases import OpenCase, open_case
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
 
 SPBRIDGE = str(Path(sys.executable).parent / "spbridge")
@@ -133,7 +133,7 @@ async def test_purge_removes_patient_data_past_retention_and_keeps_what_reports_
     del app.state.clock
 
     try:
-        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+        await dispatcher_for(app).drain()
     finally:
         await worklist.stop()
     before = {model.__tablename__: await snapshot(app, model) for model in TABLES}

@@ -6,14 +6,21 @@ from typing import Any
 
 from app.db import utcnow
 from app.delivery.dispatcher import Dispatcher
+from app.delivery.senders import standard_senders
 from tests.conftest import ADMIN_KEY, Bridge
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def dispatcher_for(app: Any, clock: Any = utcnow, name: str | None = None) -> Dispatcher:
+    settings = app.state.settings
     return Dispatcher(
-        app.state.database, app.state.settings, app.state.http, clock=clock, name=name
+        app.state.database,
+        settings,
+        app.state.http,
+        senders=standard_senders(settings),
+        clock=clock,
+        name=name,
     )
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from app.delivery.dispatcher import Dispatcher
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver, free_port
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -219,7 +219,7 @@ async def test_reenabling_a_subscription_disabled_by_410_clears_its_failure(
     await refer(bridge)
     await receiver.start()
     try:
-        await Dispatcher(app.state.database, app.state.settings, app.state.http).drain()
+        await dispatcher_for(app).drain()
     finally:
         await receiver.stop()
     url = f"/api/v1/subscriptions/{created['id']}"

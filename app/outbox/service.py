@@ -1,48 +1,84 @@
-"""The outbox: one row per destination for every case event, written in the event's transaction."""
+"""The outbox: one row per destination for every case event, written in the event's transaction.
+
+Every change calls it (app.cases), so it knows no case code: it reads what it needs of a case and
+its event through the two protocols below."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.cases.models import Case, CaseEvent, Referral
-from app.cases.states import consent_withdrawn
 from app.db import ENQUEUED
-from app.delivery import signing
-from app.delivery.models import Delivery, DeliveryAttempt, Destination, DestinationKind
+from app.outbox import payloads
+from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
+
+
+class ChangedCase(Protocol):
+    """What the outbox reads of a case (app.cases.models.Case)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def referral_id(self) -> str: ...
+    @property
+    def service_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def business_status(self) -> str: ...
+
+
+class RecordedEvent(Protocol):
+    """What the outbox reads of a recorded case event (app.cases.models.CaseEvent)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def occurred_at(self) -> dt.datetime: ...
+    @property
+    def recorded_at(self) -> dt.datetime: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
 
 
 async def destinations_for(
-    session: AsyncSession, referral: Referral, service_organisation: str
+    session: AsyncSession, *, service_id: str, referrer: str, provider: str
 ) -> list[Destination]:
-    """Active destinations interested in this referral's case: its service's platform, its
-    referrer's clinical system, and the webhook subscriptions that may see it."""
+    """Active destinations interested in a referral's case: its service's platform, its
+    referrer's clinical system, and the webhook subscriptions that may see it (those of the
+    referring or the providing organisation, and the admins')."""
     rows = await session.scalars(
         select(Destination).where(
             Destination.active.is_(True),
             or_(
                 and_(
                     Destination.kind == DestinationKind.PLATFORM,
-                    Destination.service_id == referral.service_id,
+                    Destination.service_id == service_id,
                 ),
                 and_(
                     Destination.kind == DestinationKind.CLINICAL,
-                    Destination.organisation == referral.organisation,
+                    Destination.organisation == referrer,
                 ),
                 and_(
                     Destination.kind == DestinationKind.WEBHOOK,
                     or_(
                         Destination.service_id.is_(None),
-                        Destination.service_id == referral.service_id,
+                        Destination.service_id == service_id,
                     ),
                     # A subscription sees what its owner's organisation may see; an admin's all.
                     or_(
                         Destination.organisation.is_(None),
-                        Destination.organisation.in_([referral.organisation, service_organisation]),
+                        Destination.organisation.in_([referrer, provider]),
                     ),
                 ),
             ),
@@ -113,19 +149,20 @@ async def stop_for_withdrawal(
 def enqueue(
     session: AsyncSession,
     destinations: list[Destination],
-    case: Case,
-    event: CaseEvent,
+    case: ChangedCase,
+    event: RecordedEvent,
     *,
+    withdrawn: bool,
     platforms_holding: frozenset[str] | set[str] = frozenset(),
 ) -> list[Delivery]:
     """An outbox row for each destination that wants ``event``.
 
-    Once the person has withdrawn consent, nothing more of theirs is sent, whatever the caller
-    asks: only the withdrawal itself goes to the referrer's clinical system (the Task showing the
-    case closed, which identifies the patient by the NHS number the referrer already holds), and
-    to ``platforms_holding`` as a cancellation. Webhook subscriptions get nothing.
+    Once the person has withdrawn consent (``withdrawn``: the case was closed by it), nothing
+    more of theirs is sent, whatever event the caller passes: only the withdrawal itself goes to
+    the referrer's clinical system (the Task showing the case closed, which identifies the
+    patient by the NHS number the referrer already holds), and to ``platforms_holding`` as a
+    cancellation. Webhook subscriptions get nothing.
     """
-    withdrawn = consent_withdrawn(case.state, case.status_reason)
     payload: dict[str, Any] | None = None
     deliveries = []
     for destination in destinations:
@@ -142,7 +179,7 @@ def enqueue(
         elif not _wants(destination, event.type):
             continue
         if destination.kind == DestinationKind.WEBHOOK and payload is None:
-            payload = signing.case_payload(
+            payload = payloads.case_payload(
                 event_type=event.type,
                 event_id=event.id,
                 event_seq=event.seq,
@@ -189,7 +226,7 @@ async def enqueue_operational(
             Destination.organisation.is_(None),
         )
     )
-    payload = signing.operational_payload(event_type, now, data)
+    payload = payloads.operational_payload(event_type, now, data)
     count = 0
     for destination in admins:
         # Operational events go only where they were asked for by name.

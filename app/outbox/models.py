@@ -47,8 +47,9 @@ class Destination(Base):
     )
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # The circuit: consecutive retryable failures; once open, probe_at says when the next single
-    # probe may go (NULL: closed, deliveries flow normally).
+    # The circuit: consecutive rounds (and, once open, probes) in which every attempt to it failed
+    # retryably, counted once per round whatever its size; once open, probe_at says when the next
+    # single probe may go (NULL: closed, deliveries flow normally).
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     probe_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
