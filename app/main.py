@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import app as package
@@ -63,6 +64,9 @@ from app.worker import Background
 from app.worklist.router import router as worklist_router
 
 log = logging.getLogger("spbridge")
+
+# Where the documentation pages' scripts, style sheet and icon are served.
+DOCS_ASSETS = "/docs/assets"
 
 
 def _is_fhir(request: Request) -> bool:
@@ -166,7 +170,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await http.aclose()
             await database.dispose()
 
-    application = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) with their scripts served from here, not a CDN that
+    # a trust's network may block; the OpenAPI document is FastAPI's as before.
+    application = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="Social Prescribing Referral Bridge",
         version=package.__version__,
         description=(
