@@ -46,6 +46,7 @@ from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
 from app.keys import KeyStore
 from app.limits import install as install_limits
+from app.limits import json_syntax_error
 from app.logs import AccessLogMiddleware
 from app.metadata.router import router as metadata_router
 from app.openapi import install as install_openapi
@@ -78,6 +79,9 @@ def render_error(request: Request, error: AppError) -> Response:
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> AppError:
+    syntax = _json_syntax(exc)
+    if syntax is not None:
+        return syntax
     issues = []
     body = exc.body if isinstance(exc.body, dict) else {}
     for error in exc.errors()[:20]:
@@ -102,6 +106,17 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "unknown status"
+
+
+def _json_syntax(exc: RequestValidationError) -> AppError | None:
+    """A body that is not JSON at all: 400 with where it breaks, not a field's 422."""
+    for error in exc.errors():
+        location = error.get("loc", ())
+        if error.get("type") == "json_invalid" and isinstance(exc.body, str | bytes):
+            position = location[1] if len(location) > 1 and isinstance(location[1], int) else 0
+            reason = str((error.get("ctx") or {}).get("error", ""))
+            return json_syntax_error(exc.body, position, reason)
+    return None
 
 
 def _install_error_handlers(application: FastAPI) -> None:

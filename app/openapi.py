@@ -10,7 +10,7 @@ the app serves (``/openapi.json``, Swagger UI, ReDoc) and for the committed copy
   ``/fhir`` and problem details (``application/problem+json``) elsewhere, in place of FastAPI's
   default validation error (under ``/fhir`` a bad parameter is a 400, not a 422); the statuses
   that every operation of a kind can answer (401 and 403 with a key, 400 for a NUL character in
-  the URL, 413 and 422 for bodies outside ``/fhir``);
+  the URL, 413, 415 and 422 for bodies outside ``/fhir``);
 - an example for every request body and every response: those given at the route or on the
   schema (its first ``examples`` entry) are kept; errors get one rendered by the app's own error
   renderer; FHIR resources get the matching file in ``fhir/examples/``.
@@ -35,6 +35,7 @@ from app.errors import (
     operation_outcome,
     problem_details,
 )
+from app.limits import NOT_JSON
 from app.openapi_examples import MEDIA_EXAMPLES, RESPONSE_EXAMPLES
 
 log = logging.getLogger("spbridge")
@@ -114,6 +115,8 @@ _MORE_DESCRIPTIONS = {405: "Method not allowed", 500: "Internal error"}
 def error_example(status: int, fhir: bool) -> dict[str, Any]:
     """The body the app sends for an error of ``status``, rendered by its own renderer."""
     issue = _EXAMPLE_422[fhir] if status == 422 else _EXAMPLE_ISSUES.get(status)
+    if status == 415 and not fhir:
+        issue = Issue("not-supported", NOT_JSON)
     if issue is None:
         issue = Issue(AppError.issue_code, _TITLES.get(status, "Error"))
     if fhir:
@@ -323,9 +326,12 @@ def _complete_errors(operation: dict[str, Any], path: str, secured: bool, fhir: 
     ):
         _ensure(responses, 400)
     if operation.get("requestBody") and not fhir:
-        # app.limits: size, nesting and NUL characters of every body outside /fhir.
+        # app.limits: size, nesting and NUL characters of every body outside /fhir, and its
+        # media type (JSON) except on the platforms' webhooks, which read their own.
         for status in (400, 413, 422):
             _ensure(responses, status)
+        if path.startswith("/api/v1/") and not path.startswith("/api/v1/adapters/"):
+            _ensure(responses, 415)
     for code, response in responses.items():
         if not code.isdigit() or int(code) < 400:
             continue
