@@ -125,6 +125,18 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
     await history.seed_cases(session, settings, SANDBOX_REFERRER_ORGANISATION)
 
 
+async def is_sandbox_database(session: AsyncSession) -> bool:
+    """Whether the sandbox seeded this database: it holds the sandbox admin's public key, not
+    revoked. The server and every command read sandbox mode from here as well as from
+    SPBRIDGE_SANDBOX (or ``serve --sandbox``): where anyone may act as admin with a published
+    key, what sandbox mode relaxes (http and loopback URLs) protects nothing more."""
+    digest = hash_key(SANDBOX_KEYS[Role.ADMIN][0])
+    found = await session.scalar(
+        select(ApiClient.id).where(ApiClient.key_hash == digest, ApiClient.revoked_at.is_(None))
+    )
+    return found is not None
+
+
 async def resume_journeys(session: AsyncSession) -> int:
     """Give every simulated platform back the open cases it held before a restart; their
     journeys carry on from the referral's arrival time. Returns how many."""
