@@ -88,9 +88,10 @@ _EXAMPLE_ISSUES: dict[int, Issue] = {
 }
 _EXAMPLE_422 = {
     True: Issue(
-        "business-rule",
-        "ServiceRequest.subject must carry an NHS number (https://fhir.nhs.uk/Id/nhs-number)",
-        "ServiceRequest.subject.identifier",
+        "required",
+        "subject must carry an NHS number (identifier system https://fhir.nhs.uk/Id/nhs-number), "
+        "on the reference's identifier or on the bundled or contained Patient",
+        "ServiceRequest.subject",
     ),
     False: Issue("value", "url: Field required", "url"),
 }
