@@ -238,7 +238,7 @@ async def test_the_guides_webhook_is_the_one_sent_and_its_verification_works(
     assert _shape(real) == _shape(documented)
     assert real["type"] == documented["type"]
     for name, link in real["data"]["links"].items():
-        # Paths on the bridge, as the guide shows them (the sandbox has no public address).
+        # As the guide shows them: under the sandbox's address (its public base URL).
         pattern = re.sub(r"[0-9a-f-]{36}", "[0-9a-f-]{36}", documented["data"]["links"][name])
         assert re.fullmatch(pattern, link), (name, link)
 
