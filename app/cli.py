@@ -48,9 +48,14 @@ read_sandbox_mode_with(_is_sandbox_database)
 
 def _sandbox_database() -> bool:
     """Whether the database was seeded as a sandbox's (False when it cannot be read yet)."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
     from app.db import transaction
+
+    url = make_url(get_settings().database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or ":memory:").exists():
+        return False  # nothing there yet: looking must not make the file
 
     async def probe() -> bool:
         database = _database()

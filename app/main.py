@@ -11,7 +11,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import app as package
@@ -50,6 +49,7 @@ from app.limits import json_syntax_error
 from app.logs import AccessLogMiddleware
 from app.metadata.router import router as metadata_router
 from app.openapi import install as install_openapi
+from app.openapi import install_docs
 from app.operations.metrics import RequestMetrics
 from app.operations.router import router as operations_router
 from app.outbound import outbound_client
@@ -65,9 +65,6 @@ from app.worker import Background
 from app.worklist.router import router as worklist_router
 
 log = logging.getLogger("spbridge")
-
-# Where the documentation pages' scripts, style sheet and icon are served.
-DOCS_ASSETS = "/docs/assets"
 
 
 def _is_fhir(request: Request) -> bool:
@@ -185,10 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await http.aclose()
             await database.dispose()
 
-    # Swagger UI (/docs) and ReDoc (/redoc) with their scripts served from here, not a CDN that
-    # a trust's network may block; the OpenAPI document is FastAPI's as before.
-    application = FastAPIOffline(
-        static_url=DOCS_ASSETS,
+    application = FastAPI(
         title="Social Prescribing Referral Bridge",
         version=package.__version__,
         description=(
@@ -199,6 +193,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "client_secret_basic or private_key_jwt)."
         ),
         lifespan=lifespan,
+        # Swagger UI and ReDoc are served by install_docs, with their scripts from here.
+        docs_url=None,
+        redoc_url=None,
     )
     application.state.settings = settings
     application.state.keys = KeyStore()
@@ -242,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _document_common_refusals(application)
     install_openapi(application)  # examples, errors and security as integrators need them
+    install_docs(application)  # /docs and /redoc, working where a CDN is blocked
     return application
 
 

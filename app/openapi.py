@@ -21,9 +21,17 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app.errors import (
     _DESCRIPTIONS,
@@ -31,6 +39,7 @@ from app.errors import (
     PROBLEM_MEDIA_TYPE,
     AppError,
     Issue,
+    NotFound,
     is_fhir_path,
     operation_outcome,
     problem_details,
@@ -442,3 +451,63 @@ def install(application: FastAPI) -> None:
         return made["document"]
 
     application.openapi = openapi  # type: ignore[method-assign]
+
+
+# --- the documentation pages ----------------------------------------------------------------
+
+# Swagger UI's and ReDoc's scripts, style sheet and icon, as the fastapi-offline package ships
+# them (kept up to date there), served from the bridge: the pages work where a trust's network
+# blocks the CDNs FastAPI would load them from.
+DOCS_ASSETS = "/docs/assets"
+_ASSET_FOLDER = Path(fastapi_offline.__file__).resolve().parent / "static"
+_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+
+
+def install_docs(application: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, with every file they need served from here."""
+    title = application.title
+    openapi_url = application.openapi_url or "/openapi.json"
+    redirect_url = application.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    favicon = f"{DOCS_ASSETS}/favicon.png"
+
+    @application.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{title} - Swagger UI",
+            oauth2_redirect_url=redirect_url,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+            swagger_ui_parameters=application.swagger_ui_parameters,
+        )
+
+    @application.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @application.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
+
+    @application.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        media_type = _ASSETS.get(name)
+        if media_type is None:
+            raise NotFound("No such file of the documentation pages")
+        return FileResponse(
+            _ASSET_FOLDER / name,
+            media_type=media_type,
+            headers={"Cache-Control": "public, max-age=86400"},
+        )

@@ -179,7 +179,8 @@ def test_an_adapter_without_its_settings_names_them(spbridge: Cli) -> None:
             '{"base_url": "https://x.example", "api_key": "k", "webhook_secret": "nope"}',
         ),
         2,
-        "adapter_config is not valid; webhook_secret: webhook_secret must start with 'whsec_'",
+        "adapter_config is not valid; adapter_config.webhook_secret: webhook_secret must start "
+        "with 'whsec_'",
     )
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import fastapi.routing
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
-from starlette.staticfiles import StaticFiles
 
 from app.security.auth import required_operation
 from app.security.roles import Operation
@@ -59,9 +58,9 @@ PUBLIC_ROUTES: dict[RouteKey, Public] = {
     ("GET", "/docs"): Public(_DOCS),
     ("GET", "/docs/oauth2-redirect"): Public(_DOCS),
     ("GET", "/redoc"): Public(_DOCS),
-    ("GET", "/docs/assets"): Public(
-        "the documentation pages' scripts, style sheet and icon: static files shipped with the "
-        "app (fastapi-offline), so the pages work where a CDN is blocked"
+    ("GET", "/docs/assets/{name}"): Public(
+        "the documentation pages' scripts, style sheet and icon: four fixed files shipped with "
+        "the app (fastapi-offline), so the pages work where a CDN is blocked"
     ),
     ("POST", "/api/v1/adapters/{adapter}/{service_id}/webhook"): Public(
         "a platform's inbound events: authenticated by the service's Standard Webhooks "
@@ -107,8 +106,6 @@ def _registered(app: FastAPI) -> Iterator[tuple[str, set[str] | None, Dependant 
     for route in routes:
         path = getattr(route, "path", None) or repr(route)
         methods: set[str] | None = getattr(route, "methods", None)
-        if methods is None and isinstance(getattr(route, "app", None), StaticFiles):
-            methods = {"GET", "HEAD"}  # a folder of files, read only
         dependant = getattr(route, "dependant", None)
         yield path, methods, dependant if isinstance(dependant, Dependant) else None
 
