@@ -14,17 +14,61 @@ import uvicorn
 
 from app.config import ConfigurationError, Settings, get_settings, require_public_base_url
 from app.logs import configure_logging
-from app.operations.commands import clients_cli, services_cli, subscriptions_cli
+from app.operations.commands import (
+    JsonOption,
+    OneLineErrors,
+    clients_cli,
+    read_sandbox_mode_with,
+    services_cli,
+    subscriptions_cli,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.db import Database
 
-cli = typer.Typer(help="Social Prescribing Referral Bridge", no_args_is_help=True)
+cli = typer.Typer(
+    cls=OneLineErrors, help="Social Prescribing Referral Bridge", no_args_is_help=True
+)
 cli.add_typer(clients_cli, name="clients")
 cli.add_typer(services_cli, name="services")
 cli.add_typer(subscriptions_cli, name="subscriptions")
+
+
+async def _is_sandbox_database(session: AsyncSession) -> bool:
+    from app.sandbox import is_sandbox_database
+
+    return await is_sandbox_database(session)
+
+
+# Commands read sandbox mode as the server does: from the setting, or from the database.
+read_sandbox_mode_with(_is_sandbox_database)
+
+
+def _sandbox_database() -> bool:
+    """Whether the database was seeded as a sandbox's (False when it cannot be read yet)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db import transaction
+
+    url = make_url(get_settings().database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or ":memory:").exists():
+        return False  # nothing there yet: looking must not make the file
+
+    async def probe() -> bool:
+        database = _database()
+        try:
+            async with transaction(database.read_sessions) as session:
+                return await _is_sandbox_database(session)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(probe())
+    except (DBAPIError, OSError):
+        return False
 
 
 @cli.command()
@@ -116,18 +160,23 @@ def serve(
             settings.sandbox_seed = seed
         if clock_speed is not None:
             settings.sandbox_clock_speed = clock_speed
-        if "reconcile_interval" not in settings.model_fields_set:
-            # The simulated platform's events are read by the reconciliation poll: every second.
-            settings.reconcile_interval = 1.0
     if not dispatcher:
         settings.run_dispatcher = False
-    if sandbox and not settings.public_base_url:
+    if not settings.sandbox and _sandbox_database():
+        # Sandbox mode is read as every command reads it: a database the sandbox seeded (its
+        # public keys work) is served as the sandbox it is.
+        typer.echo("note: this database is a sandbox's (it holds the sandbox's keys)", err=True)
+        settings.sandbox = True
+    if settings.sandbox and not settings.public_base_url:
         # The address this server binds: the links it hands out point back at it.
         settings.public_base_url = bound_base_url(host, port)
     _require_public_base_url(settings)
     if migrate_first:
         upgrade(settings.database_url)
-    if sandbox:
+    if settings.sandbox:
+        if "reconcile_interval" not in settings.model_fields_set:
+            # The simulated platform's events are read by the reconciliation poll: every second.
+            settings.reconcile_interval = 1.0
         from app.sandbox import seed as seed_sandbox
 
         seed_sandbox(settings)
@@ -193,11 +242,12 @@ def deliveries_list(
     referral: Annotated[str | None, typer.Option(help="Only this referral's")] = None,
     destination: Annotated[str | None, typer.Option(help="Only this destination's")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100, help="At most this many (1-100)")] = 50,
+    as_json: JsonOption = False,
 ) -> None:
     """List deliveries, newest first."""
     from app.delivery import admin
     from app.delivery.schemas import DeliveryPage
-    from app.operations.commands import read
+    from app.operations.commands import echo_json, print_table, read
     from app.security import scope
 
     async def listing(session: AsyncSession) -> DeliveryPage:
@@ -213,14 +263,19 @@ def deliveries_list(
         )
 
     page = read(listing)
+    if as_json:
+        echo_json([item.model_dump(mode="json") for item in page.items])
+        return
     if not page.items:
         typer.echo("no deliveries")
-    for item in page.items:
-        typer.echo(
-            f"{item.id}  {item.state:<9} {item.event_type:<24} attempts={item.attempts:<3} "
-            f"{item.adapter:<10} referral={item.referral_id or '-'}"
-            + (f"  error={item.last_error}" if item.last_error else "")
-        )
+        return
+    print_table(
+        ("id", "state", "event", "attempts", "adapter", "referral", "last error"),
+        [
+            (i.id, i.state, i.event_type, i.attempts, i.adapter, i.referral_id, i.last_error)
+            for i in page.items
+        ],
+    )
 
 
 @deliveries_cli.command("replay")
@@ -387,11 +442,9 @@ def report(
     """
     import datetime as dt
 
-    from rich.console import Console
-    from rich.progress import Progress
-
     from app.db import transaction
     from app.errors import AppError
+    from app.operations.commands import check_organisation, check_service, refusal, steps
     from app.reports import render
     from app.reports import service as reports
     from app.reports.definitions import DEFINITIONS, ReportName
@@ -425,13 +478,17 @@ def report(
     async def run() -> str:
         database = _database()
         try:
-            with Progress(console=Console(stderr=True), transient=True) as progress:
-                task = progress.add_task(definition.title, total=len(definition.sections))
+            with steps(definition.title, len(definition.sections)) as shown:
 
                 def step(section: str, done: int, of: int) -> None:
-                    progress.update(task, completed=done, description=section.replace("_", " "))
+                    shown(section.replace("_", " "), done)
 
                 async with transaction(database.write_sessions) as session:
+                    # Refused as every command refuses them, before anything is counted.
+                    await check_service(session, "--service", service)
+                    await check_organisation(
+                        session, "--organisation", organisation, runs_a_service=True
+                    )
                     built = await reports.run_report(
                         session,
                         principal,
@@ -454,7 +511,7 @@ def report(
     try:
         text = asyncio.run(run())
     except AppError as exc:
-        typer.echo(f"error: {exc.diagnostics}", err=True)
+        typer.echo(f"error: {refusal(exc)}", err=True)
         raise typer.Exit(1) from None
     if output is None:
         typer.echo(text, nl=False)

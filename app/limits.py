@@ -15,7 +15,9 @@ uvicorn is told to trust its ``X-Forwarded-For`` (``--forwarded-allow-ips``).
 Bodies outside ``/fhir`` (which reads its own, app.fhir.parsing): larger than
 ``SPBRIDGE_MAX_BODY_BYTES`` is 413, refused on a too-large Content-Length before anything is read
 and, for a body streamed without one, as soon as it passes the limit; a JSON body nested deeper
-than ``SPBRIDGE_MAX_JSON_DEPTH`` is 400.
+than ``SPBRIDGE_MAX_JSON_DEPTH`` is 400 ("nested too deeply"); under ``/api/v1`` a body that is
+not sent as JSON is 415, and one that is not valid JSON is 400 naming the line and column where
+it breaks (:func:`json_syntax_error`; never quoting it).
 
 CORS: off unless ``SPBRIDGE_CORS_ORIGINS`` lists origins (FastAPI adds no CORS headers itself).
 """
@@ -44,6 +46,7 @@ from app.errors import (
     BadRequest,
     BusinessRuleViolation,
     PayloadTooLarge,
+    UnsupportedMediaType,
     error_response,
     is_fhir_path,
 )
@@ -231,8 +234,51 @@ def _is_json(content_type: str | None) -> bool:
     """Whether the body may be read as JSON (without a type it is checked too, to be safe)."""
     if not content_type:
         return True
+    return _json_media_type(content_type)
+
+
+def _json_media_type(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or media_type.endswith("+json")
+
+
+# Where bodies must be JSON: the API outside /fhir, except the platforms' own webhooks, which
+# each adapter reads as its platform sends them.
+_JSON_API = "/api/v1/"
+_OWN_FORMAT = "/api/v1/adapters/"
+NOT_JSON = "Send the request body as JSON, with the header Content-Type: application/json"
+
+
+def wrong_media_type(path: str, content_type: str | None) -> UnsupportedMediaType | None:
+    """A 415 for a body under /api/v1 that is not declared as JSON (a form, text, or nothing)."""
+    if not path.startswith(_JSON_API) or path.startswith(_OWN_FORMAT):
+        return None
+    if content_type and _json_media_type(content_type):
+        return None
+    declared = "no Content-Type" if not content_type else "another media type"
+    return UnsupportedMediaType(f"{NOT_JSON} (it came with {declared})")
+
+
+def json_syntax_error(document: str | bytes, position: int, reason: str) -> BadRequest:
+    """A 400 saying where a JSON body stops being JSON (line and column, counted from 1) and
+    what the parser expected there; the body itself is never quoted."""
+    text = document.decode("utf-8", "replace") if isinstance(document, bytes) else document
+    position = max(0, min(position, len(text)))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    # The json module's reasons name the rule ("Expecting ',' delimiter"), never the input.
+    words = reason[:1].lower() + reason[1:] if reason else "it cannot be read"
+    return BadRequest(
+        f"The request body is not valid JSON: {words} at line {line}, column {column}",
+        issue_code="structure",
+    )
+
+
+def too_deep(max_depth: int) -> BadRequest:
+    return BadRequest(
+        f"The request body is nested too deeply: arrays and objects may nest at most "
+        f"{max_depth} levels"
+    )
 
 
 # A JSON \u0000 escape (an odd run of backslashes before u0000; an even run is a literal
@@ -358,15 +404,13 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if body:
+            not_json = wrong_media_type(scope.get("path", ""), headers.get("content-type"))
+            if not_json is not None:
+                await refuse(scope, receive, send, not_json)
+                return
         if body and _is_json(headers.get("content-type")) and json_depth(body) > self.max_depth:
-            await refuse(
-                scope,
-                receive,
-                send,
-                BadRequest(
-                    f"The request body nests arrays and objects more than {self.max_depth} deep"
-                ),
-            )
+            await refuse(scope, receive, send, too_deep(self.max_depth))
             return
         if body and _is_json(headers.get("content-type")) and _JSON_NUL.search(body):
             await refuse(scope, receive, send, nul_refusal(body, declared_members(scope)))

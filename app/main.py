@@ -45,9 +45,11 @@ from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
 from app.keys import KeyStore
 from app.limits import install as install_limits
+from app.limits import json_syntax_error
 from app.logs import AccessLogMiddleware
 from app.metadata.router import router as metadata_router
 from app.openapi import install as install_openapi
+from app.openapi import install_docs
 from app.operations.metrics import RequestMetrics
 from app.operations.router import router as operations_router
 from app.outbound import outbound_client
@@ -74,6 +76,9 @@ def render_error(request: Request, error: AppError) -> Response:
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> AppError:
+    syntax = _json_syntax(exc)
+    if syntax is not None:
+        return syntax
     issues = []
     body = exc.body if isinstance(exc.body, dict) else {}
     for error in exc.errors()[:20]:
@@ -98,6 +103,17 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "unknown status"
+
+
+def _json_syntax(exc: RequestValidationError) -> AppError | None:
+    """A body that is not JSON at all: 400 with where it breaks, not a field's 422."""
+    for error in exc.errors():
+        location = error.get("loc", ())
+        if error.get("type") == "json_invalid" and isinstance(exc.body, str | bytes):
+            position = location[1] if len(location) > 1 and isinstance(location[1], int) else 0
+            reason = str((error.get("ctx") or {}).get("error", ""))
+            return json_syntax_error(exc.body, position, reason)
+    return None
 
 
 def _install_error_handlers(application: FastAPI) -> None:
@@ -177,6 +193,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "client_secret_basic or private_key_jwt)."
         ),
         lifespan=lifespan,
+        # Swagger UI and ReDoc are served by install_docs, with their scripts from here.
+        docs_url=None,
+        redoc_url=None,
     )
     application.state.settings = settings
     application.state.keys = KeyStore()
@@ -220,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _document_common_refusals(application)
     install_openapi(application)  # examples, errors and security as integrators need them
+    install_docs(application)  # /docs and /redoc, working where a CDN is blocked
     return application
 
 

@@ -10,7 +10,7 @@ the app serves (``/openapi.json``, Swagger UI, ReDoc) and for the committed copy
   ``/fhir`` and problem details (``application/problem+json``) elsewhere, in place of FastAPI's
   default validation error (under ``/fhir`` a bad parameter is a 400, not a 422); the statuses
   that every operation of a kind can answer (401 and 403 with a key, 400 for a NUL character in
-  the URL, 413 and 422 for bodies outside ``/fhir``);
+  the URL, 413, 415 and 422 for bodies outside ``/fhir``);
 - an example for every request body and every response: those given at the route or on the
   schema (its first ``examples`` entry) are kept; errors get one rendered by the app's own error
   renderer; FHIR resources get the matching file in ``fhir/examples/``.
@@ -21,9 +21,17 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app.errors import (
     _DESCRIPTIONS,
@@ -31,10 +39,12 @@ from app.errors import (
     PROBLEM_MEDIA_TYPE,
     AppError,
     Issue,
+    NotFound,
     is_fhir_path,
     operation_outcome,
     problem_details,
 )
+from app.limits import NOT_JSON
 from app.openapi_examples import MEDIA_EXAMPLES, RESPONSE_EXAMPLES
 
 log = logging.getLogger("spbridge")
@@ -87,9 +97,10 @@ _EXAMPLE_ISSUES: dict[int, Issue] = {
 }
 _EXAMPLE_422 = {
     True: Issue(
-        "business-rule",
-        "ServiceRequest.subject must carry an NHS number (https://fhir.nhs.uk/Id/nhs-number)",
-        "ServiceRequest.subject.identifier",
+        "required",
+        "subject must carry an NHS number (identifier system https://fhir.nhs.uk/Id/nhs-number), "
+        "on the reference's identifier or on the bundled or contained Patient",
+        "ServiceRequest.subject",
     ),
     False: Issue("value", "url: Field required", "url"),
 }
@@ -114,6 +125,8 @@ _MORE_DESCRIPTIONS = {405: "Method not allowed", 500: "Internal error"}
 def error_example(status: int, fhir: bool) -> dict[str, Any]:
     """The body the app sends for an error of ``status``, rendered by its own renderer."""
     issue = _EXAMPLE_422[fhir] if status == 422 else _EXAMPLE_ISSUES.get(status)
+    if status == 415 and not fhir:
+        issue = Issue("not-supported", NOT_JSON)
     if issue is None:
         issue = Issue(AppError.issue_code, _TITLES.get(status, "Error"))
     if fhir:
@@ -323,9 +336,12 @@ def _complete_errors(operation: dict[str, Any], path: str, secured: bool, fhir: 
     ):
         _ensure(responses, 400)
     if operation.get("requestBody") and not fhir:
-        # app.limits: size, nesting and NUL characters of every body outside /fhir.
+        # app.limits: size, nesting and NUL characters of every body outside /fhir, and its
+        # media type (JSON) except on the platforms' webhooks, which read their own.
         for status in (400, 413, 422):
             _ensure(responses, status)
+        if path.startswith("/api/v1/") and not path.startswith("/api/v1/adapters/"):
+            _ensure(responses, 415)
     for code, response in responses.items():
         if not code.isdigit() or int(code) < 400:
             continue
@@ -435,3 +451,63 @@ def install(application: FastAPI) -> None:
         return made["document"]
 
     application.openapi = openapi  # type: ignore[method-assign]
+
+
+# --- the documentation pages ----------------------------------------------------------------
+
+# Swagger UI's and ReDoc's scripts, style sheet and icon, as the fastapi-offline package ships
+# them (kept up to date there), served from the bridge: the pages work where a trust's network
+# blocks the CDNs FastAPI would load them from.
+DOCS_ASSETS = "/docs/assets"
+_ASSET_FOLDER = Path(fastapi_offline.__file__).resolve().parent / "static"
+_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "redoc.standalone.js": "text/javascript",
+    "favicon.png": "image/png",
+}
+
+
+def install_docs(application: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, with every file they need served from here."""
+    title = application.title
+    openapi_url = application.openapi_url or "/openapi.json"
+    redirect_url = application.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    favicon = f"{DOCS_ASSETS}/favicon.png"
+
+    @application.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{title} - Swagger UI",
+            oauth2_redirect_url=redirect_url,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+            swagger_ui_parameters=application.swagger_ui_parameters,
+        )
+
+    @application.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @application.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
+
+    @application.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        media_type = _ASSETS.get(name)
+        if media_type is None:
+            raise NotFound("No such file of the documentation pages")
+        return FileResponse(
+            _ASSET_FOLDER / name,
+            media_type=media_type,
+            headers={"Cache-Control": "public, max-age=86400"},
+        )

@@ -98,7 +98,11 @@ async def check_outbound_url(url: str, settings: Settings, field: str = "url") -
     if _allowed(host, port, settings):
         return
     if parts.scheme != "https" and not settings.sandbox:
-        raise BusinessRuleViolation(f"{field} must use https", expression=field)
+        raise BusinessRuleViolation(
+            f"{field} must use https (http only for a host listed in "
+            "SPBRIDGE_ALLOWED_OUTBOUND_HOSTS, or in sandbox mode)",
+            expression=field,
+        )
     try:
         addresses = {ipaddress.ip_address(host)}
     except ValueError:

@@ -141,8 +141,14 @@ def test_clients_create_list_revoke(cli_database: str) -> None:
     assert revoked.exit_code == 0, revoked.stderr
     assert revoked.stdout.startswith(f"client {client['id']} revoked (since ")
     assert asyncio.run(_status_with_key(cli_database, key)) == 401
-    table = spbridge("clients", "list")
-    assert client["id"] in table.stdout and "revoked=" in table.stdout
+    table = spbridge("clients", "list").stdout.splitlines()
+    columns = ["id", "role", "organisation", "default", "service", "name", "revoked"]
+    assert table[0].split() == columns
+    (now_revoked,) = json.loads(spbridge("clients", "list", "--json").stdout)
+    row = table[1].split()
+    assert row[0] == client["id"] and row[-1] == now_revoked["revoked_at"]
+    # Aligned: every column starts where its heading does.
+    assert table[1].index(now_revoked["revoked_at"]) == table[0].index("revoked")
     assert spbridge("clients", "list", "--no-revoked").stdout == "no clients\n"
 
 
@@ -153,7 +159,7 @@ def test_clients_bad_input_is_refused_clearly(cli_database: str) -> None:
     refused(
         spbridge(*base, "clinical-system", "--organisation", "RW4", "--default-service", "nope"),
         2,
-        "error: default_service names no registered service",
+        "error: --default-service: no service 'nope' is known here; `spbridge services list`",
     )
     refused(spbridge("clients", "revoke", "no-such-client"), 1, "error: No such client")
     # Nothing was made.
@@ -172,8 +178,9 @@ def test_services_create_list_show(cli_database: str) -> None:
     assert created.stdout == "registered service life-rooms-halton (local)\n"
 
     listing = spbridge("services", "list")
+    header = ["id", "organisation", "adapter", "name"]
     row = ["life-rooms-halton", "RW4LR", "local", "The", "Life", "Rooms,", "Halton"]
-    assert listing.stdout.split() == row
+    assert listing.stdout.split() == header + row
     shown = json.loads(spbridge("services", "show", "life-rooms-halton", "--json").stdout)
     assert shown["name"] == "The Life Rooms, Halton"
     assert shown["support_window_days"] == 56
@@ -210,6 +217,8 @@ def test_services_bad_input_is_refused_clearly(cli_database: str, tmp_path: Path
 
 
 def test_subscriptions_create_list_delete(cli_database: str) -> None:
+    rw4 = ("clients", "create", "--name", "RiO", "--role", "clinical-system", "--organisation")
+    assert spbridge(*rw4, "RW4").exit_code == 0  # an organisation the bridge knows
     created = spbridge(
         "subscriptions", "create", "--url", "http://127.0.0.1:9/hooks", "--event",
         "case.accepted", "--event", "delivery.dead_lettered", "--description", "alerts",
@@ -244,6 +253,8 @@ def test_subscriptions_create_list_delete(cli_database: str) -> None:
 
 
 def test_subscriptions_bad_input_is_refused_clearly(cli_database: str) -> None:
+    rw4 = ("clients", "create", "--name", "RiO", "--role", "clinical-system", "--organisation")
+    assert spbridge(*rw4, "RW4").exit_code == 0  # an organisation the bridge knows
     create = ("subscriptions", "create", "--url")
     refused(
         spbridge(*create, "http://127.0.0.1:9/x", "--event", "tea.made"),
@@ -256,6 +267,11 @@ def test_subscriptions_bad_input_is_refused_clearly(cli_database: str) -> None:
     # An organisation's subscription cannot ask for the admins' operational events.
     operational = ("--organisation", "RW4", "--event", "delivery.dead_lettered")
     refused(spbridge(*create, "http://127.0.0.1:9/x", *operational), 2, "is not a known event type")
+    # Services and organisations the bridge does not know are refused, as everywhere.
+    unknown = spbridge(*create, "http://127.0.0.1:9/x", "--service", "nowhere")
+    refused(unknown, 2, "error: --service: no service 'nowhere' is known here")
+    unknown = spbridge(*create, "http://127.0.0.1:9/x", "--organisation", "ZZ9")
+    refused(unknown, 2, "error: --organisation: organisation 'ZZ9' is not known here")
     assert spbridge("subscriptions", "list").stdout == "no subscriptions\n"
 
 
@@ -288,14 +304,19 @@ def test_deliveries_list_and_replay_every_dead_letter(cli_database: str) -> None
     assert asyncio.run(_states(cli_database)) == ["dead", "dead", "dead"]
     listing = spbridge("deliveries", "list", "--state", "dead")
     assert listing.exit_code == 0, listing.stderr
-    assert len(listing.stdout.splitlines()) == 3
-    assert all(" dead " in line for line in listing.stdout.splitlines())
+    heading, *rows = listing.stdout.splitlines()
+    assert heading.split()[:3] == ["id", "state", "event"]
+    assert len(rows) == 3
+    assert all(row.split()[1] == "dead" for row in rows)
+    as_json = json.loads(spbridge("deliveries", "list", "--state", "dead", "--json").stdout)
+    assert sorted(d["id"] for d in as_json) == sorted(row.split()[0] for row in rows)
+    assert {d["state"] for d in as_json} == {"dead"}
 
     replayed = spbridge("deliveries", "replay", "--event-type", "referral.received")
     assert replayed.exit_code == 0, replayed.stderr
     lines = replayed.stdout.splitlines()
     assert lines[0] == "replayed 3 deliveries"
-    assert sorted(lines[1:]) == sorted(line.split()[0] for line in listing.stdout.splitlines())
+    assert sorted(lines[1:]) == sorted(row.split()[0] for row in rows)
     assert asyncio.run(_states(cli_database)) == ["pending", "pending", "pending"]
     # Nothing is dead any more: a second run replays nothing.
     assert spbridge("deliveries", "replay", "--event-type", "referral.received").stdout == (

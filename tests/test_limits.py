@@ -410,7 +410,8 @@ async def test_json_nested_too_deeply_is_400_not_500(app: Any, bridge: Bridge) -
             "type": "about:blank",
             "title": "Bad request",
             "status": 400,
-            "detail": "The request body nests arrays and objects more than 64 deep",
+            "detail": "The request body is nested too deeply: arrays and objects may nest at "
+            "most 64 levels",
         }
     # At the limit the body goes on to the route, which judges it on its merits (422).
     body = {"url": "https://93.184.216.34/", "description": nested(63)}
@@ -424,13 +425,13 @@ async def test_json_nested_too_deeply_is_400_not_500(app: Any, bridge: Bridge) -
         "/api/v1/subscriptions", content=b"[" * 200_000, headers=json_admin
     )
     assert broken.status_code == 400
-    # Bodies that are not JSON are not read as JSON.
+    # Bodies that are not JSON are not read as JSON: they are refused for their media type.
     form = await bridge.http.post(
         "/api/v1/subscriptions",
         content=b"[" * 100,
         headers={**ADMIN, "Content-Type": "application/x-www-form-urlencoded"},
     )
-    assert form.status_code == 422
+    assert form.status_code == 415
 
 
 # --- CORS -------------------------------------------------------------------------------------

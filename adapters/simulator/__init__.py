@@ -64,6 +64,24 @@ class SimulatorConfig(AdapterConfig):
     )
 
 
+# A clock that runs at the speed of the real one: one simulated day a day.
+REAL_TIME = 1 / 86_400
+
+
+@dataclass(frozen=True)
+class SimulatedClock:
+    """The simulator's clock for one journey: day 0 is when the referral arrived, and
+    ``days_per_second`` simulated days pass in each real second. Every time the journey
+    carries (an event's occurred_at, an appointment's start) is read from it; at
+    :data:`REAL_TIME` a journey's days are calendar days."""
+
+    origin: dt.datetime
+    days_per_second: float
+
+    def at(self, day: float) -> dt.datetime:
+        return self.origin + dt.timedelta(seconds=day / self.days_per_second)
+
+
 @dataclass(frozen=True)
 class HeldCase:
     referral_id: str
@@ -112,10 +130,12 @@ class SimulatorAdapter(PlatformAdapter):
     def journey(self, referral_id: str) -> Journey:
         return plan(self.config.seed, referral_id)
 
+    def clock(self, case: HeldCase) -> SimulatedClock:
+        return SimulatedClock(case.received_at, self.config.days_per_second)
+
     def due_at(self, case: HeldCase, event: PlannedEvent | float) -> dt.datetime:
         """The real instant of a simulated moment of this case's journey."""
-        day = event.day if isinstance(event, PlannedEvent) else event
-        return case.received_at + dt.timedelta(seconds=day / self.config.days_per_second)
+        return self.clock(case).at(event.day if isinstance(event, PlannedEvent) else event)
 
     async def create_case(
         self, http: httpx.AsyncClient, referral: PlatformReferral, outbound: Outbound
@@ -208,6 +228,8 @@ def _read_cursor(cursor: str | None) -> Mapping[str, int]:
 
 
 __all__ = [
+    "REAL_TIME",
+    "SimulatedClock",
     "SimulatorAdapter",
     "SimulatorConfig",
     "forget_all",

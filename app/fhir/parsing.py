@@ -62,8 +62,21 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise BadRequest("The request body is empty", issue_code="structure")
     try:
         data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses nesting deeper than 1024 (json would recurse); its reasons name the
+        # rule broken and where, never the input.
+        if exc.msg.startswith("depth limit"):
+            raise BadRequest(
+                "The request body is nested too deeply: arrays and objects may nest at most "
+                "1024 levels",
+                issue_code="structure",
+            ) from None
+        raise BadRequest(
+            f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+            f"{exc.colno}",
+            issue_code="structure",
+        ) from None
     except (ValueError, RecursionError):
-        # orjson refuses nesting deeper than 1024 with a ValueError; json would recurse.
         raise BadRequest("The request body is not valid JSON", issue_code="structure") from None
     if not isinstance(data, dict):
         raise BadRequest("The request body is not a JSON object", issue_code="structure")

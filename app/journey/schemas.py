@@ -83,9 +83,27 @@ class WellbeingView:
 
 
 @dataclass(frozen=True)
+class PatientBanner:
+    """Who the page is about, as a clinician checks it (the NHS patient banner's order and
+    labels): name, date of birth, NHS number. Each is text ready to show."""
+
+    name: str  # "EXAMPLE, Sam", or what the referral gave, or "Name not known"
+    born: str  # "14-Jul-1985 (54y)", or "Not known"
+    nhs_number: str  # "999 000 0018"
+
+
+@dataclass(frozen=True)
+class EmptyWords:
+    """What an empty section says: "yet" while the case is open, plain past once it closed."""
+
+    prescriptions: str
+    appointments: str
+
+
+@dataclass(frozen=True)
 class JourneyPage:
     service_name: str
-    nhs_number: str
+    patient: PatientBanner
     state: str
     state_tone: str  # open | hold | done | ended
     state_since: When
@@ -95,5 +113,6 @@ class JourneyPage:
     appointments: list[AppointmentRow]
     wellbeing: WellbeingView
     timeline: list[TimelineEntry]
+    empty: EmptyWords
     produced: When
     time_zone_note: str

@@ -37,8 +37,10 @@ from app.directory.models import SocialPrescribingService
 from app.fhir.task import code_displays, instant
 from app.journey.schemas import (
     AppointmentRow,
+    EmptyWords,
     Fact,
     JourneyPage,
+    PatientBanner,
     PrescriptionRow,
     ScoreRow,
     TimelineEntry,
@@ -147,6 +149,47 @@ def nhs_number(value: str) -> str:
     return digits
 
 
+NOT_KNOWN = "Not known"
+
+
+def banner_name(referral: Referral) -> str:
+    """The patient's name as the NHS patient banner writes it: "FAMILY, Given" (family name in
+    capitals), from the referral's Patient; else the name as the referral gave it."""
+    subject = (referral.resource or {}).get("subject") or {}
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    for resource in (referral.resource or {}).get("contained") or []:
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+            continue
+        if isinstance(reference, str) and reference != f"#{resource.get('id')}":
+            continue
+        names = [n for n in resource.get("name") or [] if isinstance(n, dict)]
+        name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+        family = name.get("family")
+        given = " ".join(g for g in name.get("given") or [] if isinstance(g, str))
+        if isinstance(family, str) and family.strip():
+            return f"{family.strip().upper()}, {given}".rstrip(", ")
+    return referral.patient_name or "Name not known"
+
+
+def born(birth_date: str | None, today: dt.date) -> str:
+    """A date of birth as the banner writes it: "14-Jul-1985 (54y)"; a partial date as given
+    ("Jul-1985", "1985"), with no age."""
+    if not birth_date:
+        return NOT_KNOWN
+    parts = birth_date.split("-")
+    try:
+        numbers = [int(part) for part in parts]
+        if len(numbers) == 3:
+            day = dt.date(*numbers)
+            years = today.year - day.year - ((today.month, today.day) < (day.month, day.day))
+            return f"{day.day:02d}-{_MONTHS[day.month - 1]}-{day.year} ({years}y)"
+        if len(numbers) == 2:
+            return f"{_MONTHS[numbers[1] - 1]}-{numbers[0]}"
+    except (ValueError, IndexError):
+        return birth_date
+    return birth_date
+
+
 def _display(code_system: str, code: object, fallback: str = "") -> str:
     if not isinstance(code, str):
         return fallback
@@ -249,9 +292,11 @@ _APPOINTMENT_OUTCOMES = {
 }
 
 
-def _appointment_row(appointment: Appointment, now: dt.datetime) -> AppointmentRow:
+def _appointment_row(appointment: Appointment, now: dt.datetime, closed: bool) -> AppointmentRow:
     if appointment.status == "booked":
-        if appointment.start > now:
+        if closed:
+            outcome, tone = "Booked — no outcome recorded before the case closed", "neutral"
+        elif appointment.start > now:
             outcome, tone = "Booked", "info"
         else:
             outcome, tone = "Booked — outcome not recorded yet", "info"
@@ -273,8 +318,19 @@ def _appointment_row(appointment: Appointment, now: dt.datetime) -> AppointmentR
     )
 
 
-def _prescription_row(prescription: Prescription) -> PrescriptionRow:
+# Statuses that say the activity is still going on: on a closed case the page says they are
+# what the provider last reported, not where things stand now.
+_UNFINISHED = frozenset({"proposed", "active"})
+
+
+def _prescription_row(
+    prescription: Prescription, closed: bool, reported: dt.datetime | None
+) -> PrescriptionRow:
     status, tone = PRESCRIPTION_STATUS.get(prescription.status, (prescription.status, "neutral"))
+    if closed and prescription.status in _UNFINISHED:
+        local = (reported or prescription.prescribed_at).astimezone(TIME_ZONE)
+        day = f"{local.day}\u00a0{_MONTHS[local.month - 1]}\u00a0{local.year}"
+        status, tone = f"{status} at last report ({day})", "neutral"
     return PrescriptionRow(
         activity=prescription.activity,
         provider=prescription.provider,
@@ -285,7 +341,20 @@ def _prescription_row(prescription: Prescription) -> PrescriptionRow:
     )
 
 
-def _wellbeing(scores: Sequence[WellbeingScore]) -> WellbeingView:
+def _last_reports(events: Iterable[CaseEvent]) -> dict[str, dt.datetime]:
+    """When each social prescription's status was last reported (its external id → instant)."""
+    reported: dict[str, dt.datetime] = {}
+    for event in events:
+        if event.type in ("prescription.created", "prescription.updated"):
+            ident = (event.data or {}).get("prescription_id")
+            if isinstance(ident, str) and (
+                ident not in reported or event.occurred_at >= reported[ident]
+            ):
+                reported[ident] = event.occurred_at
+    return reported
+
+
+def _wellbeing(scores: Sequence[WellbeingScore], closed: bool = False) -> WellbeingView:
     rows = [
         ScoreRow(
             when=when(score.measured_at),
@@ -310,8 +379,12 @@ def _wellbeing(scores: Sequence[WellbeingScore]) -> WellbeingView:
                 "for one person."
             )
         return WellbeingView(rows, headline, meaning)
-    if scores:
+    if scores and closed:
+        meaning = "Measured once only, so there is no change to show."
+    elif scores:
         meaning = "Measured once so far: a change shows after a second measurement."
+    elif closed:
+        meaning = "Wellbeing was not measured while the service supported the person."
     else:
         meaning = "Wellbeing has not been measured yet."
     return WellbeingView(rows, None, meaning)
@@ -327,6 +400,9 @@ def _reasons(referral: Referral) -> list[str]:
 
 
 # --- the page ------------------------------------------------------------------------------
+
+_OPEN_EMPTY = EmptyWords("No social prescriptions yet.", "No appointments booked yet.")
+_CLOSED_EMPTY = EmptyWords("No social prescriptions were made.", "No appointments were booked.")
 
 
 async def journey_page(
@@ -375,10 +451,13 @@ async def journey_page(
     if reasons:
         facts.append(Fact("Referred for", "; ".join(reasons)))
     facts.append(Fact("Received", "", when(case.created_at)))
+    closed = case.state in CLOSED_STATES
     if case.first_contact_at:
         facts.append(Fact("First contact", "", when(case.first_contact_at)))
-    elif case.state not in CLOSED_STATES:
+    elif not closed:
         facts.append(Fact("First contact", "Not yet"))
+    else:
+        facts.append(Fact("First contact", "None before the case closed"))
     working_with = ", ".join(part for part in (case.advisor, case.team) if part)
     if working_with:
         facts.append(Fact("Working with", working_with))
@@ -390,18 +469,26 @@ async def journey_page(
         text, detail = describe(event, appointments, prescriptions)
         timeline.append(TimelineEntry(when(event.occurred_at), text, detail))
 
+    reported = _last_reports(events)
     return JourneyPage(
         service_name=service.name,
-        nhs_number=nhs_number(referral.nhs_number),
+        patient=PatientBanner(
+            name=banner_name(referral),
+            born=born(referral.birth_date, now.astimezone(TIME_ZONE).date()),
+            nhs_number=nhs_number(referral.nhs_number),
+        ),
         state=state,
         state_tone=tone,
         state_since=when(since),
         facts=facts,
         summary=case.summary if case.state in CLOSED_STATES else None,
-        prescriptions=[_prescription_row(p) for p in held.prescriptions],
-        appointments=[_appointment_row(a, now) for a in held.appointments],
-        wellbeing=_wellbeing(held.scores),
+        prescriptions=[
+            _prescription_row(p, closed, reported.get(p.external_id)) for p in held.prescriptions
+        ],
+        appointments=[_appointment_row(a, now, closed) for a in held.appointments],
+        wellbeing=_wellbeing(held.scores, closed),
         timeline=timeline,
+        empty=_CLOSED_EMPTY if closed else _OPEN_EMPTY,
         produced=when(now),
         time_zone_note=TIME_ZONE_NOTE,
     )

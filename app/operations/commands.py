@@ -1,10 +1,16 @@
 """The operator's commands: ``spbridge clients``, ``services`` and ``subscriptions``, and what every
-command that touches the database shares (running it, its errors, its progress).
+command shares (running it, its errors, its tables, its progress).
 
 Each command is one transaction through the same service functions the API uses
 (app.clients.service, app.directory.service, app.webhooks.service), acting as the bootstrap
-admin would. Bad input and refusals are printed as one line on stderr, ``error: …``, with exit
-status 2 (the input is wrong) or 1 (refused, or the database did not answer): never a traceback.
+admin would. Bad input and refusals are printed as one line on stderr, ``error: …``, saying what
+was wrong and what would be right, with exit status 2 (the input is wrong) or 1 (refused, or the
+database did not answer): never a traceback or a box, also for what the command line itself
+refuses (an unknown option, a value of the wrong kind: :class:`OneLineErrors`). Lists print an
+aligned table, or JSON with ``--json``. A service or an organisation that is not known here is
+refused the same way by every command that takes one (:func:`check_service`,
+:func:`check_organisation`). Sandbox mode is read as ``spbridge serve`` reads it
+(:func:`settings_for`).
 """
 
 from __future__ import annotations
@@ -12,18 +18,23 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import typer.core
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.db import Database, transaction, utcnow
 from app.errors import AppError, validation_message
 from app.security.roles import Role
@@ -37,8 +48,62 @@ INVALID = 2
 
 
 def fail(message: str, code: int = REFUSED) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {_one_line(message)}", err=True)
     raise typer.Exit(code)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def refusal(exc: AppError) -> str:
+    """An AppError as one line: its diagnostics, and each issue that says more."""
+    details = [i.diagnostics for i in exc.issues if i.diagnostics != exc.diagnostics]
+    # Pydantic's "Value error, " before a validator's own words says nothing to a reader.
+    return "; ".join([exc.diagnostics, *details]).replace("Value error, ", "")
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """The ``spbridge`` command group, whose usage errors (an unknown command or option, a
+    value of the wrong kind, a missing option) are one ``error:`` line naming the command's
+    --help, instead of a box; the exit status stays 2."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
+        except typer.Abort:
+            typer.echo("error: stopped before it finished", err=True)
+            sys.exit(1)
+        except typer.TyperException as exc:
+            context = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                # A group named alone: its help (rich help is printed as it is made).
+                if exc.format_message().strip():
+                    typer.echo(exc.format_message())
+                sys.exit(0)
+            message = _one_line(exc.format_message()).replace("Value error, ", "")
+            if context is not None:
+                message += f" (see `{context.command_path} --help`)"
+            typer.echo(f"error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def database() -> Database:
@@ -63,7 +128,7 @@ def run(work: Callable[[Database], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except AppError as exc:
         code = INVALID if exc.status in (400, 422) else REFUSED
-        fail(exc.diagnostics, code)
+        fail(refusal(exc), code)
     except IntegrityError:
         fail("the database refused the change: it conflicts with what is stored")
     except (DBAPIError, OSError) as exc:
@@ -119,9 +184,131 @@ def progress() -> Progress:
 
 @contextmanager
 def working(description: str) -> Iterator[None]:
-    """A spinner on stderr while one long step runs."""
-    with Console(stderr=True).status(description):
+    """A spinner on stderr while one long step runs (a line saying so where stderr is not a
+    terminal)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        typer.echo(description, err=True)
         yield
+        return
+    with console.status(description):
+        yield
+
+
+Step = Callable[[str, int], None]
+
+
+@contextmanager
+def steps(title: str, total: int) -> Iterator[Step]:
+    """Progress through ``total`` named steps on stderr: a bar on a terminal, else one line per
+    step ("title: 3/9 done, step"), so logs and pipes see it too. Yields ``step(name, done)``."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+
+        def line(name: str, done: int) -> None:
+            typer.echo(f"{title}: {done}/{total} done, {name}", err=True)
+
+        yield line
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as shown:
+        task = shown.add_task(title, total=total)
+
+        def bar(name: str, done: int) -> None:
+            shown.update(task, completed=done, description=f"{title}: {name}")
+
+        yield bar
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Rows under their column names, each column aligned, nothing cut or wrapped (on a
+    terminal or not)."""
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*("-" if value is None else str(value) for value in row))
+    console = Console(highlight=False, soft_wrap=True, width=100_000)
+    if console.is_terminal:
+        console = Console(highlight=False)
+    console.print(table)
+
+
+# --- what every command reads the same way ------------------------------------------------------
+
+# Whether a database is a sandbox's (app.sandbox.is_sandbox_database). The command line wires it
+# in (app.cli): the sandbox package sits beside this one, so this one does not import it.
+SandboxProbe = Callable[[AsyncSession], Awaitable[bool]]
+_sandbox_probe: SandboxProbe | None = None
+
+
+def read_sandbox_mode_with(probe: SandboxProbe) -> None:
+    global _sandbox_probe
+    _sandbox_probe = probe
+
+
+async def settings_for(session: AsyncSession) -> Settings:
+    """The settings as ``spbridge serve`` reads them for this database: sandbox mode when
+    SPBRIDGE_SANDBOX says so or when the database is a sandbox's (it holds the sandbox's public
+    keys), as for the server started with ``--sandbox``."""
+    settings = get_settings()
+    if not settings.sandbox and _sandbox_probe is not None and await _sandbox_probe(session):
+        settings = settings.model_copy(update={"sandbox": True})
+    return settings
+
+
+async def check_service(session: AsyncSession, option: str, service_id: str | None) -> None:
+    """Refuse a service this bridge does not know (every command the same way)."""
+    from app.directory.models import SocialPrescribingService
+
+    if service_id is not None and await session.get(SocialPrescribingService, service_id) is None:
+        fail(
+            f"{option}: no service '{service_id}' is known here; `spbridge services list` shows "
+            "the services there are",
+            INVALID,
+        )
+
+
+async def check_organisation(
+    session: AsyncSession, option: str, organisation: str | None, *, runs_a_service: bool = False
+) -> None:
+    """Refuse an organisation (ODS code) this bridge does not know: one that runs no service and
+    has no API client (or runs no service, where only a service's organisation makes sense)."""
+    from app.directory.models import SocialPrescribingService
+    from app.security.models import ApiClient
+
+    if organisation is None:
+        return
+    services = await session.scalar(
+        select(SocialPrescribingService.id)
+        .where(SocialPrescribingService.organisation == organisation)
+        .limit(1)
+    )
+    if services is not None:
+        return
+    if runs_a_service:
+        fail(
+            f"{option}: no service of organisation '{organisation}' is known here; "
+            "`spbridge services list` shows the services there are and their organisations",
+            INVALID,
+        )
+    clients = await session.scalar(
+        select(ApiClient.id).where(ApiClient.organisation == organisation).limit(1)
+    )
+    if clients is None:
+        fail(
+            f"{option}: organisation '{organisation}' is not known here (no service or API "
+            "client belongs to it); `spbridge services list` and `spbridge clients list` show "
+            "the organisations there are",
+            INVALID,
+        )
 
 
 def echo_json(value: Any) -> None:
@@ -190,6 +377,7 @@ def clients_create(
     )
 
     async def create(session: Any) -> tuple[dict[str, Any], str]:
+        await check_service(session, "--default-service", default_service)
         client, key = await service.create_client(session, _operator(), request)
         return _client_out(client), key
 
@@ -223,12 +411,21 @@ def clients_list(
         return
     if not clients:
         typer.echo("no clients")
-    for c in clients:
-        revoked = f"  revoked={c['revoked_at']}" if c["revoked_at"] else ""
-        typer.echo(
-            f"{c['id']}  {c['role']:<15} {c['organisation']:<10} "
-            f"default_service={c['default_service'] or '-'}  {c['name']}{revoked}"
-        )
+        return
+    print_table(
+        ("id", "role", "organisation", "default service", "name", "revoked"),
+        [
+            (
+                c["id"],
+                c["role"],
+                c["organisation"],
+                c["default_service"],
+                c["name"],
+                c["revoked_at"],
+            )
+            for c in clients
+        ],
+    )
 
 
 @clients_cli.command("revoke")
@@ -281,8 +478,11 @@ def services_list(as_json: JsonOption = False) -> None:
         return
     if not services:
         typer.echo("no services")
-    for s in services:
-        typer.echo(f"{s['id']:<24} {s['organisation']:<10} {s['adapter']:<12} {s['name']}")
+        return
+    print_table(
+        ("id", "organisation", "adapter", "name"),
+        [(s["id"], s["organisation"], s["adapter"], s["name"]) for s in services],
+    )
 
 
 @services_cli.command("show")
@@ -324,6 +524,29 @@ def _adapter_config(config: str | None, config_file: Path | None) -> dict[str, A
     return value
 
 
+def _check_adapter_settings(adapter: str, config: dict[str, Any]) -> None:
+    """Name every setting the adapter needs that is missing, with how to give them."""
+    from adapters import registry
+    from adapters.base import AdapterKind
+
+    if adapter not in registry.names(AdapterKind.PLATFORM):
+        return  # the service's own check names the adapters there are
+    model = registry.adapter_class(adapter).config_model
+    missing = [
+        name
+        for name, field in model.model_fields.items()
+        if field.is_required() and name not in config
+    ]
+    if missing:
+        shape = ", ".join(f'"{name}": …' for name in missing)
+        fail(
+            f"--adapter-config: the {adapter} adapter needs the settings {', '.join(missing)}, "
+            f"and none {'was' if len(missing) == 1 else 'were'} given; give them as a JSON "
+            f"object, {{{shape}}}, with --adapter-config or (for secrets) --adapter-config-file",
+            INVALID,
+        )
+
+
 @services_cli.command("create")
 def services_create(
     service_id: Annotated[
@@ -356,19 +579,21 @@ def services_create(
     from app.directory import service
     from app.directory.schemas import ServiceCreate
 
+    config = _adapter_config(adapter_config, adapter_config_file)
+    _check_adapter_settings(adapter, config or {})
     request = parse(
         ServiceCreate,
         id=service_id,
         name=name,
         organisation=organisation,
         adapter=adapter,
-        adapter_config=_adapter_config(adapter_config, adapter_config_file),
+        adapter_config=config,
         first_contact_target_days=first_contact_target_days,
         support_window_days=support_window_days,
     )
-    settings = get_settings()
 
     async def create(session: Any) -> dict[str, Any]:
+        settings = await settings_for(session)
         return _service_out(await service.register_service(session, _operator(), request, settings))
 
     created = write(create)
@@ -427,12 +652,21 @@ def subscriptions_list(as_json: JsonOption = False) -> None:
         return
     if not subscriptions:
         typer.echo("no subscriptions")
-    for s in subscriptions:
-        state = "active" if s["active"] else f"disabled ({s['disabled_reason']})"
-        typer.echo(
-            f"{s['id']}  {state:<10} organisation={s['organisation'] or 'all'} "
-            f"service={s['service'] or 'all'} events={','.join(s['events']) or 'all'}  {s['url']}"
-        )
+        return
+    print_table(
+        ("id", "state", "organisation", "service", "events", "url"),
+        [
+            (
+                s["id"],
+                "active" if s["active"] else f"disabled ({s['disabled_reason']})",
+                s["organisation"] or "all",
+                s["service"] or "all",
+                ",".join(s["events"]) or "all",
+                s["url"],
+            )
+            for s in subscriptions
+        ],
+    )
 
 
 @subscriptions_cli.command("create")
@@ -463,9 +697,11 @@ def subscriptions_create(
     request = parse(
         SubscriptionCreate, url=url, events=event or [], service=service, description=description
     )
-    settings = get_settings()
 
     async def create(session: Any) -> tuple[dict[str, Any], str]:
+        await check_service(session, "--service", service)
+        await check_organisation(session, "--organisation", organisation)
+        settings = await settings_for(session)
         subscription, secret = await subscriptions.create_subscription(
             session, _operator(organisation), request, settings
         )

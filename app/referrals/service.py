@@ -97,8 +97,12 @@ async def create_referral(
     principal: Principal,
     context: cases.EventContext,
     if_none_exist: str | None = None,
+    *,
+    received_at: dt.datetime | None = None,
 ) -> Intake:
-    """Store a new referral with its case, event and outbox rows, or return the one held."""
+    """Store a new referral with its case, event and outbox rows, or return the one held.
+
+    ``received_at`` is now unless the caller brings history (the sandbox's seeded cases)."""
     assert principal.organisation is not None
     if if_none_exist:
         matches = await conditional_matches(session, principal, if_none_exist)
@@ -113,7 +117,7 @@ async def create_referral(
         return Intake(held, created=False)
     service = await _target_service(session, draft, principal)
 
-    now = dt.datetime.now(dt.UTC)
+    now = received_at or dt.datetime.now(dt.UTC)
     referral = Referral(
         id=str(uuid.uuid4()),
         organisation=principal.organisation,

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.db import Base, Database, transaction, utcnow
 from app.directory.models import SocialPrescribingService
 from app.outbox.models import Destination, DestinationKind
+from app.sandbox import history
 from app.security.auth import hash_key
 from app.security.models import ApiClient
 from app.security.roles import Role
@@ -56,8 +57,10 @@ def simulator_config(settings: Settings) -> dict[str, Any]:
 
 
 async def seed_session(session: AsyncSession, settings: Settings) -> None:
-    """The sandbox service, its platform route and the clients, as configured now; what is
-    already there is brought up to date, never duplicated."""
+    """The sandbox services, the platform route and the clients, as configured now, and the
+    seeded cases (app.sandbox.history); what is already there is brought up to date, never
+    duplicated."""
+    await history.seed_community_hub(session, SANDBOX_SERVICE_ORGANISATION)
     config = simulator_config(settings)
     service = await session.get(SocialPrescribingService, SANDBOX_SERVICE)
     if service is None:
@@ -117,6 +120,19 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
             )
         )
     await session.flush()
+    await history.seed_cases(session, settings, SANDBOX_REFERRER_ORGANISATION)
+
+
+async def is_sandbox_database(session: AsyncSession) -> bool:
+    """Whether the sandbox seeded this database: it holds the sandbox admin's public key, not
+    revoked. The server and every command read sandbox mode from here as well as from
+    SPBRIDGE_SANDBOX (or ``serve --sandbox``): where anyone may act as admin with a published
+    key, what sandbox mode relaxes (http and loopback URLs) protects nothing more."""
+    digest = hash_key(SANDBOX_KEYS[Role.ADMIN][0])
+    found = await session.scalar(
+        select(ApiClient.id).where(ApiClient.key_hash == digest, ApiClient.revoked_at.is_(None))
+    )
+    return found is not None
 
 
 async def resume_journeys(session: AsyncSession) -> int:
@@ -189,6 +205,11 @@ def seed(settings: Settings) -> None:
         f"  referrals go to service '{SANDBOX_SERVICE}', whose simulated platform moves each "
         f"case along at {settings.sandbox_clock_speed:g} simulated days per second "
         f"(seed {settings.sandbox_seed})"
+    )
+    print(
+        f"  service '{history.COMMUNITY_HUB}' keeps its cases in the bridge: advisors record "
+        f"events through the API; it holds {len(history.SEEDED_CASES)} seeded cases, received "
+        "days or weeks ago"
     )
     if resumed:
         print(f"  {resumed} open case(s) carry on their journeys")

@@ -20,6 +20,7 @@ from app.sandbox import (
     SANDBOX_SERVICE,
     SANDBOX_SERVICE_NAME,
     SANDBOX_SERVICE_ORGANISATION,
+    history,
 )
 from app.sandbox.patients import PATIENTS, SyntheticPatient, referral_resource
 
@@ -64,9 +65,11 @@ def _key(role_value: str) -> str:
 
 
 def examples(base_url: str, patient: SyntheticPatient = PATIENTS[0]) -> list[Example]:
-    """The shell examples, in the order an integrator runs them, in one shell session."""
+    """The shell examples, in the order an integrator runs them, in one shell session: every
+    path a user of the bridge has."""
     clinical = _key("clinical-system")
     advisor = _key("advisor")
+    reporting = _key("reporting")
     admin = _key("admin")
     # The shell fills in a fresh identifier and the time now (an unquoted here-document).
     referral = referral_resource(
@@ -77,31 +80,54 @@ def examples(base_url: str, patient: SyntheticPatient = PATIENTS[0]) -> list[Exa
         service=SANDBOX_SERVICE,
     )
     body = json.dumps(referral, indent=2, ensure_ascii=False)
+    seeded = f"{history.SEEDED_IDENTIFIER_SYSTEM}|{history.SEEDED_PREFIX}completed"
+    hub = history.COMMUNITY_HUB
     return [
         Example(
             "webhook",
-            "1. Receive webhooks (optional)",
-            "Starts a receiver on port 9000 (in the background) that prints every signed "
-            "notification, and subscribes it to the sandbox service's cases. Keep the secret the "
-            "subscription returns: it verifies the signatures (Standard Webhooks). Any URL works "
-            "in the sandbox, http and loopback too.",
-            f"""python3 - <<'PY' &
+            "1. Receive signed webhooks",
+            "Subscribes a receiver to the cases of the sandbox organisation's services, then "
+            "starts it in the background (on port 9000, or $HOOKS_PORT): it checks each "
+            "notification's Standard Webhooks signature with the subscription's secret, in plain "
+            "Python, and prints the ones that pass. Notifications carry ids and links, never "
+            "the patient. Any URL works in the sandbox, http and loopback too.",
+            f"""BRIDGE={base_url}
+HOOKS_PORT=${{HOOKS_PORT:-9000}}
+SECRET=$(curl -sS -X POST "$BRIDGE/api/v1/subscriptions" \\
+  -H 'Authorization: Bearer {advisor}' -H 'Content-Type: application/json' \\
+  -d '{{"url": "http://127.0.0.1:'"$HOOKS_PORT"'/hooks", "description": "my worklist"}}' \\
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+SECRET="$SECRET" python3 -u - "$HOOKS_PORT" <<'PY' &
+import base64, hashlib, hmac, os, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+KEY = base64.b64decode(os.environ["SECRET"].removeprefix("whsec_"))
+
 
 class Hook(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        print(self.headers["webhook-id"], body.decode(), flush=True)
+        ident, stamp = self.headers["webhook-id"], self.headers["webhook-timestamp"]
+        signed = f"{{ident}}.{{stamp}}.".encode() + body
+        expected = base64.b64encode(hmac.new(KEY, signed, hashlib.sha256).digest()).decode()
+        sent = [part.partition(",")[2] for part in self.headers["webhook-signature"].split()]
+        fresh = abs(time.time() - int(stamp)) < 300
+        if not fresh or not any(hmac.compare_digest(expected, s) for s in sent):
+            self.send_response(401)  # not signed with our secret, or too old: refused
+            self.end_headers()
+            return
+        print("verified", ident, body.decode(), flush=True)
         self.send_response(204)
         self.end_headers()
 
-HTTPServer(("127.0.0.1", 9000), Hook).serve_forever()
+    def log_message(self, *args):
+        pass
+
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Hook).serve_forever()
 PY
-BRIDGE={base_url}
-curl -sS -X POST "$BRIDGE/api/v1/subscriptions" \\
-  -H 'Authorization: Bearer {advisor}' -H 'Content-Type: application/json' \\
-  -d '{{"url": "http://127.0.0.1:9000/hooks", "description": "my worklist"}}'
-echo""",
+HOOKS=$!
+echo "receiver on port $HOOKS_PORT (stop it with: kill $HOOKS)\"""",
         ),
         Example(
             "referral",
@@ -135,15 +161,86 @@ curl -sS "$BRIDGE/fhir/ServiceRequest/$REFERRAL/\\$journey" \\
 echo""",
         ),
         Example(
+            "journey",
+            "4. Open the patient journey page",
+            "A short-lived signed link to the page a clinician opens from the clinical record "
+            "(it needs no key, for 15 minutes). The first is your referral's; the second is a "
+            "seeded case of the community hub, referred ten weeks ago and completed after six "
+            "weeks of support. Open either in a browser.",
+            f"""BRIDGE={base_url}
+curl -sS "$BRIDGE/api/v1/referrals/$REFERRAL/journey-link" \\
+  -H 'Authorization: Bearer {clinical}'
+echo
+SEEDED=$(curl -sS -G "$BRIDGE/fhir/ServiceRequest" \\
+  --data-urlencode 'identifier={seeded}' \\
+  -H 'Authorization: Bearer {clinical}' \\
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["entry"][0]["resource"]["id"])')
+curl -sS "$BRIDGE/api/v1/referrals/$SEEDED/journey-link" \\
+  -H 'Authorization: Bearer {clinical}' \\
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["url"])'""",
+        ),
+        Example(
+            "worklist",
+            "5. See the advisors' worklist",
+            "The open cases of the advisor's services, oldest first, with how long each has "
+            "waited and its flags (first contact overdue, past the support window). The "
+            "community hub's seeded cases are there from the start.",
+            f"""BRIDGE={base_url}
+curl -sS "$BRIDGE/api/v1/worklist" -H 'Authorization: Bearer {advisor}' | python3 -c '
+import json, sys
+for case in json.load(sys.stdin)["items"]:
+    flags = " ".join(name for name, on in case["flags"].items() if on)
+    print(case["case_id"], case["service"], case["state"], "waiting",
+          case["waiting_days"], "days", flags)
+'""",
+        ),
+        Example(
+            "advisor",
+            "6. Record what an advisor did",
+            f"The community hub ({hub}) keeps its cases in the bridge, so its advisors record "
+            "events through the API. This one reaches the person whose first contact is "
+            "overdue; the answer shows the case's new state. (The simulated platform's cases "
+            "are changed on that platform: the API refuses them with 409.)",
+            f"""BRIDGE={base_url}
+CASE=$(curl -sS "$BRIDGE/api/v1/worklist?first_contact_overdue=true" \\
+  -H 'Authorization: Bearer {advisor}' \\
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["items"][0]["case_id"])')
+curl -sS -X POST "$BRIDGE/api/v1/cases/$CASE/events" \\
+  -H 'Authorization: Bearer {advisor}' -H 'Content-Type: application/json' \\
+  -d '{{"type": "contact.attempted", "outcome": "reached", "method": "telephone"}}'
+echo""",
+        ),
+        Example(
+            "report",
+            "7. Read the evaluation report",
+            "The community hub's activity report for the last twelve months, as CSV (one line "
+            "per figure) and as a printable HTML page with charts, written to files here.",
+            f"""BRIDGE={base_url}
+curl -sS -o activity.csv -H 'Authorization: Bearer {reporting}' \\
+  "$BRIDGE/api/v1/reports/activity?service={hub}&format=csv"
+curl -sS -o activity.html -H 'Authorization: Bearer {reporting}' \\
+  "$BRIDGE/api/v1/reports/activity?service={hub}&format=html"
+sed -n 1,12p activity.csv
+echo "wrote activity.csv and activity.html\"""",
+        ),
+        Example(
             "reset",
-            "4. Start again",
-            "Removes every referral, case, subscription and delivery and seeds the sandbox "
-            "again; the keys above keep working.",
+            "8. Start again",
+            "Removes every referral, case, subscription and delivery, and seeds the sandbox "
+            "again (the community hub's cases too, timed from now); the keys above keep working.",
             f"""BRIDGE={base_url}
 curl -sS -X POST "$BRIDGE/api/v1/sandbox/reset" -H 'Authorization: Bearer {admin}'
 echo""",
         ),
     ]
+
+
+def _ago(days: float) -> str:
+    if days < 1:
+        return "today"
+    if days < 14:
+        return f"{round(days)} days ago"
+    return f"{round(days / 7)} weeks ago"
 
 
 def render(settings: Settings, base_url: str) -> str:
@@ -162,6 +259,17 @@ def render(settings: Settings, base_url: str) -> str:
             "name": SANDBOX_SERVICE_NAME,
             "organisation": SANDBOX_SERVICE_ORGANISATION,
         },
+        hub={"id": history.COMMUNITY_HUB, "name": history.COMMUNITY_HUB_NAME},
+        seeded=[
+            {
+                "identifier": case.identifier,
+                "what": case.what,
+                "patient": PATIENTS[case.patient],
+                "received": _ago(case.received_days_ago),
+            }
+            for case in history.SEEDED_CASES
+        ],
+        seeded_system=history.SEEDED_IDENTIFIER_SYSTEM,
         referrer_organisation=SANDBOX_REFERRER_ORGANISATION,
         seed=settings.sandbox_seed,
         speed=settings.sandbox_clock_speed,

@@ -58,6 +58,10 @@ PUBLIC_ROUTES: dict[RouteKey, Public] = {
     ("GET", "/docs"): Public(_DOCS),
     ("GET", "/docs/oauth2-redirect"): Public(_DOCS),
     ("GET", "/redoc"): Public(_DOCS),
+    ("GET", "/docs/assets/{name}"): Public(
+        "the documentation pages' scripts, style sheet and icon: four fixed files shipped with "
+        "the app (fastapi-offline), so the pages work where a CDN is blocked"
+    ),
     ("POST", "/api/v1/adapters/{adapter}/{service_id}/webhook"): Public(
         "a platform's inbound events: authenticated by the service's Standard Webhooks "
         "signature and timestamp, verified before anything in the body is used"

@@ -263,7 +263,7 @@ async def test_refused_urls(url: str, overrides: dict[str, Any], message: str) -
 async def test_the_field_named_in_the_error_is_the_callers() -> None:
     with pytest.raises(BusinessRuleViolation) as caught:
         await check_outbound_url("http://10.0.0.1/", settings(), field="adapter_config")
-    assert caught.value.diagnostics == "adapter_config must use https"
+    assert caught.value.diagnostics.startswith("adapter_config must use https (http only")
     assert caught.value.issues[0].expression == "adapter_config"
 
 

@@ -23,6 +23,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -248,7 +249,15 @@ def assert_refused(response: httpx.Response, message: str = REFUSED) -> None:
     page = Page.of(response.text)
     assert message in page.text
     # Nothing about the patient or the case.
-    for secret in ("9000000009", "900 000 0009", "Halton", "Citizens Advice", "Service life"):
+    for secret in (
+        "9000000009",
+        "900 000 0009",
+        "EXAMPLE",
+        "1990",
+        "Halton",
+        "Citizens Advice",
+        "Service life",
+    ):
         assert secret not in response.text
 
 
@@ -366,7 +375,12 @@ async def test_the_page_shows_the_journey(app: Any, bridge: Bridge) -> None:
         (2, "Timeline"),
     ]
     assert "Service life-rooms" in page.text
-    assert "NHS number 900 000 0009" in page.text
+    # The patient banner (NHS CUI): name (family name in capitals), date of birth with the age,
+    # NHS number in 3-3-4, each after its label.
+    assert page.by_id["patient-name"] == "EXAMPLE, Sam"
+    assert page.by_id["patient-born"] == "01-Jan-1990 (50y)"
+    assert page.by_id["patient-nhs-number"] == "900 000 0009"
+    assert "EXAMPLE, Sam Born 01-Jan-1990 (50y) NHS No. 900 000 0009" in page.text
     assert page.by_id["state"] == "In progress — seen by the service"
     # The status last changed when the person attended AP-3 (later events only recorded things).
     assert "Since 10 Apr 2040, 16:30 BST" in page.text
@@ -405,8 +419,8 @@ async def test_the_page_shows_the_journey(app: Any, bridge: Bridge) -> None:
     assert rest[0].when == "8 Jan 2040, 09:00 GMT"
     assert rest[-1].when == "10 Apr 2040, 17:05 BST"
 
-    # Least data out: no address, phone, name or birth date; no EDI answers.
-    for absent in ("WA7 1AA", "07700", "Sam", "Example", "1990", "White and Asian", "35-44"):
+    # Least data out: the banner identifies the person; no address, phone or EDI answers.
+    for absent in ("WA7 1AA", "07700", "White and Asian", "35-44"):
         assert absent not in page.text, absent
     assert "Discharge summary" not in page.text
     assert "Shown at 1 Jun 2040, 13:00 BST." in page.text
@@ -435,6 +449,64 @@ async def test_a_closed_case_shows_its_discharge_summary(app: Any, bridge: Bridg
     assert page.timeline[-1] == Entry(
         "2040-04-20T09:00:00Z", "20 Apr 2040, 10:00 BST", "Support completed: needs met"
     )
+    # Statuses agree with the closed case: what was still active says it was the last report.
+    assert page.tables["prescriptions"] == [
+        ["Benefits check", "Citizens Advice Halton", "Benefits/Money",
+         "Active at last report (19 Jan 2040)"],
+        ["Weekly walking group", "Halton Walking Group", "Social Connection", "Completed"],
+    ]  # fmt: skip
+    assert "Active" not in [row[-1] for row in page.tables["prescriptions"]]
+
+
+async def test_a_case_closed_early_says_what_did_not_happen(app: Any, bridge: Bridge) -> None:
+    """A closed case never says "yet": nothing more will happen."""
+    set_clock(app, CLOCK)
+    journey = await start_journey(bridge)
+    await journey.record({"type": "case.accepted", "occurred_at": "2040-02-01T09:00:00Z"})
+    await journey.record(
+        {"type": "appointment.booked", "appointment_id": "AP-1", "start": "2040-02-10T10:00:00Z",
+         "appointment_type": "telephone", "duration_minutes": 30,
+         "occurred_at": "2040-02-01T10:00:00Z"}
+    )  # fmt: skip
+    await journey.record(
+        {"type": "case.discharged", "reason": "unable-to-contact",
+         "occurred_at": "2040-02-20T09:00:00Z"}
+    )  # fmt: skip
+    page = Page.of((await open_page(journey)).text)
+    assert page.by_id["state"] == "Discharged — unable to contact"
+    assert page.facts["First contact"] == "None before the case closed"
+    assert "No social prescriptions were made." in page.text
+    assert "Wellbeing was not measured while the service supported the person." in page.text
+    assert page.tables["appointments"] == [
+        ["10 Feb 2040, 10:00 GMT", "Telephone or video", "30 minutes",
+         "Booked — no outcome recorded before the case closed"],
+    ]  # fmt: skip
+    for open_words in ("yet", "Not yet", "so far"):
+        assert open_words not in page.text, open_words
+
+
+def test_the_banner_writes_names_and_dates_as_the_nhs_patient_banner_does() -> None:
+    from app.cases.models import Referral
+    from app.journey.service import banner_name, born
+
+    today = dt.date(2040, 6, 1)
+    assert born("1990-06-02", today) == "02-Jun-1990 (49y)"
+    assert born("1990-06-01", today) == "01-Jun-1990 (50y)"
+    assert born("1990-06", today) == "Jun-1990"
+    assert born("1990", today) == "1990"
+    assert born(None, today) == "Not known"
+    patient = {
+        "resourceType": "Patient",
+        "id": "p",
+        "name": [
+            {"use": "usual", "family": "Smith", "given": ["Jo"]},
+            {"use": "official", "family": "Smith-Jones", "given": ["Joanne", "Mary"]},
+        ],
+    }
+    held = Referral(resource={"subject": {"reference": "#p"}, "contained": [patient]})
+    assert banner_name(held) == "SMITH-JONES, Joanne Mary"
+    assert banner_name(Referral(resource={}, patient_name="Sam Example")) == "Sam Example"
+    assert banner_name(Referral(resource={}, patient_name=None)) == "Name not known"
 
 
 async def test_a_new_referral_and_a_small_change(app: Any, bridge: Bridge) -> None:
@@ -579,7 +651,7 @@ async def test_a_link_outlives_the_process_that_signed_it(
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             response = await http.get(url)
     assert response.status_code == 200
-    assert "NHS number 900 000 0009" in Page.of(response.text).text
+    assert "NHS No. 900 000 0009" in Page.of(response.text).text
 
 
 # --- in a browser ------------------------------------------------------------------------------
@@ -690,7 +762,13 @@ def chromium_missing() -> bool:
     return not CHROMIUM.exists()
 
 
-async def check_in_chromium(url: str) -> None:
+def day_of(moment: dt.datetime) -> str:
+    """A day as the page writes it, UK time ("16 Dec 2026", with no-break spaces)."""
+    local = moment.astimezone(ZoneInfo("Europe/London"))
+    return f"{local.day}\u00a0{local:%b}\u00a0{local.year}"
+
+
+async def check_in_chromium(url: str, start: dt.datetime) -> None:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
@@ -705,15 +783,25 @@ async def check_in_chromium(url: str) -> None:
 
             assert await page.locator("h1").inner_text() == "Social prescribing journey"
             assert await page.title() == "Social prescribing journey \u2013 The Life Rooms, Halton"
+            # The patient banner: name, date of birth (with the age), NHS number.
+            today = (start + dt.timedelta(days=45)).date()
+            age = today.year - 1990
+            assert await page.locator("#patient-name").inner_text() == "EXAMPLE, Sam"
+            assert await page.locator("#patient-born").inner_text() == f"01-Jan-1990 ({age}y)"
+            assert await page.locator("#patient-nhs-number").inner_text() == "900 000 0009"
+            assert await page.locator("#patient dt").all_inner_texts() == ["Born", "NHS No."]
             assert await page.locator("#state").inner_text() == "Completed — needs met"
             rows = await page.locator("#prescriptions tbody tr").all()
+            # The case is closed: what is not completed says what was last reported, and when.
             assert [await row.locator("th, td").all_inner_texts() for row in rows] == [
                 ["Benefits check and debt advice", "Citizens Advice Halton", "Benefits/Money",
                  "Completed"],
                 ["Volunteering taster sessions",
                  "Halton and St Helens Voluntary and Community Action",
-                 "Employment/Volunteering", "Proposed"],
-                ["Weekly woodwork group", "Halton Men's Shed", "Social Connection", "Active"],
+                 "Employment/Volunteering",
+                 f"Proposed at last report ({day_of(start + dt.timedelta(days=9, hours=4))})"],
+                ["Weekly woodwork group", "Halton Men's Shed", "Social Connection",
+                 f"Active at last report ({day_of(start + dt.timedelta(days=10))})"],
             ]  # fmt: skip
             assert await page.locator("#appointments tbody tr").count() == 2
             assert await page.locator("#timeline > li").count() == 16
@@ -793,7 +881,7 @@ async def test_the_page_in_a_narrow_panel_of_headless_chromium(database_url: str
             await journey.record(body)
         url = await journey.url()
         assert url.startswith(f"{base_url}/journey/{journey.referral_id}?token=")
-        await check_in_chromium(url)
+        await check_in_chromium(url, start)
 
 
 def test_link_tokens_never_reach_the_access_log() -> None:

@@ -19,6 +19,7 @@ from adapters.simulator.journeys import ACTIVE, COMPLETED, Journey, plan
 from app import sandbox
 from app.db import Database, transaction
 from app.fhir.nhs_number import is_valid
+from app.sandbox import history
 from app.sandbox.patients import PATIENTS, referral_resource
 from tests.conftest import ADMIN_KEY, FHIR_JSON
 from tests.support.receiver import Receiver
@@ -203,19 +204,25 @@ async def test_a_referral_goes_through_its_simulated_journey_with_webhooks_then_
     response = await client.post("/api/v1/sandbox/reset", headers=SANDBOX_ADMIN)
     assert response.status_code == 200, response.text
     removed = response.json()["removed"]
-    assert removed["referrals"] == len(referrals)
-    assert removed["cases"] == len(referrals)
+    # The referrals made here and the community hub's seeded cases.
+    seeded = len(history.SEEDED_CASES)
+    assert removed["referrals"] == len(referrals) + seeded
+    assert removed["cases"] == len(referrals) + seeded
     assert simulator.held(sandbox.SANDBOX_PLATFORM) == []
     for referral_id, _ in referrals:
         gone = await client.get(f"/fhir/ServiceRequest/{referral_id}", headers=CLINICAL)
         assert gone.status_code == 404, gone.text
-    tasks = await client.get("/fhir/ServiceRequest", params={"_count": 50}, headers=CLINICAL)
-    assert tasks.json()["total"] == 0
+    # Seeded again: only the community hub's cases, timed from the reset.
+    held = await client.get("/fhir/ServiceRequest", params={"_count": 50}, headers=CLINICAL)
+    assert held.json()["total"] == seeded
     assert (await client.get("/api/v1/subscriptions", headers=ADVISOR)).json() == []
     for key in KEYS.values():
         services = await client.get("/api/v1/services", headers={"Authorization": f"Bearer {key}"})
         assert services.status_code == 200, services.text
-        assert [s["id"] for s in services.json()] == [sandbox.SANDBOX_SERVICE]
+        assert [s["id"] for s in services.json()] == [
+            history.COMMUNITY_HUB,
+            sandbox.SANDBOX_SERVICE,
+        ]
     # The seeded service still has its simulated platform: a new referral moves on.
     again = await refer(client)
     first_event = plan(SEED, again).events[0].type
@@ -301,6 +308,18 @@ async def test_the_landing_page_shows_the_clients_keys_patients_and_examples(
     assert len(numbers) == len(PATIENTS)
     assert all(n.startswith("999") and is_valid(n) for n in numbers)
     examples = re.findall(r'<pre data-example="(\w+)">', text)
-    assert examples == ["webhook", "referral", "follow", "reset"]
+    assert examples == [
+        "webhook",
+        "referral",
+        "follow",
+        "journey",
+        "worklist",
+        "advisor",
+        "report",
+        "reset",
+    ]
+    # The cases the sandbox starts with are listed, with where each stands.
+    for case in history.SEEDED_CASES:
+        assert f"<code>{case.identifier}</code>" in text
     # The examples point at this server (the test client's base URL).
     assert "BRIDGE=http://testserver\n" in text

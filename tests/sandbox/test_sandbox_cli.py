@@ -5,6 +5,7 @@ they are, taking a referral through the simulated platform."""
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -75,6 +76,18 @@ def examples(page: str) -> dict[str, str]:
     }
 
 
+def run_shell(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        ["bash", "-c", script],  # noqa: S607
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **env},
+    )
+
+
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("bash")), reason="needs curl, bash")
 def test_serve_sandbox_starts_and_its_landing_page_examples_work_as_they_are(
     bridge: tuple[str, subprocess.Popen[str], Path],
@@ -88,24 +101,87 @@ def test_serve_sandbox_starts_and_its_landing_page_examples_work_as_they_are(
     assert "<code>spb_sandbox_clinical_system</code>" in page.text
     assert "300 simulated days per second (seed 5" in page.text
     scripts = examples(page.text)
-    assert f"BRIDGE={base_url}\n" in scripts["referral"]
+    assert list(scripts) == [
+        "webhook",
+        "referral",
+        "follow",
+        "journey",
+        "worklist",
+        "advisor",
+        "report",
+        "reset",
+    ]
+    assert all(f"BRIDGE={base_url}\n" in script for script in scripts.values())
 
-    # The referral and follow examples, pasted into one shell as the page says.
-    shell = subprocess.run(  # noqa: S603
-        ["bash", "-c", scripts["referral"] + "\nsleep 1\n" + scripts["follow"]],  # noqa: S607
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    # Every example but the reset, pasted into one shell in order as the page says; between
+    # them only a pause for the simulated platform, and the receiver stopped at the end.
+    work = printed.parent
+    session = "\n".join(
+        [
+            "trap 'kill $HOOKS 2>/dev/null' EXIT",
+            scripts["webhook"],
+            scripts["referral"],
+            "sleep 2",
+            scripts["follow"],
+            scripts["journey"],
+            scripts["worklist"],
+            scripts["advisor"],
+            scripts["report"],
+            "sleep 2",
+        ]
     )
+    shell = run_shell(session, work, HOOKS_PORT=str(free_port()))
     assert shell.returncode == 0, shell.stderr
-    found = re.search(r"referral ServiceRequest/([0-9a-f-]{36})", shell.stdout)
-    assert found, shell.stdout[:500]
+    out = shell.stdout
+    found = re.search(r"referral ServiceRequest/([0-9a-f-]{36})", out)
+    assert found, out[:500]
     referral_id = found.group(1)
-    assert '"resourceType":"Task"' in shell.stdout
-    assert '"resourceType":"Bundle","type":"collection"' in shell.stdout  # the $journey
+    assert '"resourceType":"Task"' in out
+    assert '"resourceType":"Bundle","type":"collection"' in out  # the $journey
 
-    # The simulated platform takes it through its seeded journey to the end.
+    # Signed notifications, checked by the example's own verification, for this referral.
+    verified = [
+        json.loads(line.split(" ", 2)[2])
+        for line in out.splitlines()
+        if line.startswith("verified ")
+    ]
+    mine = [body["type"] for body in verified if body["data"].get("referral_id") == referral_id]
+    assert mine[:2] == ["referral.received", "case.accepted"], verified
+    assert all("9990000" not in json.dumps(body) for body in verified)  # never the patient
+
+    # Journey links: the referral's (JSON) and the seeded six-week case's (a URL to open).
+    assert f"/journey/{referral_id}?token=" in out
+    seeded_url = re.search(
+        rf"^({re.escape(base_url)}/journey/[0-9a-f-]{{36}}\?token=\S+)$", out, re.M
+    )
+    assert seeded_url, out[-2000:]
+    journey_page = httpx.get(seeded_url.group(1))
+    assert journey_page.status_code == 200
+    assert "SANDBOX, Sam" in journey_page.text and "Completed — needs met" in journey_page.text
+
+    # The worklist: the community hub's cases waiting, with their flags.
+    assert re.search(
+        r" sandbox-community-hub in_progress waiting 9 days first_contact_overdue$", out, re.M
+    )
+    assert re.search(
+        r" sandbox-community-hub in_progress waiting 51 days support_window_exceeded$", out, re.M
+    )
+    assert re.search(r" sandbox-community-hub on_hold waiting 26 days $", out, re.M)
+
+    # The advisor reached the person whose first contact was overdue.
+    recorded = re.search(r'^\{"event":.*\}$', out, re.M)
+    assert recorded, out[-2000:]
+    event = json.loads(recorded.group(0))
+    assert event["applied"] is True and event["business_status"] == "contacted"
+    assert event["event"]["type"] == "contact.attempted" and event["event"]["source"] == "advisor"
+
+    # The report, as CSV and HTML files.
+    assert "report,section,table,unit,row_key,row,column,value" in out
+    assert "wrote activity.csv and activity.html" in out
+    assert (work / "activity.csv").read_text().count("\n") > 20
+    assert (work / "activity.html").read_text().lower().startswith("<!doctype html>")
+
+    # The simulated platform takes the referral through its seeded journey to the end.
     journey = plan(SEED, referral_id)
     expected = {"accepted", "in-progress"} if journey.outcome == ACTIVE else None
     deadline = time.monotonic() + 60
@@ -124,13 +200,7 @@ def test_serve_sandbox_starts_and_its_landing_page_examples_work_as_they_are(
         time.sleep(0.2)
 
     # The reset example, as it is.
-    reset = subprocess.run(  # noqa: S603
-        ["bash", "-c", scripts["reset"]],  # noqa: S607
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    reset = run_shell(scripts["reset"], work)
     assert '"status":"reset"' in reset.stdout, reset.stdout + reset.stderr
     gone = httpx.get(f"{base_url}/fhir/ServiceRequest/{referral_id}", headers=CLINICAL)
     assert gone.status_code == 404
