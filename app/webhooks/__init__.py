@@ -1,0 +1,1 @@
+"""Webhook subscriptions (Standard Webhooks) that feed worklists: create, list, rotate, test."""

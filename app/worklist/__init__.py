@@ -1,0 +1,2 @@
+"""The advisors' worklist: their services' open cases with waiting times, next appointments and
+flags, filtered, sorted and paged."""
