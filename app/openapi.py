@@ -148,11 +148,9 @@ def fhir_example(name: str) -> Any:
 
 
 def _capability_statement() -> Any:
-    import orjson
+    from app.metadata.statement import capability_statement
 
-    from app.fhir.codes import FHIR_DATA_DIR
-
-    return orjson.loads((FHIR_DATA_DIR / "CapabilityStatement-spbridge.json").read_bytes())
+    return capability_statement(_EXAMPLE_BASE, _EXAMPLE_BASE.removesuffix("/fhir"))
 
 
 def _declared_resource_type(schema: dict[str, Any]) -> str | None:

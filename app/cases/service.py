@@ -17,7 +17,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
-from app.cases import records
+from app.cases import history, records
 from app.cases.after_write import after_event
 from app.cases.events import (
     REGISTRY,
@@ -35,9 +35,9 @@ from app.cases.states import (
     FUTURE_TOLERANCE,
     CaseState,
     CaseStatus,
-    consent_withdrawn,
 )
 from app.cases.summary import discharge_summary
+from app.cases.views import task_view
 from app.cases.visibility import organisation_sees, runs_service, visible_case
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
@@ -46,9 +46,6 @@ from app.fhir.task import TaskView
 from app.security import scope
 from app.security.auth import Principal
 from app.security.roles import Role
-
-# The referral's FHIR status follows its case's end.
-_REFERRAL_STATUS = {CaseState.CANCELLED: "revoked", CaseState.COMPLETED: "completed"}
 
 
 @dataclass(frozen=True)
@@ -186,15 +183,20 @@ async def apply_event(
     )
     session.add(record)
 
-    referral_status = _REFERRAL_STATUS.get(status.state)
-    if consent_withdrawn(status.state, status.status_reason):
-        # The referral stands withdrawn for the referrer too: revoked, as when they cancel it.
-        referral_status = "revoked"
+    referral_status = declared.referral_status
     if referral_status and referral.status != referral_status:
         referral.status = referral_status
         referral.version_id += 1
         referral.last_updated = now
 
+    await history.keep_event_versions(
+        session,
+        case,
+        referral,
+        service.name,
+        effect.records,
+        referral_changed=declared.from_referrer,
+    )
     await after_event(
         session,
         case=case,
@@ -222,6 +224,7 @@ async def open_case(
         task_status="requested",
         last_event_seq=0,
         version_id=1,
+        outputs=[],
         created_at=referral.created_at,
         updated_at=referral.created_at,
     )
@@ -250,32 +253,6 @@ def _case_rows() -> Select[Case, Referral, str]:
 
 def _task_query(principal: Principal) -> Select[Case, Referral, str]:
     return scope.restrict(_case_rows(), organisation_sees(principal))
-
-
-def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
-    return TaskView(
-        case_id=case.id,
-        version_id=case.version_id,
-        created_at=case.created_at,
-        updated_at=case.updated_at,
-        task_status=case.task_status,
-        business_status=case.business_status,
-        status_reason=case.status_reason,
-        referral_id=referral.id,
-        nhs_number=referral.nhs_number,
-        requesting_organisation=referral.organisation,
-        service_id=case.service_id,
-        service_name=service_name,
-        state=case.state,
-        # After a consent withdrawal the Task lists no outputs: the referrer is sent no more of
-        # the person's resources, so a Task must not point at ones it may never have received
-        # (the read and the push of one Task version are the same resource).
-        outputs=()
-        if consent_withdrawn(case.state, case.status_reason)
-        else tuple((output["type"], output["reference"]) for output in case.outputs),
-        summary=case.summary,
-        closed_at=case.closed_at,
-    )
 
 
 async def read_task(session: AsyncSession, principal: Principal, task_id: str) -> TaskView:

@@ -46,6 +46,7 @@ from adapters.base import (
     PermanentError,
     PlatformAdapter,
     PlatformReferral,
+    ReferralAmendment,
     RetryableError,
 )
 from app.cases import resources as case_resources
@@ -391,7 +392,7 @@ class Dispatcher:
         case, referral, task = cases[delivery.referral_id]
         adapter = self._adapter(destination)
         if destination.kind == DestinationKind.PLATFORM and isinstance(adapter, PlatformAdapter):
-            if delivery.event_type == "referral.received":
+            if delivery.event_type in ("referral.received", "referral.updated"):
                 new_case = PlatformReferral(
                     referral_id=referral.id,
                     case_id=case.id,
@@ -402,6 +403,10 @@ class Dispatcher:
                     referring_team=referral.referring_team,
                     received_at=referral.created_at,
                 )
+                if delivery.event_type == "referral.updated":
+                    # The referral as it is now: a late delivery never sends an older version.
+                    amendment = ReferralAmendment(new_case, case.external_reference)
+                    return lambda http: adapter.update_case(http, amendment, outbound)
                 return lambda http: adapter.create_case(http, new_case, outbound)
             if delivery.event_type == "referral.cancelled":
                 reference = CaseReference(
