@@ -13,7 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
-from app.cases.views import record_resource, record_version, service_request_resource, task_view
+from app.cases.views import record_resource, record_version, task_view
+from app.cases.views import (
+    service_request_resource as service_request_resource,  # where the dispatcher reads it
+)
 from app.cases.visibility import visible_to
 from app.directory.models import SocialPrescribingService
 from app.errors import NotFound

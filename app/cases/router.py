@@ -121,17 +121,16 @@ async def search_response(
         )
     result = await case_search.run(session, principal, parsed, prescriptions=prescriptions)
     outcome = operation_outcome(parsed.ignored) if parsed.ignored else None
-    if outcome is not None:
-        outcome["id"] = "ignored"
     return FHIRResponse(
         search_bundle(
             fhir_base(request, settings),
             resource_type,
-            items,
+            parsed.used,
             [m.resource for m in result.matches],
             [i.resource for i in result.included],
             result.total,
             result.next_cursor,
+            cursor=parsed.cursor_token,
             elements=parsed.elements,
             outcome=outcome,
         )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
@@ -68,7 +68,7 @@ class Target:
     """How a search of one resource type (or of social prescriptions) runs."""
 
     resource_type: str
-    rows: Callable[[], Select[Any]]
+    rows: Callable[[], Any]
     id_key: OrderKey
     default_order: tuple[OrderKey, ...]
     sorts: dict[str, OrderKey]
@@ -227,11 +227,11 @@ def _prescription_statuses(criterion: Criterion) -> list[str]:
 # --- what each resource type's rows are --------------------------------------------------------
 
 
-def _referral_rows() -> Select[Any]:
+def _referral_rows() -> Any:
     return select(Referral)
 
 
-def _task_rows() -> Select[Any]:
+def _task_rows() -> Any:
     return (
         select(Case, Referral, SocialPrescribingService.name)
         .join(Case.referral)
@@ -239,7 +239,7 @@ def _task_rows() -> Select[Any]:
     )
 
 
-def _patient_rows() -> Select[Any]:
+def _patient_rows() -> Any:
     return select(Patient, Referral).join(Referral, Referral.id == Patient.referral_id)
 
 

@@ -28,7 +28,7 @@ from app.cases.events import (
     parse_event,
     reaches_patient,
 )
-from app.cases.models import Case, CaseEvent, Referral
+from app.cases.models import Case, CaseEvent, Patient, Referral
 from app.cases.schemas import CaseEventOut, CaseOut, CaseResources
 from app.cases.states import (
     CLOSED_STATES,
@@ -390,6 +390,7 @@ async def case_detail(session: AsyncSession, principal: Principal, case_id: str)
     )
     held = (await records.records_of(session, [case.id]))[case.id]
     service_side = runs_service(principal, service)
+    patient_id = await session.scalar(select(Patient.id).where(Patient.referral_id == referral.id))
     return CaseOut(
         case_id=case.id,
         referral_id=referral.id,
@@ -411,6 +412,7 @@ async def case_detail(session: AsyncSession, principal: Principal, case_id: str)
         resources=CaseResources(
             service_request=f"ServiceRequest/{referral.id}",
             task=f"Task/{case.id}",
+            patient=f"Patient/{patient_id}" if patient_id else None,
             appointments=[f"Appointment/{a.id}" for a in held.appointments],
             prescriptions=[f"ServiceRequest/{p.id}" for p in held.prescriptions],
             observations=[f"Observation/{s.id}" for s in held.scores],

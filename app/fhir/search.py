@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -175,19 +176,22 @@ def subsetted(resource: dict[str, Any], elements: Sequence[str]) -> dict[str, An
 def search_bundle(
     base_url: str,
     resource_type: str,
-    query: Sequence[tuple[str, str]],
+    used: Sequence[tuple[str, str]],
     matches: Sequence[dict[str, Any]],
     included: Sequence[dict[str, Any]],
     total: int | None,
     next_cursor: str | None,
     *,
+    cursor: str | None = None,
     elements: Sequence[str] | None = None,
     outcome: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A searchset Bundle: the matches (subsetted for _elements), what _include / _revinclude
-    brought, and an OperationOutcome entry (search.mode outcome) saying what was ignored."""
-    own = [(k, v) for k, v in query if k != "_cursor"]
-    links = [{"relation": "self", "url": f"{base_url}/{resource_type}?{urlencode(list(query))}"}]
+    brought, and an OperationOutcome entry (search.mode outcome) saying what was ignored. The
+    links carry the parameters ``used`` (what was ignored is not part of the search)."""
+    own = list(used)
+    this_page = [*own, ("_cursor", cursor)] if cursor else own
+    links = [{"relation": "self", "url": f"{base_url}/{resource_type}?{urlencode(this_page)}"}]
     if next_cursor:
         links.append(
             {
@@ -214,7 +218,13 @@ def search_bundle(
             }
         )
     if outcome is not None:
-        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": outcome,
+                "search": {"mode": "outcome"},
+            }
+        )
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         bundle["total"] = total

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from app.db import utc_in_range
 from app.errors import BadRequest, Issue
 
 HL7_SEARCH_PARAMETER = "http://hl7.org/fhir/SearchParameter/"
@@ -341,7 +342,11 @@ class Search:
     includes: list[str] = field(default_factory=list)
     revincludes: list[str] = field(default_factory=list)
     cursor: list[Any] | None = None
+    cursor_token: str | None = None
     ignored: list[Issue] = field(default_factory=list)
+    # The parameters as the search was carried out (the self and next links say these, not
+    # what was ignored: FHIR search, the self link).
+    used: list[tuple[str, str]] = field(default_factory=list)
 
     def has(self, name: str) -> bool:
         return any(c.name == name for c in self.criteria)
@@ -440,8 +445,29 @@ def parse_search(
             search.criteria.append(
                 Criterion(parameter, modifier, chain, tuple(value.split(",")), position)
             )
+            search.used.append((name, value))
     search.ignored = handling.ignored
+    search.used += _result_used(search, set(grouped))
     return search
+
+
+def _result_used(search: Search, given: set[str]) -> list[tuple[str, str]]:
+    used: list[tuple[str, str]] = []
+    if "_count" in given:
+        used.append(("_count", str(search.count)))
+    if search.sort:
+        used.append(
+            ("_sort", ",".join(("-" if k.descending else "") + k.name for k in search.sort))
+        )
+    if search.elements is not None:
+        used.append(("_elements", ",".join(search.elements)))
+    if search.summary_count:
+        used.append(("_summary", "count"))
+    if "_total" in given:
+        used.append(("_total", search.total))
+    used += [("_include", value) for value in search.includes]
+    used += [("_revinclude", value) for value in search.revincludes]
+    return used
 
 
 def _result_parameter(
@@ -456,6 +482,7 @@ def _result_parameter(
         search.count = _count(values)
     elif name == "_cursor":
         search.cursor = decode_cursor(values[-1]) if values[-1] else None
+        search.cursor_token = values[-1] or None
     elif name == "_sort":
         for part in ",".join(values).split(","):
             if not part:
@@ -513,34 +540,42 @@ def date_range(value: str, name: str) -> tuple[str, dt.datetime, dt.datetime]:
             issue_code="not-supported",
             expression=name,
         )
+    step: dt.timedelta | None = None
     try:
         if len(text) == 4:
             lower = dt.datetime(int(text), 1, 1, tzinfo=dt.UTC)
-            upper = dt.datetime(lower.year + 1, 1, 1, tzinfo=dt.UTC)
         elif len(text) == 7 and text[4] == "-":
             lower = dt.datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=dt.UTC)
-            upper = (lower + dt.timedelta(days=32)).replace(day=1)
         elif len(text) == 10:
             lower = dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
-            upper = lower + dt.timedelta(days=1)
+            step = dt.timedelta(days=1)
         else:
             lower = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
             if lower.tzinfo is None:
-                raise ValueError("a time needs its zone")
+                lower = lower.replace(tzinfo=dt.UTC)
             # To the precision given: seconds, or the fraction of a second written.
             fraction = text.partition(".")[2]
             digits = len(fraction) - len(fraction.lstrip("0123456789"))
             step = (
                 dt.timedelta(microseconds=10 ** (6 - min(digits, 6)))
                 if digits
-                else (dt.timedelta(seconds=1) if text.count(":") >= 2 else dt.timedelta(minutes=1))
+                else dt.timedelta(seconds=1)
             )
-            upper = lower + step
-    except (ValueError, OverflowError):
+    except ValueError:
         raise BadRequest(f"{name} must be a FHIR date or dateTime", expression=name) from None
-    if not (SEARCH_EARLIEST <= lower < SEARCH_LATEST):
-        raise BadRequest(f"{name} must be between the years 1 and 8999", expression=name)
-    return prefix, lower.astimezone(dt.UTC), upper.astimezone(dt.UTC)
+    try:
+        # A bound is only compared (lt2999 is a fair way to say "any"), so its range is wider
+        # than that of instants the bridge holds, and clear of the year 9999.
+        lower = utc_in_range(lower, SEARCH_EARLIEST, SEARCH_LATEST)
+    except ValueError as refused:
+        raise BadRequest(f"{name} {refused}", expression=name) from None
+    if step is not None:
+        upper = lower + step
+    elif len(text) == 4:
+        upper = lower.replace(year=lower.year + 1)
+    else:
+        upper = (lower + dt.timedelta(days=32)).replace(day=1)
+    return prefix, lower, upper
 
 
 def encode_cursor(values: Sequence[Any]) -> str:

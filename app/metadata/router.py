@@ -48,13 +48,20 @@ def smart_configuration(base: str) -> dict[str, Any]:
     }
 
 
-_SMART = {
+_SMART: dict[str, Any] = {
     "summary": "SMART configuration (OAuth2 discovery for backend services)",
     "description": "Where and how to get an access token: the token endpoint, the client "
     "authentication methods (client_secret_basic; private_key_jwt signed RS512 or ES256), the "
     "client_credentials grant and the scopes. No key needed. Served beside the FHIR base too "
     "(/fhir/.well-known/smart-configuration), where SMART clients look.",
-    "responses": {200: {"description": "The SMART configuration (JSON)"}},
+    "responses": {
+        200: {
+            "description": "The SMART configuration (JSON)",
+            "content": {
+                "application/json": {"example": smart_configuration("http://127.0.0.1:8000")}
+            },
+        }
+    },
 }
 
 
