@@ -3,6 +3,10 @@
 Databases are built by running the Alembic migrations, once per backend per run, and emptied
 between tests. PostgreSQL is required in CI (CI=true) or when SPBRIDGE_TEST_REQUIRE_POSTGRES=1;
 elsewhere its tests are skipped, loudly, if it cannot be reached.
+
+``fhir_server`` is a strict FHIR R4 server on loopback (tests/support/fhir_server/, Node.js),
+started once per run and emptied before each test that uses it. It is required in CI or when
+SPBRIDGE_TEST_REQUIRE_FHIR_SERVER=1; elsewhere its tests are skipped, loudly, without Node.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import copy
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from app.config import Settings
 from app.db import Base, create_engine
 from app.main import create_app
 from app.migrate import upgrade
+from tests.support import conformance, fhir_test_server
 from tests.support.audit import RequestRecorder, check_audit_completeness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +122,61 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", backends, scope="session")
 
 
+@pytest.fixture(scope="session")
+def fhir_server_process() -> Iterator[fhir_test_server.FhirTestServer]:
+    """The test FHIR server, started once per run (see tests/support/fhir_test_server.py)."""
+    try:
+        server = fhir_test_server.start()
+    except fhir_test_server.FhirServerUnavailable as exc:
+        message = f"The test FHIR server is not available: {exc}"
+        if fhir_test_server.REQUIRE_FHIR_SERVER:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fhir_server(
+    fhir_server_process: fhir_test_server.FhirTestServer,
+) -> fhir_test_server.FhirTestServer:
+    """The test FHIR server, empty and strict (no update as create, references checked,
+    resources validated); ``fhir_server.reset(updateCreate=True)`` or ``.set_mode(…)`` to change
+    that, ``.base_url`` for a clinical route, ``.requests()`` for what it was sent."""
+    server = fhir_server_process
+    server.reset()
+    recorder = conformance.current()
+    if recorder is not None:
+        # What the bridge sent it, checked at the end of the test (tests/support/conformance.py).
+        recorder.sources.append(server.bodies_from_the_bridge)
+    return server
+
+
+@pytest.fixture(autouse=True)
+def fhir_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every FHIR resource the bridge gives out during the test, checked as R4 afterwards:
+    reported at the end of the run, or failing the test with SPBRIDGE_TEST_FHIR_CONFORMANCE=strict
+    (tests/support/conformance.py); not for a test marked ``fhir_unchecked``."""
+    unchecked = request.node.get_closest_marker("fhir_unchecked") is not None
+    recorder = None if unchecked else conformance.start(request.node.nodeid)
+    yield
+    found = conformance.finish(recorder)
+    if found and conformance.MODE == "strict":
+        pytest.fail(conformance.failure_message(found), pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if conformance.REPORT.resources_checked or conformance.MODE == "off":
+        terminalreporter.section("FHIR conformance")
+        for line in conformance.REPORT.lines():
+            terminalreporter.write_line(line)
+        if conformance.MODE != "off":
+            conformance.REPORT.write()
+            terminalreporter.write_line(f"  details: {conformance.REPORT_FILE}")
+
+
 @pytest.fixture
 def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return prepared_url(backend, tmp_path_factory)
@@ -188,10 +248,29 @@ async def client(app: Any, audit_check: bool) -> AsyncIterator[httpx.AsyncClient
     # (tests/support/audit.py): the suite as a whole is the audit-completeness test.
     recorder = RequestRecorder(app)
     transport = httpx.ASGITransport(app=recorder)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://testserver",
+        event_hooks={"response": [_observe_fhir_answer]},
+    ) as http:
         yield http
     if audit_check:
         await check_audit_completeness(app, recorder)
+
+
+async def _observe_fhir_answer(response: httpx.Response) -> None:
+    """Hand what the bridge served under /fhir to the test's conformance recorder."""
+    recorder = conformance.current()
+    if recorder is None or not response.request.url.path.startswith("/fhir"):
+        return
+    if "json" not in response.headers.get("content-type", ""):
+        return
+    await response.aread()
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return
+    recorder.saw(f"served {response.request.method} {response.request.url.path}", body)
 
 
 class Bridge:

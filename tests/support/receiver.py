@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.support import conformance
+
 
 @dataclass
 class Received:
@@ -71,6 +73,10 @@ class Receiver:
             time.monotonic(),
         )
         self.requests.append(received)
+        recorder = conformance.current()
+        if recorder is not None:
+            with contextlib.suppress(ValueError):
+                recorder.saw(f"pushed {received.method} {received.path}", received.json())
         if self.delay:
             await asyncio.sleep(self.delay)
         decided = self.rule(received) if self.rule else None
