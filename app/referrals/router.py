@@ -4,6 +4,7 @@ versions, search, amendment and cancellation."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -26,6 +27,7 @@ from app.config import Settings
 from app.dependencies import AppSettings, Now, ReadSession, WriteSession
 from app.errors import (
     AppError,
+    BadRequest,
     BusinessRuleViolation,
     Issue,
     fhir_error_responses,
@@ -78,14 +80,19 @@ def _headers(referral: Referral, base: str) -> dict[str, str]:
 
 
 async def _read_resource(
-    request: Request, settings: Settings, resource_type: str
+    request: Request, settings: Settings, resource_type: str, *, r4: bool = True
 ) -> tuple[dict[str, Any], Any]:
+    """The body as a resource of ``resource_type``: structurally valid (the R4B models), free
+    of NUL, and (``r4``) valid R4 (HL7's R4 JSON schema, FHIR JSON's rules, reference targets:
+    app.fhir.validation), each refused with a 4xx naming the elements."""
     parsing.check_media_type(request.headers.get("content-type"))
     body = await parsing.read_body(request, settings.max_body_bytes)
     data = parsing.parse_json(body)
     parsing.check_resource_type(data, resource_type)
     model = parsing.parse_resource(data, resource_type)
     parsing.refuse_nul_characters(body, data, resource_type)
+    if r4:
+        parsing.check_r4(data)
     return data, model
 
 
@@ -275,10 +282,22 @@ async def post_bundle(
     settings: AppSettings,
     principal: Referrer,
 ) -> Response:
-    data, _bundle = await _read_resource(request, settings, "Bundle")
+    # A batch's entries stand alone: each is refused on its own (below), not the whole batch.
+    data, _bundle = await _read_resource(request, settings, "Bundle", r4=False)
     base = fhir_base(request, settings)
+    issues = parsing.r4_issues(data)
     if data.get("type") == "batch":
-        return FHIRResponse(await _batch(request, session, settings, principal, data, base))
+        by_entry: dict[int, list[Issue]] = {}
+        for issue in issues:
+            match = _ENTRY.match(issue.expression or "")
+            if match is None:
+                raise BadRequest(issues[0].diagnostics, issues=issues)
+            by_entry.setdefault(int(match.group(1)), []).append(issue)
+        return FHIRResponse(
+            await _batch(request, session, settings, principal, data, base, by_entry)
+        )
+    if issues:
+        raise BadRequest(issues[0].diagnostics, issues=issues)
     unbundled = unbundle(data)
     try:
         intake = await _one_referral(
@@ -305,8 +324,21 @@ async def post_bundle(
     )
 
 
+_ENTRY = re.compile(r"^Bundle\.entry\[(\d+)\]")
+_PHRASES = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 412: "Precondition Failed"}
+
+
+def _refused(error: AppError) -> dict[str, Any]:
+    """A batch entry's answer when it was refused (its issues already located in the Bundle)."""
+    return {
+        "response": {
+            "status": f"{error.status} {_PHRASES.get(error.status, 'Unprocessable Entity')}",
+            "outcome": operation_outcome(error.issues, error.status),
+        }
+    }
+
+
 def _failed(error: AppError, where: str) -> dict[str, Any]:
-    phrase = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 412: "Precondition Failed"}
     issues = [
         Issue(
             i.code,
@@ -321,12 +353,8 @@ def _failed(error: AppError, where: str) -> dict[str, Any]:
         )
         for i in error.issues
     ]
-    return {
-        "response": {
-            "status": f"{error.status} {phrase.get(error.status, 'Unprocessable Entity')}",
-            "outcome": operation_outcome(issues, error.status),
-        }
-    }
+    error.issues = issues
+    return _refused(error)
 
 
 async def _batch(
@@ -336,12 +364,18 @@ async def _batch(
     principal: Principal,
     data: dict[str, Any],
     base: str,
+    invalid: dict[int, list[Issue]],
 ) -> dict[str, Any]:
     """Each entry on its own (FHIR batch): a referral made, or the error it met, in its own
-    savepoint, so an entry that fails changes nothing and the others go on."""
+    savepoint, so an entry that fails changes nothing and the others go on. ``invalid``: the
+    R4 problems of each entry, which refuse it."""
     out: list[dict[str, Any]] = []
     for index, entry in enumerate(data.get("entry") or []):
         where = f"Bundle.entry[{index}]"
+        if index in invalid:
+            problems = invalid[index]
+            out.append(_refused(BadRequest(problems[0].diagnostics, issues=problems)))
+            continue
         resource = entry.get("resource") if isinstance(entry, dict) else None
         method = (entry.get("request") or {}).get("method") if isinstance(entry, dict) else None
         if (
