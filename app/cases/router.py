@@ -306,6 +306,19 @@ def register_versions(
 # --- Task ---------------------------------------------------------------------------------
 
 
+# Searches first: a path template matched before routing (the audit trail's, app.logs) finds
+# /Task/_search before /Task/{task_id}.
+register_search(
+    router,
+    "Task",
+    Operation.TASK_READ,
+    "Where referrals stand. A referrer polls what changed: "
+    "`Task?requester=<ODS code>&_lastUpdated=gt<last poll>&_sort=_lastUpdated`; by patient: "
+    "`Task?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|<number>`. "
+    "`_include=Task:focus` brings the referrals, `_include=Task:output` what the cases produced.",
+)
+
+
 @router.get(
     "/Task/{task_id}",
     response_class=FHIRResponse,
@@ -323,15 +336,6 @@ async def read_task(
 
 
 register_versions(router, "Task", "task_id", Operation.TASK_READ)
-register_search(
-    router,
-    "Task",
-    Operation.TASK_READ,
-    "Where referrals stand. A referrer polls what changed: "
-    "`Task?requester=<ODS code>&_lastUpdated=gt<last poll>&_sort=_lastUpdated`; by patient: "
-    "`Task?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|<number>`. "
-    "`_include=Task:focus` brings the referrals, `_include=Task:output` what the cases produced.",
-)
 
 
 # --- Patient and the resources a case produces --------------------------------------------
@@ -356,6 +360,7 @@ def _register_served(resource_type: str, what: str) -> None:
         return read_response(request, found.resource, found.version_id, found.last_updated)
 
     article = "an" if resource_type[0] in "AEIOU" else "a"
+    register_search(router, resource_type, Operation.REFERRAL_READ, f"Find {what}.")
     router.add_api_route(
         f"/{resource_type}/{{resource_id}}",
         read,
@@ -368,7 +373,6 @@ def _register_served(resource_type: str, what: str) -> None:
         responses=read_responses(resource_type, f"The {resource_type}"),
     )
     register_versions(router, resource_type, "resource_id", Operation.REFERRAL_READ)
-    register_search(router, resource_type, Operation.REFERRAL_READ, f"Find {what}.")
 
 
 for _type, _what in SERVED_HERE.items():

@@ -427,6 +427,20 @@ async def _batch(
 # --- reads and searches --------------------------------------------------------------------
 
 
+# Search first: a path template matched before routing (the audit trail's, app.logs) finds
+# /ServiceRequest/_search before /ServiceRequest/{referral_id}.
+register_search(
+    router,
+    "ServiceRequest",
+    Operation.REFERRAL_READ,
+    "The referrals your organisation sent or receives, oldest first unless _sort says "
+    "otherwise; by patient (Patient/<id>, or the NHS number: patient:identifier, "
+    "subject:identifier, patient.identifier). With based-on=ServiceRequest/<id> it finds the "
+    "social prescriptions made for that referral instead. `_revinclude=Task:focus` brings each "
+    "referral's Task.",
+)
+
+
 @router.get(
     "/ServiceRequest/{referral_id}",
     response_class=FHIRResponse,
@@ -476,16 +490,6 @@ async def read_journey(
 
 
 register_versions(router, "ServiceRequest", "referral_id", Operation.REFERRAL_READ)
-register_search(
-    router,
-    "ServiceRequest",
-    Operation.REFERRAL_READ,
-    "The referrals your organisation sent or receives, oldest first unless _sort says "
-    "otherwise; by patient (Patient/<id>, or the NHS number: patient:identifier, "
-    "subject:identifier, patient.identifier). With based-on=ServiceRequest/<id> it finds the "
-    "social prescriptions made for that referral instead. `_revinclude=Task:focus` brings each "
-    "referral's Task.",
-)
 
 
 # --- amendment and cancellation -------------------------------------------------------------
