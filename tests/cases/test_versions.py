@@ -114,7 +114,7 @@ async def test_every_resource_has_its_versions(bridge: Bridge) -> None:
 
 
 async def test_versions_are_seen_only_as_the_resource_is(bridge: Bridge) -> None:
-    case, ids = await worked_case(bridge)
+    _case, ids = await worked_case(bridge)
     stranger = await bridge.key("clinical-system", "RXA")
     for resource_type in SERVED:
         path = f"/fhir/{resource_type}/{ids[resource_type]}"
