@@ -95,7 +95,7 @@ def served(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         thread.join(timeout=30)
 
 
-# --- fhirclient (SMART on FHIR) ------------------------------------------------------------------
+# --- fhirclient (SMART on FHIR) ----------------------------------------------------------------
 
 
 def smart(served: Served) -> Any:
@@ -153,7 +153,7 @@ def test_fhirclient_searches_with_paging_count_sort_and_include(served: Served) 
     assert task.focus.reference == f"ServiceRequest/{served.made[0]}"
 
 
-# --- fhirpy ----------------------------------------------------------------------------------------
+# --- fhirpy ---------------------------------------------------------------------------------
 
 
 def fhirpy_client(served: Served) -> SyncFHIRClient:
