@@ -211,6 +211,12 @@ def r4_issues(data: dict[str, Any], root: str | None = None) -> list[Issue]:
     return [replace(issue, details="invalid-resource") for issue in issues[:20]]
 
 
+def prepare_r4_validation() -> None:
+    """Load the R4 definitions and compile the schemas intake uses (each once per process)."""
+    for resource_type in ("ServiceRequest", "Bundle"):
+        r4_issues({"resourceType": resource_type})
+
+
 def check_r4(data: dict[str, Any], root: str | None = None) -> None:
     """400 with every R4 problem of ``data`` (see :func:`r4_issues`); nothing when it is valid."""
     issues = r4_issues(data, root)
