@@ -29,6 +29,7 @@ from app.errors import (
 from app.fhir import parsing
 from app.fhir.http import (
     check_format,
+    check_format_parameter,
     fhir_base,
     fhir_resource_response,
     read_response,
@@ -101,6 +102,9 @@ async def search_items(
             raise BadRequest("The form could not be read", issue_code="structure") from None
     if any("\x00" in name or "\x00" in value for name, value in items):
         raise BadRequest("A search parameter holds the NUL character", issue_code="value")
+    for name, value in items:
+        if name == "_format":
+            check_format_parameter(value)  # in a POST _search's form as in the URL
     return items
 
 

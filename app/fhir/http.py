@@ -89,15 +89,19 @@ def _accepts_json(accept: str) -> bool:
     return False
 
 
-def check_format(request: Request) -> None:
-    """406 when the client asks (``_format`` or ``Accept``) only for formats we do not serve."""
-    wanted = request.query_params.get("_format")
+def check_format_parameter(wanted: str | None) -> None:
+    """406 when ``_format`` names a format we do not serve."""
     if wanted is not None and wanted.split(";")[0].strip().lower() not in JSON_FORMATS:
         raise NotAcceptable(
             "_format asks for a format this server does not serve: only FHIR JSON "
             "(json, application/fhir+json)",
             expression="_format",
         )
+
+
+def check_format(request: Request) -> None:
+    """406 when the client asks (``_format`` or ``Accept``) only for formats we do not serve."""
+    check_format_parameter(request.query_params.get("_format"))
     accept = request.headers.get("accept")
     if accept and accept.strip() and not _accepts_json(accept):
         raise NotAcceptable(

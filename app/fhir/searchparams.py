@@ -301,6 +301,7 @@ RESULT_PARAMETERS: dict[str, str] = {
     "_cursor": "The position of the next page (from a next link)",
 }
 _SUMMARIES = ("count", "false", "data")
+_FORMATS = ("json", "application/json", "application/fhir+json")
 _TOTALS = ("none", "estimate", "accurate")
 # Element names (_elements): FHIR element names are letters and digits.
 _ELEMENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -633,24 +634,19 @@ def openapi_parameters(
                 }
             )
     for name, description in RESULT_PARAMETERS.items():
+        # What lenient handling ignores (and says) is no enum here: any value is answered.
         schema = {"type": "string"}
         if name == "_count":
             schema = {"type": "integer", "minimum": 0}
-        elif name == "_summary":
-            schema = {"type": "string", "enum": list(_SUMMARIES)}
         elif name == "_total":
             schema = {"type": "string", "enum": list(_TOTALS)}
         elif name == "_format":
-            schema = {
-                "type": "string",
-                "enum": ["json", "application/json", "application/fhir+json"],
-            }
-        elif name == "_include" and table.includes:
-            schema = {"type": "string", "enum": list(table.includes)}
-        elif name == "_revinclude" and table.revincludes:
-            schema = {"type": "string", "enum": list(table.revincludes)}
+            schema = {"type": "string", "enum": sorted(_FORMATS)}
         elif name in ("_include", "_revinclude"):
-            continue
+            followed = table.includes if name == "_include" else table.revincludes
+            if not followed:
+                continue
+            description += f": {', '.join(followed)}"
         documented.append(
             {
                 "name": name,
