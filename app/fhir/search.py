@@ -162,11 +162,28 @@ REQUIRED_ELEMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _local_references(node: Any) -> bool:
+    """Whether ``node`` holds a reference to a contained resource (``#id``)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            reference = item.get("reference")
+            if isinstance(reference, str) and reference.startswith("#"):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def subsetted(resource: dict[str, Any], elements: Sequence[str]) -> dict[str, Any]:
     """``resource`` with only ``elements`` (and id, meta and what R4 requires), tagged SUBSETTED."""
     keep = {"resourceType", "id", "meta", *elements}
     keep.update(REQUIRED_ELEMENTS.get(str(resource.get("resourceType")), ()))
     out = {k: v for k, v in resource.items() if k in keep}
+    if "contained" in resource and _local_references(out):
+        out["contained"] = resource["contained"]  # what a kept #reference points at
     meta = dict(out.get("meta") or {})
     meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
     out["meta"] = meta

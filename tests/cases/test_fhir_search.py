@@ -124,10 +124,12 @@ async def test_result_parameters(bridge: Bridge) -> None:
         "meta",
         "identifier",
         "priority",
-        # What R4 requires of a ServiceRequest is kept, so a subset is still valid R4.
+        # What R4 requires of a ServiceRequest is kept, so a subset is still valid R4, and
+        # what its references point at.
         "status",
         "intent",
         "subject",
+        "contained",
     }
     assert resource["meta"]["tag"][-1]["code"] == "SUBSETTED"
 
