@@ -121,9 +121,10 @@ async def keep_event_versions(
     records: Sequence[Record],
     *,
     referral_changed: bool,
+    also: Sequence[Version] = (),
 ) -> None:
     """The versions a case event made: the Task's, the referral's when the event changed it, and
-    those of the records it made or changed."""
+    those of the records it made or changed; and ``also`` (intake's Patient), in one statement."""
     versions = [
         Version(
             "Task",
@@ -138,4 +139,5 @@ async def keep_event_versions(
     context = CaseContext(referral.id, referral.nhs_number, case.service_id, service_name)
     for record in records:
         versions += record_versions(record, context)
+    versions += also
     await keep(session, referral.id, versions)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,9 +102,11 @@ async def apply_event(
     context: EventContext,
     *,
     now: dt.datetime | None = None,
+    versions: Sequence[history.Version] = (),
 ) -> CaseEvent:
     """Apply ``event`` to ``case``: 422 when its data is invalid, 409 when the state table (or
-    the case's records) refuse it. A repeat of an idempotency key returns the event recorded."""
+    the case's records) refuse it. A repeat of an idempotency key returns the event recorded.
+    ``versions``: other versions the writer made with the event, kept with the event's own."""
     if event.idempotency_key is not None:
         existing = await session.scalar(
             select(CaseEvent).where(
@@ -196,6 +199,7 @@ async def apply_event(
         service.name,
         effect.records,
         referral_changed=declared.from_referrer,
+        also=versions,
     )
     await after_event(
         session,
@@ -213,8 +217,10 @@ async def open_case(
     referral: Referral,
     service: SocialPrescribingService,
     context: EventContext,
+    versions: Sequence[history.Version] = (),
 ) -> Case:
-    """The case for a new referral, in state ``received`` with its ``referral.received`` event."""
+    """The case for a new referral, in state ``received`` with its ``referral.received`` event
+    (``versions``: of what intake made besides, kept with the event's)."""
     case = Case(
         id=str(uuid.uuid4()),
         referral_id=referral.id,
@@ -236,6 +242,7 @@ async def open_case(
         service,
         NewEvent(type="referral.received", source="clinician", occurred_at=referral.created_at),
         context,
+        versions=versions,
     )
     return case
 

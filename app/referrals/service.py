@@ -200,8 +200,9 @@ async def create_referral(
         last_updated=now,
     )
     session.add(patient)
-    await cases.open_case(session, referral, service, context)
-    await history.keep(session, referral.id, [history.patient_version(patient)])
+    await cases.open_case(
+        session, referral, service, context, versions=[history.patient_version(patient)]
+    )
     return Intake(referral, created=True, patient=patient)
 
 
