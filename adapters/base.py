@@ -71,6 +71,17 @@ class PlatformReferral:
 
 
 @dataclass(frozen=True)
+class ReferralAmendment:
+    """The referrer amended a referral the platform holds (a ``referral.updated`` event): the
+    referral as it now stands (always the current version, so a late or repeated delivery never
+    takes the platform back) and the platform's own id for it. A referrer may change the reasons,
+    notes, priority, the patient's contact details and the consent."""
+
+    referral: PlatformReferral
+    external_reference: str | None  # the platform's own id, as returned by create_case
+
+
+@dataclass(frozen=True)
 class CaseReference:
     """A case the platform already holds."""
 
@@ -210,15 +221,23 @@ class PlatformAdapter(Adapter):
     """A social prescribing platform that holds cases (DESIGN §2)."""
 
     kind = AdapterKind.PLATFORM
-    # The platform is told of new referrals and of the referrer's cancellations, nothing else:
-    # everything after that is the platform's own doing, coming back to us.
-    event_types = frozenset({"referral.received", "referral.cancelled"})
+    # The platform is told of new referrals and of the referrer's amendments and cancellations,
+    # nothing else: everything after that is the platform's own doing, coming back to us.
+    event_types = frozenset({"referral.received", "referral.updated", "referral.cancelled"})
     # Whether ``poll`` is implemented (reconciliation of missed webhooks).
     polls: ClassVar[bool] = False
 
     async def create_case(
         self, http: httpx.AsyncClient, referral: PlatformReferral, outbound: Outbound
     ) -> Outcome:
+        raise NotImplementedError
+
+    async def update_case(
+        self, http: httpx.AsyncClient, amendment: ReferralAmendment, outbound: Outbound
+    ) -> Outcome:
+        """Send the referrer's amendment of a referral the platform holds. A platform that
+        cannot take amendments answers with an Outcome saying so, never an error: the referral
+        stays as it was there, and the case goes on."""
         raise NotImplementedError
 
     async def cancel_case(

@@ -29,6 +29,9 @@ class Issue:
     diagnostics: str
     expression: str | None = None
     severity: str = "error"
+    # Our code for it (fhir/CodeSystem-outcome-details.json) when it says more than the
+    # error's status (the default for the status is used otherwise).
+    details: str | None = None
 
 
 class AppError(Exception):
@@ -94,10 +97,26 @@ class Conflict(AppError):
     title = "Conflict"
 
 
+class NotAcceptable(AppError):
+    """406: the client accepts only formats we do not serve (we serve FHIR JSON only)."""
+
+    status = 406
+    issue_code = "not-supported"
+    title = "Not acceptable"
+
+
 class PreconditionFailed(AppError):
     status = 412
     issue_code = "conflict"
     title = "Precondition failed"
+
+
+class PreconditionRequired(AppError):
+    """428: the request must say which version it changes (If-Match)."""
+
+    status = 428
+    issue_code = "required"
+    title = "Precondition required"
 
 
 class PayloadTooLarge(AppError):
@@ -178,7 +197,7 @@ def error_response(path: str, error: AppError) -> Response:
     """``error`` as the client at ``path`` expects it: an OperationOutcome under /fhir, JSON
     problem details elsewhere."""
     if is_fhir_path(path):
-        body = orjson.dumps(operation_outcome(error.issues))
+        body = orjson.dumps(operation_outcome(error.issues, error.status))
         media_type = FHIR_MEDIA_TYPE
     else:
         body = orjson.dumps(
@@ -188,14 +207,56 @@ def error_response(path: str, error: AppError) -> Response:
     return Response(body, status_code=error.status, media_type=media_type, headers=error.headers)
 
 
-def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
+# Issue details (OperationOutcome.issue.details): our CodeSystem, and the NHS http-error-codes
+# of BaRS where it has the code (the Receiver's, REC_…: the bridge receives the request).
+OUTCOME_DETAILS_SYSTEM = "https://fhir.spbridge.org/CodeSystem/outcome-details"
+NHS_HTTP_ERROR_CODES = "https://fhir.nhs.uk/CodeSystem/http-error-codes"
+DETAILS_BY_STATUS: dict[int, str] = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    409: "conflict",
+    410: "gone",
+    412: "precondition-failed",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "unprocessable",
+    428: "precondition-required",
+    429: "too-many-requests",
+    500: "server-error",
+    503: "unavailable",
+}
+BARS_BY_STATUS: dict[int, str] = {
+    400: "REC_BAD_REQUEST",
+    401: "REC_UNAUTHORIZED",
+    403: "REC_FORBIDDEN",
+    404: "REC_NOT_FOUND",
+    409: "REC_CONFLICT",
+    422: "REC_UNPROCESSABLE_ENTITY",
+}
+
+
+def issue_details(status: int | None, details: str | None) -> dict[str, Any] | None:
+    code = details or (DETAILS_BY_STATUS.get(status) if status is not None else None)
+    if code is None:
+        return None
+    coding = [{"system": OUTCOME_DETAILS_SYSTEM, "code": code}]
+    if status in BARS_BY_STATUS:
+        coding.append({"system": NHS_HTTP_ERROR_CODES, "code": BARS_BY_STATUS[status]})
+    return {"coding": coding}
+
+
+def operation_outcome(issues: Iterable[Issue], status: int | None = None) -> dict[str, Any]:
     out = []
     for issue in issues:
-        entry: dict[str, Any] = {
-            "severity": issue.severity,
-            "code": issue.code,
-            "diagnostics": issue.diagnostics,
-        }
+        entry: dict[str, Any] = {"severity": issue.severity, "code": issue.code}
+        details = issue_details(status, issue.details)
+        if details is not None:
+            entry["details"] = details
+        entry["diagnostics"] = issue.diagnostics
         if issue.expression:
             entry["expression"] = [issue.expression]
         out.append(entry)
@@ -222,9 +283,29 @@ def problem_details(
 # --- OpenAPI documentation of error bodies -----------------------------------------------------
 
 
+class CodingDoc(BaseModel):
+    system: str
+    code: str
+
+
+class CodeableConceptDoc(BaseModel):
+    coding: list[CodingDoc]
+
+
 class OperationOutcomeIssueDoc(BaseModel):
     severity: str = Field(examples=["error"])
     code: str = Field(examples=["business-rule"])
+    details: CodeableConceptDoc | None = Field(
+        default=None,
+        examples=[
+            {
+                "coding": [
+                    {"system": OUTCOME_DETAILS_SYSTEM, "code": "unprocessable"},
+                    {"system": NHS_HTTP_ERROR_CODES, "code": "REC_UNPROCESSABLE_ENTITY"},
+                ]
+            }
+        ],
+    )
     diagnostics: str = Field(examples=["ServiceRequest.status must be 'active' for a new referral"])
     expression: list[str] | None = Field(default=None, examples=[["ServiceRequest.status"]])
 
@@ -263,12 +344,14 @@ _DESCRIPTIONS = {
     401: "No valid credentials",
     403: "The caller's role may not do this",
     404: "No such resource visible to the caller",
+    406: "Only FHIR JSON is served (Accept or _format asked for another format)",
     409: "Conflicts with the current state",
     410: "Gone: the referral's patient data was removed after its retention period",
     412: "A precondition (If-Match, If-None-Exist) failed",
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Breaks a business rule",
+    428: "If-Match is required (the version being changed)",
     429: "Too many requests",
     503: UNAVAILABLE_DESCRIPTION,
 }

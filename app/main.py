@@ -41,6 +41,7 @@ from app.errors import (
     validation_location,
     validation_message,
 )
+from app.fhir.parsing import prepare_r4_validation
 from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
 from app.keys import KeyStore
@@ -165,6 +166,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.critical(str(refused))  # one line, before the server's own report of the failure
             raise
         redact_tokens_in_access_logs()
+        # The R4 schema is loaded and compiled on first use (about a second): here, not in the
+        # first referral's request.
+        prepare_r4_validation()
         database = Database.from_settings(settings)
         http = outbound_client(settings)
         application.state.database = database

@@ -77,6 +77,11 @@ _EXAMPLE_ISSUES: dict[int, Issue] = {
     403: Issue("forbidden", "The role 'reporting' may not do 'referral.read'"),
     404: Issue("not-found", "No such resource"),
     405: Issue("not-supported", "This endpoint does not support that method"),
+    406: Issue(
+        "not-supported",
+        "Accept names no format this server serves: only FHIR JSON (application/fhir+json, "
+        "application/json)",
+    ),
     409: Issue("conflict", "The case is closed: it accepts no further events"),
     410: Issue(
         "deleted",
@@ -88,6 +93,11 @@ _EXAMPLE_ISSUES: dict[int, Issue] = {
     415: Issue(
         "not-supported",
         "Send FHIR resources as application/fhir+json (application/json is also accepted)",
+    ),
+    428: Issue(
+        "required",
+        "If-Match is required: the version you are changing, as the ETag of your last read "
+        '(now W/"1")',
     ),
     429: Issue("throttled", "Too many requests; try again after Retry-After seconds"),
     503: Issue(
@@ -110,12 +120,14 @@ _TITLES = {
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    406: "Not acceptable",
     409: "Conflict",
     410: "Gone",
     412: "Precondition failed",
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Unprocessable entity",
+    428: "Precondition required",
     429: "Too many requests",
     503: "Service Unavailable",
 }
@@ -130,7 +142,7 @@ def error_example(status: int, fhir: bool) -> dict[str, Any]:
     if issue is None:
         issue = Issue(AppError.issue_code, _TITLES.get(status, "Error"))
     if fhir:
-        return operation_outcome([issue])
+        return operation_outcome([issue], status)
     return problem_details(status, _TITLES.get(status, "Error"), [issue])
 
 
@@ -144,6 +156,7 @@ _FHIR_EXAMPLES_BY_OPERATION = {
 }
 _FHIR_EXAMPLES_BY_TYPE = {
     "ServiceRequest": "ServiceRequest-referral-as-held",
+    "Patient": "Patient-referral",
     "Task": "Task-referral-in-progress",
     "Appointment": "Appointment-booked",
     "Observation": "Observation-swemwbs",
@@ -166,11 +179,9 @@ def fhir_example(name: str) -> Any:
 
 
 def _capability_statement() -> Any:
-    import orjson
+    from app.metadata.statement import capability_statement
 
-    from app.fhir.codes import FHIR_DATA_DIR
-
-    return orjson.loads((FHIR_DATA_DIR / "CapabilityStatement-spbridge.json").read_bytes())
+    return capability_statement(_EXAMPLE_BASE, _EXAMPLE_BASE.removesuffix("/fhir"))
 
 
 def _declared_resource_type(schema: dict[str, Any]) -> str | None:
@@ -195,10 +206,36 @@ def _searchset(resource: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _history(resource: dict[str, Any]) -> dict[str, Any]:
+    """A one-version history Bundle as the app answers _history of ``resource``."""
+    url = f"{_EXAMPLE_BASE}/{resource['resourceType']}/{resource['id']}"
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": 1,
+        "link": [{"relation": "self", "url": f"{url}/_history"}],
+        "entry": [
+            {
+                "fullUrl": url,
+                "resource": resource,
+                "request": {"method": "POST", "url": resource["resourceType"]},
+                "response": {
+                    "status": "201 Created",
+                    "etag": 'W/"1"',
+                    "lastModified": resource["meta"]["lastUpdated"],
+                },
+            }
+        ],
+    }
+
+
 def _fhir_response_example(operation_id: str, schema: dict[str, Any]) -> Any:
     if operation_id == "readCapabilityStatement":
         return _capability_statement()
-    searched = operation_id.removeprefix("search")
+    history = operation_id.removeprefix("history")
+    if history != operation_id and history in _FHIR_EXAMPLES_BY_TYPE:
+        return _history(fhir_example(_FHIR_EXAMPLES_BY_TYPE[history]))
+    searched = operation_id.removeprefix("postSearch").removeprefix("search")
     if searched != operation_id and searched in _FHIR_EXAMPLES_BY_TYPE.keys() - {"ServiceRequest"}:
         return _searchset(fhir_example(_FHIR_EXAMPLES_BY_TYPE[searched]))
     name = _FHIR_EXAMPLES_BY_OPERATION.get(operation_id) or _FHIR_EXAMPLES_BY_TYPE.get(
@@ -365,6 +402,8 @@ def _complete_examples(spec: dict[str, Any], operation: dict[str, Any], fhir: bo
             if example is None and fhir and key == "request":
                 name = _FHIR_REQUEST_EXAMPLES_BY_OPERATION.get(operation_id)
                 example = fhir_example(name) if name else None
+            if example is None and operation_id.startswith("postSearch"):
+                example = {"_count": 10, "_sort": "-_lastUpdated"}  # a search's form body
             if example is None:
                 example = _schema_example(spec, schema)
             if example is not None:

@@ -320,9 +320,11 @@ class Bridge:
         """The referrer revokes its referral (PUT with status revoked)."""
         referrer = await self.key("clinical-system", organisation)
         path = f"/fhir/ServiceRequest/{referral_id}"
-        current = (await self.http.get(path, headers=referrer)).json()
+        read = await self.http.get(path, headers=referrer)
+        current = read.json()
         current["status"] = "revoked"
-        response = await self.http.put(path, json=current, headers={**referrer, **FHIR_JSON})
+        headers = {**referrer, **FHIR_JSON, "If-Match": read.headers["etag"]}
+        response = await self.http.put(path, json=current, headers=headers)
         assert response.status_code == 200, response.text
 
 

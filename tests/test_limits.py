@@ -135,6 +135,14 @@ async def test_each_client_has_its_own_bucket(app: Any, bridge: Bridge, clock: C
             {
                 "severity": "error",
                 "code": "throttled",
+                "details": {
+                    "coding": [
+                        {
+                            "system": "https://fhir.spbridge.org/CodeSystem/outcome-details",
+                            "code": "too-many-requests",
+                        }
+                    ]
+                },
                 "diagnostics": "Too many requests; try again in 1 seconds",
             }
         ],

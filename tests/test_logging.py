@@ -312,7 +312,7 @@ async def test_a_whole_journey_logs_nothing_that_identifies_the_patient(
             ("POST", events, {"type": "case.accepted", "team": FAMILY}, other_advisor, 404),
             ("GET", f"/fhir/ServiceRequest/{NHS_NUMBER}", None, referrer, 404),
             ("GET", f"/api/v1/cases/{FAMILY}", None, advisor, 404),
-            ("GET", f"/fhir/Patient/{NHS_NUMBER}", None, referrer, 404),
+            ("GET", f"/fhir/Practitioner/{NHS_NUMBER}", None, referrer, 404),
             ("GET", f"/fhir/ServiceRequest/{referral_id}", None, stranger, 404),
             ("GET", "/api/v1/clients", None, {"Authorization": f"Bearer {NHS_NUMBER}"}, 401),
             ("GET", "/api/v1/worklist", None, referrer, 403),
@@ -394,7 +394,7 @@ async def test_a_whole_journey_logs_nothing_that_identifies_the_patient(
     assert ("GET", "/fhir/ServiceRequest/{referral_id}", 404) in routes
     assert ("POST", "/api/v1/cases/{case_id}/events", 409) in routes
     assert ("GET", "/journey/{referral_id}", 200) in routes
-    assert ("GET", None, 404) in routes  # /fhir/Patient/…: no such route
+    assert ("GET", None, 404) in routes  # /fhir/Practitioner/…: no such route
     referrer_lines = [line for line in access if line["client"] == referrer_id]
     assert referrer_lines
     # The role is there when the route authenticated the request; a request refused before

@@ -22,7 +22,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import orjson
@@ -139,16 +139,24 @@ def requests_for(
     url, _ = world.path(method, template, caller)
     call = world.call(method, template, caller)
     base_headers = dict(call.headers)
-    if call.content is not None:
-        base_body: Any = orjson.loads(call.content)
+    form = base_headers.get("Content-Type") == "application/x-www-form-urlencoded"
+    if call.content is not None and form:
+        base_body: Any = dict(parse_qsl(call.content.decode()))  # POST _search
+    elif call.content is not None:
+        base_body = orjson.loads(call.content)
     elif call.json is not None:
         base_body = call.json
     else:
         base_body = example_body(openapi, method, template)
     fhir = template.startswith("/fhir")
     json_type = FHIR_JSON if fhir else {"Content-Type": "application/json"}
+    if form:
+        json_type = {"Content-Type": "application/x-www-form-urlencoded"}
 
     def body(value: Any) -> bytes:
+        if form:
+            flat = value if isinstance(value, dict) else {"": value}
+            return urlencode({str(k): str(v) for k, v in flat.items()}).encode()
         return orjson.dumps(value)
 
     requests = [
@@ -198,7 +206,7 @@ def requests_for(
                         value=True,
                     )
                 )
-        if fhir and isinstance(base_body, dict):
+        if fhir and isinstance(base_body, dict) and not form:
             other_type = {**base_body, "resourceType": MARKER + "Patient"}
             requests.append(
                 Request(
@@ -270,15 +278,21 @@ async def test_no_route_quotes_what_the_client_sent(
             if found and response.status_code < 400:
                 if request.value:
                     continue  # the value it was asked to hold or look for
-                if method == "GET":
+                if method == "GET" or template.endswith("/_search"):
                     # Held data, such as an audit record of an earlier request of this scan,
-                    # is answered without any marker sent: not an echo.
+                    # is answered without any marker sent: not an echo. (POST _search is a
+                    # search: asked again as the GET it stands for.)
                     unmarked = world.call(method, template, caller)
+                    params = dict(unmarked.params)
+                    if template.endswith("/_search") and unmarked.content is not None:
+                        params.update(parse_qsl(unmarked.content.decode()))
                     again = await lenient.get(
-                        request.url
+                        template.removesuffix("/_search")
+                        if template.endswith("/_search")
+                        else request.url
                         if "{" not in template
                         else world.path(method, template, caller)[0],
-                        params=unmarked.params,
+                        params=params,
                         headers=credentials,
                     )
                     if again.status_code < 400 and leaks(again):

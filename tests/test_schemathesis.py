@@ -91,7 +91,7 @@ class World:
         values = dict(self.values)
         if (method.upper(), path) == ("PUT", "/fhir/ServiceRequest/{referral_id}"):
             values["referral_id"] = self.cancellable_id
-        if path.startswith("/fhir/") and path.endswith("/{resource_id}"):
+        if path.startswith("/fhir/") and "/{resource_id}" in path:
             resource_type = path.split("/")[2]
             if resource_type in self.resources:
                 values["resource_id"] = self.resources[resource_type]
@@ -190,6 +190,7 @@ def seed(base_url: str, app: Any) -> World:
         for key in ("appointments", "observations", "questionnaire_responses"):
             resource_type, _, resource_id = detail["resources"][key][0].partition("/")
             resources[resource_type] = resource_id
+        resources["Patient"] = detail["resources"]["patient"].removeprefix("Patient/")
         deliveries = _check(
             http.get("/api/v1/deliveries", params={"referral": referral["id"]}, headers=admin)
         )
@@ -206,6 +207,7 @@ def seed(base_url: str, app: Any) -> World:
         "subscription_id": subscription["id"],
         "client_id": managed["id"],
         "token": httpx.URL(link["url"]).params["token"],  # the journey page's query
+        "vid": "1",  # every resource has its first version
     }
     return World(keys, route_rules(app), values, resources, cancellable["id"])
 

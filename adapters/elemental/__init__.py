@@ -30,6 +30,7 @@ from adapters.base import (
     PlatformAdapter,
     PlatformReferral,
     PollResult,
+    ReferralAmendment,
     check_response,
     excerpt,
     send,
@@ -150,6 +151,32 @@ class ElementalAdapter(PlatformAdapter):
                 status_code=response.status_code,
                 response_excerpt=outcome.response_excerpt,
             )
+        return Outcome(outcome.status_code, outcome.response_excerpt, reference)
+
+    async def update_case(
+        self, http: httpx.AsyncClient, amendment: ReferralAmendment, outbound: Outbound
+    ) -> Outcome:
+        what = "Elemental update referral"
+        reference = amendment.external_reference
+        if not reference:
+            raise PermanentError(f"{what}: the case was never created on Elemental")
+        try:
+            body = mapping.update_body(amendment.referral)
+        except mapping.MappingError as exc:
+            raise PermanentError(f"{what}: the referral cannot be mapped: {exc}") from None
+        response = await send(
+            http,
+            "PATCH",
+            f"{self.config.base_url}/api/v1/referrals/{quote(reference, safe='')}",
+            timeout=self.config.timeout,
+            what=what,
+            json=body,
+            headers=self._headers(outbound),
+        )
+        if response.status_code == 409 and mapping.error_code(_json(response)) == "referral_closed":
+            # Closed there already (the advisor closed it): there is nothing open to amend.
+            return Outcome(409, excerpt(response), reference)
+        outcome = check_response(response, what)
         return Outcome(outcome.status_code, outcome.response_excerpt, reference)
 
     async def cancel_case(

@@ -177,6 +177,24 @@ def referral_body(referral: PlatformReferral) -> dict[str, Any]:
     return body
 
 
+# What an amendment may change on Elemental (CONTRACT.md, "Update a referral"): the fields a
+# referrer may change, as the create sends them.
+UPDATE_FIELDS = ("urgency", "categories", "referral_reasons", "notes")
+UPDATE_CLIENT_FIELDS = ("phone", "postcode")
+
+
+def update_body(referral: PlatformReferral) -> dict[str, Any]:
+    """The JSON body of ``PATCH /api/v1/referrals/{id}``: every field a referrer may change, at
+    its current value (a field now empty is sent as null, so the platform clears it)."""
+    created = referral_body(referral)
+    body: dict[str, Any] = {"external_id": referral.referral_id}
+    for name in UPDATE_FIELDS:
+        body[name] = created.get(name)
+    client = created["client"]
+    body["client"] = {name: client.get(name) for name in UPDATE_CLIENT_FIELDS}
+    return body
+
+
 def cancel_body(case: CaseReference) -> dict[str, Any]:
     """The JSON body of ``POST /api/v1/referrals/{id}/cancel``."""
     return {"reason": CANCEL_REASON, "external_id": case.referral_id}

@@ -39,6 +39,7 @@ from adapters.base import (
     PlatformAdapter,
     PlatformReferral,
     PollResult,
+    ReferralAmendment,
 )
 from adapters.simulator.journeys import Journey, PlannedEvent, plan
 
@@ -148,6 +149,18 @@ class SimulatorAdapter(PlatformAdapter):
             status_code=201,
             response_excerpt=f"simulated platform {self.config.platform}: case {reference}",
             external_reference=reference,
+        )
+
+    async def update_case(
+        self, http: httpx.AsyncClient, amendment: ReferralAmendment, outbound: Outbound
+    ) -> Outcome:
+        # The simulated platform takes the amendment; the journey, planned from the seed and
+        # the referral id, goes on as planned (a real advisor would read the new details).
+        referral_id = amendment.referral.referral_id
+        return Outcome(
+            status_code=200,
+            response_excerpt=f"simulated platform {self.config.platform}: case updated",
+            external_reference=amendment.external_reference or reference_of(referral_id),
         )
 
     async def cancel_case(

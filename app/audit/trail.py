@@ -101,7 +101,26 @@ AUDITED_ROUTES: dict[RouteKey, Audited] = {
     ("POST", "/api/v1/deliveries/{delivery_id}/replay"): Audited("U", "update", "Delivery"),
     ("GET", "/fhir/AuditEvent"): _search("AuditEvent"),
     ("GET", "/fhir/AuditEvent/{audit_id}"): _read("AuditEvent"),
+    ("GET", "/fhir/Patient/{resource_id}"): _read("Patient"),
+    ("GET", "/fhir/Patient"): _search("Patient"),
 }
+# Every resource type we serve has its versions (vread, _history) and POST _search, recorded as
+# what they are.
+for _type, _id in (
+    ("ServiceRequest", "referral_id"),
+    ("Task", "task_id"),
+    ("Patient", "resource_id"),
+    ("Appointment", "resource_id"),
+    ("Observation", "resource_id"),
+    ("QuestionnaireResponse", "resource_id"),
+):
+    AUDITED_ROUTES[("GET", f"/fhir/{_type}/{{{_id}}}/_history/{{vid}}")] = Audited(
+        "R", "vread", _type
+    )
+    AUDITED_ROUTES[("GET", f"/fhir/{_type}/{{{_id}}}/_history")] = Audited(
+        "R", "history-instance", _type
+    )
+    AUDITED_ROUTES[("POST", f"/fhir/{_type}/_search")] = _search(_type)
 
 # Who a request without a client is recorded as (the journey page, a platform's webhook).
 JOURNEY_LINK_HOLDER = "holder of a journey link"

@@ -11,13 +11,13 @@ from app.audit import trail
 from app.auditevents import service
 from app.dependencies import AppSettings, ReadSession
 from app.errors import fhir_error_responses
-from app.fhir.http import fhir_base, fhir_resource_response
+from app.fhir.http import check_format, fhir_base, fhir_resource_response
 from app.fhir.responses import FHIRResponse
 from app.fhir.search import searchset
 from app.security.auth import Principal, require
 from app.security.roles import Operation
 
-router = APIRouter(prefix="/fhir", tags=["FHIR audit"])
+router = APIRouter(prefix="/fhir", tags=["FHIR audit"], dependencies=[Depends(check_format)])
 
 Auditor = Annotated[Principal, Depends(require(Operation.AUDIT_READ, writes=False))]
 
@@ -40,7 +40,7 @@ Auditor = Annotated[Principal, Depends(require(Operation.AUDIT_READ, writes=Fals
     operation_id="searchAuditEvent",
     responses={
         200: fhir_resource_response("searchset Bundle of AuditEvent", "Bundle"),
-        **fhir_error_responses(400, 401, 403),
+        **fhir_error_responses(400, 401, 403, 406),
     },
 )
 async def search_audit_events(
@@ -86,7 +86,7 @@ async def search_audit_events(
     operation_id="readAuditEvent",
     responses={
         200: fhir_resource_response("The AuditEvent", "AuditEvent"),
-        **fhir_error_responses(401, 403, 404),
+        **fhir_error_responses(401, 403, 404, 406),
     },
 )
 async def read_audit_event(audit_id: str, session: ReadSession, principal: Auditor) -> Response:

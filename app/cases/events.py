@@ -213,6 +213,10 @@ class EventType:
     from_referrer: bool
     # Its data is seen only by the service's own organisation (EDI monitoring answers).
     service_only: bool
+    # The ServiceRequest.status the event gives the referral. Only the requester's own events
+    # set one (SDOH Clinical Care IG): the Task carries fulfilment, so how the case ends never
+    # changes the referral's status.
+    referral_status: str | None
 
 
 REGISTRY: dict[str, EventType] = {}
@@ -229,6 +233,7 @@ def declare(
     reaches_patient: Callable[[Mapping[str, Any]], bool] = lambda _data: False,
     from_referrer: bool = False,
     service_only: bool = False,
+    referral_status: str | None = None,
 ) -> Callable[[type[Body]], type[Body]]:
     """Declare the event type whose body is the decorated model; its name is the body's ``type``
     literal. Bodies are declared in the order the API documents them."""
@@ -247,7 +252,9 @@ def declare(
             reaches_patient=reaches_patient,
             from_referrer=from_referrer,
             service_only=service_only,
+            referral_status=referral_status,
         )
+        assert referral_status is None or from_referrer, f"{name}: only the referrer's events"
         return body
 
     return register
@@ -303,13 +310,22 @@ class ReferralReceived(EventBody):
     type: Literal["referral.received"]
 
 
-@declare(
-    sources=OPEN_STATES,
-    journey=says("Referral updated by the referrer"),
-    from_referrer=True,
-)
+def _updated(data: Mapping[str, Any], _narrator: Narrator) -> tuple[str, str | None]:
+    changed = [str(name) for name in data.get("changed") or []]
+    return "Referral updated by the referrer", (
+        f"Changed: {', '.join(changed)}" if changed else None
+    )
+
+
+@declare(sources=OPEN_STATES, journey=_updated, from_referrer=True)
 class ReferralUpdated(EventBody):
+    """The referrer amended the open referral (a FHIR update of its ServiceRequest): what
+    changed, by element name (the referral itself holds the new values)."""
+
     type: Literal["referral.updated"]
+    changed: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z.]{1,64}$")]] = Field(
+        default_factory=list, max_length=20
+    )
 
 
 @declare(
@@ -317,6 +333,7 @@ class ReferralUpdated(EventBody):
     leads_to=to(CaseState.CANCELLED, "cancelled-by-referrer", "cancelled-by-referrer"),
     journey=says("Referral cancelled by the referrer"),
     from_referrer=True,
+    referral_status="revoked",
 )
 class ReferralCancelled(EventBody):
     type: Literal["referral.cancelled"]

@@ -70,10 +70,44 @@ class Referral(Base):
     case: Mapped[Case] = relationship(back_populates="referral", lazy="raise")
 
 
+class Patient(Base):
+    """The patient as one referral described them (the bundled or contained Patient, else its
+    subject's NHS number): a FHIR Patient of its own, one per referral, seen by whoever sees the
+    referral. A referral's amendment of the contact details makes a new version."""
+
+    __tablename__ = "patients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the FHIR id
+    referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), unique=True)
+    # The Patient as accepted, without id and meta.
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    version_id: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_updated: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ResourceVersion(Base):
+    """Every version of every FHIR resource we serve, as it was served (vread, _history): kept
+    when the version is made, in the same transaction. Read through the referral's visibility."""
+
+    __tablename__ = "resource_versions"
+
+    resource_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), index=True)
+    last_updated: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+
+
 class Case(Base):
     __tablename__ = "cases"
-    # The worklist: a service's cases, oldest first.
-    __table_args__ = (Index("ix_cases_service_id_created_at", "service_id", "created_at"),)
+    __table_args__ = (
+        # The worklist: a service's cases, oldest first.
+        Index("ix_cases_service_id_created_at", "service_id", "created_at"),
+        # Task searches: what changed since (a referrer polls _lastUpdated=gt…).
+        Index("ix_cases_updated_at_id", "updated_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # also the FHIR Task id
     referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), unique=True)

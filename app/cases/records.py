@@ -20,10 +20,12 @@ from app.errors import BusinessRuleViolation, Conflict
 
 @dataclass
 class Effect:
-    """What an event did to the records: resources made or changed, and new Task outputs."""
+    """What an event did to the records: resources made or changed, new Task outputs, and the
+    records themselves (their new versions are kept: app.cases.history)."""
 
     resources: list[str] = field(default_factory=list)
     outputs: list[dict[str, str]] = field(default_factory=list)
+    records: list[Appointment | Prescription | WellbeingScore] = field(default_factory=list)
 
 
 def _parse_instant(value: str) -> dt.datetime:
@@ -120,7 +122,7 @@ async def book(
     appointment = await _booked(session, case, data, occurred_at)
     appointment.created_at = appointment.updated_at = now
     reference = f"Appointment/{appointment.id}"
-    return Effect([reference], [{"type": "appointment", "reference": reference}])
+    return Effect([reference], [{"type": "appointment", "reference": reference}], [appointment])
 
 
 async def reschedule(
@@ -136,7 +138,7 @@ async def reschedule(
     appointment.minutes = data["duration_minutes"]
     appointment.reschedules += 1
     _touch(appointment, now)
-    return Effect([f"Appointment/{appointment.id}"])
+    return Effect([f"Appointment/{appointment.id}"], records=[appointment])
 
 
 def close_appointment(status: str) -> Effector:
@@ -157,7 +159,7 @@ def close_appointment(status: str) -> Effector:
         if status == "cancelled":
             appointment.cancelled_by = data.get("cancelled_by")
         _touch(appointment, now)
-        return Effect([f"Appointment/{appointment.id}"])
+        return Effect([f"Appointment/{appointment.id}"], records=[appointment])
 
     return effect
 
@@ -191,7 +193,9 @@ async def prescribe(
     )
     session.add(prescription)
     reference = f"ServiceRequest/{prescription.id}"
-    return Effect([reference], [{"type": "social-prescription", "reference": reference}])
+    return Effect(
+        [reference], [{"type": "social-prescription", "reference": reference}], [prescription]
+    )
 
 
 async def change_prescription(
@@ -208,7 +212,7 @@ async def change_prescription(
         if name in data:
             setattr(found, name, data[name])
     _touch(found, now)
-    return Effect([f"ServiceRequest/{found.id}"])
+    return Effect([f"ServiceRequest/{found.id}"], records=[found])
 
 
 async def measure(
@@ -242,6 +246,7 @@ async def measure(
             {"type": "wellbeing-answers", "reference": answers},
             {"type": "wellbeing-score", "reference": observation},
         ],
+        [score],
     )
 
 

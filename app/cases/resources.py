@@ -4,20 +4,22 @@ clinical system's updates. Every read goes through the referral's visibility (DE
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
-from app.cases.service import task_view
+from app.cases.views import record_resource, record_version, task_view
+from app.cases.views import (
+    service_request_resource as service_request_resource,  # where the dispatcher reads it
+)
 from app.cases.visibility import visible_to
 from app.directory.models import SocialPrescribingService
-from app.errors import BadRequest, NotFound
-from app.fhir import search as fhir_search
+from app.errors import NotFound
 from app.fhir.case_resources import (
     CaseContext,
     appointment_resource,
@@ -25,29 +27,11 @@ from app.fhir.case_resources import (
     prescription_resource,
     questionnaire_response_resource,
 )
-from app.fhir.codes import NHS_NUMBER_SYSTEM
-from app.fhir.nhs_number import normalise
 from app.fhir.task import instant, task_resource
 from app.security import scope
 from app.security.auth import Principal
 
-
-def service_request_resource(referral: Referral) -> dict[str, Any]:
-    resource = dict(referral.resource)
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = str(referral.version_id)
-    meta["lastUpdated"] = instant(referral.last_updated)
-    resource["meta"] = meta
-    resource["status"] = referral.status
-    return {"resourceType": "ServiceRequest", "id": referral.id, **resource}
-
-
 Record = Appointment | Prescription | WellbeingScore
-
-# Search parameters each resource type takes (besides _count and _cursor).
-SEARCH_PARAMETERS = frozenset(
-    {"based-on", "patient", "patient:identifier", "patient.identifier", "_id"}
-)
 
 
 @dataclass(frozen=True)
@@ -79,20 +63,16 @@ KINDS: dict[str, Kind] = {
 
 
 def build(resource_type: str, record: Record, context: CaseContext) -> dict[str, Any]:
-    if isinstance(record, Appointment):
-        return appointment_resource(record, context)
-    if isinstance(record, Prescription):
-        return prescription_resource(record, context)
-    if resource_type == "QuestionnaireResponse":
-        return questionnaire_response_resource(record, context)
-    return observation_resource(record, context)
+    return record_resource(resource_type, record, context)
 
 
-def version_of(record: Record) -> int:
-    return 1 if isinstance(record, WellbeingScore) else record.version_id
+def last_updated(record: Record) -> dt.datetime:
+    return record.created_at if isinstance(record, WellbeingScore) else record.updated_at
 
 
-def _rows(kind: Kind) -> Select[Any, Any, Any, Any]:
+def rows(kind: Kind) -> Select[Any, Any, Any, Any]:
+    """A record of ``kind`` with what its resource needs: the patient's NHS number and the
+    service (join Referral: the visibility rule applies to it)."""
     model = kind.model
     return (
         select(
@@ -103,124 +83,24 @@ def _rows(kind: Kind) -> Select[Any, Any, Any, Any]:
     )
 
 
-def _context(record: Record, nhs_number: str, service_id: str, name: str) -> CaseContext:
+def context_of(record: Record, nhs_number: str, service_id: str, name: str) -> CaseContext:
     return CaseContext(record.referral_id, nhs_number, service_id, name)
 
 
-async def read(
+async def read_record(
     session: AsyncSession, principal: Principal, resource_type: str, resource_id: str
-) -> tuple[dict[str, Any], int] | None:
-    """One resource and its version, if it exists and the caller may see it."""
+) -> tuple[dict[str, Any], int, dt.datetime, str] | None:
+    """One record's resource, version, last change and referral, if it exists and the caller may
+    see it."""
     kind = KINDS[resource_type]
-    query = scope.restrict(_rows(kind).where(kind.id_column == resource_id), visible_to(principal))
+    query = scope.restrict(rows(kind).where(kind.id_column == resource_id), visible_to(principal))
     row = (await session.execute(query)).first()
     if row is None:
         return None
     record, nhs_number, service_id, name = row
     trail.note_patient(record.referral_id, nhs_number)
-    return build(resource_type, record, _context(record, nhs_number, service_id, name)), (
-        version_of(record)
-    )
-
-
-async def read_or_404(
-    session: AsyncSession, principal: Principal, resource_type: str, resource_id: str
-) -> tuple[dict[str, Any], int]:
-    found = await read(session, principal, resource_type, resource_id)
-    if found is None:
-        raise NotFound(f"No such {resource_type} is known here")
-    return found
-
-
-def _referral_ids(value: str) -> list[str]:
-    ids = []
-    for part in value.split(","):
-        part = part.strip()
-        if part.startswith("ServiceRequest/"):
-            part = part.removeprefix("ServiceRequest/")
-        elif "/" in part:
-            raise BadRequest(
-                "based-on must name a referral: ServiceRequest/{id}", expression="based-on"
-            )
-        ids.append(part)
-    return ids
-
-
-def _nhs_numbers(value: str, name: str) -> list[str]:
-    numbers = []
-    for part in value.split(","):
-        system, code = fhir_search.token(part.strip())
-        if system not in (None, NHS_NUMBER_SYSTEM):
-            raise BadRequest(
-                f"{name}: patients are found by NHS number ({NHS_NUMBER_SYSTEM}|<number>)",
-                expression=name,
-            )
-        numbers.append(normalise(code))
-    return numbers
-
-
-def _conditions(kind: Kind, params: Mapping[str, str]) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if "based-on" in params:
-        conditions.append(kind.model.referral_id.in_(_referral_ids(params["based-on"])))
-    for name in ("patient", "patient:identifier", "patient.identifier"):
-        # Our resources name the patient by NHS number (a logical reference), so every form
-        # of the patient parameter is an NHS number.
-        if name in params:
-            conditions.append(Referral.nhs_number.in_(_nhs_numbers(params[name], name)))
-    if "_id" in params:
-        conditions.append(kind.id_column.in_(params["_id"].split(",")))
-    return conditions
-
-
-async def search(
-    session: AsyncSession,
-    principal: Principal,
-    resource_type: str,
-    params: Mapping[str, str],
-    *,
-    extra_parameters: frozenset[str] = frozenset(),
-) -> tuple[list[dict[str, Any]], int, str | None]:
-    """Matching resources visible to the caller, in the order they happened, one page."""
-    fhir_search.check_parameters(params, SEARCH_PARAMETERS | extra_parameters)
-    kind = KINDS[resource_type]
-    page = fhir_search.page_of(params)
-    query = scope.restrict(_rows(kind).where(*_conditions(kind, params)), visible_to(principal))
-    total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if page.cursor is not None:
-        stamp, ident = page.cursor
-        query = query.where(
-            or_(
-                kind.time_column > stamp,
-                and_(kind.time_column == stamp, kind.id_column > ident),
-            )
-        )
-    rows = list(
-        await session.execute(
-            query.order_by(kind.time_column, kind.id_column).limit(page.count + 1)
-        )
-    )
-    next_cursor = None
-    if len(rows) > page.count:
-        rows = rows[: page.count]
-        if rows:
-            last = rows[-1][0]
-            last_id = (
-                last.id
-                if resource_type != "QuestionnaireResponse"
-                else (last.questionnaire_response_id)
-            )
-            next_cursor = fhir_search.encode_cursor(_time(kind, last), last_id)
-    resources = []
-    for record, nhs, service_id, name in rows:
-        trail.note_patient(record.referral_id, nhs)
-        resources.append(build(resource_type, record, _context(record, nhs, service_id, name)))
-    return resources, total, next_cursor
-
-
-def _time(kind: Kind, record: Record) -> dt.datetime:
-    value: dt.datetime = getattr(record, kind.time_column.key)
-    return value
+    resource = build(resource_type, record, context_of(record, nhs_number, service_id, name))
+    return resource, record_version(record), last_updated(record), record.referral_id
 
 
 async def of_case(
@@ -298,9 +178,9 @@ async def for_events(
     for resource_type, ids in by_type.items():
         kind = KINDS[resource_type]
         for record, nhs, service_id, name in await session.execute(
-            _rows(kind).where(kind.id_column.in_(ids))
+            rows(kind).where(kind.id_column.in_(ids))
         ):
-            resource = build(resource_type, record, _context(record, nhs, service_id, name))
+            resource = build(resource_type, record, context_of(record, nhs, service_id, name))
             built[f"{resource_type}/{resource['id']}"] = resource
     return {
         event_id: [

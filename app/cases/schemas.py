@@ -32,6 +32,12 @@ class CaseResources(BaseModel):
 
     service_request: str = Field(examples=["ServiceRequest/4d1c…"])
     task: str = Field(examples=["Task/9e2a…"])
+    patient: str | None = Field(
+        default=None,
+        examples=["Patient/3f0c…"],
+        description="The patient as the referral described them (referrals made before the "
+        "bridge kept Patients have none)",
+    )
     appointments: list[str] = Field(default_factory=list)
     prescriptions: list[str] = Field(
         default_factory=list, description="Social prescriptions (ServiceRequests)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
-from app.cases import records
+from app.cases import history, records
 from app.cases.after_write import after_event
 from app.cases.events import (
     REGISTRY,
@@ -28,16 +29,16 @@ from app.cases.events import (
     parse_event,
     reaches_patient,
 )
-from app.cases.models import Case, CaseEvent, Referral
+from app.cases.models import Case, CaseEvent, Patient, Referral
 from app.cases.schemas import CaseEventOut, CaseOut, CaseResources
 from app.cases.states import (
     CLOSED_STATES,
     FUTURE_TOLERANCE,
     CaseState,
     CaseStatus,
-    consent_withdrawn,
 )
 from app.cases.summary import discharge_summary
+from app.cases.views import task_view
 from app.cases.visibility import organisation_sees, runs_service, visible_case
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
@@ -46,9 +47,6 @@ from app.fhir.task import TaskView
 from app.security import scope
 from app.security.auth import Principal
 from app.security.roles import Role
-
-# The referral's FHIR status follows its case's end.
-_REFERRAL_STATUS = {CaseState.CANCELLED: "revoked", CaseState.COMPLETED: "completed"}
 
 
 @dataclass(frozen=True)
@@ -104,9 +102,11 @@ async def apply_event(
     context: EventContext,
     *,
     now: dt.datetime | None = None,
+    versions: Sequence[history.Version] = (),
 ) -> CaseEvent:
     """Apply ``event`` to ``case``: 422 when its data is invalid, 409 when the state table (or
-    the case's records) refuse it. A repeat of an idempotency key returns the event recorded."""
+    the case's records) refuse it. A repeat of an idempotency key returns the event recorded.
+    ``versions``: other versions the writer made with the event, kept with the event's own."""
     if event.idempotency_key is not None:
         existing = await session.scalar(
             select(CaseEvent).where(
@@ -186,15 +186,21 @@ async def apply_event(
     )
     session.add(record)
 
-    referral_status = _REFERRAL_STATUS.get(status.state)
-    if consent_withdrawn(status.state, status.status_reason):
-        # The referral stands withdrawn for the referrer too: revoked, as when they cancel it.
-        referral_status = "revoked"
+    referral_status = declared.referral_status
     if referral_status and referral.status != referral_status:
         referral.status = referral_status
         referral.version_id += 1
         referral.last_updated = now
 
+    await history.keep_event_versions(
+        session,
+        case,
+        referral,
+        service.name,
+        effect.records,
+        referral_changed=declared.from_referrer,
+        also=versions,
+    )
     await after_event(
         session,
         case=case,
@@ -211,8 +217,10 @@ async def open_case(
     referral: Referral,
     service: SocialPrescribingService,
     context: EventContext,
+    versions: Sequence[history.Version] = (),
 ) -> Case:
-    """The case for a new referral, in state ``received`` with its ``referral.received`` event."""
+    """The case for a new referral, in state ``received`` with its ``referral.received`` event
+    (``versions``: of what intake made besides, kept with the event's)."""
     case = Case(
         id=str(uuid.uuid4()),
         referral_id=referral.id,
@@ -222,6 +230,7 @@ async def open_case(
         task_status="requested",
         last_event_seq=0,
         version_id=1,
+        outputs=[],
         created_at=referral.created_at,
         updated_at=referral.created_at,
     )
@@ -233,6 +242,7 @@ async def open_case(
         service,
         NewEvent(type="referral.received", source="clinician", occurred_at=referral.created_at),
         context,
+        versions=versions,
     )
     return case
 
@@ -250,32 +260,6 @@ def _case_rows() -> Select[Case, Referral, str]:
 
 def _task_query(principal: Principal) -> Select[Case, Referral, str]:
     return scope.restrict(_case_rows(), organisation_sees(principal))
-
-
-def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
-    return TaskView(
-        case_id=case.id,
-        version_id=case.version_id,
-        created_at=case.created_at,
-        updated_at=case.updated_at,
-        task_status=case.task_status,
-        business_status=case.business_status,
-        status_reason=case.status_reason,
-        referral_id=referral.id,
-        nhs_number=referral.nhs_number,
-        requesting_organisation=referral.organisation,
-        service_id=case.service_id,
-        service_name=service_name,
-        state=case.state,
-        # After a consent withdrawal the Task lists no outputs: the referrer is sent no more of
-        # the person's resources, so a Task must not point at ones it may never have received
-        # (the read and the push of one Task version are the same resource).
-        outputs=()
-        if consent_withdrawn(case.state, case.status_reason)
-        else tuple((output["type"], output["reference"]) for output in case.outputs),
-        summary=case.summary,
-        closed_at=case.closed_at,
-    )
 
 
 async def read_task(session: AsyncSession, principal: Principal, task_id: str) -> TaskView:
@@ -413,6 +397,7 @@ async def case_detail(session: AsyncSession, principal: Principal, case_id: str)
     )
     held = (await records.records_of(session, [case.id]))[case.id]
     service_side = runs_service(principal, service)
+    patient_id = await session.scalar(select(Patient.id).where(Patient.referral_id == referral.id))
     return CaseOut(
         case_id=case.id,
         referral_id=referral.id,
@@ -434,6 +419,7 @@ async def case_detail(session: AsyncSession, principal: Principal, case_id: str)
         resources=CaseResources(
             service_request=f"ServiceRequest/{referral.id}",
             task=f"Task/{case.id}",
+            patient=f"Patient/{patient_id}" if patient_id else None,
             appointments=[f"Appointment/{a.id}" for a in held.appointments],
             prescriptions=[f"ServiceRequest/{p.id}" for p in held.prescriptions],
             observations=[f"Observation/{s.id}" for s in held.scores],

@@ -32,6 +32,7 @@ from adapters.base import (
     PermanentError,
     PlatformAdapter,
     PlatformReferral,
+    ReferralAmendment,
 )
 from app.cases import resources as case_resources
 from app.cases.models import Case, Referral
@@ -123,13 +124,11 @@ def _case_of(delivery: Delivery, cases: Cases) -> tuple[Case, Referral, TaskView
     return found
 
 
-# --- a service's platform: told of new referrals and of cancellations ---------------------------
+# --- a service's platform: told of new referrals, amendments and cancellations ---------------
 
 
-def _create_case(
-    adapter: PlatformAdapter, case: Case, referral: Referral, outbound: Outbound
-) -> Send:
-    new_case = PlatformReferral(
+def _platform_referral(case: Case, referral: Referral) -> PlatformReferral:
+    return PlatformReferral(
         referral_id=referral.id,
         case_id=case.id,
         service_id=case.service_id,
@@ -139,7 +138,21 @@ def _create_case(
         referring_team=referral.referring_team,
         received_at=referral.created_at,
     )
+
+
+def _create_case(
+    adapter: PlatformAdapter, case: Case, referral: Referral, outbound: Outbound
+) -> Send:
+    new_case = _platform_referral(case, referral)
     return lambda http: adapter.create_case(http, new_case, outbound)
+
+
+def _update_case(
+    adapter: PlatformAdapter, case: Case, referral: Referral, outbound: Outbound
+) -> Send:
+    # The referral as it is now: a late delivery never sends an older version.
+    amendment = ReferralAmendment(_platform_referral(case, referral), case.external_reference)
+    return lambda http: adapter.update_case(http, amendment, outbound)
 
 
 def _cancel_case(
@@ -154,6 +167,7 @@ def _cancel_case(
 PlatformAction = Callable[[PlatformAdapter, Case, Referral, Outbound], Send]
 PLATFORM_ACTIONS: Mapping[str, PlatformAction] = {
     "referral.received": _create_case,
+    "referral.updated": _update_case,
     "referral.cancelled": _cancel_case,
 }
 

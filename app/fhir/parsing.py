@@ -6,6 +6,7 @@ Everything here fails with a 4xx that names the bad element and never echoes its
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from app.errors import (
     validation_message,
 )
 from app.fhir.resources import model_class
+from app.fhir.validation import check_reference_targets, validate_resource
 
 ACCEPTED_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
 
@@ -211,6 +213,28 @@ def check_nested_types(data: dict[str, Any], where: str) -> None:
                     expression=f"{item_path}.resourceType",
                 )
             stack.append((item, item_path))
+
+
+def r4_issues(data: dict[str, Any], root: str | None = None) -> list[Issue]:
+    """What makes ``data`` invalid R4 beyond what the R4B models check: HL7's R4 JSON schema
+    (codes of required bindings, unknown elements), FHIR JSON's rules (no empty arrays, objects
+    or strings, no nulls, no modifierExtension we do not understand: none) and the resource
+    types each reference may name (app.fhir.validation). Located by FHIRPath, never quoting."""
+    issues = validate_resource(data, root=root) + check_reference_targets(data, root=root)
+    return [replace(issue, details="invalid-resource") for issue in issues[:20]]
+
+
+def prepare_r4_validation() -> None:
+    """Load the R4 definitions and compile the schemas intake uses (each once per process)."""
+    for resource_type in ("ServiceRequest", "Bundle"):
+        r4_issues({"resourceType": resource_type})
+
+
+def check_r4(data: dict[str, Any], root: str | None = None) -> None:
+    """400 with every R4 problem of ``data`` (see :func:`r4_issues`); nothing when it is valid."""
+    issues = r4_issues(data, root)
+    if issues:
+        raise BadRequest(issues[0].diagnostics, issues=issues)
 
 
 def parse_resource(data: dict[str, Any], expected: str | None = None) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,17 +127,125 @@ def searchset(
                 "url": f"{base_url}/{resource_type}?{urlencode([*own, ('_cursor', next_cursor)])}",
             }
         )
-    return {
+    bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
         "link": links,
-        "entry": [
+    }
+    if resources:  # never an empty array (FHIR JSON: no empty arrays)
+        bundle["entry"] = [
             {
                 "fullUrl": f"{base_url}/{resource_type}/{r['id']}",
                 "resource": r,
                 "search": {"mode": "match"},
             }
             for r in resources
-        ],
-    }
+        ]
+    return bundle
+
+
+# The tag of an entry a search returns with fewer elements than it has (_elements).
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+# What _elements always keeps: the elements R4 requires of each type we serve.
+REQUIRED_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "ServiceRequest": ("status", "intent", "subject"),
+    "Task": ("status", "intent"),
+    "Patient": (),
+    "Appointment": ("status", "participant"),
+    "Observation": ("status", "code"),
+    "QuestionnaireResponse": ("status",),
+}
+
+
+def _local_references(node: Any) -> bool:
+    """Whether ``node`` holds a reference to a contained resource (``#id``)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            reference = item.get("reference")
+            if isinstance(reference, str) and reference.startswith("#"):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def subsetted(resource: dict[str, Any], elements: Sequence[str]) -> dict[str, Any]:
+    """``resource`` with only ``elements`` (and id, meta and what R4 requires), tagged SUBSETTED."""
+    keep = {"resourceType", "id", "meta", *elements}
+    keep.update(REQUIRED_ELEMENTS.get(str(resource.get("resourceType")), ()))
+    out = {k: v for k, v in resource.items() if k in keep}
+    if "contained" in resource and _local_references(out):
+        out["contained"] = resource["contained"]  # what a kept #reference points at
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
+    out["meta"] = meta
+    return out
+
+
+def search_bundle(
+    base_url: str,
+    resource_type: str,
+    used: Sequence[tuple[str, str]],
+    matches: Sequence[dict[str, Any]],
+    included: Sequence[dict[str, Any]],
+    total: int | None,
+    next_cursor: str | None,
+    *,
+    cursor: str | None = None,
+    elements: Sequence[str] | None = None,
+    outcome: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A searchset Bundle: the matches (subsetted for _elements), what _include / _revinclude
+    brought, and an OperationOutcome entry (search.mode outcome) saying what was ignored. The
+    links carry the parameters ``used`` (what was ignored is not part of the search)."""
+    own = list(used)
+    this_page = [*own, ("_cursor", cursor)] if cursor else own
+    links = [{"relation": "self", "url": f"{base_url}/{resource_type}?{urlencode(this_page)}"}]
+    if next_cursor:
+        links.append(
+            {
+                "relation": "next",
+                "url": f"{base_url}/{resource_type}?{urlencode([*own, ('_cursor', next_cursor)])}",
+            }
+        )
+    entries: list[dict[str, Any]] = []
+    for resource in matches:
+        shown = subsetted(resource, elements) if elements is not None else resource
+        entries.append(
+            {
+                "fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}",
+                "resource": shown,
+                "search": {"mode": "match"},
+            }
+        )
+    for resource in included:
+        entries.append(
+            {
+                "fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}",
+                "resource": resource,
+                "search": {"mode": "include"},
+            }
+        )
+    if outcome is not None:
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": outcome,
+                "search": {"mode": "outcome"},
+            }
+        )
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    if entries:
+        bundle["entry"] = entries
+    return bundle

@@ -1,60 +1,87 @@
-"""Referrals: intake, idempotency, reads, search and cancellation. Never commits."""
+"""Referrals: intake, idempotency, amendments, reads, search and cancellation. Never commits."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
+from app.cases import history
+from app.cases import search as case_search
 from app.cases import service as cases
-from app.cases.models import Referral
+from app.cases.models import Patient, Referral
 from app.cases.states import CLOSED_STATES, CaseState
 from app.cases.visibility import organisation_sees, visible_to
+from app.db import utcnow
 from app.directory.models import SocialPrescribingService
 from app.errors import (
+    BadRequest,
     BusinessRuleViolation,
     Conflict,
     Forbidden,
+    Issue,
     NotFound,
     PreconditionFailed,
+    PreconditionRequired,
     purged,
 )
-from app.fhir import search as fhir_search
-from app.fhir.codes import NHS_NUMBER_SYSTEM
-from app.fhir.nhs_number import normalise
+from app.fhir.searchparams import Search, parse_search
+from app.referrals.changes import (
+    CHANGEABLE,
+    changed_elements,
+    content,
+    fixed_differences,
+    patient_of,
+    stored_resource,
+)
 from app.referrals.intake import ReferralDraft
 from app.security import scope
 from app.security.auth import Principal
 
-SEARCH_PARAMETERS = frozenset({"identifier", "patient.identifier", "status", "_lastUpdated", "_id"})
-# Elements of a held referral a referrer may change, and how (FHIR update).
-CHANGEABLE = "Only status may change, from 'active' to 'revoked' (cancelling the referral)"
-_IGNORED_ON_COMPARE = ("id", "meta", "status", "text")
+__all__ = ["stored_resource"]
 
 
 @dataclass(frozen=True)
 class Intake:
     referral: Referral
     created: bool
+    patient: Patient | None = None
 
 
-def stored_resource(raw: dict[str, Any]) -> dict[str, Any]:
-    """What we keep of an accepted ServiceRequest: everything but the id and our meta."""
-    resource = {k: v for k, v in raw.items() if k not in ("id", "meta")}
-    meta = raw.get("meta")
-    if isinstance(meta, dict):
-        kept = {k: meta[k] for k in ("profile", "tag", "security") if k in meta}
-        if kept:
-            resource["meta"] = kept
-    return resource
+def identifier_conflict(held: Referral) -> Conflict:
+    """A repeat of an identifier we hold, with different content: the change must be an update
+    (it would otherwise vanish). Names the element and our referral, never what was sent."""
+    return Conflict(
+        "A referral with this identifier is already held with different content "
+        f"(ServiceRequest/{held.id}, version {held.version_id}); to change it, update it: "
+        f'PUT /fhir/ServiceRequest/{held.id} with If-Match: W/"{held.version_id}"',
+        issues=[
+            Issue(
+                "duplicate",
+                "A referral with this identifier is already held with different content "
+                f"(ServiceRequest/{held.id}, version {held.version_id}); to change it, update "
+                f'it: PUT /fhir/ServiceRequest/{held.id} with If-Match: W/"{held.version_id}"',
+                "ServiceRequest.identifier",
+                details="identifier-conflict",
+            )
+        ],
+    )
+
+
+def _repeat(held: Referral, raw: dict[str, Any]) -> Intake:
+    """The referral held for a repeat: the same content answers 200, other content 409."""
+    if held.purged_at is not None:
+        raise purged("A referral with this identifier")
+    if content(stored_resource(raw)) != content(held.resource):
+        raise identifier_conflict(held)
+    return Intake(held, created=False)
 
 
 async def _existing(
@@ -109,12 +136,16 @@ async def create_referral(
         if len(matches) > 1:
             raise PreconditionFailed("If-None-Exist matches more than one referral")
         if matches:
-            return Intake(matches[0], created=False)
+            match = matches[0]
+            if (match.identifier_system, match.identifier_value) == (
+                draft.identifier_system,
+                draft.identifier_value,
+            ):
+                return _repeat(match, raw)
+            return Intake(match, created=False)
     held = await _existing(session, principal.organisation, draft)
     if held is not None:
-        if held.purged_at is not None:
-            raise purged("A referral with this identifier")
-        return Intake(held, created=False)
+        return _repeat(held, raw)
     service = await _target_service(session, draft, principal)
 
     now = received_at or dt.datetime.now(dt.UTC)
@@ -163,10 +194,20 @@ async def create_referral(
         held = await _existing(session, principal.organisation, draft)
         if held is None:
             raise
-        return Intake(held, created=False)
-    await cases.open_case(session, referral, service, context)
-    await session.flush()
-    return Intake(referral, created=True)
+        return _repeat(held, raw)
+    patient = Patient(
+        id=str(uuid.uuid4()),
+        referral_id=referral.id,
+        resource=patient_of(referral.resource, draft.nhs_number),
+        version_id=1,
+        created_at=now,
+        last_updated=now,
+    )
+    session.add(patient)
+    await cases.open_case(
+        session, referral, service, context, versions=[history.patient_version(patient)]
+    )
+    return Intake(referral, created=True, patient=patient)
 
 
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
@@ -181,79 +222,12 @@ async def get_referral(session: AsyncSession, principal: Principal, referral_id:
     return referral
 
 
-def _conditions(params: Mapping[str, str]) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if "_id" in params:
-        conditions.append(Referral.id.in_(params["_id"].split(",")))
-    if "identifier" in params:
-        alternatives = []
-        for value in params["identifier"].split(","):
-            system, code = fhir_search.token(value)
-            condition = Referral.identifier_value == code
-            if system:
-                condition = and_(condition, Referral.identifier_system == system)
-            alternatives.append(condition)
-        conditions.append(or_(*alternatives))
-    if "patient.identifier" in params:
-        numbers = []
-        for value in params["patient.identifier"].split(","):
-            system, code = fhir_search.token(value)
-            if system in (None, NHS_NUMBER_SYSTEM):
-                numbers.append(normalise(code))
-        conditions.append(Referral.nhs_number.in_(numbers))
-    if "status" in params:
-        conditions.append(Referral.status.in_(params["status"].split(",")))
-    return conditions
-
-
-def _last_updated(values: Sequence[str]) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    for value in values:
-        prefix, instant = fhir_search.date_bound(value, "_lastUpdated")
-        column = Referral.last_updated
-        conditions.append(
-            {
-                "eq": column == instant,
-                "gt": column > instant,
-                "ge": column >= instant,
-                "lt": column < instant,
-                "le": column <= instant,
-            }[prefix]
-        )
-    return conditions
-
-
 async def search_referrals(
-    session: AsyncSession,
-    principal: Principal,
-    params: Mapping[str, str],
-    last_updated: Sequence[str],
-) -> tuple[list[Referral], int, str | None]:
-    """Matching referrals visible to the caller, oldest first, one page, with the total."""
-    fhir_search.check_parameters(params, SEARCH_PARAMETERS)
-    page = fhir_search.page_of(params)
-    conditions = _conditions(params) + _last_updated(last_updated)
-    query = scope.restrict(select(Referral).where(*conditions), visible_to(principal))
-    total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if page.cursor is not None:
-        stamp, ident = page.cursor
-        query = query.where(
-            or_(
-                Referral.created_at > stamp, and_(Referral.created_at == stamp, Referral.id > ident)
-            )
-        )
-    rows = list(
-        await session.scalars(
-            query.order_by(Referral.created_at, Referral.id).limit(page.count + 1)
-        )
-    )
-    next_cursor = None
-    if len(rows) > page.count:
-        rows = rows[: page.count]
-        if rows:
-            next_cursor = fhir_search.encode_cursor(rows[-1].created_at, rows[-1].id)
-    trail.note(rows)
-    return rows, total, next_cursor
+    session: AsyncSession, principal: Principal, search: Search
+) -> case_search.Result:
+    """Referrals (or, with based-on, social prescriptions) matching ``search`` that the caller
+    may see, one page."""
+    return await case_search.run(session, principal, search, prescriptions=search.has("based-on"))
 
 
 async def conditional_matches(
@@ -262,13 +236,18 @@ async def conditional_matches(
     """Referrals an If-None-Exist query (``identifier=…&…``) matches among those the caller's
     organisation sent (not those it receives as a service: they are not its to hold)."""
     pairs = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
-    params = {k: v for k, v in pairs if k != "_lastUpdated"}
-    fhir_search.check_parameters(params, SEARCH_PARAMETERS)
     if not pairs:
         raise BusinessRuleViolation(
             "If-None-Exist carries no search parameter", issue_code="invalid"
         )
-    conditions = _conditions(params) + _last_updated([v for k, v in pairs if k == "_lastUpdated"])
+    # A condition must be understood whole: strict, whatever the request preferred.
+    search = parse_search("ServiceRequest", pairs, strict=True)
+    if search.has("based-on") or not search.criteria:
+        raise BadRequest(
+            "If-None-Exist takes search parameters of referrals", issue_code="not-supported"
+        )
+    target = case_search.TARGETS["ServiceRequest"]
+    conditions = [target.conditions[c.name](c) for c in search.criteria]
     query = (
         scope.restrict(select(Referral).where(*conditions), visible_to(principal))
         .where(Referral.organisation == principal.organisation)
@@ -277,8 +256,12 @@ async def conditional_matches(
     return list(await session.scalars(query))
 
 
-def _comparable(resource: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in resource.items() if k not in _IGNORED_ON_COMPARE}
+def _check_version(referral: Referral, if_match: str) -> None:
+    tags = [tag.strip().removeprefix("W/") for tag in if_match.split(",")]
+    if f'"{referral.version_id}"' not in tags:
+        raise PreconditionFailed(
+            f'If-Match does not match the current version (W/"{referral.version_id}")'
+        )
 
 
 async def update_referral(
@@ -286,10 +269,15 @@ async def update_referral(
     principal: Principal,
     referral_id: str,
     raw: dict[str, Any],
+    draft: ReferralDraft | None,
     if_match: str | None,
     context: cases.EventContext,
-) -> Referral:
-    """A FHIR update of a held referral: only a cancellation (status → revoked) is allowed."""
+) -> tuple[Referral, bool]:
+    """A FHIR update of a held referral by its referrer: a cancellation (status 'revoked',
+    nothing else changed) or an amendment of what a referrer may change (``draft``: the
+    incoming resource assessed as a referral), each an event through the one domain function.
+    Returns the referral and whether anything changed (a repeat of an update already made
+    changes nothing)."""
     referral = await get_referral(session, principal, referral_id)
     if principal.organisation != referral.organisation:
         raise Forbidden("Only the referring organisation may change a referral")
@@ -299,47 +287,98 @@ async def update_referral(
             issue_code="invalid",
             expression="ServiceRequest.id",
         )
-    if if_match is not None and if_match.strip() not in (
-        f'W/"{referral.version_id}"',
-        f'"{referral.version_id}"',
-    ):
-        raise PreconditionFailed(
-            f'If-Match does not match the current version (W/"{referral.version_id}")'
+    if not if_match or not if_match.strip():
+        raise PreconditionRequired(
+            "If-Match is required: the version you are changing, as the ETag of your last read "
+            f'(now W/"{referral.version_id}")'
         )
     incoming = stored_resource(raw)
-    held = referral.resource
-    if _comparable(incoming) != _comparable(held):
-        changed = sorted(
-            key
-            for key in set(_comparable(incoming)) | set(_comparable(held))
-            if incoming.get(key) != held.get(key)
-        )
-        raise BusinessRuleViolation(
-            f"{CHANGEABLE}; this update also changes: {', '.join(changed[:10])}",
-            expression=f"ServiceRequest.{changed[0]}",
-        )
     new_status = raw.get("status")
-    if new_status == referral.status:
-        return referral  # a repeat of an update already made changes nothing
-    if new_status != "revoked":
-        raise BusinessRuleViolation(CHANGEABLE, expression="ServiceRequest.status")
+    same_content = content(incoming) == content(referral.resource)
+    if same_content and new_status == referral.status:
+        return referral, False  # a repeat of an update already made changes nothing
+    _check_version(referral, if_match)
+    if same_content:
+        if new_status != "revoked" or referral.status != "active":
+            raise BusinessRuleViolation(
+                f"status may change only from 'active' to 'revoked' ({CHANGEABLE})",
+                expression="ServiceRequest.status",
+            )
+        await _apply(session, referral, "referral.cancelled", {}, context, cancel=True)
+        return referral, True
+    if new_status != referral.status:
+        raise BusinessRuleViolation(
+            "A cancellation changes status alone: send the amendment and the cancellation as "
+            "two updates",
+            expression="ServiceRequest.status",
+        )
+    fixed = fixed_differences(referral.resource, incoming)
+    if fixed:
+        raise BusinessRuleViolation(
+            f"Only some elements of a referral may change ({CHANGEABLE}); this update also "
+            f"changes {', '.join(fixed[:10])}",
+            issues=[
+                Issue(
+                    "business-rule",
+                    f"{where} may not change once the referral is made ({CHANGEABLE})",
+                    where,
+                )
+                for where in fixed[:20]
+            ],
+        )
+    assert draft is not None  # an active referral's update was assessed as a referral
+    changed = changed_elements(referral.resource, incoming)
+    now = utcnow()
+    referral.priority = draft.priority
+    referral.reasons = draft.reasons
+    referral.notes = draft.notes
+    referral.consent_reference = draft.consent_reference
+    referral.phone = draft.phone
+    referral.postcode = draft.postcode
+    referral.resource = incoming
+    await _apply(session, referral, "referral.updated", {"changed": changed}, context, now=now)
+    if any(name.startswith("Patient.") for name in changed):
+        patient = await session.scalar(select(Patient).where(Patient.referral_id == referral.id))
+        if patient is not None:
+            patient.resource = patient_of(incoming, referral.nhs_number)
+            patient.version_id += 1
+            patient.last_updated = now
+            await history.keep(session, referral.id, [history.patient_version(patient)])
+    return referral, True
 
+
+async def _apply(
+    session: AsyncSession,
+    referral: Referral,
+    event_type: str,
+    data: dict[str, Any],
+    context: cases.EventContext,
+    *,
+    cancel: bool = False,
+    now: dt.datetime | None = None,
+) -> None:
+    """The referrer's change as a case event: refused (409) once the case is closed."""
     case = await cases.lock_case(session, referral.id)
     assert case is not None
     if CaseState(case.state) in CLOSED_STATES:
+        what = "cancelled" if cancel else "changed"
         raise Conflict(
-            f"The referral cannot be cancelled: its case is already closed ('{case.state}')",
-            expression="ServiceRequest.status",
+            f"The referral cannot be {what}: its case is already closed ('{case.state}')",
+            expression="ServiceRequest.status" if cancel else "ServiceRequest",
         )
     service = await session.get(SocialPrescribingService, referral.service_id)
     assert service is not None
+    if not cancel:
+        # The referral's new version, kept with the event (app.cases.history).
+        referral.version_id += 1
+        referral.last_updated = now or utcnow()
     await cases.apply_event(
         session,
         case,
         referral,
         service,
-        cases.NewEvent(type="referral.cancelled", source="clinician"),
+        cases.NewEvent(type=event_type, source="clinician", data=data),
         context,
+        now=now,
     )
     await session.flush()
-    return referral

@@ -7,6 +7,8 @@ What a purge removes, for each referral whose case closed before the cutoff:
   patient or contained resources);
 - the NHS number, replaced by a keyed pseudonym (HMAC-SHA256 under the installation's
   ``pseudonym`` key, see ``pseudonym``), so distinct people can still be counted;
+- the referral's Patient resource (emptied) and every version kept of its resources (vread and
+  _history: app.cases.history);
 - the discharge summary, the free-text activity of social prescriptions (in their records and
   events), webhook payloads of the referral's deliveries and the receivers' answers kept with
   their attempts; deliveries not yet made are cancelled.
@@ -30,12 +32,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, null, select, update
+from sqlalchemy import Select, delete, func, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases.after_write import queue_for_reports
-from app.cases.models import Case, CaseEvent, Prescription, Referral
+from app.cases.models import (
+    Case,
+    CaseEvent,
+    Patient,
+    Prescription,
+    Referral,
+    ResourceVersion,
+)
 from app.cases.states import CLOSED_STATES
 from app.outbox.models import Delivery, DeliveryAttempt
 from app.pseudonyms import (
@@ -161,6 +170,14 @@ async def purge(
             .values(activity="")
             .execution_options(synchronize_session=False)
         )
+        # The referral's Patient and every version kept of its resources hold patient data.
+        await session.execute(
+            update(Patient)
+            .where(Patient.referral_id.in_(ids))
+            .values(resource={})
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(delete(ResourceVersion).where(ResourceVersion.referral_id.in_(ids)))
         case_ids = select(Case.id).where(Case.referral_id.in_(ids))
         for event in await session.scalars(
             select(CaseEvent).where(

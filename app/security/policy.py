@@ -54,6 +54,13 @@ PUBLIC_ROUTES: dict[RouteKey, Public] = {
     ("GET", "/fhir/metadata"): Public(
         "the FHIR CapabilityStatement, which FHIR clients read before authenticating; no data"
     ),
+    ("GET", "/.well-known/smart-configuration"): Public(
+        "OAuth2 discovery (SMART configuration), which clients read before they have a token: "
+        "the token endpoint and the methods it takes; no data"
+    ),
+    ("GET", "/fhir/.well-known/smart-configuration"): Public(
+        "the same OAuth2 discovery beside the FHIR base, where SMART clients look; no data"
+    ),
     ("GET", "/openapi.json"): Public(_DOCS),
     ("GET", "/docs"): Public(_DOCS),
     ("GET", "/docs/oauth2-redirect"): Public(_DOCS),

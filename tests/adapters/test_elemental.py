@@ -1136,9 +1136,13 @@ def test_openapi_fragment_matches_the_mapping() -> None:
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {
         "/api/v1/referrals",
+        "/api/v1/referrals/{referral_id}",
         "/api/v1/referrals/{referral_id}/cancel",
         "/api/v1/events",
     }
+    update = document["components"]["schemas"]["UpdateReferral"]["properties"]
+    assert set(update) == {"external_id", *mapping.UPDATE_FIELDS, "client"}
+    assert set(update["client"]["properties"]) == set(mapping.UPDATE_CLIENT_FIELDS)
     schemas = document["components"]["schemas"]
     assert schemas["Category"]["enum"] == list(mapping.PLATFORM_CATEGORIES)
     assert set(schemas["EventType"]["enum"]) == mapping.PLATFORM_EVENT_TYPES

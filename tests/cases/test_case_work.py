@@ -675,7 +675,15 @@ async def test_search_by_based_on_and_patient(app: Any, bridge: Bridge) -> None:
             f"/fhir/{resource_type}", params={"patient": NHS_NUMBER}, headers=stranger
         )
         assert hidden.json()["total"] == 0
-    bad = await get("/fhir/Appointment", params={"subject": "x"}, headers=case.referrer)
+    # Appointment has no subject parameter: ignored and said (lenient), refused when strict.
+    lenient = await get("/fhir/Appointment", params={"subject": "x"}, headers=case.referrer)
+    assert lenient.status_code == 200
+    assert lenient.json()["entry"][-1]["search"]["mode"] == "outcome"
+    bad = await get(
+        "/fhir/Appointment",
+        params={"subject": "x"},
+        headers={**case.referrer, "Prefer": "handling=strict"},
+    )
     assert bad.status_code == 400
     bad = await get(
         "/fhir/Appointment", params={"patient": "http://other|1"}, headers=case.referrer

@@ -315,6 +315,7 @@ async def case_resources(bridge: Bridge, case: OpenCase) -> dict[str, list[str]]
             resource_type, _, resource_id = reference.partition("/")
             by_type.setdefault(resource_type, []).append(resource_id)
     assert set(by_type) == {"Appointment", "ServiceRequest", "Observation", "QuestionnaireResponse"}
+    by_type["Patient"] = [detail["patient"].removeprefix("Patient/")]
     return by_type
 
 
@@ -367,12 +368,13 @@ class World:
             "client_id": self.clients[client],
             "audit_id": self.audit_id,
             "adapter": "elemental",
+            "vid": "1",
         }
         if (method, template) == ("PUT", "/fhir/ServiceRequest/{referral_id}"):
             values["referral_id"] = self.cancellable_id  # the matrix must not close the case
         if template.endswith("/webhook"):
             values["service_id"] = self.orgs.elemental
-        if template.startswith("/fhir/") and template.endswith("/{resource_id}"):
+        if template.startswith("/fhir/") and "/{resource_id}" in template:
             values["resource_id"] = self.resources.get(template.split("/")[2], [DUMMY_ID])[0]
         names = [match.group(1) for match in _PARAMETER.finditer(template)]
         url = _PARAMETER.sub(lambda m: values.get(m.group(1), DUMMY_ID), template)
@@ -386,7 +388,19 @@ class World:
             case "POST", "/fhir":
                 return fhir(transaction_bundle(self.orgs.service))
             case "PUT", "/fhir/ServiceRequest/{referral_id}":
-                return fhir(self.cancellation)
+                call = fhir(self.cancellation)
+                call.headers["If-Match"] = 'W/"1"'
+                return call
+            case "POST", _ if template.endswith("/_search"):
+                searched = {
+                    "/fhir/Task/_search": f"focus={referral}",
+                    "/fhir/ServiceRequest/_search": f"patient.identifier={NHS_NUMBER}",
+                    "/fhir/Patient/_search": f"identifier={NHS_NUMBER}",
+                }.get(template, f"based-on={referral}")
+                form = {"Content-Type": "application/x-www-form-urlencoded"}
+                return Call(content=searched.encode(), headers=form)
+            case "GET", "/fhir/Patient":
+                return Call(params={"identifier": NHS_NUMBER})
             case "GET", "/fhir/Task":
                 return Call(params={"focus": referral})
             case "GET", ("/fhir/Appointment" | "/fhir/Observation" | "/fhir/QuestionnaireResponse"):
@@ -695,7 +709,21 @@ ACROSS: dict[RouteKey, Across] = {
     ("POST", "/api/v1/deliveries/{delivery_id}/replay"): Across.UNKNOWN,
     ("POST", "/api/v1/deliveries/replay"): Across.FILTERED,  # {"referral": another's}
     ("POST", "/api/v1/sandbox/reset"): Across.NOT_SERVED,
+    ("GET", "/fhir/Patient/{resource_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Patient"): Across.FILTERED,
 }
+# Every type we serve has its versions and POST _search, classified as its read and search are.
+for _type, _id in (
+    ("ServiceRequest", "referral_id"),
+    ("Task", "task_id"),
+    ("Patient", "resource_id"),
+    ("Appointment", "resource_id"),
+    ("Observation", "resource_id"),
+    ("QuestionnaireResponse", "resource_id"),
+):
+    ACROSS[("GET", f"/fhir/{_type}/{{{_id}}}/_history/{{vid}}")] = Across.UNKNOWN
+    ACROSS[("GET", f"/fhir/{_type}/{{{_id}}}/_history")] = Across.UNKNOWN
+    ACROSS[("POST", f"/fhir/{_type}/_search")] = Across.FILTERED
 _EXPECTED_ACROSS = {
     Across.UNKNOWN: 404,
     Across.REFUSED: 403,
@@ -1065,14 +1093,34 @@ async def test_organisations_see_only_their_own_referrals(app: Any, bridge: Brid
     assert foreign.status_code == 403
     assert "9000000009" not in foreign.text and first.case.referral_id not in foreign.text
 
-    # No search pulls other resources in around the organisation filter: includes are refused.
+    # No search pulls other resources in around the organisation filter: what _include and
+    # _revinclude bring belongs to the matches, which the caller sees; an include this server
+    # does not follow is ignored (and said), never followed.
+    theirs = {first.case.referral_id, first.case.case_id} | {
+        i for ids in first.resources.values() for i in ids
+    }
+    ours = {second.case.referral_id, second.case.case_id}
     for path, query in [
-        ("/fhir/ServiceRequest", {"_include": "ServiceRequest:patient"}),
-        ("/fhir/Task", {"focus": f"ServiceRequest/{first.case.referral_id}", "_include": "*"}),
-        ("/fhir/Appointment", {"_revinclude": "Observation:based-on"}),
+        (
+            "/fhir/ServiceRequest",
+            [("_include", "ServiceRequest:patient"), ("_revinclude", "Task:focus")],
+        ),
+        (
+            "/fhir/Task",
+            [
+                ("_include", "Task:focus"),
+                ("_include", "Task:output"),
+                ("_include", "Task:patient"),
+                ("_include", "*"),
+            ],
+        ),
+        ("/fhir/Appointment", [("_revinclude", "Observation:based-on")]),
     ]:
         response = await bridge.http.get(path, params=query, headers=second.callers["admin"])
-        assert response.status_code == 400, (path, response.text)
+        assert response.status_code == 200, (path, response.text)
+        assert not {i for i in theirs if i in response.text}, path
+        if path != "/fhir/Appointment":
+            assert ours <= {i for i in ours if i in response.text}, path
 
     # Deliveries (which name referrals and destinations) are admins' only; the rest get 403.
     for side in (first, second):

@@ -237,7 +237,7 @@ async def test_metrics_are_present_and_move(app: Any, bridge: Bridge) -> None:
     await subscribe(bridge, worklist.url, headers=case.advisor)
     await case.record({"type": "case.accepted"})
     # A path with an NHS number in it that no route serves, and a method no one uses.
-    assert (await http.get("/fhir/Patient/9434765919")).status_code == 404
+    assert (await http.get("/fhir/Practitioner/9434765919")).status_code == 404
     assert (await http.request("BREW", "/healthz")).status_code == 405
 
     text, after = await scrape(http)

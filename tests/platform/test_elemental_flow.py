@@ -308,4 +308,4 @@ def test_elemental_is_a_polling_platform_adapter() -> None:
 
     cls = adapter_class("elemental")
     assert issubclass(cls, PlatformAdapter) and cls.polls
-    assert cls.event_types == {"referral.received", "referral.cancelled"}
+    assert cls.event_types == {"referral.received", "referral.updated", "referral.cancelled"}

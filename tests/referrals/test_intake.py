@@ -206,16 +206,17 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
     ),
     ("wrong type", referral_resource(status=5), 400, "value", "ServiceRequest.status"),
     (
+        # Invalid R4 (a required binding), refused by the R4 schema before any business rule.
         "unknown priority",
         referral_resource(priority="whenever"),
-        422,
+        400,
         "code-invalid",
         "ServiceRequest.priority",
     ),
     (
         "unknown gender",
         _nested(contained__0__gender="robot"),
-        422,
+        400,
         "code-invalid",
         "ServiceRequest.contained[0].gender",
     ),

@@ -19,8 +19,9 @@ from app.cases import service as cases
 from app.cases.models import Case, CaseEvent, Referral
 from app.db import Database
 from app.directory.models import SocialPrescribingService
+from app.fhir.searchparams import SEARCHES
 from app.outbox.models import Delivery, Destination
-from tests.conftest import FHIR_JSON, ROOT, Bridge, referral_resource, row_counts
+from tests.conftest import FHIR_JSON, Bridge, referral_resource, row_counts
 
 
 @pytest.fixture
@@ -72,10 +73,18 @@ async def test_task_for_a_new_referral(bridge: Bridge, referrer: dict[str, str])
     assert task["authoredOn"]
     direct = await bridge.http.get(f"/fhir/Task/{task['id']}", headers=referrer)
     assert direct.json() == task
-    assert (await bridge.http.get("/fhir/Task", headers=referrer)).status_code == 400
-    assert (
-        await bridge.http.get("/fhir/Task?owner=x&focus=y", headers=referrer)
-    ).status_code == 400
+    # Search is lenient: an unknown parameter is ignored and said; strict with Prefer.
+    lenient = await bridge.http.get("/fhir/Task?colour=red", headers=referrer)
+    assert lenient.status_code == 200
+    assert lenient.json()["entry"][-1]["search"]["mode"] == "outcome"
+    strict = await bridge.http.get(
+        "/fhir/Task?colour=red", headers={**referrer, "Prefer": "handling=strict"}
+    )
+    assert strict.status_code == 400
+    none = await bridge.http.get("/fhir/Task?owner=x&focus=y", headers=referrer)
+    assert none.status_code == 200
+    assert none.json()["total"] == 0
+    assert "entry" not in none.json()  # FHIR JSON has no empty arrays
 
 
 async def test_repeat_returns_the_held_referral(
@@ -296,7 +305,6 @@ async def test_search_parameters_and_paging(bridge: Bridge, referrer: dict[str, 
     assert pages == 3
 
     for bad in (
-        "colour=red",
         "_count=lots",
         "_lastUpdated=yesterday",
         "_cursor=!!!",
@@ -310,7 +318,9 @@ async def test_search_parameters_and_paging(bridge: Bridge, referrer: dict[str, 
 async def cancel(
     bridge: Bridge, key: dict[str, str], created: dict[str, Any], **headers: str
 ) -> Any:
+    """A cancellation of ``created`` (If-Match: the version it was read at, unless given)."""
     body = {**created, "status": "revoked"}
+    headers = {"If-Match": f'W/"{created["meta"]["versionId"]}"', **headers}
     return await bridge.http.put(
         f"/fhir/ServiceRequest/{created['id']}",
         content=orjson.dumps(body),
@@ -346,29 +356,30 @@ async def test_cancel_refusals(bridge: Bridge, referrer: dict[str, str], app: An
     created = await refer(bridge, referrer)
     stale = await cancel(bridge, referrer, created, **{"If-Match": 'W/"7"'})
     assert stale.status_code == 412
+    current = {**referrer, **FHIR_JSON, "If-Match": 'W/"1"'}
     changed = {**created, "status": "revoked", "priority": "urgent"}
     response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{created['id']}",
-        content=orjson.dumps(changed),
-        headers={**referrer, **FHIR_JSON},
+        f"/fhir/ServiceRequest/{created['id']}", content=orjson.dumps(changed), headers=current
     )
     assert response.status_code == 422
-    assert "Only status may change" in response.json()["issue"][0]["diagnostics"]
-    assert response.json()["issue"][0]["expression"] == ["ServiceRequest.priority"]
+    assert "A cancellation changes status alone" in response.json()["issue"][0]["diagnostics"]
+    assert response.json()["issue"][0]["expression"] == ["ServiceRequest.status"]
     completed = {**created, "status": "completed"}
     response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{created['id']}",
-        content=orjson.dumps(completed),
-        headers={**referrer, **FHIR_JSON},
+        f"/fhir/ServiceRequest/{created['id']}", content=orjson.dumps(completed), headers=current
     )
     assert response.status_code == 422
     wrong_id = {**created, "id": "another", "status": "revoked"}
     response = await bridge.http.put(
-        f"/fhir/ServiceRequest/{created['id']}",
-        content=orjson.dumps(wrong_id),
-        headers={**referrer, **FHIR_JSON},
+        f"/fhir/ServiceRequest/{created['id']}", content=orjson.dumps(wrong_id), headers=current
     )
     assert response.status_code == 422
+    unversioned = await bridge.http.put(
+        f"/fhir/ServiceRequest/{created['id']}",
+        content=orjson.dumps({**created, "status": "revoked"}),
+        headers={**referrer, **FHIR_JSON},
+    )
+    assert unversioned.status_code == 428  # If-Match is required
     advisor = await bridge.key(role="advisor", organisation="LR001")
     assert (await cancel(bridge, advisor, created)).status_code == 403
     other = await bridge.key(organisation="RXA")
@@ -404,7 +415,9 @@ async def test_cancel_refusals(bridge: Bridge, referrer: dict[str, str], app: An
     assert response.status_code == 409
     assert "completed" in response.json()["issue"][0]["diagnostics"]
     read = (await bridge.http.get(f"/fhir/ServiceRequest/{created['id']}", headers=referrer)).json()
-    assert read["status"] == "completed"
+    # The Task carries fulfilment; the referral's status is its requester's to change (SDOH
+    # Clinical Care IG), so the completed case leaves it active.
+    assert read["status"] == "active"
 
 
 async def test_outbox_rows_are_written_with_the_referral(
@@ -484,43 +497,56 @@ async def test_capability_statement(client: Any) -> None:
     assert set(resources) == {
         "ServiceRequest",
         "Task",
+        "Patient",
         "Appointment",
         "Observation",
         "QuestionnaireResponse",
         "AuditEvent",
     }
-    assert {p.name for p in resources["ServiceRequest"].searchParam} == {
-        "_id",
-        "identifier",
-        "patient.identifier",
+    # Every search parameter of the search tables, each once.
+    for name, table in SEARCHES.items():
+        assert [p.name for p in resources[name].searchParam] == [p.name for p in table.parameters]
+    assert {p.name for p in resources["Task"].searchParam} >= {
         "status",
+        "business-status",
         "_lastUpdated",
-        "based-on",
+        "patient",
+        "owner",
+        "requester",
+        "focus",
+        "_id",
     }
-    for name in ("Appointment", "Observation", "QuestionnaireResponse"):
-        assert {p.name for p in resources[name].searchParam} == {"based-on", "patient", "_id"}
+    assert resources["ServiceRequest"].searchRevInclude == ["Task:focus", "Task:based-on"]
+    assert "Task:output" in resources["Task"].searchInclude
+    for resource in resources.values():
+        if resource.type != "AuditEvent":
+            assert resource.readHistory and resource.versioning == "versioned"
 
 
-async def test_capability_statement_matches_the_routes(app: Any) -> None:
+async def test_capability_statement_matches_the_routes(client: Any, app: Any) -> None:
     """Every interaction the statement claims has a route, and every FHIR route is claimed."""
     routes = {
         (method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item
     }
-    statement = orjson.loads((ROOT / "fhir" / "CapabilityStatement-spbridge.json").read_bytes())
+    statement = (await client.get("/fhir/metadata")).json()
     rest = statement["rest"][0]
-    claimed = {("GET", "/fhir/metadata")}
-    if "transaction" in {i["code"] for i in rest.get("interaction", [])}:
+    claimed = {("GET", "/fhir/metadata"), ("GET", "/fhir/.well-known/smart-configuration")}
+    if {"transaction", "batch"} & {i["code"] for i in rest.get("interaction", [])}:
         claimed.add(("POST", "/fhir"))
     routes_for = {
-        "create": ("POST", "/fhir/{type}"),
-        "read": ("GET", "/fhir/{type}/{id}"),
-        "update": ("PUT", "/fhir/{type}/{id}"),
-        "search-type": ("GET", "/fhir/{type}"),
+        "create": [("POST", "/fhir/{type}")],
+        "read": [("GET", "/fhir/{type}/{id}")],
+        "vread": [("GET", "/fhir/{type}/{id}/_history/{id}")],
+        "history-instance": [("GET", "/fhir/{type}/{id}/_history")],
+        "update": [("PUT", "/fhir/{type}/{id}")],
+        "search-type": [("GET", "/fhir/{type}"), ("POST", "/fhir/{type}/_search")],
     }
     for resource in rest["resource"]:
         for interaction in resource["interaction"]:
-            method, path = routes_for[interaction["code"]]
-            claimed.add((method, path.replace("{type}", resource["type"])))
+            for method, path in routes_for[interaction["code"]]:
+                if path.endswith("/_search") and resource["type"] not in SEARCHES:
+                    continue  # POST _search: the types with a search table
+                claimed.add((method, path.replace("{type}", resource["type"])))
         for operation in resource.get("operation", []):
             claimed.add(("GET", f"/fhir/{resource['type']}/{{id}}/${operation['name']}"))
     # Path parameters are named for what they are ({referral_id}, {task_id}); compare shapes.
@@ -530,7 +556,7 @@ async def test_capability_statement_matches_the_routes(app: Any) -> None:
 
 
 async def test_unknown_fhir_route_is_an_operation_outcome(client: Any) -> None:
-    response = await client.get("/fhir/Patient/1")
+    response = await client.get("/fhir/Practitioner/1")
     assert response.status_code == 404
     assert response.json()["resourceType"] == "OperationOutcome"
     response = await client.delete("/fhir/metadata")

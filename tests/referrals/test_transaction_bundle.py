@@ -114,16 +114,29 @@ async def test_transaction_makes_one_referral_with_its_resources_contained(
     body = response.json()
     Bundle.model_validate(body)
     assert body["type"] == "transaction-response"
-    assert statuses(response) == ["201 Created"] * 5  # one per request entry
+    # What really happened to each entry: the referral and its Patient were created as
+    # resources of their own; the other resources are kept inside the referral.
+    assert statuses(response) == ["201 Created", "201 Created", "200 OK", "200 OK", "200 OK"]
     referral_id = body["entry"][SR]["resource"]["id"]
-    location = f"ServiceRequest/{referral_id}/_history/1"
-    assert [e["response"]["location"] for e in body["entry"]] == [location] * 5
+    patient = body["entry"][1]["resource"]
+    assert [e["response"].get("location") for e in body["entry"]] == [
+        f"ServiceRequest/{referral_id}/_history/1",
+        f"Patient/{patient['id']}/_history/1",
+        None,
+        None,
+        None,
+    ]
     # In order: each supporting entry says which contained resource it became.
     named = [
         re.findall(r"#[\w-]+", e["response"]["outcome"]["issue"][0]["diagnostics"])
         for e in body["entry"][1:]
     ]
     assert named == [["#patient"], ["#consent"], ["#condition"], ["#questionnaireresponse"]]
+    # The Patient is served where the response says, with the NHS number it came with.
+    read_patient = await client.get(f"/fhir/Patient/{patient['id']}", headers=referrer)
+    assert read_patient.status_code == 200
+    assert read_patient.json() == patient
+    assert patient["identifier"][0]["value"] == NHS_NUMBER
 
     read = await client.get(f"/fhir/ServiceRequest/{referral_id}", headers=referrer)
     assert read.status_code == 200
@@ -168,8 +181,8 @@ async def test_repeated_transaction_returns_the_referral_held(
 
     assert again.status_code == 200, again.text
     assert statuses(again) == ["200 OK"] * 5
-    first_location = first.json()["entry"][SR]["response"]["location"]
-    assert [e["response"]["location"] for e in again.json()["entry"]] == [first_location] * 5
+    locations = [e["response"].get("location") for e in first.json()["entry"]]
+    assert [e["response"].get("location") for e in again.json()["entry"]] == locations
     assert await search_total(client, referrer) == 1
     assert (await row_counts(database_url))["referrals"] == 1
 
@@ -272,7 +285,6 @@ def intent_plan(bundle: dict[str, Any]) -> dict[str, Any]:
 
 OBSERVATION = {"resourceType": "Observation", "status": "final", "code": {"text": "SWEMWBS"}}
 REFUSALS = [
-    pytest.param(of_type("batch"), 422, "not-supported", "Bundle.type", id="batch"),
     pytest.param(of_type("message"), 422, "not-supported", "Bundle.type", id="message"),
     pytest.param(
         put_consent, 422, "not-supported", "Bundle.entry[2].request.method", id="PUT-entry"

@@ -298,6 +298,7 @@ async def test_a_purged_referral_answers_410(app: Any, bridge: Bridge) -> None:
         f"/api/v1/referrals/{case.referral_id}/journey-link", headers=case.referrer
     )
     assert early_link.status_code == 200, early_link.text
+    patient_id = (await case.detail()).json()["resources"]["patient"]
     kept = await open_case(bridge, register=False, **patient(NEWER_PATIENT))
     resource = referral_resource()
     sent = await bridge.refer(case.referrer, resource)
@@ -311,6 +312,12 @@ async def test_a_purged_referral_answers_410(app: Any, bridge: Bridge) -> None:
         f"/fhir/ServiceRequest/{case.referral_id}",
         f"/fhir/ServiceRequest/{case.referral_id}/$journey",
         f"/fhir/Task/{case.case_id}",
+        # The versions kept of its resources, and its Patient, are gone with it.
+        f"/fhir/ServiceRequest/{case.referral_id}/_history",
+        f"/fhir/ServiceRequest/{case.referral_id}/_history/1",
+        f"/fhir/Task/{case.case_id}/_history/1",
+        f"/fhir/{patient_id}",
+        f"/fhir/{patient_id}/_history",
     ]
     for path in paths:
         response = await bridge.http.get(path, headers=referrer)

@@ -65,6 +65,7 @@ class FakePlatform:
     referrals: dict[str, PlatformReferralRecord] = field(default_factory=dict)
     created: list[ReceivedRequest] = field(default_factory=list)  # new referrals only
     cancels: list[ReceivedRequest] = field(default_factory=list)  # successful cancels only
+    updates: list[ReceivedRequest] = field(default_factory=list)  # successful updates only
     requests: list[ReceivedRequest] = field(default_factory=list)  # every request, even refused
     events: list[dict[str, Any]] = field(default_factory=list)
     down: bool = False
@@ -196,6 +197,25 @@ def make_platform_app(api_key: str, platform: FakePlatform | None = None) -> Sta
         state.cancels.append(received)
         return JSONResponse(_referral_json(record))
 
+    async def update(request: Request) -> Response:
+        refused, received = await gate(request)
+        if refused is not None:
+            return refused
+        body = received.body
+        record = state.referrals.get(request.path_params["referral_id"])
+        if record is None:
+            return _error(404, "not_found", "No such referral")
+        if not isinstance(body, dict) or body.get("external_id") != record.external_id:
+            return _error(422, "validation_failed", "'external_id' is missing or invalid")
+        if record.status != "open":
+            return _error(
+                409, "referral_closed", "The referral is already closed", status=record.status
+            )
+        client = {**record.body.get("client", {}), **(body.get("client") or {})}
+        record.body = {**record.body, **body, "client": client}
+        state.updates.append(received)
+        return JSONResponse(_referral_json(record))
+
     async def feed(request: Request) -> Response:
         refused, _ = await gate(request)
         if refused is not None:
@@ -225,6 +245,7 @@ def make_platform_app(api_key: str, platform: FakePlatform | None = None) -> Sta
     app = Starlette(
         routes=[
             Route("/api/v1/referrals", create, methods=["POST"]),
+            Route("/api/v1/referrals/{referral_id}", update, methods=["PATCH"]),
             Route("/api/v1/referrals/{referral_id}/cancel", cancel, methods=["POST"]),
             Route("/api/v1/events", feed, methods=["GET"]),
         ]

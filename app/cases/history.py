@@ -1,0 +1,143 @@
+"""Every version of every resource we serve, kept as it was served (FHIR vread and _history).
+
+A version is kept in the transaction that makes it: the one domain function keeps the Task's new
+version at every case event, the referral's when the referrer's event changed it, and those of
+the records the event made or changed (``keep_event_versions``); intake and amendment keep the
+Patient's (``keep``). Keeping is idempotent (a version already kept is left as it is), so a
+writer never needs to know whether another kept it first. Reads go through the referral's
+visibility like every other read (``app.cases.served``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.cases.models import Appointment, Case, Patient, Prescription, Referral, ResourceVersion
+from app.cases.views import (
+    Record,
+    patient_resource,
+    record_resource,
+    record_version,
+    service_request_resource,
+    task_view,
+)
+from app.fhir.case_resources import CaseContext
+from app.fhir.task import task_resource
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of one resource, as served."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: dt.datetime
+    resource: dict[str, Any]
+
+
+def referral_version(referral: Referral) -> Version:
+    return Version(
+        "ServiceRequest",
+        referral.id,
+        referral.version_id,
+        referral.last_updated,
+        service_request_resource(referral),
+    )
+
+
+def patient_version(patient: Patient) -> Version:
+    return Version(
+        "Patient", patient.id, patient.version_id, patient.last_updated, patient_resource(patient)
+    )
+
+
+def record_versions(record: Record, context: CaseContext) -> list[Version]:
+    if isinstance(record, Appointment | Prescription):
+        kind = "Appointment" if isinstance(record, Appointment) else "ServiceRequest"
+        return [
+            Version(
+                kind,
+                record.id,
+                record.version_id,
+                record.updated_at,
+                record_resource(kind, record, context),
+            )
+        ]
+    return [
+        Version(
+            "QuestionnaireResponse",
+            record.questionnaire_response_id,
+            record_version(record),
+            record.created_at,
+            record_resource("QuestionnaireResponse", record, context),
+        ),
+        Version(
+            "Observation",
+            record.id,
+            record_version(record),
+            record.created_at,
+            record_resource("Observation", record, context),
+        ),
+    ]
+
+
+async def keep(session: AsyncSession, referral_id: str, versions: Iterable[Version]) -> None:
+    """Keep these versions of resources of one referral (one statement; those already kept stay
+    as they were)."""
+    rows = [
+        {
+            "resource_type": v.resource_type,
+            "resource_id": v.resource_id,
+            "version_id": v.version_id,
+            "referral_id": referral_id,
+            "last_updated": v.last_updated,
+            "resource": v.resource,
+        }
+        for v in versions
+    ]
+    if not rows:
+        return
+    table = ResourceVersion.__table__
+    assert isinstance(table, Table)
+    dialect = session.get_bind().dialect.name
+    insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(insert(table).on_conflict_do_nothing(), rows)
+
+
+async def keep_event_versions(
+    session: AsyncSession,
+    case: Case,
+    referral: Referral,
+    service_name: str,
+    records: Sequence[Record],
+    *,
+    referral_changed: bool,
+    also: Sequence[Version] = (),
+) -> None:
+    """The versions a case event made: the Task's, the referral's when the event changed it, and
+    those of the records it made or changed; and ``also`` (intake's Patient), in one statement."""
+    versions = [
+        Version(
+            "Task",
+            case.id,
+            case.version_id,
+            case.updated_at,
+            task_resource(task_view(case, referral, service_name)),
+        )
+    ]
+    if referral_changed:
+        versions.append(referral_version(referral))
+    context = CaseContext(referral.id, referral.nhs_number, case.service_id, service_name)
+    for record in records:
+        versions += record_versions(record, context)
+    versions += also
+    await keep(session, referral.id, versions)
