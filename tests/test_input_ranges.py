@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from adapters.elemental import mapping
 from app import outbound as urls
 from app.cases.events import EVENT_TYPES, REGISTRY
-from app.delivery.signing import OPERATIONAL_EVENTS
+from app.outbox.payloads import OPERATIONAL_EVENTS
 from tests.conftest import ADMIN_KEY, Bridge
 from tests.support.cases import OpenCase, open_case
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from app.delivery.models import Delivery
+from app.outbox.models import Delivery
 from sqlalchemy import select
 
 from app.cases.models import CaseEvent, Referral
