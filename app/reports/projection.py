@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, case, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -376,11 +376,23 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
     if not case_ids:
         return []
     events: dict[str, list[tuple[str, dt.datetime, int, Any]]] = defaultdict(list)
-    for case_id, kind, occurred_at, seq, data in executor.execute(
+    # Of the event bodies, only what is counted: decoding every body would cost more than the
+    # rest of the load.
+    answers = case((CaseEvent.type == "demographics.recorded", CaseEvent.data))
+    appointment = case(
+        (CaseEvent.type == "appointment.attended", CaseEvent.data["appointment_id"].as_string())
+    )
+    for case_id, kind, occurred_at, seq, items, appointment_id in executor.execute(
         select(
-            CaseEvent.case_id, CaseEvent.type, CaseEvent.occurred_at, CaseEvent.seq, CaseEvent.data
+            CaseEvent.case_id,
+            CaseEvent.type,
+            CaseEvent.occurred_at,
+            CaseEvent.seq,
+            answers,
+            appointment,
         ).where(CaseEvent.case_id.in_(case_ids), CaseEvent.type.in_(_LOADED_EVENTS))
     ):
+        data = items if appointment_id is None else {"appointment_id": appointment_id}
         events[case_id].append((kind, occurred_at, seq, data))
     appointments: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
     for case_id, external_id, kind, minutes, attended in executor.execute(

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+import orjson
+from sqlalchemy import ColumnElement, Select, Text, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -369,27 +370,24 @@ def _correct(
     bucket = projection.period_bucket(scope.period)
     ids = sorted(_near_cuts(executor, scope))
     recomputed.case_ids.update(ids)
-
-    def add(service_id: str, entry: str, n: int) -> None:
-        month, measure, key = entry.split(SEP, 2)
-        if month in months:
-            counts[(service_id, measure, key, month)] = (
-                counts.get((service_id, measure, key, month), 0) + n
-            )
-
+    # service -> entry -> n, summed over the cases before the entries are taken apart
+    deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
+        # As text, decoded here: several times faster than the driver's JSON decoding.
         for service_id, stored in executor.execute(
-            select(ReportCaseFact.service_id, ReportCaseFact.contributions).where(
+            select(ReportCaseFact.service_id, cast(ReportCaseFact.contributions, Text)).where(
                 ReportCaseFact.case_id.in_(chunk)
             )
         ):
-            for entry, n in (stored or {}).items():
-                add(service_id, entry, -int(n))
+            delta = deltas[service_id]
+            for entry, n in orjson.loads(stored or "{}").items():
+                delta[entry] -= n
         for rows in projection.load(executor, chunk):
             fact = projection.contributions(rows, bucket)
+            delta = deltas[rows.service_id]
             for entry, n in fact.contributions.items():
-                add(rows.service_id, entry, n)
+                delta[entry] += n
             cohort = bucket(rows.received_at)
             if cohort not in months:
                 continue
@@ -409,6 +407,12 @@ def _correct(
                         days_between(fact.first_attended_at, rows.received_at),
                     )
                 )
+    for service_id, delta in deltas.items():
+        for entry, n in delta.items():
+            month, measure, key = entry.split(SEP, 2)
+            if n and month in months:
+                where = (service_id, measure, key, month)
+                counts[where] = counts.get(where, 0) + n
 
 
 def _near_cuts(executor: Session, scope: Scope) -> set[str]:
@@ -419,22 +423,24 @@ def _near_cuts(executor: Session, scope: Scope) -> set[str]:
     def inside(instant: Any) -> ColumnElement[bool]:
         return or_(*(and_(instant >= start, instant < end) for start, end in cuts))
 
-    in_scope: Select[Any] = select(Case.id).where(Case.service_id.in_(scope.service_ids))
-    if scope.team is not None:
-        in_scope = in_scope.join(Referral, Referral.id == Case.referral_id).where(
-            Referral.referring_team == scope.team
-        )
-    found = set(executor.scalars(in_scope.where(inside(Case.created_at))))
+    def of_scope(query: Select[Any], case_id: Any) -> Select[Any]:
+        # Joins, not IN (cases in scope): the planner then starts from the few rows in the cuts.
+        if case_id is not Case.id:
+            query = query.join(Case, Case.id == case_id)
+        query = query.where(Case.service_id.in_(scope.service_ids))
+        if scope.team is not None:
+            query = query.join(Referral, Referral.id == Case.referral_id).where(
+                Referral.referring_team == scope.team
+            )
+        return query.distinct()
+
+    found: set[str] = set()
     for case_id, instant, *conditions in (
+        (Case.id, Case.created_at),
         (CaseEvent.case_id, CaseEvent.occurred_at, CaseEvent.type.in_(projection.COUNTED_EVENTS)),
         (Prescription.case_id, Prescription.prescribed_at),
         (WellbeingScore.case_id, WellbeingScore.measured_at),
     ):
-        found.update(
-            executor.scalars(
-                select(case_id)
-                .where(*conditions, inside(instant), case_id.in_(in_scope))
-                .distinct()
-            )
-        )
+        query = select(case_id).where(*conditions, inside(instant))
+        found.update(executor.scalars(of_scope(query, case_id)))
     return found
