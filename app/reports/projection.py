@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, case, delete, select
+import orjson
+from sqlalchemy import String, Table, Text, any_, bindparam, case, cast, delete, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -372,13 +374,22 @@ def _wellbeing(rows: CaseRows, add: Any, bucket: Bucket) -> None:
 Executor = Session | Connection
 
 
+def among(executor: Executor, column: Any, ids: Sequence[str]) -> Any:
+    """``column IN ids``; on PostgreSQL one array parameter (= ANY), which saves compiling and
+    planning a parameter per id for every batch."""
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    if bind.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(String)))
+    return column.in_(ids)
+
+
 def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
     if not case_ids:
         return []
     events: dict[str, list[tuple[str, dt.datetime, int, Any]]] = defaultdict(list)
     # Of the event bodies, only what is counted: decoding every body would cost more than the
-    # rest of the load.
-    answers = case((CaseEvent.type == "demographics.recorded", CaseEvent.data))
+    # rest of the load. JSON comes as text, for orjson (several times faster than the driver's).
+    answers = case((CaseEvent.type == "demographics.recorded", cast(CaseEvent.data, Text)))
     appointment = case(
         (CaseEvent.type == "appointment.attended", CaseEvent.data["appointment_id"].as_string())
     )
@@ -390,9 +401,12 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             CaseEvent.seq,
             answers,
             appointment,
-        ).where(CaseEvent.case_id.in_(case_ids), CaseEvent.type.in_(_LOADED_EVENTS))
+        ).where(among(executor, CaseEvent.case_id, case_ids), CaseEvent.type.in_(_LOADED_EVENTS))
     ):
-        data = items if appointment_id is None else {"appointment_id": appointment_id}
+        if appointment_id is not None:
+            data: Any = {"appointment_id": appointment_id}
+        else:
+            data = None if items is None else orjson.loads(items)
         events[case_id].append((kind, occurred_at, seq, data))
     appointments: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
     for case_id, external_id, kind, minutes, attended in executor.execute(
@@ -402,7 +416,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Appointment.appointment_type,
             Appointment.minutes,
             Appointment.attended_minutes,
-        ).where(Appointment.case_id.in_(case_ids))
+        ).where(among(executor, Appointment.case_id, case_ids))
     ):
         appointments[case_id][external_id] = (kind, attended if attended is not None else minutes)
     prescriptions: dict[str, list[tuple[dt.datetime, str, str]]] = defaultdict(list)
@@ -412,7 +426,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Prescription.prescribed_at,
             Prescription.category,
             Prescription.provider,
-        ).where(Prescription.case_id.in_(case_ids))
+        ).where(among(executor, Prescription.case_id, case_ids))
     ):
         prescriptions[case_id].append((at, category, provider))
     scores: dict[str, list[tuple[str, str, dt.datetime, dt.datetime, float]]] = defaultdict(list)
@@ -424,7 +438,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             WellbeingScore.measured_at,
             WellbeingScore.created_at,
             WellbeingScore.metric_score,
-        ).where(WellbeingScore.case_id.in_(case_ids))
+        ).where(among(executor, WellbeingScore.case_id, case_ids))
     ):
         scores[case_id].append((instrument, stage, measured, created, float(metric)))
     cases = executor.execute(
@@ -441,10 +455,10 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Referral.referral_unit,
             Referral.referral_source,
             Referral.staff_group,
-            Referral.reasons,
+            cast(Referral.reasons, Text),
         )
         .join(Referral, Referral.id == Case.referral_id)
-        .where(Case.id.in_(case_ids))
+        .where(among(executor, Case.id, case_ids))
     )
     return [
         CaseRows(
@@ -460,7 +474,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             unit=unit,
             source=source,
             staff_group=staff_group,
-            reasons=reasons,
+            reasons=None if reasons is None else orjson.loads(reasons),
             events=events.get(case_id, []),
             appointments=appointments.get(case_id, {}),
             prescriptions=prescriptions.get(case_id, []),
@@ -538,7 +552,7 @@ def refresh(
             ReportCaseFact.service_id,
             ReportCaseFact.team,
             ReportCaseFact.contributions,
-        ).where(ReportCaseFact.case_id.in_(ids))
+        ).where(among(executor, ReportCaseFact.case_id, ids))
     ):
         before[case_id] = (service_id, team, stored or {})
     pending: dict[tuple[str, str, str], int] = defaultdict(int) if deltas is None else deltas

@@ -377,7 +377,7 @@ def _correct(
         # As text, decoded here: several times faster than the driver's JSON decoding.
         for service_id, stored in executor.execute(
             select(ReportCaseFact.service_id, cast(ReportCaseFact.contributions, Text)).where(
-                ReportCaseFact.case_id.in_(chunk)
+                projection.among(executor, ReportCaseFact.case_id, chunk)
             )
         ):
             delta = deltas[service_id]
