@@ -520,6 +520,87 @@ def report(
         typer.echo(f"wrote {output}", err=True)
 
 
+reports_cli = typer.Typer(help="The report read model.")
+cli.add_typer(reports_cli, name="reports")
+
+
+@reports_cli.command("rebuild")
+def reports_rebuild(
+    batch: Annotated[
+        int, typer.Option(min=1, max=5000, help="Cases per transaction (1-5000)")
+    ] = 500,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart", help="Start again from the first case, not where a stopped rebuild got to"
+        ),
+    ] = False,
+) -> None:
+    """Take every case into the report read model again, by this code's counting.
+
+    Run it when the service warns that the stored version of the model is older than the
+    code's (after an upgrade that changed how reports count, or over cases held before the
+    model existed). Safe while the service runs: a batch at a time, under the report queue's
+    rules, so reports stay exact; a stopped rebuild resumes where it got to. Progress on stderr.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from app.operations.commands import fail, run
+    from app.reports.rebuild import NewerModel, Rebuilt, rebuild
+
+    async def rebuilding(database: Database) -> Rebuilt:
+        console = Console(stderr=True)
+        title = "rebuilding the report read model"
+        shown = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        task = shown.add_task(title, total=None, start=False)
+        tenths = [-1]
+
+        def step(done: int, total: int) -> None:
+            if not console.is_terminal:
+                # Logs and pipes: a line at each tenth of the way.
+                tenth = done * 10 // max(total, 1)
+                if tenth > tenths[0]:
+                    tenths[0] = tenth
+                    typer.echo(f"{title}: {done}/{total} cases", err=True)
+                return
+            # Shown from the first batch on: a refusal before it is one clear line.
+            if not shown.live.is_started:
+                shown.start()
+                shown.start_task(task)
+            shown.update(task, completed=done, total=total)
+
+        try:
+            return await rebuild(database, batch=batch, restart=restart, progress=step)
+        finally:
+            if shown.live.is_started:
+                shown.stop()
+
+    try:
+        result = run(rebuilding)
+    except NewerModel as exc:
+        fail(str(exc))
+    typer.echo(
+        f"report read model rebuilt: {result.cases} cases taken in, counting version "
+        f"{result.version}"
+    )
+
+
 @cli.command()
 def openapi(
     output: Annotated[Path, typer.Option(help="Where to write the document")] = Path(

@@ -57,6 +57,7 @@ from app.outbound import outbound_client
 from app.platform.router import router as platform_router
 from app.referrals.router import router as referrals_router
 from app.reports.router import router as reports_router
+from app.reports.version import check_at_startup as check_report_model
 from app.requestids import RequestIdMiddleware
 from app.sandbox.router import router as sandbox_router
 from app.security.auth import hash_key
@@ -173,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         http = outbound_client(settings)
         application.state.database = database
         application.state.http = http
+        # A WARNING when the report read model must be rebuilt (it never stops the start).
+        await check_report_model(database)
         background = None
         if settings.run_dispatcher:
             background = Background(database, settings, http)

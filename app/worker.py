@@ -20,6 +20,7 @@ from app.delivery.senders import standard_senders
 from app.outbound import outbound_client
 from app.platform.reconcile import Reconciler
 from app.reports.drainer import ReportDrainer
+from app.reports.version import check_at_startup as check_report_model
 
 log = logging.getLogger("spbridge.worker")
 
@@ -46,6 +47,7 @@ async def run_worker(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then finish or release the deliveries in flight."""
     database = Database.from_settings(settings)
     http = outbound_client(settings)
+    await check_report_model(database)
     background = Background(database, settings, http)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

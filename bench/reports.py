@@ -7,15 +7,21 @@ service, with their cases, case events, appointments, social prescriptions and S
 the pilot's proportions (about 95% registered, 1.2 appointments and 1.4 prescriptions a person,
 one appointment in five not attended, half with a first SWEMWBS score and one in five a second,
 60% completed / 30% discharged / 10% still open). The rows go in past the domain, so the
-reporting read model is then filled by ``app.reports.projection.backfill`` (what migration 0008
-does for an existing installation; ``--reuse`` of a database kept before 0008 runs the migration).
+reporting read model is then filled by ``app.reports.rebuild`` (`spbridge reports rebuild`, what
+an operator runs on an installation whose model is older than the code; ``--reuse`` of a kept
+database migrates it and rebuilds the model only if its version is not the code's).
 Then it runs the activity report
 (app.reports.service.run_report, then the JSON document, as the API does) for the last twelve
 months ``--runs`` times in one session and prints each time; the target (issue 7) is under 2 s.
-The staff-hub report is timed once too. The database is dropped at the end, also on an error.
+The staff-hub report is timed once too. Then the same for a period that is not whole months
+(``--partial``, default the last twelve months less their first 14 days and last 11), which the
+read model answers by working out again the cases near the cuts. ``--compare`` also runs every
+report through the old live SQL (tests/reports/oracle.py), with and without a team, and checks
+that the figures are the same. The database is dropped at the end (unless ``--keep``), also on
+an error.
 
     .venv/bin/python bench/reports.py [--referrals 1000000] [--months 24] [--runs 5] [--record]
-        [--keep] [--reuse]
+        [--keep] [--reuse] [--compare]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -38,13 +45,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.cases.wellbeing import METRIC_SCORES  # noqa: E402
-from app.db import Database, create_engine, transaction  # noqa: E402
+from app.db import Database, transaction  # noqa: E402
 from app.migrate import upgrade_async  # noqa: E402
-from app.reports import projection, service  # noqa: E402
-from app.reports.definitions import ACTIVITY, STAFF_HUB  # noqa: E402
-from app.reports.queries import Period  # noqa: E402
+from app.reports import readmodel, service, version  # noqa: E402
+from app.reports.definitions import ACTIVITY, STAFF_HUB, ReportDefinition  # noqa: E402
+from app.reports.period import Period  # noqa: E402
+from app.reports.rebuild import rebuild  # noqa: E402
 from app.security.auth import Principal  # noqa: E402
 from app.security.roles import Role  # noqa: E402
+from tests.reports import oracle  # noqa: E402
 
 SERVICE = "life-rooms"
 START = dt.date(2024, 1, 1)
@@ -307,22 +316,33 @@ async def build(pg: str, name: str, referrals: int, months: int) -> dict[str, fl
         timings.update({f"rows_{k}": float(v) for k, v in dict(counts).items()})
     finally:
         await connection.close()
-    # The rows went in by bulk SQL, past the domain: fill the read model the way migration 0008
-    # fills it for an existing installation.
+    # The rows went in by bulk SQL, past the domain: fill the read model as an operator would
+    # on an installation whose model is older than the code.
     began = time.perf_counter()
     await read_model(pg, name)
     timings["read_model"] = time.perf_counter() - began
     return timings
 
 
-async def read_model(pg: str, name: str) -> int:
-    """Fill the (empty) reporting read model from every case, then ANALYZE its tables."""
-    engine = create_engine(f"postgresql+asyncpg://{pg}/{name}")
+async def read_model(pg: str, name: str, *, only_if_stale: bool = False) -> int | None:
+    """Rebuild the reporting read model from every case (`spbridge reports rebuild`), then
+    ANALYZE its tables; with ``only_if_stale``, only when its version is not the code's."""
+    database = Database.from_url(f"postgresql+asyncpg://{pg}/{name}")
     try:
-        async with engine.begin() as connection:
-            done = await connection.run_sync(projection.backfill)
+        if only_if_stale:
+            async with transaction(database.read_sessions) as session:
+                if (await version.state(session)).current:
+                    return None
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if time.perf_counter() - last[0] > 30 or done == total:
+                last[0] = time.perf_counter()
+                print(f"  rebuilt {done:,} of {total:,} cases", flush=True)
+
+        done = (await rebuild(database, batch=2000, progress=progress)).cases
     finally:
-        await engine.dispose()
+        await database.dispose()
     connection = await asyncpg.connect(admin_url(pg, name))
     try:
         await connection.execute("VACUUM ANALYZE report_case_facts, report_counts")
@@ -331,47 +351,72 @@ async def read_model(pg: str, name: str) -> int:
     return done
 
 
+def periods(months: int) -> tuple[Period, Period]:
+    """The last twelve months of the data; and the same less their first 14 days and last 11."""
+    last = START.replace(year=START.year + months // 12) - dt.timedelta(days=1)
+    whole = Period(last.replace(year=last.year - 1) + dt.timedelta(days=1), last)
+    return whole, Period(whole.start + dt.timedelta(days=14), whole.end - dt.timedelta(days=11))
+
+
+BENCH_PRINCIPAL = Principal(client_id=None, name="bench", role=Role.REPORTING, organisation="LR001")
+
+
+async def timed_report(
+    database: Database,
+    definition: ReportDefinition,
+    period: Period,
+    *,
+    team: str | None = None,
+    marks: list[tuple[str, float]] | None = None,
+) -> tuple[float, dict[str, object]]:
+    """One report as the API makes it (run_report, then the JSON document): seconds, document."""
+
+    def progress(section: str, done: int, of: int) -> None:
+        if marks is not None:
+            marks.append((section, time.perf_counter()))
+
+    began = time.perf_counter()
+    async with transaction(database.write_sessions) as session:
+        report = await service.run_report(
+            session,
+            BENCH_PRINCIPAL,
+            definition,
+            service_id=SERVICE,
+            team=team,
+            period=period,
+            now=dt.datetime.now(dt.UTC),
+            progress=progress,
+        )
+        document = service.report_document(report, suppress=False)
+    return time.perf_counter() - began, document
+
+
 async def measure(pg: str, name: str, months: int, runs: int) -> dict[str, list[float]]:
     database = Database.from_url(f"postgresql+asyncpg://{pg}/{name}")
-    admin = Principal(client_id=None, name="bench", role=Role.REPORTING, organisation="LR001")
-    last = START.replace(year=START.year + months // 12) - dt.timedelta(days=1)
-    period = Period(last.replace(year=last.year - 1) + dt.timedelta(days=1), last)
-    results: dict[str, list[float]] = {"activity": [], "staff-hub": []}
+    whole, partial = periods(months)
+    results: dict[str, list[float]] = {}
     sections: dict[str, list[float]] = {}
     try:
-        for definition, times in ((ACTIVITY, runs), (STAFF_HUB, 1)):
-            for _ in range(times):
-                marks: list[tuple[str, float]] = []
-
-                def progress(
-                    name: str, done: int, of: int, marks: list[tuple[str, float]] = marks
-                ) -> None:
-                    marks.append((name, time.perf_counter()))
-
-                began = time.perf_counter()
-                async with transaction(database.read_sessions) as session:
-                    report = await service.run_report(
-                        session,
-                        admin,
-                        definition,
-                        service_id=SERVICE,
-                        team=None,
-                        period=period,
-                        now=dt.datetime.now(dt.UTC),
-                        progress=progress,
+        for label, period in (("", whole), ("partial ", partial)):
+            for definition, times in ((ACTIVITY, runs), (STAFF_HUB, 1)):
+                key = f"{label}{definition.name.value}"
+                results[key] = []
+                for _ in range(times):
+                    marks: list[tuple[str, float]] = []
+                    elapsed, document = await timed_report(
+                        database, definition, period, marks=marks
                     )
-                    document = service.report_document(report, suppress=False)
-                elapsed = time.perf_counter() - began
-                results[definition.name.value].append(elapsed)
-                referrals = document["sections"][0]["tables"][0]["rows"][0]["values"][-1]
-                print(
-                    f"{definition.name.value}: {elapsed:.3f} s "
-                    f"(referrals in the period: {referrals})",
-                    flush=True,
-                )
-                if definition is ACTIVITY:
-                    for (section, at), (_, after) in itertools.pairwise(marks):
-                        sections.setdefault(section, []).append(after - at)
+                    results[key].append(elapsed)
+                    sections_of: Any = document["sections"]
+                    referrals = sections_of[0]["tables"][0]["rows"][0]["values"][-1]
+                    print(
+                        f"{key} {period.start}..{period.end}: {elapsed:.3f} s "
+                        f"(referrals in the period: {referrals})",
+                        flush=True,
+                    )
+                    if definition is ACTIVITY and not label:
+                        for (section, at), (_, after) in itertools.pairwise(marks):
+                            sections.setdefault(section, []).append(after - at)
     finally:
         await database.dispose()
     for section, times in sections.items():
@@ -379,6 +424,48 @@ async def measure(pg: str, name: str, months: int, runs: int) -> dict[str, list[
     results["sections"] = [statistics.median(t) for t in sections.values()]
     results["section_names"] = list(sections)  # type: ignore[list-item]
     return results
+
+
+async def compare(pg: str, name: str, months: int) -> list[str]:
+    """Every report from the read model and from the old live SQL (tests/reports/oracle.py):
+    whole and partial periods, without a team and for one. Returns one line per comparison."""
+    database = Database.from_url(f"postgresql+asyncpg://{pg}/{name}")
+    lines = []
+    model_load = readmodel.load
+    try:
+        for period in periods(months):
+            for definition in (ACTIVITY, STAFF_HUB):
+                for team in (None, "Inpatient Ward"):
+                    readmodel.load = model_load  # type: ignore[assignment]
+                    model_time, from_model = await timed_report(
+                        database, definition, period, team=team
+                    )
+                    readmodel.load = oracle.load  # type: ignore[assignment]
+                    live_time, live = await timed_report(database, definition, period, team=team)
+                    same = from_model["sections"] == live["sections"]
+                    line = (
+                        f"{definition.name.value} {period.start}..{period.end} "
+                        f"team={team or '-'}: read model {model_time:.2f} s, live SQL "
+                        f"{live_time:.2f} s, {'same figures' if same else 'FIGURES DIFFER'}"
+                    )
+                    if not same:
+                        line += ": " + ", ".join(_differences(from_model, live))
+                    print(line, flush=True)
+                    lines.append(line)
+    finally:
+        readmodel.load = model_load  # type: ignore[assignment]
+        await database.dispose()
+    return lines
+
+
+def _differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """The tables whose published values differ."""
+    out = []
+    for a, b in zip(first["sections"], second["sections"], strict=True):
+        for t, u in zip(a["tables"], b["tables"], strict=True):
+            if t != u:
+                out.append(t["id"])
+    return out
 
 
 def machine() -> str:
@@ -415,20 +502,28 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="Keep the database afterwards")
     parser.add_argument("--reuse", action="store_true", help="Reuse a kept database")
+    parser.add_argument(
+        "--compare", action="store_true", help="Check the figures against the old live SQL"
+    )
     parser.add_argument("--record", action="store_true", help="Append to bench/RESULTS.md")
     args = parser.parse_args()
+    compared: list[str] = []
     try:
         built: dict[str, float] = {}
         if args.reuse:
-            # A database kept before migration 0008: the migration fills the read model.
+            # A kept database: migrate it, and rebuild the read model if its version is not
+            # this code's (`spbridge reports rebuild`).
             began = time.perf_counter()
             await upgrade_async(f"postgresql+asyncpg://{args.pg}/{args.database}")
-            connection = await asyncpg.connect(admin_url(args.pg, args.database))
-            try:
-                await connection.execute("VACUUM ANALYZE report_case_facts, report_counts")
-            finally:
-                await connection.close()
-            print(f"upgraded in {time.perf_counter() - began:.0f} s", flush=True)
+            rebuilt = await read_model(args.pg, args.database, only_if_stale=True)
+            elapsed = time.perf_counter() - began
+            if rebuilt is not None:
+                built["read_model"] = elapsed
+            print(
+                f"upgraded in {elapsed:.0f} s"
+                + (f" (read model rebuilt: {rebuilt:,} cases)" if rebuilt is not None else ""),
+                flush=True,
+            )
         else:
             began = time.perf_counter()
             built = await build(args.pg, args.database, args.referrals, args.months)
@@ -438,15 +533,25 @@ async def main() -> None:
                 flush=True,
             )
         results = await measure(args.pg, args.database, args.months, args.runs)
+        if args.compare:
+            compared = await compare(args.pg, args.database, args.months)
     finally:
         if not args.keep:
             await drop(args.pg, args.database)
-    activity = results["activity"]
+
+    def spread(times: list[float]) -> str:
+        return (
+            f"median {statistics.median(times):.2f} s, min {min(times):.2f} s, "
+            f"max {max(times):.2f} s over {len(times)} runs"
+        )
+
+    whole, partial = periods(args.months)
     summary = (
-        f"activity report, 12 months of {args.referrals:,} referrals over {args.months} "
-        f"months: median {statistics.median(activity):.2f} s, min {min(activity):.2f} s, "
-        f"max {max(activity):.2f} s over {len(activity)} runs; staff-hub "
-        f"{results['staff-hub'][0]:.2f} s"
+        f"activity report, 12 months ({whole.start}..{whole.end}) of {args.referrals:,} "
+        f"referrals over {args.months} months: {spread(results['activity'])}; staff-hub "
+        f"{results['staff-hub'][0]:.2f} s. Partial period ({partial.start}..{partial.end}): "
+        f"activity {spread(results['partial activity'])}; staff-hub "
+        f"{results['partial staff-hub'][0]:.2f} s"
     )
     print(summary)
     if args.record:
@@ -456,17 +561,24 @@ async def main() -> None:
             for name, seconds in zip(results["section_names"], results["sections"], strict=True)
         )
         built_line = ", ".join(f"{k} {v:,.0f}" for k, v in built.items())
+        runs = ", ".join(f"{t:.2f}" for t in results["activity"])
+        partial_runs = ", ".join(f"{t:.2f}" for t in results["partial activity"])
         text = (
             f"\n## Reports (`bench/reports.py`), {stamp}\n\n"
             f"Machine: {machine()}.\n"
             f"Command: `.venv/bin/python bench/reports.py --referrals {args.referrals} "
             f"--months {args.months} --runs {args.runs}"
-            f"{' --reuse' if args.reuse else ''}{' --keep' if args.keep else ''}`.\n"
+            f"{' --reuse' if args.reuse else ''}{' --keep' if args.keep else ''}"
+            f"{' --compare' if args.compare else ''}`.\n"
             f"Load (seconds, rows): {built_line or 'reused'}.\n\n"
-            f"{summary}. Runs: {', '.join(f'{t:.2f}' for t in activity)} s.\n\n"
+            f"{summary}. Runs: {runs} s; partial: {partial_runs} s.\n\n"
             "| activity section | median s |\n|---|---|\n"
             f"{rows}\n"
         )
+        if compared:
+            text += "\nCompared with the old live SQL:\n\n" + "".join(
+                f"- {line}\n" for line in compared
+            )
         append_results(text)
 
 

@@ -31,8 +31,6 @@ VENV_BIN = ROOT / ".venv" / "bin"
 BRIDGE = "http://127.0.0.1:8000"  # where the README and the guide say the sandbox listens
 ADVISOR = {"Authorization": "Bearer spb_sandbox_advisor"}
 CLINICAL = {"Authorization": "Bearer spb_sandbox_clinical_system"}
-# Written by the architecture issue, on main beside this: the README links to it.
-PENDING = {"docs/ARCHITECTURE.md"}
 
 
 def blocks(path: Path, language: str) -> list[str]:
@@ -51,8 +49,7 @@ def test_links_stay_inside_the_clone(document: Path) -> None:
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue  # a web address or a place on the page
         path = (document.parent / target.split("#", 1)[0]).resolve()
-        relative = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
-        if not path.exists() and relative not in PENDING:
+        if not path.exists():
             missing.append(target)
     assert missing == [], f"{document.name} links to files a clone does not have: {missing}"
 

@@ -8,7 +8,9 @@ Three checks, each run afresh on every probe (nothing is cached that could hide 
   that passes, with a note, because migrations add before they take away. A database behind the
   code fails: the code would use tables and columns that are not there;
 - ``dispatcher``: when this process is meant to deliver the outbox (``SPBRIDGE_RUN_DISPATCHER``),
-  its dispatcher loop is running.
+  its dispatcher loop is running;
+- ``reports``: always ok (a stale report read model does not stop intake), with a note when the
+  model must be rebuilt (app.reports.version).
 
 Details name what failed and the exception's type, never its message (a driver's message can
 carry the host, the user or a statement).
@@ -29,6 +31,7 @@ from app.db import Database
 from app.delivery.dispatcher import Dispatcher
 from app.migrate import alembic_config
 from app.operations.schemas import Readiness, ReadinessCheck
+from app.reports import version as report_model
 
 # A probe must answer before the orchestrator's own timeout (Kubernetes: 1 s by default, set it
 # higher; see docs/DEPLOYMENT.md): a database that takes longer than this is not ready.
@@ -76,12 +79,17 @@ def migrations_check(scripts: ScriptDirectory, current: str | None) -> Readiness
 
 async def _database_checks(
     database: Database, settings: Settings
-) -> tuple[ReadinessCheck, ReadinessCheck]:
+) -> tuple[ReadinessCheck, ReadinessCheck, ReadinessCheck]:
     async with database.read_sessions() as session:
         connection = await session.connection()
         await connection.execute(text("SELECT 1"))
         current = await connection.run_sync(_current_revision)
-    return ReadinessCheck(ok=True), migrations_check(_scripts(settings.database_url), current)
+        migrations = migrations_check(_scripts(settings.database_url), current)
+        reports = ReadinessCheck(ok=True, detail="not checked: the schema is not up to date")
+        if migrations.ok:
+            found = await connection.run_sync(report_model.read_state)
+            reports = ReadinessCheck(ok=True, detail=found.note())
+    return ReadinessCheck(ok=True), migrations, reports
 
 
 def dispatcher_check(settings: Settings, dispatcher: Dispatcher | None) -> ReadinessCheck:
@@ -97,21 +105,24 @@ async def readiness(
 ) -> Readiness:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            database_ok, migrations = await _database_checks(database, settings)
+            database_ok, migrations, reports = await _database_checks(database, settings)
     except TimeoutError:
         database_ok = ReadinessCheck(
             ok=False, detail=f"the database did not answer within {CHECK_TIMEOUT:g} s"
         )
         migrations = ReadinessCheck(ok=False, detail="not checked: the database did not answer")
+        reports = ReadinessCheck(ok=True, detail="not checked: the database did not answer")
     except Exception as exc:  # whatever the driver raises, the answer is "not ready", not a 500
         database_ok = ReadinessCheck(
             ok=False, detail=f"the database did not answer ({type(exc).__name__})"
         )
         migrations = ReadinessCheck(ok=False, detail="not checked: the database did not answer")
+        reports = ReadinessCheck(ok=True, detail="not checked: the database did not answer")
     checks = {
         "database": database_ok,
         "migrations": migrations,
         "dispatcher": dispatcher_check(settings, dispatcher),
+        "reports": reports,
     }
     ready = all(check.ok for check in checks.values())
     return Readiness(status="ready" if ready else "not ready", checks=checks)

@@ -1,6 +1,7 @@
 """The background half of the reporting read model: takes the cases writes queued
-(app.reports.projection.note_pending) into the counters every second, a batch at a time, so the
-queue a report drains before it reads stays short."""
+(app.cases.after_write.queue_for_reports) into the counters every second, a batch at a time, so
+the queue a report drains before it reads stays short. A process whose counting is older than the
+model's (app.reports.version: a rolling upgrade) leaves the queue to the newer ones."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from app.cases.models import ReportPendingCase
 from app.db import Database, transaction
 from app.loops import Loop
-from app.reports import projection
+from app.reports import projection, version
 
 log = logging.getLogger("spbridge.reports")
 
@@ -45,6 +46,8 @@ class ReportDrainer:
         # one write lock, which intake would otherwise wait for every second for nothing.
         async with transaction(self.database.read_sessions) as session:
             if await session.scalar(select(ReportPendingCase.case_id).limit(1)) is None:
+                return 0
+            if (await version.state(session)).newer:
                 return 0
         async with transaction(self.database.write_sessions) as session:
             return await session.run_sync(projection.drain, self.batch)

@@ -49,3 +49,18 @@ class ReportCount(Base):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     team: Mapped[str] = mapped_column(Text, primary_key=True)
     n: Mapped[int] = mapped_column(Integer)
+
+
+class ReportModelState(Base):
+    """One row: which counting (app.reports.projection.MODEL_VERSION) the read model holds, and
+    the rebuild under way, if any (app.reports.version, app.reports.rebuild)."""
+
+    __tablename__ = "report_model_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    # Every case's contributions are of this version (0: never built).
+    version: Mapped[int] = mapped_column(Integer)
+    # A rebuild to this version is under way (or was stopped), done up to this case id.
+    rebuilding: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rebuilt_through: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -1,32 +1,38 @@
-"""Keeps the reporting read model (app.reports.models) in step with the cases.
+"""Keeps the reporting read model (app.reports.models) in step with the cases, and is the one
+place a report figure is computed: ``contributions``, a pure function of one case's rows.
 
-Every write to a case, its referral, events or records goes through an ORM session (the domain
-function app.cases.service.apply_event for the API, webhooks and the reconciler; intake's
-open_case; the retention purge). A session listener notes each case touched and, just before the
-transaction commits, records it in ``report_pending_cases`` (one insert; no row shared with other
-cases, so concurrent intakes never wait for each other and the referral stays fast). ``drain``
-later works out each noted case's contributions to the counters again from its rows
-(``contributions``: a pure function of them) and adds only the difference to ``report_counts``,
-a batch at a time, so counter rows are written once per batch rather than once per request.
-Reports drain everything noted first, in their own transaction, so they are exact when
-produced; the background (app.worker) drains every second so the queue stays short. A
-backdated event, a changed prescription or a later state lands in the right month, and
-first/last are by occurred_at, whatever order things arrived in. The same function fills the
-model for existing data (``backfill``: migration 0008 and bench/reports.py).
+Every write to a case, its referral, events or records queues the case in
+``report_pending_cases`` (app.cases.after_write; one insert, on no row shared with other cases,
+so concurrent intakes never wait for each other and the referral stays fast). ``drain`` later
+works out each queued case's contributions to the counters again from its rows and adds only the
+difference to ``report_counts``, a batch at a time, so counter rows are written once per batch
+rather than once per request. Reports drain everything queued first, in their own transaction, so
+they are exact when produced; the background (app.worker) drains every second so the queue stays
+short. A backdated event, a changed prescription or a later state lands in the right month, and
+first/last are by occurred_at, whatever order things arrived in.
 
-Months are UTC calendar months, as in app.reports.queries. A referral's figures count in the
-month it was received (its cohort); events, prescriptions and scores in the month they happened.
+A contribution is keyed by the month an instant falls in (``month_of``): the counters are by
+calendar month. A report of a period that is not whole months runs the same function with a
+``period_bucket``, which puts instants outside the period in a bucket before or after every
+month (app.reports.readmodel). ``MODEL_VERSION`` names the counting: bump it with any change to
+what ``contributions`` gives, and `spbridge reports rebuild` (app.reports.rebuild) takes every
+case into the model again.
+
+Months are UTC calendar months. A referral's figures count in the month it was received (its
+cohort); events, prescriptions and scores in the month they happened (app.reports.period).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, delete, select
+import orjson
+from sqlalchemy import String, Table, Text, any_, bindparam, case, cast, delete, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -44,33 +50,61 @@ from app.cases.models import (
 )
 from app.cases.wellbeing import MEANINGFUL_CHANGE
 from app.reports.models import ReportCaseFact, ReportCount
+from app.reports.period import Period
+
+# The version of the counting below: bump it whenever what ``contributions`` gives changes (a
+# figure added, fixed or keyed differently), so that every process and `spbridge reports
+# rebuild` know the stored model is older than the code (app.reports.version).
+MODEL_VERSION = 1
 
 SEP = "\x1f"
 # Event types counted by the month they happened, with their labels: the event registry says.
 EVENT_ROWS = COUNTED_ROWS
 COUNTED_EVENTS = tuple(t for t, _ in EVENT_ROWS)
-EDI_KEYS = (
-    "ethnicity",
-    "sex",
-    "gender_identity",
-    "sexual_orientation",
-    "disability",
-    "religion",
-    "age_band",
-    "carer",
-    "armed_forces",
-    "first_language",
+_COUNTED = frozenset(COUNTED_EVENTS)
+# The equality and diversity items of demographics.recorded (app.cases.schemas), in order, with
+# their labels in the reports.
+EDI_ITEMS = (
+    ("ethnicity", "Ethnicity"),
+    ("sex", "Sex"),
+    ("gender_identity", "Gender identity"),
+    ("sexual_orientation", "Sexual orientation"),
+    ("disability", "Disability"),
+    ("religion", "Religion or belief"),
+    ("age_band", "Age band (as the person gave it)"),
+    ("carer", "Carer"),
+    ("armed_forces", "Armed forces community"),
+    ("first_language", "First language"),
+)
+_EDI_KEYS = frozenset(key for key, _ in EDI_ITEMS)
+# Attended appointments by length: 15-minute bands (``duration_band`` gives the index).
+DURATION_BANDS = (
+    "1-15 minutes",
+    "16-30 minutes",
+    "31-45 minutes",
+    "46-60 minutes",
+    "61-75 minutes",
+    "76-90 minutes",
+    "91-105 minutes",
+    "106-120 minutes",
+    "over 120 minutes",
 )
 _LOADED_EVENTS = (*COUNTED_EVENTS, "demographics.recorded")
-# A SWEMWBS change counts as none below half a hundredth (as app.reports.sections).
-_TOLERANCE = 0.005
+# A SWEMWBS change counts as none below half a hundredth (metric scores have two decimals).
+CHANGE_TOLERANCE = 0.005
 _HOUR_US = 3_600_000_000
 _DAY_US = 24 * _HOUR_US
 # Waits longer than this are bucketed by whole days (still 24 buckets a day apart).
 _HOURLY_UP_TO_DAYS = 60
 _BATCH = 2000
+# The buckets of instants before and after a report's period (``period_bucket``): they sort
+# before and after every month, as the instants do.
+BEFORE = "0000-00"
+AFTER = "9999-99"
 
 Contributions = dict[str, int]
+# Where an instant counts: its month, or BEFORE / AFTER a report's period.
+Bucket = Callable[[dt.datetime], str]
 
 
 def month_of(instant: dt.datetime) -> str:
@@ -78,9 +112,21 @@ def month_of(instant: dt.datetime) -> str:
     return f"{utc.year:04d}-{utc.month:02d}"
 
 
-def month_start(instant: dt.datetime) -> dt.datetime:
-    utc = instant.astimezone(dt.UTC)
-    return dt.datetime(utc.year, utc.month, 1, tzinfo=dt.UTC)
+def period_bucket(period: Period) -> Bucket:
+    """Months for instants inside ``period``, BEFORE and AFTER for the others. For a case with
+    no instant in the parts of the period's first and last months outside it, this orders and
+    groups its instants as ``month_of`` does as far as the period can tell (every month before
+    the period is BEFORE, after it AFTER), so its contributions then are the stored ones."""
+    starts_at, ends_at = period.starts_at, period.ends_at
+
+    def bucket(instant: dt.datetime) -> str:
+        if instant < starts_at:
+            return BEFORE
+        if instant >= ends_at:
+            return AFTER
+        return month_of(instant)
+
+    return bucket
 
 
 def wait_bucket(later: dt.datetime, earlier: dt.datetime) -> int:
@@ -94,10 +140,16 @@ def wait_bucket(later: dt.datetime, earlier: dt.datetime) -> int:
 
 
 def duration_band(minutes: int) -> int:
-    """As app.reports.queries.duration_band (SQL integer division truncates towards zero)."""
+    """The index in DURATION_BANDS: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120
+    (0 for none at all, as SQL's integer division truncating towards zero gave)."""
     if minutes > 120:
         return 8
     return int((minutes - 1) / 15)
+
+
+def days_between(later: dt.datetime, earlier: dt.datetime) -> float:
+    """A wait in days, as the reports show it."""
+    return (later - earlier) / dt.timedelta(days=1)
 
 
 def entry(month: str, measure: str, key: str = "") -> str:
@@ -154,11 +206,11 @@ def _threshold(month: str | None, cohort: str) -> str | None:
     return "" if month >= cohort else month
 
 
-def contributions(rows: CaseRows) -> Fact:
-    """What one case adds to the counters, worked out from its rows alone."""
+def contributions(rows: CaseRows, bucket: Bucket = month_of) -> Fact:
+    """What one case adds to the counters, worked out from its rows alone; each instant counts
+    in its ``bucket`` (by default its month: what the counters hold)."""
     out: dict[str, int] = defaultdict(int)
-    cohort = month_of(rows.received_at)
-    cohort_start = month_start(rows.received_at)
+    cohort = bucket(rows.received_at)
 
     def add(month: str, measure: str, key: str = "", n: int = 1) -> None:
         out[entry(month, measure, key)] += n
@@ -187,19 +239,22 @@ def contributions(rows: CaseRows) -> Fact:
     latest: dict[str, str] = {}
     attended: list[dt.datetime] = []
     for kind, occurred_at, _seq, data in events:
-        if kind in COUNTED_EVENTS:
-            add(month_of(occurred_at), "event", kind)
         if kind == "demographics.recorded":
             for item, value in (data or {}).items():
-                if item in EDI_KEYS:
+                if item in _EDI_KEYS:
                     latest[item] = str(value)
-        elif kind == "appointment.attended":
+            continue
+        if kind not in _COUNTED:
+            continue
+        month = bucket(occurred_at)
+        add(month, "event", kind)
+        if kind == "appointment.attended":
             attended.append(occurred_at)
             found = rows.appointments.get(_text((data or {}).get("appointment_id")))
             if found is not None:
                 kind_of, minutes = found
-                add(month_of(occurred_at), "attended_type", kind_of)
-                add(month_of(occurred_at), "attended_band", str(duration_band(minutes)))
+                add(month, "attended_type", kind_of)
+                add(month, "attended_band", str(duration_band(minutes)))
     for item, value in latest.items():
         add(cohort, "edi", f"{item}{SEP}{value}")
 
@@ -212,21 +267,22 @@ def contributions(rows: CaseRows) -> Fact:
         add(cohort, "contact", f"{contact_bucket}{SEP}{int(eligible)}")
     if rows.state not in ("rejected", "cancelled"):
         add(cohort, "eligible")
-    seen = [at for at in attended if at >= cohort_start]
+    # Attended since the start of the month received (a report never starts later).
+    seen = [at for at in attended if bucket(at) >= cohort]
     if seen:
         first_attended_at = min(seen)
         attended_bucket = wait_bucket(first_attended_at, rows.received_at)
         add(cohort, "attended_wait", str(attended_bucket))
 
     # The staff-hub assessment flags. Each holds for a report starting in a month up to its
-    # threshold (the live engine counts records from the report's start).
-    attended_months = sorted((month_of(at) for at in attended), reverse=True)
+    # threshold (records count from the report's start).
+    attended_months = sorted((bucket(at) for at in attended), reverse=True)
     reviewed = [
-        month_of(measured)
+        bucket(measured)
         for _instrument, stage, measured, _created, _score in rows.scores
         if stage in ("review", "end")
     ]
-    prescribed = [month_of(at) for at, _category, _provider in rows.prescriptions]
+    prescribed = [bucket(at) for at, _category, _provider in rows.prescriptions]
     assessed = attended_months[0] if attended_months else None
     again = max(
         [*attended_months[1:2], *(sorted(reviewed)[-1:])],
@@ -237,8 +293,8 @@ def contributions(rows: CaseRows) -> Fact:
         "signposted": max(prescribed, default=None),
         "monitored": min(assessed, again) if assessed is not None and again is not None else None,
     }
-    for flag, month in flags.items():
-        threshold = _threshold(month, cohort)
+    for flag, flag_month in flags.items():
+        threshold = _threshold(flag_month, cohort)
         if threshold is not None:
             add(cohort, "assess", f"{flag}{SEP}{threshold}")
     if rows.state == "completed" and rows.status_reason == "referred-on":
@@ -252,7 +308,7 @@ def contributions(rows: CaseRows) -> Fact:
     months_by_category: dict[str, set[str]] = defaultdict(set)
     any_months: set[str] = set()
     for at, category, provider in rows.prescriptions:
-        month = month_of(at)
+        month = bucket(at)
         add(month, "rx_category", category)
         add(month, "rx_provider", provider)
         months_by_category[category].add(month)
@@ -267,7 +323,7 @@ def contributions(rows: CaseRows) -> Fact:
         add(month, "rx_people_any", previous)
         previous = month
 
-    _wellbeing(rows, add)
+    _wellbeing(rows, add, bucket)
     return Fact(
         {k: v for k, v in out.items() if v},
         first_attended_at,
@@ -276,7 +332,7 @@ def contributions(rows: CaseRows) -> Fact:
     )
 
 
-def _wellbeing(rows: CaseRows, add: Any) -> None:
+def _wellbeing(rows: CaseRows, add: Any, bucket: Bucket) -> None:
     """SWEMWBS pairs: for each run of months a report could cover, the first and last score of
     the case within it. Keyed by the months the run's start must fall after / on or before, and
     the month its end must fall before: lo, first, hi (each '' for no bound)."""
@@ -286,8 +342,8 @@ def _wellbeing(rows: CaseRows, add: Any) -> None:
     )
     if len(scores) < 2:
         return
-    months = sorted({month_of(s[2]) for s in scores})
-    by_month = [month_of(s[2]) for s in scores]
+    months = sorted({bucket(s[2]) for s in scores})
+    by_month = [bucket(s[2]) for s in scores]
     for a, first_month in enumerate(months):
         lo = months[a - 1] if a > 0 else ""
         for b in range(a, len(months)):
@@ -303,11 +359,11 @@ def _wellbeing(rows: CaseRows, add: Any) -> None:
             add(last_month, "wb_pairs", bounds)
             add(last_month, "wb_change", bounds, round(change * 100))
             for flag, holds in (
-                ("wb_increased", change > _TOLERANCE),
-                ("wb_decreased", change < -_TOLERANCE),
-                ("wb_unchanged", -_TOLERANCE <= change <= _TOLERANCE),
-                ("wb_improved", change >= MEANINGFUL_CHANGE - _TOLERANCE),
-                ("wb_declined", change <= -MEANINGFUL_CHANGE + _TOLERANCE),
+                ("wb_increased", change > CHANGE_TOLERANCE),
+                ("wb_decreased", change < -CHANGE_TOLERANCE),
+                ("wb_unchanged", -CHANGE_TOLERANCE <= change <= CHANGE_TOLERANCE),
+                ("wb_improved", change >= MEANINGFUL_CHANGE - CHANGE_TOLERANCE),
+                ("wb_declined", change <= -MEANINGFUL_CHANGE + CHANGE_TOLERANCE),
             ):
                 if holds:
                     add(last_month, flag, bounds)
@@ -318,15 +374,39 @@ def _wellbeing(rows: CaseRows, add: Any) -> None:
 Executor = Session | Connection
 
 
+def among(executor: Executor, column: Any, ids: Sequence[str]) -> Any:
+    """``column IN ids``; on PostgreSQL one array parameter (= ANY), which saves compiling and
+    planning a parameter per id for every batch."""
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    if bind.dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(String)))
+    return column.in_(ids)
+
+
 def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
     if not case_ids:
         return []
     events: dict[str, list[tuple[str, dt.datetime, int, Any]]] = defaultdict(list)
-    for case_id, kind, occurred_at, seq, data in executor.execute(
+    # Of the event bodies, only what is counted: decoding every body would cost more than the
+    # rest of the load. JSON comes as text, for orjson (several times faster than the driver's).
+    answers = case((CaseEvent.type == "demographics.recorded", cast(CaseEvent.data, Text)))
+    appointment = case(
+        (CaseEvent.type == "appointment.attended", CaseEvent.data["appointment_id"].as_string())
+    )
+    for case_id, kind, occurred_at, seq, items, appointment_id in executor.execute(
         select(
-            CaseEvent.case_id, CaseEvent.type, CaseEvent.occurred_at, CaseEvent.seq, CaseEvent.data
-        ).where(CaseEvent.case_id.in_(case_ids), CaseEvent.type.in_(_LOADED_EVENTS))
+            CaseEvent.case_id,
+            CaseEvent.type,
+            CaseEvent.occurred_at,
+            CaseEvent.seq,
+            answers,
+            appointment,
+        ).where(among(executor, CaseEvent.case_id, case_ids), CaseEvent.type.in_(_LOADED_EVENTS))
     ):
+        if appointment_id is not None:
+            data: Any = {"appointment_id": appointment_id}
+        else:
+            data = None if items is None else orjson.loads(items)
         events[case_id].append((kind, occurred_at, seq, data))
     appointments: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
     for case_id, external_id, kind, minutes, attended in executor.execute(
@@ -336,7 +416,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Appointment.appointment_type,
             Appointment.minutes,
             Appointment.attended_minutes,
-        ).where(Appointment.case_id.in_(case_ids))
+        ).where(among(executor, Appointment.case_id, case_ids))
     ):
         appointments[case_id][external_id] = (kind, attended if attended is not None else minutes)
     prescriptions: dict[str, list[tuple[dt.datetime, str, str]]] = defaultdict(list)
@@ -346,7 +426,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Prescription.prescribed_at,
             Prescription.category,
             Prescription.provider,
-        ).where(Prescription.case_id.in_(case_ids))
+        ).where(among(executor, Prescription.case_id, case_ids))
     ):
         prescriptions[case_id].append((at, category, provider))
     scores: dict[str, list[tuple[str, str, dt.datetime, dt.datetime, float]]] = defaultdict(list)
@@ -358,7 +438,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             WellbeingScore.measured_at,
             WellbeingScore.created_at,
             WellbeingScore.metric_score,
-        ).where(WellbeingScore.case_id.in_(case_ids))
+        ).where(among(executor, WellbeingScore.case_id, case_ids))
     ):
         scores[case_id].append((instrument, stage, measured, created, float(metric)))
     cases = executor.execute(
@@ -375,10 +455,10 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Referral.referral_unit,
             Referral.referral_source,
             Referral.staff_group,
-            Referral.reasons,
+            cast(Referral.reasons, Text),
         )
         .join(Referral, Referral.id == Case.referral_id)
-        .where(Case.id.in_(case_ids))
+        .where(among(executor, Case.id, case_ids))
     )
     return [
         CaseRows(
@@ -394,7 +474,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             unit=unit,
             source=source,
             staff_group=staff_group,
-            reasons=reasons,
+            reasons=None if reasons is None else orjson.loads(reasons),
             events=events.get(case_id, []),
             appointments=appointments.get(case_id, {}),
             prescriptions=prescriptions.get(case_id, []),
@@ -458,26 +538,23 @@ def refresh(
     executor: Executor,
     case_ids: Iterable[str],
     *,
-    fresh: bool = False,
     deltas: dict[tuple[str, str, str], int] | None = None,
 ) -> None:
-    """Work these cases' contributions out again and add the difference to the counters.
-    ``fresh``: no fact rows exist for them yet; ``deltas``: add the differences there instead
-    (the backfill writes the counters once, at the end)."""
+    """Work these cases' contributions out again and add the difference to the counters
+    (``deltas``: add the differences there instead, for the caller to write once)."""
     ids = sorted(set(case_ids))
     if not ids:
         return
     before: dict[str, tuple[str, str, dict[str, int]]] = {}
-    if not fresh:
-        for case_id, service_id, team, stored in executor.execute(
-            select(
-                ReportCaseFact.case_id,
-                ReportCaseFact.service_id,
-                ReportCaseFact.team,
-                ReportCaseFact.contributions,
-            ).where(ReportCaseFact.case_id.in_(ids))
-        ):
-            before[case_id] = (service_id, team, stored or {})
+    for case_id, service_id, team, stored in executor.execute(
+        select(
+            ReportCaseFact.case_id,
+            ReportCaseFact.service_id,
+            ReportCaseFact.team,
+            ReportCaseFact.contributions,
+        ).where(among(executor, ReportCaseFact.case_id, ids))
+    ):
+        before[case_id] = (service_id, team, stored or {})
     pending: dict[tuple[str, str, str], int] = defaultdict(int) if deltas is None else deltas
     facts: list[dict[str, Any]] = []
     for rows in load(executor, ids):
@@ -509,37 +586,32 @@ def refresh(
     if facts:
         table = ReportCaseFact.__table__
         assert isinstance(table, Table)
-        statement: Any = table.insert()
-        if not fresh:
-            statement = _insert_of(executor)(table)
-            statement = statement.on_conflict_do_update(
-                index_elements=["case_id"],
-                set_={name: statement.excluded[name] for name in facts[0] if name != "case_id"},
-            )
+        statement = _insert_of(executor)(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["case_id"],
+            set_={name: statement.excluded[name] for name in facts[0] if name != "case_id"},
+        )
         for start in range(0, len(facts), 500):
             executor.execute(statement, facts[start : start + 500])
     if deltas is None:
         _add_counts(executor, pending)
 
 
-def backfill(connection: Connection, *, batch: int = _BATCH) -> int:
-    """Fill the read model from every case there is (it must be empty). Returns the number of
-    cases."""
-    done = 0
-    after = ""
+def take(executor: Executor, case_ids: Sequence[str]) -> None:
+    """Take these queued cases into the read model and off the queue, in the caller's
+    transaction, which must hold their queue rows (``drain`` locks them; a rebuild queues them
+    itself), so no other transaction takes the same case at the same time."""
+    # One upsert of the counters for the whole batch: the reason to batch.
     deltas: dict[tuple[str, str, str], int] = defaultdict(int)
-    while True:
-        ids = list(
-            connection.scalars(
-                select(Case.id).where(Case.id > after).order_by(Case.id).limit(batch)
+    for start in range(0, len(case_ids), _BATCH):
+        refresh(executor, case_ids[start : start + _BATCH], deltas=deltas)
+    _add_counts(executor, deltas)
+    for start in range(0, len(case_ids), 1000):
+        executor.execute(
+            delete(ReportPendingCase).where(
+                ReportPendingCase.case_id.in_(case_ids[start : start + 1000])
             )
         )
-        if not ids:
-            _add_counts(connection, deltas)
-            return done
-        refresh(connection, ids, fresh=True, deltas=deltas)
-        done += len(ids)
-        after = ids[-1]
 
 
 def drain(executor: Executor, limit: int | None = None, *, wait: bool = False) -> int:
@@ -555,17 +627,6 @@ def drain(executor: Executor, limit: int | None = None, *, wait: bool = False) -
     if bind.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=not wait)
     ids = list(executor.scalars(query))
-    if not ids:
-        return 0
-    # One upsert of the counters for the whole batch: the reason to batch.
-    deltas: dict[tuple[str, str, str], int] = defaultdict(int)
-    for start in range(0, len(ids), _BATCH):
-        refresh(executor, ids[start : start + _BATCH], deltas=deltas)
-    _add_counts(executor, deltas)
-    for start in range(0, len(ids), 1000):
-        executor.execute(
-            delete(ReportPendingCase).where(
-                ReportPendingCase.case_id.in_(ids[start : start + 1000])
-            )
-        )
+    if ids:
+        take(executor, ids)
     return len(ids)

@@ -1,40 +1,22 @@
-"""The sections reports are made of. Each runs one or a few grouped queries (app.reports.queries)
-and lays the results out as tables of months and a total. Both report definitions
-(app.reports.definitions) are lists of these.
+"""The sections reports are made of. Each reads its figures (app.reports.figures: counted once,
+by app.reports.projection) and lays them out as tables of months and a total. Both report
+definitions (app.reports.definitions) are lists of these.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Integer, and_, case, cast, distinct, func, literal, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.wellbeing import MEANINGFUL_CHANGE
-from app.directory.models import SocialPrescribingService
 from app.fhir.codes import FHIR_DATA_DIR
-from app.reports.projection import EVENT_ROWS, SEP
-from app.reports.queries import (
-    DURATION_BANDS,
-    Scope,
-    duration_band,
-    grouped,
-    month_key,
-    percentiles,
-)
-from app.reports.readmodel import (
-    ReadModel,
-    pairs_in,
-    people_once,
-    wait_percentiles,
-    within_target,
-)
+from app.reports.figures import ByKey, Figures
+from app.reports.projection import DURATION_BANDS, EDI_ITEMS, EVENT_ROWS
 from app.reports.tables import (
     TOTAL,
     Cell,
@@ -68,23 +50,8 @@ AGE_BANDS = (
     ("65-74", "65-74"),
     ("75-plus", "75 and over"),
 )
-# The equality and diversity items of demographics.recorded (app.cases.schemas), in order.
-EDI_ITEMS = (
-    ("ethnicity", "Ethnicity"),
-    ("sex", "Sex"),
-    ("gender_identity", "Gender identity"),
-    ("sexual_orientation", "Sexual orientation"),
-    ("disability", "Disability"),
-    ("religion", "Religion or belief"),
-    ("age_band", "Age band (as the person gave it)"),
-    ("carer", "Carer"),
-    ("armed_forces", "Armed forces community"),
-    ("first_language", "First language"),
-)
 UNITS = (("individual", "Individuals"), ("team", "Teams"))
 TOP_PROVIDERS = 10
-# A SWEMWBS change counts as none below half a hundredth (metric scores have two decimals).
-_TOLERANCE = 0.005
 
 
 @lru_cache(maxsize=16)
@@ -96,13 +63,10 @@ def code_labels(name: str) -> tuple[tuple[str, str], ...]:
 
 @dataclass
 class Facts:
-    """What several sections of one report share, asked for once."""
+    """What the sections of one report share: its months and its figures."""
 
-    session: AsyncSession
-    scope: Scope
+    figures: Figures
     months: tuple[str, ...]
-    # The read model's counters for the period (app.reports.readmodel); None: live queries.
-    model: ReadModel | None = field(default=None)
     _referrals: Row | None = field(default=None)
 
     @property
@@ -112,8 +76,8 @@ class Facts:
     async def referrals(self) -> Row:
         """Referrals received, by month (the base of most percentages)."""
         if self._referrals is None:
-            counts = await _referrals_by(self, None)
-            self._referrals = count_row(TOTAL, "All referrals", self.months, counts.get(TOTAL, {}))
+            counts = await self.figures.referrals()
+            self._referrals = count_row(TOTAL, "All referrals", self.months, counts)
         return self._referrals
 
 
@@ -123,13 +87,13 @@ SectionBuilder = Callable[[Facts], Awaitable[Section]]
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _nested(rows: Iterable[Any]) -> dict[str, dict[str, int]]:
-    """(month, key, count) rows as {key: {month: count}}."""
-    out: dict[str, dict[str, int]] = defaultdict(dict)
-    for month, key, count in rows:
-        by_month = out[key if key is not None else NOT_RECORDED]
-        m = month_key(month)
-        by_month[m] = by_month.get(m, 0) + int(count)
+def _recorded(counts: ByKey) -> ByKey:
+    """Figures by code, with '' (nothing recorded) as NOT_RECORDED."""
+    out: ByKey = defaultdict(dict)
+    for key, by_month in counts.items():
+        merged = out[key or NOT_RECORDED]
+        for month, n in by_month.items():
+            merged[month] = merged.get(month, 0) + n
     return out
 
 
@@ -142,57 +106,16 @@ def _with_unrecorded(
     return [*labels, *((k, k) for k in others), (NOT_RECORDED, NOT_RECORDED_LABEL)]
 
 
-_REFERRAL_MEASURES = {
-    None: "referrals",
-    "referring_team": "team",
-    "gender": "gender",
-    "age_band": "age_band",
-    "referral_unit": "unit",
-    "referral_source": "source",
-    "staff_group": "staff_group",
-}
-
-
-async def _referrals_by(facts: Facts, column: Any) -> dict[str, dict[str, int]]:
-    """Referrals received in the period by month and by ``column`` (None: all, as TOTAL)."""
-    if facts.model is not None:
-        measure = _REFERRAL_MEASURES[None if column is None else column.key]
-        return {
-            (TOTAL if column is None else key or NOT_RECORDED): dict(by_month)
-            for key, by_month in facts.model.measure(measure).items()
-        }
-    scope = facts.scope
-    month = scope.month(Referral.created_at).label("month")
-    key = (column if column is not None else literal(TOTAL)).label("key")
-    query = (
-        select(month, key, func.count())
-        .where(*scope.referrals())
-        .group_by(month, *([column] if column is not None else []))
-    )
-    return _nested(await grouped(facts.session, query))
+async def _referrals_by(facts: Facts, attribute: str) -> ByKey:
+    """Referrals received in the period by month and by ``attribute``."""
+    return _recorded(await facts.figures.referrals_by(attribute))
 
 
 # --- activity ----------------------------------------------------------------------------------
 
-_EVENT_ROWS = EVENT_ROWS
-
-
-async def _event_counts(facts: Facts) -> dict[str, dict[str, int]]:
-    """Events by type and month of occurred_at (one query for every event-count figure)."""
-    if facts.model is not None:
-        return {key: dict(by_month) for key, by_month in facts.model.measure("event").items()}
-    scope = facts.scope
-    month = scope.month(CaseEvent.occurred_at).label("month")
-    query = (
-        scope.events(*(t for t, _ in _EVENT_ROWS))
-        .add_columns(month, CaseEvent.type, func.count())
-        .group_by(month, CaseEvent.type)
-    )
-    return _nested(await grouped(facts.session, query))
-
 
 async def activity(facts: Facts) -> Section:
-    events = await _event_counts(facts)
+    events = await facts.figures.events()
     referrals = await facts.referrals()
     rows = [
         Row("referrals", "Referrals", referrals.cells),
@@ -225,7 +148,7 @@ async def activity(facts: Facts) -> Section:
 
 
 async def referring_teams(facts: Facts) -> Section:
-    counts = await _referrals_by(facts, Referral.referring_team)
+    counts = await _referrals_by(facts, "team")
     totals = {key: sum(by_month.values()) for key, by_month in counts.items()}
     labels = [
         (key, key)
@@ -266,52 +189,8 @@ async def _breakdown_from_counts(
     return Section(section_id, title, (table, share), notes)
 
 
-async def _reason_counts(facts: Facts) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
-    """Referrals with each reason domain, by month; and referrals with any mapped domain."""
-    if facts.model is not None:
-        by_reason = {k: dict(v) for k, v in facts.model.measure("reason").items()}
-        return by_reason, dict(facts.model.measure("reason_any").get("", {}))
-    scope = facts.scope
-    domain: Any
-    if scope.postgresql:
-        element = func.jsonb_array_elements(Referral.reasons).table_valued("value").alias("reason")
-        domain = element.c.value.op("->>")("domain")
-    else:
-        element = func.json_each(Referral.reasons).table_valued("value").alias("reason")
-        domain = func.json_extract(element.c.value, "$.domain")
-    pairs = (
-        select(
-            Referral.id.label("id"),
-            scope.month(Referral.created_at).label("month"),
-            domain.label("domain"),
-        )
-        .select_from(Referral)
-        .join(element, literal(True))
-        .where(*scope.referrals(), domain.is_not(None))
-        .distinct()
-        .subquery()
-    )
-    by_domain = _nested(
-        await grouped(
-            facts.session,
-            select(pairs.c.month, pairs.c.domain, func.count()).group_by(
-                pairs.c.month, pairs.c.domain
-            ),
-        )
-    )
-    with_any = _nested(
-        await grouped(
-            facts.session,
-            select(pairs.c.month, literal(TOTAL), func.count(distinct(pairs.c.id))).group_by(
-                pairs.c.month
-            ),
-        )
-    ).get(TOTAL, {})
-    return by_domain, with_any
-
-
 async def reasons(facts: Facts) -> Section:
-    by_domain, with_any = await _reason_counts(facts)
+    by_domain, with_any = await facts.figures.reasons()
     everyone = await facts.referrals()
     labels = list(code_labels("reason-for-referral"))
     unmapped = {
@@ -342,25 +221,9 @@ async def reasons(facts: Facts) -> Section:
 
 
 async def case_status(facts: Facts) -> Section:
-    scope = facts.scope
-    month = scope.month(Case.created_at).label("month")
-    query = (
-        select(month, Case.state, Case.status_reason, func.count())
-        .where(*scope.cases())
-        .group_by(month, Case.state, Case.status_reason)
-    )
-    found: list[Any]
-    if facts.model is not None:
-        found = [
-            (month, state, reason or None, n)
-            for (state, reason), month, n in facts.model.split("state")
-        ]
-    else:
-        found = await grouped(facts.session, query)
-    by_state: dict[str, dict[str, int]] = defaultdict(dict)
-    by_reason: dict[str, dict[str, int]] = defaultdict(dict)
-    for raw_month, state, reason, count in found:
-        m = month_key(raw_month)
+    by_state: ByKey = defaultdict(dict)
+    by_reason: ByKey = defaultdict(dict)
+    for m, state, reason, count in await facts.figures.states():
         group = "active" if state in ACTIVE_STATES else state
         by_state[group][m] = by_state[group].get(m, 0) + int(count)
         if state == "discharged":
@@ -402,8 +265,8 @@ async def case_status(facts: Facts) -> Section:
 
 
 async def appointments(facts: Facts) -> Section:
-    events = await _event_counts(facts)
-    kinds = [(t, label) for t, label in _EVENT_ROWS if t.startswith("appointment.")]
+    events = await facts.figures.events()
+    kinds = [(t, label) for t, label in EVENT_ROWS if t.startswith("appointment.")]
     outcomes = Table(
         id="appointments",
         title="Appointments",
@@ -418,34 +281,7 @@ async def appointments(facts: Facts) -> Section:
         description="Each by the month it happened: scheduled when booked, the others when "
         "attended, missed, cancelled or moved.",
     )
-    scope = facts.scope
-    month = scope.month(CaseEvent.occurred_at).label("month")
-    minutes = func.coalesce(Appointment.attended_minutes, Appointment.minutes)
-    band = duration_band(minutes).label("band")
-    query = (
-        scope.events("appointment.attended")
-        .join(
-            Appointment,
-            and_(
-                Appointment.case_id == CaseEvent.case_id,
-                Appointment.external_id == scope.json_text(CaseEvent.data, "appointment_id"),
-            ),
-        )
-        .add_columns(month, Appointment.appointment_type, band, func.count())
-        .group_by(month, Appointment.appointment_type, band)
-    )
-    by_type: dict[str, dict[str, int]] = defaultdict(dict)
-    by_band: dict[str, dict[str, int]] = defaultdict(dict)
-    if facts.model is not None:
-        by_type.update({k: dict(v) for k, v in facts.model.measure("attended_type").items()})
-        for band_index, by_month in facts.model.measure("attended_band").items():
-            by_band[DURATION_BANDS[int(band_index)]] = dict(by_month)
-    else:
-        for raw_month, kind, band_index, count in await grouped(facts.session, query):
-            m = month_key(raw_month)
-            by_type[kind][m] = by_type[kind].get(m, 0) + int(count)
-            key = DURATION_BANDS[int(band_index)]
-            by_band[key][m] = by_band[key].get(m, 0) + int(count)
+    by_type, by_band = await facts.figures.attended()
     attended = count_row(
         TOTAL, "All attended", facts.months, events.get("appointment.attended", {})
     )
@@ -482,21 +318,8 @@ async def appointments(facts: Facts) -> Section:
 
 
 async def prescriptions(facts: Facts) -> Section:
-    scope = facts.scope
-    month = scope.month(Prescription.prescribed_at).label("month")
-    where = [*scope.during(Prescription.prescribed_at), *scope.case_of_scope(Prescription.case_id)]
-    if facts.model is not None:
-        by_category, people_by_category, people_totals, prescribed, prescribed_total = (
-            _prescription_counts(facts.model)
-        )
-    else:
-        (
-            by_category,
-            people_by_category,
-            people_totals,
-            prescribed,
-            prescribed_total,
-        ) = await _prescription_counts_live(facts, where, month)
+    found = await facts.figures.prescriptions()
+    by_category, people_by_category = found.by_category, found.people_by_category
     labels = code_labels("prescription-category")
 
     counts = Table(
@@ -518,10 +341,12 @@ async def prescriptions(facts: Facts) -> Section:
         chart=True,
     )
     people_rows = [
-        count_row(k, label, facts.months, people_by_category.get(k, {}), people_totals.get(k, 0))
+        count_row(
+            k, label, facts.months, people_by_category.get(k, {}), found.people_totals.get(k, 0)
+        )
         for k, label in labels
     ]
-    everyone = count_row("any", "People prescribed", facts.months, prescribed, prescribed_total)
+    everyone = count_row("any", "People prescribed", facts.months, found.people, found.people_total)
     people_table = Table(
         id="people-by-category",
         title="People prescribed, by category",
@@ -559,7 +384,7 @@ async def prescriptions(facts: Facts) -> Section:
             ),
         ),
     )
-    providers = await _providers(facts, where, month)
+    providers = await _providers(facts)
     return Section(
         "prescriptions",
         "Social prescriptions",
@@ -571,73 +396,8 @@ async def prescriptions(facts: Facts) -> Section:
     )
 
 
-_PrescriptionCounts = tuple[
-    dict[str, dict[str, int]], dict[str, dict[str, int]], dict[str, int], dict[str, int], int
-]
-
-
-def _prescription_counts(model: ReadModel) -> _PrescriptionCounts:
-    """As _prescription_counts_live, from the read model."""
-    by_category = {k: dict(v) for k, v in model.measure("rx_category").items()}
-    by_previous: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
-    for key, by_month in model.measure("rx_people").items():
-        category, previous = key.split(SEP)
-        by_previous[category][previous] = by_month
-    people_by_category: dict[str, dict[str, int]] = {}
-    people_totals: dict[str, int] = {}
-    for category, counts in by_previous.items():
-        people_by_category[category], people_totals[category] = people_once(
-            counts, model.first_month
-        )
-    prescribed, prescribed_total = people_once(model.measure("rx_people_any"), model.first_month)
-    return by_category, people_by_category, people_totals, prescribed, prescribed_total
-
-
-async def _prescription_counts_live(
-    facts: Facts, where: list[Any], month: Any
-) -> _PrescriptionCounts:
-    """Prescriptions by category and month; people prescribed by category and month, by
-    category over the period, by month, and over the period."""
-    session = facts.session
-    people = func.count(distinct(Prescription.case_id))
-    by_category: dict[str, dict[str, int]] = defaultdict(dict)
-    people_by_category: dict[str, dict[str, int]] = defaultdict(dict)
-    for raw_month, category, count, persons in await grouped(
-        session,
-        select(month, Prescription.category, func.count(), people)
-        .where(*where)
-        .group_by(month, Prescription.category),
-    ):
-        by_category[category][month_key(raw_month)] = int(count)
-        people_by_category[category][month_key(raw_month)] = int(persons)
-    people_totals = {
-        category: int(persons)
-        for category, persons in await grouped(
-            session,
-            select(Prescription.category, people).where(*where).group_by(Prescription.category),
-        )
-    }
-    prescribed: dict[str, int] = {}
-    for raw_month, persons in await grouped(
-        session, select(month, people).where(*where).group_by(month)
-    ):
-        prescribed[month_key(raw_month)] = int(persons)
-    prescribed_total = int(await session.scalar(select(people).where(*where)) or 0)
-    return by_category, people_by_category, people_totals, prescribed, prescribed_total
-
-
-async def _providers(facts: Facts, where: list[Any], month: Any) -> tuple[Table, Table]:
-    if facts.model is not None:
-        by_provider = {k: dict(v) for k, v in facts.model.measure("rx_provider").items()}
-    else:
-        by_provider = _nested(
-            await grouped(
-                facts.session,
-                select(month, Prescription.provider, func.count())
-                .where(*where)
-                .group_by(month, Prescription.provider),
-            )
-        )
+async def _providers(facts: Facts) -> tuple[Table, Table]:
+    by_provider = await facts.figures.providers()
     totals = {k: sum(v.values()) for k, v in by_provider.items()}
     top = sorted(totals, key=lambda k: (-totals[k], k))[:TOP_PROVIDERS]
     rest: dict[str, int] = defaultdict(int)
@@ -671,84 +431,9 @@ async def _providers(facts: Facts, where: list[Any], month: Any) -> tuple[Table,
 
 async def wellbeing(facts: Facts) -> Section:
     """SWEMWBS matched pairs: each person's first and last score measured in the period."""
-    scope = facts.scope
-    ranked = (
-        select(
-            WellbeingScore.case_id.label("case_id"),
-            WellbeingScore.metric_score.label("score"),
-            WellbeingScore.measured_at.label("measured_at"),
-            func.row_number()
-            .over(
-                partition_by=WellbeingScore.case_id,
-                order_by=(WellbeingScore.measured_at, WellbeingScore.created_at),
-            )
-            .label("first_rank"),
-            func.row_number()
-            .over(
-                partition_by=WellbeingScore.case_id,
-                order_by=(WellbeingScore.measured_at.desc(), WellbeingScore.created_at.desc()),
-            )
-            .label("last_rank"),
-            func.count().over(partition_by=WellbeingScore.case_id).label("n"),
-        )
-        .where(
-            WellbeingScore.instrument == "SWEMWBS",
-            *scope.during(WellbeingScore.measured_at),
-            *scope.case_of_scope(WellbeingScore.case_id),
-        )
-        .subquery()
-    )
-    ends = ranked.c.first_rank == 1
-    pairs = (
-        select(
-            ranked.c.case_id,
-            func.max(case((ranked.c.last_rank == 1, ranked.c.measured_at))).label("last_at"),
-            (
-                func.sum(case((ranked.c.last_rank == 1, ranked.c.score), else_=0.0))
-                - func.sum(case((ends, ranked.c.score), else_=0.0))
-            ).label("change"),
-        )
-        .where(ranked.c.n >= 2, or_(ends, ranked.c.last_rank == 1))
-        .group_by(ranked.c.case_id)
-        .subquery()
-    )
-    change = pairs.c.change
-    month = scope.month(pairs.c.last_at).label("month")
-
-    def flag(condition: Any) -> Any:
-        return func.sum(case((condition, 1), else_=0))
-
-    query = select(
-        month,
-        func.count(),
-        func.sum(change),
-        flag(change > _TOLERANCE),
-        flag(change < -_TOLERANCE),
-        flag(and_(change <= _TOLERANCE, change >= -_TOLERANCE)),
-        flag(change >= MEANINGFUL_CHANGE - _TOLERANCE),
-        flag(change <= -MEANINGFUL_CHANGE + _TOLERANCE),
-    ).group_by(month)
     names = ("pairs", "increased", "decreased", "unchanged", "improved", "declined")
-    counts: dict[str, dict[str, int]] = {name: {} for name in names}
-    sums: dict[str, float] = {}
-    if facts.model is not None:
-        model = facts.model
-        for name in names:
-            for bounds, m, n in model.split(f"wb_{name}"):
-                if pairs_in(bounds, model):
-                    counts[name][m] = counts[name].get(m, 0) + n
-        hundredths: dict[str, int] = defaultdict(int)
-        for bounds, m, n in model.split("wb_change"):
-            if pairs_in(bounds, model):
-                hundredths[m] += n
-        sums = {m: hundredths[m] / 100 for m in counts["pairs"]}
-    else:
-        for raw_month, n, total_change, *flags in await grouped(facts.session, query):
-            m = month_key(raw_month)
-            counts["pairs"][m] = int(n)
-            sums[m] = float(total_change or 0.0)
-            for name, value in zip(names[1:], flags, strict=True):
-                counts[name][m] = int(value or 0)
+    found = await facts.figures.wellbeing()
+    counts, sums = found.counts, found.sums
     labels = {
         "pairs": "Matched pairs (people with a first and a last score)",
         "increased": "Score increased",
@@ -806,8 +491,8 @@ async def wellbeing(facts: Facts) -> Section:
 
 
 async def demographics(facts: Facts) -> Section:
-    genders = await _referrals_by(facts, Referral.gender)
-    ages = await _referrals_by(facts, Referral.age_band)
+    genders = await _referrals_by(facts, "gender")
+    ages = await _referrals_by(facts, "age_band")
     everyone = await facts.referrals()
     tables: list[Table] = []
     for table_id, title, labels, counts in (
@@ -843,47 +528,7 @@ async def demographics(facts: Facts) -> Section:
 
 
 async def _equality_items(facts: Facts, everyone: Row) -> list[Table]:
-    scope = facts.scope
-    if scope.postgresql:
-        items = func.jsonb_each_text(CaseEvent.data).table_valued("key", "value").alias("item")
-    else:
-        items = func.json_each(CaseEvent.data).table_valued("key", "value").alias("item")
-    latest = (
-        select(
-            scope.month(Case.created_at).label("month"),
-            items.c.key.label("key"),
-            items.c.value.label("value"),
-            func.row_number()
-            .over(
-                partition_by=(CaseEvent.case_id, items.c.key),
-                order_by=(CaseEvent.occurred_at.desc(), CaseEvent.seq.desc()),
-            )
-            .label("rank"),
-        )
-        .select_from(CaseEvent)
-        .join(Case, Case.id == CaseEvent.case_id)
-        .join(items, literal(True))
-        .where(
-            CaseEvent.type == "demographics.recorded",
-            *scope.cases(),
-            items.c.key.in_([key for key, _ in EDI_ITEMS]),
-        )
-        .subquery()
-    )
-    rows: list[Any]
-    if facts.model is not None:
-        rows = [(m, key, value, n) for (key, value), m, n in facts.model.split("edi")]
-    else:
-        rows = await grouped(
-            facts.session,
-            select(latest.c.month, latest.c.key, latest.c.value, func.count())
-            .where(latest.c.rank == 1)
-            .group_by(latest.c.month, latest.c.key, latest.c.value),
-        )
-    values: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    for raw_month, key, value, count in rows:
-        m = month_key(raw_month)
-        values[key][str(value)][m] = values[key][str(value)].get(m, 0) + int(count)
+    values = await facts.figures.equality()
     people = {m: int(c.value or 0) for m, c in zip(facts.months, everyone.cells, strict=False)}
     tables: list[Table] = []
     recorded_rows: list[Row] = []
@@ -930,36 +575,8 @@ async def _equality_items(facts: Facts, everyone: Row) -> list[Table]:
 
 async def waiting(facts: Facts) -> Section:
     """Days from referral (received) to first contact and to first attended appointment."""
-    scope = facts.scope
-    session = facts.session
-    month = scope.month(Case.created_at).label("month")
-    to_contact = select(
-        month, scope.days_between(Case.first_contact_at, Case.created_at).label("value")
-    ).where(*scope.cases(), Case.first_contact_at.is_not(None))
-    first_attended = (
-        select(
-            CaseEvent.case_id.label("case_id"),
-            func.min(CaseEvent.occurred_at).label("at"),
-        )
-        .where(
-            CaseEvent.type == "appointment.attended",
-            # An appointment is never attended before its referral is received.
-            CaseEvent.occurred_at >= scope.period.starts_at,
-        )
-        .group_by(CaseEvent.case_id)
-        .subquery()
-    )
-    to_attended = (
-        select(month, scope.days_between(first_attended.c.at, Case.created_at).label("value"))
-        .join(first_attended, first_attended.c.case_id == Case.id)
-        .where(*scope.cases())
-    )
-    if facts.model is not None:
-        contact = await wait_percentiles(session, facts.model, "contact")
-        attended = await wait_percentiles(session, facts.model, "attended_wait")
-    else:
-        contact = await percentiles(session, scope, to_contact)
-        attended = await percentiles(session, scope, to_attended)
+    contact = await facts.figures.waits("contact")
+    attended = await facts.figures.waits("attended")
 
     def statistic_row(key: str, label: str, found: Mapping[str, Any], fraction: float) -> Row:
         cells = []
@@ -991,30 +608,7 @@ async def waiting(facts: Facts) -> Section:
         description="Only people contacted (or seen) so far; by the month the referral was "
         "received.",
     )
-    within = case(
-        (
-            and_(
-                Case.first_contact_at.is_not(None),
-                scope.days_between(Case.first_contact_at, Case.created_at)
-                <= cast(SocialPrescribingService.first_contact_target_days, Integer),
-            ),
-            1,
-        ),
-        else_=0,
-    )
-    if facts.model is not None:
-        eligible = dict(facts.model.measure("eligible").get("", {}))
-        on_time = await within_target(session, facts.model)
-    else:
-        rows = await grouped(
-            session,
-            select(month, func.count(), func.sum(within))
-            .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
-            .where(*scope.cases(), Case.state.not_in(("rejected", "cancelled")))
-            .group_by(month),
-        )
-        eligible = {month_key(m): int(n) for m, n, _ in rows}
-        on_time = {month_key(m): int(w or 0) for m, _, w in rows}
+    eligible, on_time = await facts.figures.first_contact_target()
     base = count_row("eligible", "Referrals (not rejected or cancelled)", facts.months, eligible)
     hit = count_row("within-target", "First contacted within target", facts.months, on_time)
     counts = Table(
@@ -1049,7 +643,7 @@ async def waiting(facts: Facts) -> Section:
 
 
 async def staff_referrals(facts: Facts) -> Section:
-    units = await _referrals_by(facts, Referral.referral_unit)
+    units = await _referrals_by(facts, "unit")
     everyone = await facts.referrals()
     table = Table(
         id="staff-referrals",
@@ -1068,7 +662,7 @@ async def staff_referrals(facts: Facts) -> Section:
 
 
 async def referral_sources(facts: Facts) -> Section:
-    counts = await _referrals_by(facts, Referral.referral_source)
+    counts = await _referrals_by(facts, "source")
     return await _breakdown_from_counts(
         facts,
         "referral-sources",
@@ -1080,7 +674,7 @@ async def referral_sources(facts: Facts) -> Section:
 
 
 async def staff_groups(facts: Facts) -> Section:
-    counts = await _referrals_by(facts, Referral.staff_group)
+    counts = await _referrals_by(facts, "staff_group")
     return await _breakdown_from_counts(
         facts,
         "staff-groups",
@@ -1093,47 +687,6 @@ async def staff_groups(facts: Facts) -> Section:
 
 async def assessment(facts: Facts) -> Section:
     """Assessed (an attended appointment) and what followed, by month of referral."""
-    scope = facts.scope
-    since = scope.period.starts_at
-    attended = (
-        select(CaseEvent.case_id.label("case_id"), func.count().label("n"))
-        .where(CaseEvent.type == "appointment.attended", CaseEvent.occurred_at >= since)
-        .group_by(CaseEvent.case_id)
-        .subquery()
-    )
-    prescribed = (
-        select(Prescription.case_id.label("case_id"))
-        .where(Prescription.prescribed_at >= since)
-        .distinct()
-        .subquery()
-    )
-    reviewed = (
-        select(WellbeingScore.case_id.label("case_id"))
-        .where(WellbeingScore.stage.in_(("review", "end")), WellbeingScore.measured_at >= since)
-        .distinct()
-        .subquery()
-    )
-    assessed = attended.c.n >= 1
-
-    def flag(condition: Any) -> Any:
-        return func.sum(case((condition, 1), else_=0))
-
-    month = scope.month(Case.created_at).label("month")
-    query = (
-        select(
-            month,
-            flag(assessed),
-            flag(prescribed.c.case_id.is_not(None)),
-            flag(and_(Case.state == "completed", Case.status_reason == "referred-on")),
-            flag(and_(assessed, or_(attended.c.n >= 2, reviewed.c.case_id.is_not(None)))),
-            flag(and_(Case.state == "discharged", Case.status_reason == "no-longer-required")),
-        )
-        .outerjoin(attended, attended.c.case_id == Case.id)
-        .outerjoin(prescribed, prescribed.c.case_id == Case.id)
-        .outerjoin(reviewed, reviewed.c.case_id == Case.id)
-        .where(*scope.cases())
-        .group_by(month)
-    )
     names = (
         ("assessed", "Assessed (at least one attended appointment)"),
         ("signposted", "Signposted (at least one social prescription)"),
@@ -1141,23 +694,14 @@ async def assessment(facts: Facts) -> Section:
         ("monitored", "Monitored after assessment (seen again or wellbeing reviewed)"),
         ("treatment-elsewhere", "Accessing treatment elsewhere (discharged: no longer required)"),
     )
-    counts: dict[str, dict[str, int]] = {key: {} for key, _ in names}
-    if facts.model is not None:
-        start = facts.model.first_month
-        for (flag_name, threshold), m, n in facts.model.split("assess"):
-            if threshold == "" or threshold >= start:
-                counts[flag_name][m] = counts[flag_name].get(m, 0) + n
-    else:
-        for raw_month, *values in await grouped(facts.session, query):
-            for (key, _), value in zip(names, values, strict=True):
-                counts[key][month_key(raw_month)] = int(value or 0)
+    counts = await facts.figures.assessment()
     everyone = await facts.referrals()
     table = Table(
         id="assessment",
         title="Assessment and what followed, by month of referral",
         unit="count",
         columns=facts.columns,
-        rows=tuple(count_row(k, label, facts.months, counts[k]) for k, label in names),
+        rows=tuple(count_row(k, label, facts.months, counts.get(k, {})) for k, label in names),
         columns_add_up=True,
         chart=True,
         description="A person may be in several rows.",

@@ -1,9 +1,10 @@
 """Running a report: whose services, which period, then each section of the definition in turn,
-all in the caller's (read) transaction. Never commits."""
+all in the caller's transaction (it drains the report queue first). Never commits."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import EARLIEST_INSTANT, INSTANT_RANGE, LATEST_INSTANT
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, NotFound
-from app.reports import projection, readmodel
+from app.reports import projection, readmodel, version
 from app.reports.definitions import ReportDefinition
 from app.reports.disclosure import disclose
-from app.reports.queries import Period, Scope
+from app.reports.period import Period, Scope
 from app.reports.sections import Facts
 from app.reports.tables import Report, Section, month_label, published_grid
 from app.security.auth import Principal
@@ -31,6 +32,8 @@ REPORT_NOTES = (
 )
 
 Progress = Callable[[str, int, int], None]  # (section title, done, of)
+
+log = logging.getLogger("spbridge.reports")
 
 
 def default_period(today: dt.date) -> Period:
@@ -95,18 +98,20 @@ async def run_report(
         await session.execute(text(f"SET LOCAL work_mem = '{_REPORT_WORK_MEM}'"))
         # Report queries are many and short: compiling them (JIT) costs more than it saves.
         await session.execute(text("SET LOCAL jit = off"))
-    scope = Scope(
-        service_ids=tuple(s.id for s in services), period=period, team=team, dialect=dialect
-    )
-    # Whole months (what reports are asked for) come from the read model; any other period
-    # from the live queries over the operational tables (the same figures, slowly).
-    model = None
-    if readmodel.serves(period, now):
+    scope = Scope(service_ids=tuple(s.id for s in services), period=period, team=team)
+    notes: tuple[str, ...] = REPORT_NOTES
+    state = await version.state(session)
+    if not state.newer:
         # Take every case written so far into the counters first (the writes only queued
         # them), in this transaction, so the report is exact as of now.
         await session.run_sync(lambda sync: projection.drain(sync, wait=True))
-        model = await readmodel.load(session, scope)
-    facts = Facts(session, scope, period.months(), model=model)
+    stale = state.note()
+    if stale is not None:
+        # The report still answers (app.reports.version says why), and says so.
+        log.warning("report from a stale read model: %s", stale)
+        notes = (*notes, stale)
+    figures = await readmodel.load(session, scope)
+    facts = Facts(figures, period.months())
     built: list[Section] = []
     for done, builder in enumerate(definition.sections):
         if progress is not None:
@@ -124,7 +129,7 @@ async def run_report(
         months=period.months(),
         generated_at=now,
         sections=tuple(built),
-        notes=REPORT_NOTES,
+        notes=notes,
     )
 
 

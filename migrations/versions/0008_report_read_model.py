@@ -6,7 +6,9 @@ Create Date: 2026-12-01 23:00:00.000000
 
 Every write to a case notes it in report_pending_cases; app.reports.projection.drain takes the
 noted cases into both (before a report, and in the background). This migration creates the
-three tables and fills the first two from the cases already there, with the same function.
+three tables only: a migration never runs app code, whose counting changes over time. The
+cases already there are taken in by `spbridge reports rebuild`, which the service asks for
+when the stored version of the model is older than its code's (migration 0011).
 """
 
 from __future__ import annotations
@@ -65,10 +67,6 @@ def upgrade() -> None:
         sa.Column("noted_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("case_id", name=op.f("pk_report_pending_cases")),
     )
-    # Existing installations: every case's contributions, as the projection would have made.
-    from app.reports.projection import backfill
-
-    backfill(op.get_bind())
 
 
 def downgrade() -> None:

@@ -90,6 +90,8 @@ async def test_liveness_and_readiness_of_a_healthy_process(client: httpx.AsyncCl
             "migrations": {"ok": True, "detail": None},
             # The test app does not run the dispatcher: workers would.
             "dispatcher": {"ok": True, "detail": "not run in this process: workers deliver"},
+            # The report read model is of this code's counting (app.reports.version).
+            "reports": {"ok": True, "detail": None},
         },
     }
 

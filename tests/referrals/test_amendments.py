@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
-from app.outbox.models import Delivery
 from sqlalchemy import select
 
 from app.cases.models import CaseEvent, Referral
 from app.db import Database
+from app.outbox.models import Delivery
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource
 from tests.support.cases import open_case
 from tests.support.delivery import dispatcher_for

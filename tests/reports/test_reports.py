@@ -19,8 +19,10 @@ from app.cases.after_write import queue_for_reports
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.cases.wellbeing import METRIC_SCORES
 from app.db import utcnow
+from app.reports import readmodel
 from app.retention.service import purge
 from tests.conftest import Bridge
+from tests.reports import oracle
 
 PERIOD = {"from": "2025-01-01", "to": "2025-03-31"}
 COLUMNS = ["2025-01", "2025-02", "2025-03", "total"]
@@ -670,3 +672,40 @@ async def test_figures_survive_the_retention_purge(
     for old, new in ((before, after), (staff_before, staff_after)):
         assert old["sections"] == new["sections"]
     assert table(after, "age-band")["25-34"] == [1, 0, 0, 1]  # c1's birth date is gone
+
+
+async def test_every_report_equals_the_live_queries(
+    bridge: Bridge, reporting: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read model's figures and the live SQL's (tests/reports/oracle.py), section by
+    section, for whole months and for periods cut inside a month: at the last second of
+    January, at c2's first contact, between c1's prescriptions, on the first of April."""
+    periods = [
+        PERIOD,
+        {"from": "2024-12-01", "to": "2025-04-30"},
+        {"from": "2025-02-01", "to": "2025-02-28"},
+        {"from": "2025-01-31", "to": "2025-03-31"},
+        {"from": "2025-01-06", "to": "2025-03-01"},
+        {"from": "2025-02-03", "to": "2025-04-01"},
+        {"from": "2025-01-11", "to": "2025-02-02"},
+        {"from": "2025-02-10", "to": "2025-02-10"},
+    ]
+    asked = [
+        (name, period, team)
+        for name in ("activity", "staff-hub")
+        for period in periods
+        for team in (None, "Crisis Team")
+    ]
+
+    async def documents() -> list[Any]:
+        found = []
+        for name, period, team in asked:
+            params = {**period, **({"team": team} if team else {})}
+            found.append((await report(bridge, reporting, name, **params))["sections"])
+        return found
+
+    from_model = await documents()
+    monkeypatch.setattr(readmodel, "load", oracle.load)
+    live = await documents()
+    for question, model_sections, live_sections in zip(asked, from_model, live, strict=True):
+        assert model_sections == live_sections, question
