@@ -15,7 +15,7 @@ from app.audit import trail
 from app.cases import resources, service
 from app.cases.history import Version, patient_version, referral_version
 from app.cases.models import Patient, Referral, ResourceVersion
-from app.cases.visibility import organisation_sees
+from app.cases.visibility import organisation_sees, visible_referral
 from app.errors import NotFound, purged
 from app.fhir.task import task_resource
 from app.security import scope
@@ -52,17 +52,6 @@ class Served:
         return self.version.last_updated
 
 
-async def _referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
-    query = select(Referral).where(Referral.id == referral_id)
-    referral = await session.scalar(scope.restrict(query, organisation_sees(principal)))
-    if referral is None:
-        raise NotFound("No such ServiceRequest is known here")
-    trail.note([referral])
-    if referral.purged_at is not None:
-        raise purged(f"ServiceRequest/{referral.id}")
-    return referral
-
-
 async def read_patient(session: AsyncSession, principal: Principal, patient_id: str) -> Patient:
     """The Patient if the caller sees its referral (404 otherwise); 410 once purged."""
     query = select(Patient, Referral).join(Referral, Referral.id == Patient.referral_id)
@@ -86,7 +75,7 @@ async def current(
     """The resource as it is now; 404 when there is none the caller may see, 410 when purged."""
     if resource_type == "ServiceRequest":
         try:
-            referral = await _referral(session, principal, resource_id)
+            referral = await visible_referral(session, principal, resource_id)
         except NotFound:
             # Not a referral: perhaps one of the social prescriptions made for a referral.
             return await _record(session, principal, resource_type, resource_id)

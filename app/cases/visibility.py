@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases.models import Case, Referral
 from app.directory.models import SocialPrescribingService
-from app.errors import NotFound
+from app.errors import NotFound, purged
 from app.security import scope
 from app.security.auth import Principal
 
@@ -100,3 +100,18 @@ async def note_referrals(session: AsyncSession, referral_ids: Iterable[str | Non
         select(Referral.id, Referral.nhs_number).where(Referral.id.in_(ids))
     ):
         trail.note_patient(ident, number)
+
+
+async def visible_referral(
+    session: AsyncSession, principal: Principal, referral_id: str
+) -> Referral:
+    """The referral if the caller's organisation may see it (404 otherwise), noted in the audit
+    trail; 410 once its patient data has been purged."""
+    query = select(Referral).where(Referral.id == referral_id)
+    referral = await session.scalar(scope.restrict(query, organisation_sees(principal)))
+    if referral is None:
+        raise NotFound("No such ServiceRequest is known here")
+    trail.note([referral])
+    if referral.purged_at is not None:
+        raise purged(f"ServiceRequest/{referral.id}")
+    return referral

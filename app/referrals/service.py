@@ -12,13 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit import trail
 from app.cases import history
 from app.cases import search as case_search
 from app.cases import service as cases
 from app.cases.models import Patient, Referral
 from app.cases.states import CLOSED_STATES, CaseState
-from app.cases.visibility import organisation_sees, visible_to
+from app.cases.visibility import visible_referral, visible_to
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
 from app.errors import (
@@ -27,7 +26,6 @@ from app.errors import (
     Conflict,
     Forbidden,
     Issue,
-    NotFound,
     PreconditionFailed,
     PreconditionRequired,
     purged,
@@ -212,14 +210,7 @@ async def create_referral(
 
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
     """The referral if the caller may see it (404 otherwise); 410 once it has been purged."""
-    query = select(Referral).where(Referral.id == referral_id)
-    referral = await session.scalar(scope.restrict(query, organisation_sees(principal)))
-    if referral is None:
-        raise NotFound("No such ServiceRequest is known here")
-    trail.note([referral])
-    if referral.purged_at is not None:
-        raise purged(f"ServiceRequest/{referral.id}")
-    return referral
+    return await visible_referral(session, principal, referral_id)
 
 
 async def search_referrals(
