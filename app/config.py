@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=5, ge=1)
     database_pool_max_overflow: int = Field(default=5, ge=0)
     database_pool_timeout: float = Field(default=3.0, gt=0, le=60)
+    # A pooled PostgreSQL connection older than this is replaced when next taken from the pool:
+    # it bounds how long a connection silently dropped by a firewall or proxy can linger.
+    database_pool_recycle: float = Field(default=1800, gt=0)
     admin_api_key: SecretStr | None = None
     require_consent: bool = True
     # Delays in seconds between delivery attempts; the last repeats until retry_max_age.

@@ -459,3 +459,49 @@ def test_only_a_database_error_itself_means_the_database_is_unavailable() -> Non
     assert unavailability(ProgrammingError("SELECT", None, ValueError())) is None
     # A refused connection counts only when raised by the database layer, not by, say, httpx.
     assert unavailability(ConnectionRefusedError()) is None
+
+
+@pytest.mark.postgresql_only
+async def test_a_server_restart_costs_no_request_and_takes_no_ping(
+    database_url: str, logged: io.StringIO
+) -> None:
+    """Pooled connections the server closed (a restart, a terminated backend) are replaced when
+    taken from the pool, not met by a request; and taking one costs no round trip (no pre-ping)."""
+    await empty_database(database_url)
+    async with running(database_url) as (app, http):
+        bridge = Bridge(http)
+        await bridge.service()
+        referrer = await bridge.key("clinical-system", "RW4", default_service="life-rooms")
+        # Fill the pool with several connections.
+        warm = await asyncio.gather(*(refer(http, referrer, f"warm-{i}") for i in range(4)))
+        assert [r.status_code for r in warm] == [201] * 4
+        pool = app.state.database.engine.pool
+        assert pool.checkedin() >= 2
+
+        admin = create_engine(database_url)
+        async with admin.connect() as connection:
+            # Every other backend of this database ends, as in a restart (FATAL 57P01).
+            ended = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        assert ended >= 2
+        await asyncio.sleep(0.2)  # the sockets' close reaches the event loop
+
+        for i in range(4):
+            assert (await refer(http, referrer, f"after-{i}")).status_code == 201
+        assert not [line for line in lines(logged) if line["message"] == "database unavailable"]
+
+        # A pre-ping is BEGIN, a ping, ROLLBACK: the rolled-back transactions tell.
+        rollbacks = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        async with admin.connect() as connection:
+            await connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+            before = await connection.scalar(text(rollbacks))
+        for i in range(4):
+            assert (await refer(http, referrer, f"counted-{i}")).status_code == 201
+        await asyncio.sleep(0.6)  # backends report their counters at most every 500 ms
+        async with admin.connect() as connection:
+            assert await connection.scalar(text(rollbacks)) == before
+        await admin.dispose()
