@@ -181,10 +181,7 @@ def serve(
 
         seed_sandbox(settings)
     application = create_app(settings)
-    # Everything imported so far lives as long as the process: keep it out of the cyclic GC's
-    # full collections, which otherwise pause requests for ~100 ms (bench/RESULTS.md).
-    gc.collect()
-    gc.freeze()
+    settle_garbage_collector()
     # JSON logs (app/logs.py); our access log replaces uvicorn's, whose lines carry the path
     # and query (so do its WebSocket lines: the API has no WebSockets, so uvicorn takes none).
     uvicorn.run(
@@ -221,7 +218,24 @@ def worker(
         upgrade(settings.database_url)
     if is_sqlite(settings.database_url):
         typer.echo("note: SQLite serves one process; prefer `spbridge serve` alone", err=True)
+    settle_garbage_collector()
     asyncio.run(run_worker(settings))
+
+
+# Allocations between young collections, and young (then middle) collections between older ones.
+# A request allocates a few thousand container objects and frees nearly all of them by reference
+# counting; Python's default (700, 10, 10) runs a collection every few hundred and a full one
+# every few seconds under load (27-41 ms each, bench/RESULTS.md).
+GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def settle_garbage_collector() -> None:
+    """Once a process has started: everything imported lives as long as the process, so keep it
+    out of every collection (freeze), and collect the rest less often (GC_THRESHOLDS). Frozen,
+    a full collection walks only what requests left behind."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _database() -> Database:
