@@ -1,0 +1,60 @@
+"""Round trips to the database per referral, counted (not timed: bench/intake.py times them), so
+a change that adds a query to intake shows here rather than only in a benchmark.
+
+A round trip is each statement the driver sends, and BEGIN (asyncpg sends it on its own;
+SQLite's is our BEGIN IMMEDIATE statement) and COMMIT. The ceiling is today's count: lower it as
+intake gets leaner (the target is 6 on PostgreSQL), never raise it without saying why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import event
+
+from tests.conftest import FHIR_JSON, Bridge, referral_resource
+
+CEILING = 16
+
+
+async def _refer(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    response = await client.post(
+        "/fhir/ServiceRequest",
+        content=orjson.dumps(referral_resource()),
+        headers={**headers, **FHIR_JSON},
+    )
+    assert response.status_code == 201, response.text
+
+
+async def test_a_referral_takes_at_most_the_ceiling_of_round_trips(
+    app: Any, client: httpx.AsyncClient, backend: str
+) -> None:
+    bridge = Bridge(client)
+    await bridge.service()
+    referrer = await bridge.key("clinical-system", "RW4", default_service="life-rooms")
+    await _refer(client, referrer)  # keys made, pool warm: as in a running service
+    engine = app.state.database.engine.sync_engine
+    trips: list[str] = []
+
+    def sent(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        trips.append(" ".join(statement.split()[:3]))
+
+    def began(_conn: Any) -> None:
+        if backend == "postgresql":  # SQLite's BEGIN IMMEDIATE is a statement, counted above
+            trips.append("BEGIN")
+
+    def committed(_conn: Any) -> None:
+        trips.append("COMMIT")
+
+    event.listen(engine, "before_cursor_execute", sent)
+    event.listen(engine, "begin", began)
+    event.listen(engine, "commit", committed)
+    try:
+        await _refer(client, referrer)
+    finally:
+        event.remove(engine, "before_cursor_execute", sent)
+        event.remove(engine, "begin", began)
+        event.remove(engine, "commit", committed)
+    assert trips[-1] == "COMMIT"
+    assert len(trips) <= CEILING, "\n".join(trips)
