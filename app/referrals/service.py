@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import inspect, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.cases import history
 from app.cases import search as case_search
@@ -44,6 +45,10 @@ from app.security import scope
 from app.security.auth import Principal
 
 __all__ = ["stored_resource"]
+
+_REFERRAL_COLUMNS = inspect(Referral).column_attrs
+# The unique constraint on a referral's identity: the organisation that sent it, and its identifier.
+_REFERRAL_IDENTITY = ["organisation", "identifier_system", "identifier_value"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,24 @@ async def _existing(
     )
 
 
+async def _insert_new(session: AsyncSession, referral: Referral) -> bool:
+    """Insert ``referral`` unless its identifier is held (False then), in one statement: no
+    SELECT before it and no savepoint around it. The object joins the session as the row."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    values = {attribute.key: getattr(referral, attribute.key) for attribute in _REFERRAL_COLUMNS}
+    statement = (
+        insert(Referral)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=_REFERRAL_IDENTITY)
+        .returning(Referral.id)
+    )
+    if (await session.execute(statement)).first() is None:
+        return False
+    make_transient_to_detached(referral)
+    session.add(referral)
+    return True
+
+
 async def _target_service(
     session: AsyncSession, draft: ReferralDraft, principal: Principal
 ) -> SocialPrescribingService:
@@ -141,10 +164,14 @@ async def create_referral(
             ):
                 return _repeat(match, raw)
             return Intake(match, created=False)
-    held = await _existing(session, principal.organisation, draft)
-    if held is not None:
+    try:
+        service = await _target_service(session, draft, principal)
+    except (BusinessRuleViolation, Forbidden):
+        # A repeat of a referral we hold answers with it even if its service has gone since.
+        held = await _existing(session, principal.organisation, draft)
+        if held is None:
+            raise
         return _repeat(held, raw)
-    service = await _target_service(session, draft, principal)
 
     now = received_at or dt.datetime.now(dt.UTC)
     referral = Referral(
@@ -182,16 +209,11 @@ async def create_referral(
         request_id=context.request_id,
         correlation_id=context.correlation_id,
     )
-    # The unique constraint decides between concurrent repeats (DESIGN §10): the loser's insert
-    # fails inside its savepoint, and it answers with the winner's referral.
-    try:
-        async with session.begin_nested():
-            session.add(referral)
-            await session.flush()
-    except IntegrityError:
+    # The unique constraint decides between repeats, concurrent or not (DESIGN §10), in the
+    # insert itself: no row comes back for a held identifier, which then answers as held.
+    if not await _insert_new(session, referral):
         held = await _existing(session, principal.organisation, draft)
-        if held is None:
-            raise
+        assert held is not None  # the conflicting row commits before ours can be refused
         return _repeat(held, raw)
     patient = Patient(
         id=str(uuid.uuid4()),
