@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # it bounds how long a connection silently dropped by a firewall or proxy can linger.
     database_pool_recycle: float = Field(default=1800, gt=0)
     admin_api_key: SecretStr | None = None
+    # How long a process remembers who an API key or a token's client is (0: it asks the
+    # database every request). A client revoked or changed by this process counts at once;
+    # changed by another (the CLI, another server), within this many seconds.
+    principal_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     require_consent: bool = True
     # Delays in seconds between delivery attempts; the last repeats until retry_max_age.
     retry_schedule: Annotated[list[float], NoDecode] = Field(

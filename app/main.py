@@ -60,7 +60,7 @@ from app.reports.router import router as reports_router
 from app.reports.version import check_at_startup as check_report_model
 from app.requestids import RequestIdMiddleware
 from app.sandbox.router import router as sandbox_router
-from app.security.auth import hash_key
+from app.security.auth import PrincipalCache, hash_key
 from app.security.oauth import router as oauth_router
 from app.webhooks.router import router as subscriptions_router
 from app.worker import Background
@@ -206,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     application.state.settings = settings
     application.state.keys = KeyStore()
+    application.state.principals = PrincipalCache(settings.principal_cache_seconds)
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     application.state.admin_key_hash = hash_key(admin_key) if admin_key else None
 

@@ -150,9 +150,10 @@ async def register_public_key(
     summary="Revoke an API client",
     description=(
         "Revokes the client at once: its API key, client secrets, public keys and every access "
-        "token already issued to it stop working on the next request. Revoking again changes "
-        "nothing. There is no un-revoke: make a new client. Another organisation's client is "
-        "unknown (404)."
+        "token already issued to it stop working on the next request to this process, and "
+        "within `SPBRIDGE_PRINCIPAL_CACHE_SECONDS` (5 s) on the installation's other processes. "
+        "Revoking again changes nothing. There is no un-revoke: make a new client. Another "
+        "organisation's client is unknown (404)."
     ),
     operation_id="revokeClient",
     responses=api_error_responses(401, 403, 404),

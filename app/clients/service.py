@@ -11,7 +11,7 @@ from app.clients.schemas import ClientCreate
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, NotFound
 from app.security import oauth, scope
-from app.security.auth import Principal, hash_key, new_api_key
+from app.security.auth import Principal, forget_on_commit, hash_key, new_api_key
 from app.security.models import ApiClient
 
 _NOT_FOUND = "No such client"
@@ -120,10 +120,12 @@ async def register_public_key(
 async def revoke(
     session: AsyncSession, principal: Principal, client_id: str, now: dt.datetime
 ) -> ApiClient:
-    """Revoke a client: its API key, secrets, keys and access tokens stop working at once
-    (every request loads the client again). Revoking twice keeps the first time."""
+    """Revoke a client: its API key, secrets, keys and access tokens stop working at once in
+    this process (its cache of principals is emptied on commit), and in others within
+    ``SPBRIDGE_PRINCIPAL_CACHE_SECONDS``. Revoking twice keeps the first time."""
     client = await _own(session, principal, client_id)
     if client.revoked_at is None:
         client.revoked_at = now
         await session.flush()
+        forget_on_commit(session)
     return client

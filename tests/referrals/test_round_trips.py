@@ -15,7 +15,7 @@ from sqlalchemy import event
 
 from tests.conftest import FHIR_JSON, Bridge, referral_resource
 
-CEILING = 13
+CEILING = 12
 
 
 async def _refer(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
