@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, status
 
-from app.dependencies import AppSettings, ReadSession, WriteSession
+from app.dependencies import AppSettings, OutboundHTTP, ReadSession, WriteSession
 from app.directory import service
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ClinicalRouteOut, ServiceCreate, ServiceOut
@@ -94,6 +94,8 @@ def _route_out(route: Destination) -> ClinicalRouteOut:
         active=route.active,
         destination_id=route.id,
         updated_at=route.updated_at,
+        write_mode=route.config.get("write_mode"),
+        capabilities=route.config.get("capabilities"),
     )
 
 
@@ -103,8 +105,11 @@ def _route_out(route: Destination) -> ClinicalRouteOut:
     summary="Set where a referring organisation's updates go",
     description="Names the clinical adapter (e.g. `fhir_push` to the organisation's FHIR server) "
     "and its configuration, validated now, including the URL policy. Every later change to that "
-    "organisation's referrals is sent there. An organisation's admin sets its own organisation's "
-    "route only (another is 403); the installation's admin (the bootstrap key), any.",
+    "organisation's referrals is sent there. For `fhir_push` the server's CapabilityStatement is "
+    "read now (`capabilities` in the answer) to choose how to write (`write_mode` `auto`); an "
+    "unreachable server is read at the first send. An organisation's admin sets its own "
+    "organisation's route only (another is 403); the installation's admin (the bootstrap key), "
+    "any.",
     operation_id="putClinicalRoute",
     responses=api_error_responses(401, 403, 422),
 )
@@ -114,9 +119,27 @@ async def put_clinical_route(
     session: WriteSession,
     settings: AppSettings,
     admin: RouteManager,
+    http: OutboundHTTP,
 ) -> ClinicalRouteOut:
-    route = await service.put_clinical_route(session, admin, organisation, body, settings)
+    route = await service.put_clinical_route(session, admin, organisation, body, settings, http)
     return _route_out(route)
+
+
+@routes_router.post(
+    "/{organisation}/capabilities",
+    response_model=ClinicalRouteOut,
+    summary="Read the receiving server's capabilities again",
+    description="Reads the CapabilityStatement of the route's FHIR server again (after an "
+    "upgrade of that server, say) and keeps what it says; `write_mode` `auto` then follows it. "
+    "503 when the server cannot be read now (nothing changed). Another organisation's route is "
+    "unknown (404).",
+    operation_id="refreshClinicalRouteCapabilities",
+    responses=api_error_responses(401, 403, 404, 422, 503),
+)
+async def refresh_clinical_route_capabilities(
+    organisation: Organisation, session: WriteSession, admin: RouteManager, http: OutboundHTTP
+) -> ClinicalRouteOut:
+    return _route_out(await service.refresh_clinical_route(session, admin, organisation, http))
 
 
 @routes_router.get(

@@ -3,12 +3,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import registry
-from adapters.base import Adapter, AdapterConfig, AdapterKind
+from adapters.base import Adapter, AdapterConfig, AdapterError, AdapterKind, ClinicalAdapter
 from app.config import Settings
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
@@ -18,6 +19,7 @@ from app.errors import (
     Conflict,
     Issue,
     NotFound,
+    ServiceUnavailable,
     validation_location,
     validation_message,
 )
@@ -130,18 +132,57 @@ async def _route(session: AsyncSession, organisation: str) -> Destination | None
     )
 
 
+async def _discovered(
+    adapter: type[Adapter], config: AdapterConfig, http: httpx.AsyncClient
+) -> AdapterConfig:
+    """The config with what the receiver says it supports (a FHIR server's CapabilityStatement),
+    read before any row is locked; an unreachable receiver is read again at the first send."""
+    instance = adapter(config)
+    if not isinstance(instance, ClinicalAdapter):
+        return config
+    try:
+        learned = await instance.discover(http)
+    except AdapterError:
+        return config
+    return learned if learned is not None else config
+
+
+async def refresh_clinical_route(
+    session: AsyncSession, principal: Principal, organisation: str, http: httpx.AsyncClient
+) -> Destination:
+    """Read the receiver's capabilities again (the route's adapter and settings otherwise kept)."""
+    route = await get_clinical_route(session, principal, organisation)
+    adapter = registry.adapter_class(route.adapter)
+    config = adapter.config_model.model_validate(route.config)
+    instance = adapter(config)
+    if isinstance(instance, ClinicalAdapter):
+        try:
+            learned = await instance.discover(http)
+        except AdapterError as exc:
+            raise ServiceUnavailable(
+                f"The receiving server could not be read: {exc}", expression="organisation"
+            ) from None
+        if learned is not None:
+            route.config = learned.model_dump(mode="json")
+            route.updated_at = utcnow()
+            await session.flush()
+    return route
+
+
 async def put_clinical_route(
     session: AsyncSession,
     principal: Principal,
     organisation: str,
     request: ClinicalRouteIn,
     settings: Settings,
+    http: httpx.AsyncClient,
 ) -> Destination:
     """Set the caller's organisation's route (403 for another's, whether it has one or not)."""
     scope.require_own(principal, organisation, expression="organisation")
-    _adapter, config = await _adapter_config(
+    adapter, config = await _adapter_config(
         AdapterKind.CLINICAL, request.adapter, request.adapter_config, settings
     )
+    config = await _discovered(adapter, config, http)
     now = utcnow()
     route = await _route(session, organisation)
     if route is None:

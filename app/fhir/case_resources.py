@@ -23,6 +23,7 @@ from app.fhir.codes import (
     OBSERVATION_CATEGORY_SYSTEM,
     PRESCRIPTION_CATEGORY_SYSTEM,
     PRESCRIPTION_ID_SYSTEM,
+    RESOURCE_ID_SYSTEM,
     SNOMED,
     SNOMED_SWEMWBS_SCORE,
     SWEMWBS_QUESTIONNAIRE,
@@ -156,7 +157,10 @@ def appointment_resource(record: AppointmentRecord, case: CaseContext) -> dict[s
         "resourceType": "Appointment",
         "id": record.id,
         "meta": _meta(record.version_id, record.updated_at),
-        "identifier": [{"system": APPOINTMENT_ID_SYSTEM, "value": record.external_id}],
+        "identifier": [
+            {"system": APPOINTMENT_ID_SYSTEM, "value": record.external_id},
+            {"system": RESOURCE_ID_SYSTEM, "value": record.id},
+        ],
         "status": APPOINTMENT_STATUS[record.status],
         "serviceCategory": [{"text": "Social prescribing"}],
         "appointmentType": {
@@ -197,7 +201,10 @@ def prescription_resource(record: PrescriptionRecord, case: CaseContext) -> dict
         "resourceType": "ServiceRequest",
         "id": record.id,
         "meta": _meta(record.version_id, record.updated_at),
-        "identifier": [{"system": PRESCRIPTION_ID_SYSTEM, "value": record.external_id}],
+        "identifier": [
+            {"system": PRESCRIPTION_ID_SYSTEM, "value": record.external_id},
+            {"system": RESOURCE_ID_SYSTEM, "value": record.id},
+        ],
         "basedOn": case.based_on(),
         "status": PRESCRIPTION_STATUS[record.status],
         "intent": "plan" if record.status == "proposed" else "order",
@@ -228,6 +235,7 @@ def questionnaire_response_resource(record: WellbeingRecord, case: CaseContext) 
         "resourceType": "QuestionnaireResponse",
         "id": record.questionnaire_response_id,
         "meta": _meta(1, record.created_at),
+        "identifier": {"system": RESOURCE_ID_SYSTEM, "value": record.questionnaire_response_id},
         "questionnaire": SWEMWBS_QUESTIONNAIRE,
         "status": "completed",
         "basedOn": case.based_on(),
@@ -246,6 +254,7 @@ def observation_resource(record: WellbeingRecord, case: CaseContext) -> dict[str
         "resourceType": "Observation",
         "id": record.id,
         "meta": _meta(1, record.created_at),
+        "identifier": [{"system": RESOURCE_ID_SYSTEM, "value": record.id}],
         "basedOn": case.based_on(),
         "status": "final",
         "category": [
@@ -274,6 +283,10 @@ def observation_resource(record: WellbeingRecord, case: CaseContext) -> dict[str
             {
                 "reference": f"QuestionnaireResponse/{record.questionnaire_response_id}",
                 "type": "QuestionnaireResponse",
+                "identifier": {
+                    "system": RESOURCE_ID_SYSTEM,
+                    "value": record.questionnaire_response_id,
+                },
             }
         ],
         "component": [

@@ -15,6 +15,7 @@ from app.fhir.codes import (
     NHS_NUMBER_SYSTEM,
     ODS_ORGANISATION_SYSTEM,
     REJECTION_REASON_SYSTEM,
+    RESOURCE_ID_SYSTEM,
     TASK_CODE_SYSTEM,
     TASK_OUTPUT_SYSTEM,
 )
@@ -70,6 +71,7 @@ def task_resource(view: TaskView) -> dict[str, Any]:
         "resourceType": "Task",
         "id": view.case_id,
         "meta": {"versionId": str(view.version_id), "lastUpdated": instant(view.updated_at)},
+        "identifier": [{"system": RESOURCE_ID_SYSTEM, "value": view.case_id}],
         "basedOn": [{"reference": f"ServiceRequest/{view.referral_id}"}],
         "status": view.task_status,
         "businessStatus": business,
@@ -135,7 +137,12 @@ def task_resource(view: TaskView) -> dict[str, Any]:
                         }
                     ]
                 },
-                "valueReference": {"reference": reference, "type": reference.split("/", 1)[0]},
+                "valueReference": {
+                    "reference": reference,
+                    "type": reference.split("/", 1)[0],
+                    # Our id as an identifier: how the referrer's server finds its copy.
+                    "identifier": {"system": RESOURCE_ID_SYSTEM, "value": reference.split("/")[-1]},
+                },
             }
             for kind, reference in view.outputs
         ]

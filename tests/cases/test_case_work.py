@@ -183,8 +183,12 @@ async def test_a_pilot_journey_moves_the_task_and_reaches_the_referrer(
         await dispatcher.drain()
     finally:
         await receiver.stop()
-    puts = [(r.path.removeprefix("/fhir/"), r.json()) for r in receiver.requests]
-    assert all(r.method == "PUT" for r in receiver.requests)
+    # The receiver has no CapabilityStatement (it answers anything with 200 and no resource):
+    # read once, at the first send, and the adapter writes by PUT as it always did.
+    assert [r.path for r in receiver.requests].count("/fhir/metadata") == 1
+    writes = [r for r in receiver.requests if r.path != "/fhir/metadata"]
+    puts = [(r.path.removeprefix("/fhir/"), r.json()) for r in writes]
+    assert all(r.method == "PUT" for r in writes)
     for _, body in puts:
         fhir(body)
     task_puts = [body for path, body in puts if path.startswith("Task/")]
