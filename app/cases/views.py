@@ -54,6 +54,7 @@ def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
         requesting_organisation=referral.organisation,
         service_id=case.service_id,
         service_name=service_name,
+        referral_identifier=(referral.identifier_system, referral.identifier_value),
         state=case.state,
         # After a consent withdrawal the Task lists no outputs: the referrer is sent no more of
         # the person's resources, so a Task must not point at ones it may never have received

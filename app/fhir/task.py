@@ -16,6 +16,7 @@ from app.fhir.codes import (
     ODS_ORGANISATION_SYSTEM,
     REJECTION_REASON_SYSTEM,
     RESOURCE_ID_SYSTEM,
+    SERVICE_ID_SYSTEM,
     TASK_CODE_SYSTEM,
     TASK_OUTPUT_SYSTEM,
 )
@@ -44,6 +45,8 @@ class TaskView:
     requesting_organisation: str
     service_id: str
     service_name: str
+    # The referral's business identifier as its requester gave it (system, value).
+    referral_identifier: tuple[str, str] = ("", "")
     state: str = ""
     # (output type code, "ResourceType/id"), in the order they were made.
     outputs: tuple[tuple[str, str], ...] = ()
@@ -67,12 +70,17 @@ def task_resource(view: TaskView) -> dict[str, Any]:
             }
         ],
     }
+    referral = {
+        "reference": f"ServiceRequest/{view.referral_id}",
+        "type": "ServiceRequest",
+        "identifier": {"system": view.referral_identifier[0], "value": view.referral_identifier[1]},
+    }
     task: dict[str, Any] = {
         "resourceType": "Task",
         "id": view.case_id,
         "meta": {"versionId": str(view.version_id), "lastUpdated": instant(view.updated_at)},
         "identifier": [{"system": RESOURCE_ID_SYSTEM, "value": view.case_id}],
-        "basedOn": [{"reference": f"ServiceRequest/{view.referral_id}"}],
+        "basedOn": [referral],
         "status": view.task_status,
         "businessStatus": business,
         "intent": "order",
@@ -85,7 +93,7 @@ def task_resource(view: TaskView) -> dict[str, Any]:
                 }
             ]
         },
-        "focus": {"reference": f"ServiceRequest/{view.referral_id}", "type": "ServiceRequest"},
+        "focus": referral,
         "for": {
             "type": "Patient",
             "identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.nhs_number},
@@ -102,6 +110,7 @@ def task_resource(view: TaskView) -> dict[str, Any]:
         "owner": {
             "reference": f"HealthcareService/{view.service_id}",
             "type": "HealthcareService",
+            "identifier": {"system": SERVICE_ID_SYSTEM, "value": view.service_id},
             "display": view.service_name,
         },
     }
