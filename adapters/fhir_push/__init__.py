@@ -164,6 +164,8 @@ class ServerCapabilities(BaseModel):
     modes: list[WriteMode] = Field(default_factory=list)
     read_at: dt.datetime
     problem: str | None = Field(default=None, max_length=500)
+    # The server did not answer (down, timed out, 5xx) the last time: read again at the next send.
+    unreachable: bool = False
 
 
 class FhirPushConfig(AdapterConfig):
@@ -266,8 +268,18 @@ class FhirPushAdapter(ClinicalAdapter):
         return found
 
     async def discover(self, http: httpx.AsyncClient) -> FhirPushConfig:
-        """The configuration with what the server's CapabilityStatement says now."""
-        found = await self.read_capabilities(http)
+        """The configuration with what the server's CapabilityStatement says now. A server that
+        does not answer keeps what was read before, marked ``unreachable`` with the reason."""
+        try:
+            found = await self.read_capabilities(http)
+        except RetryableError as exc:
+            before = self.config.capabilities
+            found = ServerCapabilities(
+                modes=before.modes if before else [],
+                read_at=before.read_at if before else dt.datetime.now(dt.UTC),
+                problem=f"not read again: {exc}"[:500],
+                unreachable=True,
+            )
         return self.config.model_copy(update={"capabilities": found})
 
     async def write_mode(self, http: httpx.AsyncClient) -> WriteMode:
@@ -278,7 +290,9 @@ class FhirPushAdapter(ClinicalAdapter):
         servers often support without saying so."""
         if self.config.write_mode != "auto":
             return self.config.write_mode
-        found = self._capabilities or await self.read_capabilities(http)
+        found = self._capabilities
+        if found is None or (found.unreachable and not found.modes):
+            found = await self.read_capabilities(http)
         if found.modes:
             return found.modes[0]
         return "update" if found.problem else "conditional"

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import registry
@@ -19,7 +20,6 @@ from app.errors import (
     Conflict,
     Issue,
     NotFound,
-    ServiceUnavailable,
     validation_location,
     validation_message,
 )
@@ -27,6 +27,10 @@ from app.outbound import check_outbound_url
 from app.outbox.models import Destination, DestinationKind
 from app.security import scope
 from app.security.auth import Principal
+from app.security.models import ApiClient
+
+# An organisation known only as the caller's own has no date of its own in the bridge.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 async def _adapter_config(
@@ -158,10 +162,8 @@ async def refresh_clinical_route(
     if isinstance(instance, ClinicalAdapter):
         try:
             learned = await instance.discover(http)
-        except AdapterError as exc:
-            raise ServiceUnavailable(
-                f"The receiving server could not be read: {exc}", expression="organisation"
-            ) from None
+        except AdapterError:
+            learned = None  # the adapter says nothing more than it did
         if learned is not None:
             route.config = learned.model_dump(mode="json")
             route.updated_at = utcnow()
@@ -225,3 +227,28 @@ async def get_clinical_route(
     if route is None:
         raise NotFound(_NO_ROUTE)
     return route
+
+
+# --- the directory as FHIR: what references to a service and its organisation resolve to ---------
+
+
+async def read_organisation(
+    session: AsyncSession, principal: Principal, ods_code: str
+) -> tuple[str, dt.datetime]:
+    """An organisation the bridge knows (one that runs a registered service or has an API
+    client: ODS codes are public directory data) and since when: (its ODS code, the time).
+    Any other is unknown (404)."""
+    first = await session.scalar(
+        select(func.min(SocialPrescribingService.created_at)).where(
+            SocialPrescribingService.organisation == ods_code
+        )
+    )
+    if first is None:
+        first = await session.scalar(
+            select(func.min(ApiClient.created_at)).where(ApiClient.organisation == ods_code)
+        )
+    if first is not None:
+        return ods_code, first
+    if scope.owns(principal, ods_code) and not principal.sees_everything:
+        return ods_code, EPOCH
+    raise NotFound("No such Organization is known here")

@@ -19,6 +19,7 @@ from tests.conftest import ADMIN_KEY, Bridge
 from tests.support.cases import OpenCase, open_case
 from tests.support.delivery import dispatcher_for
 from tests.support.fhir_test_server import FhirTestServer
+from tests.support.receiver import free_port
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 START = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=1)
@@ -217,3 +218,23 @@ async def the_journey_landed(bridge: Bridge, fhir_server: FhirTestServer, case: 
     for output in theirs["output"]:
         resource_type, resource_id = output["valueReference"]["reference"].split("/")[-2:]
         assert fhir_server.read(resource_type, resource_id) is not None
+
+
+async def test_a_server_that_does_not_answer_is_read_again_later(
+    bridge: Bridge, fhir_server: FhirTestServer
+) -> None:
+    """Saved while the server is down: nothing learned, and the route says why (no 5xx); the
+    first send reads it again."""
+    down = f"http://127.0.0.1:{free_port()}/fhir"
+    saved = await bridge.http.put(
+        "/api/v1/clinical-routes/RW4",
+        json={"adapter": "fhir_push", "adapter_config": {"base_url": down}},
+        headers=ADMIN,
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["capabilities"]["unreachable"] is True
+    refreshed = await bridge.http.post("/api/v1/clinical-routes/RW4/capabilities", headers=ADMIN)
+    assert refreshed.status_code == 200, refreshed.text
+    capabilities = refreshed.json()["capabilities"]
+    assert capabilities["unreachable"] is True and capabilities["modes"] == []
+    assert "connection failed" in capabilities["problem"]

@@ -402,7 +402,9 @@ async def test_a_referral_is_pushed_to_its_organisations_route(app: Any, bridge:
     assert task.id == task_id
     assert task.status == "requested"
     assert task.intent == "order"
-    assert task.focus is not None and task.focus.reference == f"ServiceRequest/{referral_id}"
+    # The referral by the identifier the referrer gave it (their server never had our id).
+    assert task.focus is not None and task.focus.reference is None
+    assert task.focus.identifier is not None and task.focus.identifier.value
 
     detail = (await bridge.http.get(f"/api/v1/deliveries/{delivery['id']}", headers=ADMIN)).json()
     assert detail["state"] == "delivered"
