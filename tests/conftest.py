@@ -349,6 +349,15 @@ def referral_resource(service_id: str = "life-rooms", **overrides: Any) -> dict[
     return resource
 
 
+def requester_of(ods_code: str, display: str = "Referring team") -> dict[str, Any]:
+    """A referral's requester: an organisation by its ODS code (one the client refers for)."""
+    return {
+        "type": "Organization",
+        "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": ods_code},
+        "display": display,
+    }
+
+
 async def row_counts(url: str) -> dict[str, int]:
     """Rows in each table that a referral writes to."""
     engine = create_engine(url)

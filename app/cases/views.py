@@ -51,7 +51,8 @@ def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
         status_reason=case.status_reason,
         referral_id=referral.id,
         nhs_number=referral.nhs_number,
-        requesting_organisation=referral.organisation,
+        # The referral's requester (ServiceRequest.requester's ODS code), else the referrer's.
+        requesting_organisation=referral.requester_ods or referral.organisation,
         service_id=case.service_id,
         service_name=service_name,
         referral_identifier=(referral.identifier_system, referral.identifier_value),
