@@ -266,6 +266,11 @@ class ClinicalAdapter(Adapter):
     ) -> Outcome:
         raise NotImplementedError
 
+    async def discover(self, http: httpx.AsyncClient) -> AdapterConfig | None:
+        """What the adapter learns from the receiver when its route is saved or refreshed (e.g. a
+        FHIR server's CapabilityStatement), as the configuration to store; None: nothing."""
+        return None
+
 
 # --- HTTP helpers every adapter shares --------------------------------------------------------
 

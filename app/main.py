@@ -22,6 +22,7 @@ from app.clients.router import router as clients_router
 from app.config import ConfigurationError, Settings, get_settings, require_public_base_url
 from app.db import Database
 from app.delivery.router import router as deliveries_router
+from app.directory.router import fhir_router as directory_fhir_router
 from app.directory.router import router as services_router
 from app.directory.router import routes_router
 from app.errors import (
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         oauth_router,
         services_router,
         routes_router,
+        directory_fhir_router,
         subscriptions_router,
         deliveries_router,
         platform_router,

@@ -89,6 +89,7 @@ def test_every_command_and_option_has_help() -> None:
         ("clients", "create"),
         ("clients", "list"),
         ("clients", "revoke"),
+        ("clients", "acts-for"),
         ("services", "list"),
         ("services", "show"),
         ("services", "create"),
@@ -150,6 +151,23 @@ def test_clients_create_list_revoke(cli_database: str) -> None:
     # Aligned: every column starts where its heading does.
     assert table[1].index(now_revoked["revoked_at"]) == table[0].index("revoked")
     assert spbridge("clients", "list", "--no-revoked").stdout == "no clients\n"
+
+
+def test_clients_acts_for(cli_database: str) -> None:
+    created = spbridge(
+        "clients", "create", "--name", "Integration engine", "--role", "clinical-system",
+        "--organisation", "RW4", "--json",
+    )  # fmt: skip
+    client_id = json.loads(created.stdout)["id"]
+    named = spbridge("clients", "acts-for", client_id, "RXA", "RTV")
+    assert named.exit_code == 0, named.stderr
+    assert named.stdout == f"client {client_id} refers for RW4 and RTV, RXA\n"
+    (listed,) = json.loads(spbridge("clients", "list", "--json").stdout)
+    assert listed["acts_for"] == ["RTV", "RXA"]
+    refused(spbridge("clients", "acts-for", client_id, "rxa"), 2, "organisations")
+    cleared = spbridge("clients", "acts-for", client_id, "--json")
+    assert cleared.exit_code == 0, cleared.stderr
+    assert json.loads(cleared.stdout)["acts_for"] == []
 
 
 def test_clients_bad_input_is_refused_clearly(cli_database: str) -> None:

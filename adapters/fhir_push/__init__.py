@@ -41,7 +41,8 @@ import datetime as dt
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -64,6 +65,12 @@ from adapters.base import (
     retry_after_seconds,
     send,
 )
+from adapters.fhir_push.capabilities import (
+    NotACapabilityStatement,
+    WriteMode,
+    supported_modes,
+)
+from app.fhir.codes import RESOURCE_ID_SYSTEM
 
 FHIR_JSON = "application/fhir+json"
 CONFLICT_STATUSES = frozenset({409, 412})
@@ -147,10 +154,28 @@ class OAuth2ClientCredentials(BaseModel):
 FhirAuth = Annotated[NoAuth | BearerAuth | OAuth2ClientCredentials, Field(discriminator="type")]
 
 
+class ServerCapabilities(BaseModel):
+    """What the bridge learned from the server's CapabilityStatement: the write modes it supports
+    for every type the bridge writes, best first (empty: none it says it supports), or why it
+    could not tell (``problem``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modes: list[WriteMode] = Field(default_factory=list)
+    read_at: dt.datetime
+    problem: str | None = Field(default=None, max_length=500)
+    # The server did not answer (down, timed out, 5xx) the last time: read again at the next send.
+    unreachable: bool = False
+
+
 class FhirPushConfig(AdapterConfig):
     base_url: str
     auth: FhirAuth = Field(default_factory=NoAuth)
     timeout: float = Field(default=10.0, gt=0, le=60, allow_inf_nan=False, strict=True)
+    # "auto": the best mode the server's CapabilityStatement offers; or one pinned by the admin.
+    write_mode: Literal["auto", "transaction", "conditional", "update"] = "auto"
+    # Set by the bridge when the route is saved or refreshed (anything given is replaced).
+    capabilities: ServerCapabilities | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -182,6 +207,7 @@ class FhirPushAdapter(ClinicalAdapter):
         self.config = config
         self._clock = clock
         self._token: _Token | None = None
+        self._capabilities: ServerCapabilities | None = config.capabilities
         # One token fetch at a time: concurrent sends wait for it instead of fetching their own.
         self._token_lock = asyncio.Lock()
 
@@ -194,10 +220,229 @@ class FhirPushAdapter(ClinicalAdapter):
     async def send_update(
         self, http: httpx.AsyncClient, update: ClinicalUpdate, outbound: Outbound
     ) -> Outcome:
+        if not update.resources:
+            return Outcome()
+        mode = await self.write_mode(http)
+        if mode == "update":
+            outcome = Outcome()
+            for resource in update.resources:
+                outcome = await self._write(http, resource, outbound)
+            return outcome
+        for resource in update.resources:
+            self._resource_url(resource)  # the same checks as a PUT by id
+        items = _in_dependency_order([_Item.of(resource) for resource in update.resources])
+        known = await self._find_elsewhere(http, items, outbound)
+        if mode == "transaction":
+            return await self._send_transaction(http, items, known, outbound)
+        return await self._send_conditional(http, items, known, outbound)
+
+    # --- capabilities ------------------------------------------------------------------------
+
+    async def read_capabilities(
+        self, http: httpx.AsyncClient, *, now: dt.datetime | None = None
+    ) -> ServerCapabilities:
+        """GET {base}/metadata and what it says. A server error or no answer raises
+        RetryableError; a 4xx or an answer that is no CapabilityStatement is a ``problem``."""
+        now = now or dt.datetime.now(dt.UTC)
+        what = "GET metadata"
+        response = await self._call(
+            http,
+            "GET",
+            f"{self.config.base_url}/metadata",
+            what=what,
+            headers={"Accept": FHIR_JSON},
+        )
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            check_response(response, what)
+        if not 200 <= response.status_code < 300:
+            found = ServerCapabilities(read_at=now, problem=f"{what}: HTTP {response.status_code}")
+        else:
+            try:
+                modes = supported_modes(orjson.loads(response.content))
+            except (orjson.JSONDecodeError, NotACapabilityStatement) as exc:
+                problem = str(exc) if isinstance(exc, NotACapabilityStatement) else "not JSON"
+                found = ServerCapabilities(read_at=now, problem=f"{what}: {problem}")
+            else:
+                found = ServerCapabilities(modes=modes, read_at=now)
+        self._capabilities = found
+        return found
+
+    async def discover(self, http: httpx.AsyncClient) -> FhirPushConfig:
+        """The configuration with what the server's CapabilityStatement says now. A server that
+        does not answer keeps what was read before, marked ``unreachable`` with the reason."""
+        try:
+            found = await self.read_capabilities(http)
+        except RetryableError as exc:
+            before = self.config.capabilities
+            found = ServerCapabilities(
+                modes=before.modes if before else [],
+                read_at=before.read_at if before else dt.datetime.now(dt.UTC),
+                problem=f"not read again: {exc}"[:500],
+                unreachable=True,
+            )
+        return self.config.model_copy(update={"capabilities": found})
+
+    async def write_mode(self, http: httpx.AsyncClient) -> WriteMode:
+        """The pinned mode; else the best the server offers (its CapabilityStatement read once).
+
+        Without a CapabilityStatement: ``update`` (PUT by id, as before capabilities were read).
+        With one that offers none of the three for every type: ``conditional``, the R4 way, which
+        servers often support without saying so."""
+        if self.config.write_mode != "auto":
+            return self.config.write_mode
+        found = self._capabilities
+        if found is None or (found.unreachable and not found.modes):
+            found = await self.read_capabilities(http)
+        if found.modes:
+            return found.modes[0]
+        return "update" if found.problem else "conditional"
+
+    # --- conditional writes and transactions -------------------------------------------------
+
+    async def _find_elsewhere(
+        self, http: httpx.AsyncClient, items: Sequence[_Item], outbound: Outbound
+    ) -> dict[tuple[str, str], str]:
+        """The server's ids of resources the bridge wrote earlier that these point at (one search
+        per type by our identifiers); those it lacks are referred to by identifier alone."""
+        here = {item.key for item in items}
+        wanted: dict[str, set[str]] = {}
+        for item in items:
+            for node in _references(item.update.resource):
+                target = _written_target(node)
+                if target is not None and target not in here:
+                    wanted.setdefault(target[0], set()).add(target[1])
+        found: dict[tuple[str, str], str] = {}
+        for resource_type, ids in sorted(wanted.items()):
+            values = ",".join(f"{RESOURCE_ID_SYSTEM}|{i}" for i in sorted(ids))
+            query = urllib.parse.urlencode({"identifier": values, "_count": str(len(ids) * 2)})
+            for resource in await self._search(
+                http, f"{resource_type}?{query}", outbound, resource_type
+            ):
+                ours = _our_id(resource)
+                if ours in ids and isinstance(resource.get("id"), str):
+                    found[(resource_type, ours)] = f"{resource_type}/{resource['id']}"
+        return found
+
+    async def _search(
+        self, http: httpx.AsyncClient, query: str, outbound: Outbound, resource_type: str
+    ) -> list[dict[str, Any]]:
+        what = f"GET {resource_type} by identifier"
+        headers = {"Accept": FHIR_JSON, **outbound.headers()}
+        response = await self._call(
+            http, "GET", f"{self.config.base_url}/{query}", what=what, headers=headers
+        )
+        check_response(response, what)
+        try:
+            bundle = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            bundle = None
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise RetryableError(
+                f"{what}: the response is not a Bundle",
+                status_code=response.status_code,
+                response_excerpt=excerpt(response),
+            )
+        return [
+            entry["resource"]
+            for entry in bundle.get("entry") or []
+            if isinstance(entry, dict)
+            and isinstance(entry.get("resource"), dict)
+            and entry["resource"].get("resourceType") == resource_type
+        ]
+
+    async def _send_conditional(
+        self,
+        http: httpx.AsyncClient,
+        items: Sequence[_Item],
+        known: dict[tuple[str, str], str],
+        outbound: Outbound,
+    ) -> Outcome:
         outcome = Outcome()
-        for item in update.resources:
-            outcome = await self._write(http, item, outbound)
+        for item in items:
+            body = _for_their_server(item.update.resource, known)
+            what = f"PUT {item.resource_type} by identifier"
+            url = f"{self.config.base_url}/{item.search}"
+            response = await self._put(http, url, _json_bytes(body), outbound, what=what)
+            if response.status_code in CONFLICT_STATUSES:
+                outcome, their_id = await self._after_conflict(http, item, body, outbound)
+            else:
+                outcome = check_response(response, what)
+                their_id = _server_id(response, item.resource_type)
+            if their_id is not None:
+                known[item.key] = f"{item.resource_type}/{their_id}"
         return outcome
+
+    async def _after_conflict(
+        self, http: httpx.AsyncClient, item: _Item, body: dict[str, Any], outbound: Outbound
+    ) -> tuple[Outcome, str | None]:
+        """A conditional update refused with 409/412: as for a PUT by id (see the module)."""
+        what = f"PUT {item.resource_type}"
+        copies = await self._search(http, item.search, outbound, item.resource_type)
+        if len(copies) != 1 or not isinstance(copies[0].get("id"), str):
+            raise RetryableError(
+                f"{what}: HTTP 409/412 and the server's copy cannot be read back by identifier"
+            )
+        copy = copies[0]
+        their_id: str = copy["id"]
+        if _already_holds(body, copy, same_id=False):
+            return Outcome(status_code=200), their_id
+        response = await self._put(
+            http,
+            f"{self.config.base_url}/{item.resource_type}/{their_id}",
+            _json_bytes({**body, "id": their_id}),
+            outbound,
+            what=what,
+            if_match=_copy_version(copy),
+        )
+        if response.status_code in CONFLICT_STATUSES:
+            raise RetryableError(
+                f"{what}: HTTP {response.status_code} again after re-reading the server's copy "
+                "(a concurrent writer)",
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                status_code=response.status_code,
+                response_excerpt=excerpt(response),
+            )
+        return check_response(response, what), their_id
+
+    async def _send_transaction(
+        self,
+        http: httpx.AsyncClient,
+        items: Sequence[_Item],
+        known: dict[tuple[str, str], str],
+        outbound: Outbound,
+    ) -> Outcome:
+        targets = {**known, **{item.key: f"urn:uuid:{uuid.uuid4()}" for item in items}}
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": targets[item.key],
+                    "resource": _for_their_server(item.update.resource, targets),
+                    "request": {"method": "PUT", "url": item.search},
+                }
+                for item in items
+            ],
+        }
+        what = f"POST transaction ({', '.join(item.resource_type for item in items)})"
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, **outbound.headers()}
+        response = await self._call(
+            http,
+            "POST",
+            self.config.base_url,
+            what=what,
+            headers=headers,
+            content=_json_bytes(bundle),
+        )
+        if response.status_code in CONFLICT_STATUSES:
+            # A concurrent writer changed one of them: the next attempt sends them again.
+            raise RetryableError(
+                f"{what}: HTTP {response.status_code} (a concurrent writer)",
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                status_code=response.status_code,
+                response_excerpt=excerpt(response),
+            )
+        return check_response(response, what)
 
     # --- one resource ------------------------------------------------------------------------
 
@@ -205,7 +450,8 @@ class FhirPushAdapter(ClinicalAdapter):
         self, http: httpx.AsyncClient, item: FHIRResourceUpdate, outbound: Outbound
     ) -> Outcome:
         url = self._resource_url(item)
-        body = _json_bytes(item.resource)
+        # Our ids are the server's here: what we write keeps them; the rest by identifier.
+        body = _json_bytes(_by_our_ids(item.resource))
         what = f"PUT {item.resource_type}"
         response = await self._put(http, url, body, outbound, what=what)
         if response.status_code not in CONFLICT_STATUSES:
@@ -474,10 +720,17 @@ def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if k not in SERVER_OWNED_ELEMENTS}
 
 
-def _already_holds(ours: Mapping[str, Any], theirs: dict[str, Any]) -> bool:
-    """Whether the server's copy carries our content, or a later version of it."""
-    if theirs.get("resourceType") != ours.get("resourceType") or theirs.get("id") != ours.get("id"):
+def _already_holds(
+    ours: Mapping[str, Any], theirs: dict[str, Any], *, same_id: bool = True
+) -> bool:
+    """Whether the server's copy carries our content, or a later version of it (``same_id``
+    False: a copy under the server's own id, found by our identifier)."""
+    if theirs.get("resourceType") != ours.get("resourceType"):
         return False
+    if same_id and theirs.get("id") != ours.get("id"):
+        return False
+    if not same_id:
+        theirs = {k: v for k, v in theirs.items() if k != "id"}
     our_time, their_time = _instant(ours.get("lastModified")), _instant(theirs.get("lastModified"))
     if our_time is not None and their_time is not None:
         return their_time >= our_time
@@ -495,4 +748,158 @@ def _version_tag(response: httpx.Response, server_copy: dict[str, Any]) -> str |
     version = meta.get("versionId") if isinstance(meta, dict) else None
     if isinstance(version, str) and _FHIR_ID.fullmatch(version):
         return f'W/"{version}"'
+    return None
+
+
+def _copy_version(copy: Mapping[str, Any]) -> str | None:
+    meta = copy.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    if isinstance(version, str) and _FHIR_ID.fullmatch(version):
+        return f'W/"{version}"'
+    return None
+
+
+# --- resources as the referrer's server holds them ----------------------------------------------
+
+_RELATIVE_REFERENCE = re.compile(r"([A-Z][A-Za-z]{0,63})/([A-Za-z0-9\-.]{1,64})")
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A resource to write by its business identifier (our id, under RESOURCE_ID_SYSTEM)."""
+
+    update: FHIRResourceUpdate
+    search: str  # Type?identifier=system|value, URL-encoded
+
+    @property
+    def resource_type(self) -> str:
+        return self.update.resource_type
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.update.resource_type, self.update.id)
+
+    @classmethod
+    def of(cls, update: FHIRResourceUpdate) -> _Item:
+        if _our_id(update.resource) != update.id:
+            raise PermanentError(
+                f"{update.resource_type}: no identifier of the bridge's system with its id, "
+                "so it cannot be written by identifier"
+            )
+        query = urllib.parse.urlencode({"identifier": f"{RESOURCE_ID_SYSTEM}|{update.id}"})
+        return cls(update, f"{update.resource_type}?{query}")
+
+
+def _identifiers(resource: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    found = resource.get("identifier")
+    if isinstance(found, Mapping):  # QuestionnaireResponse.identifier is 0..1
+        return [found]
+    return [i for i in found if isinstance(i, Mapping)] if isinstance(found, list) else []
+
+
+def _our_id(resource: Mapping[str, Any]) -> str | None:
+    for identifier in _identifiers(resource):
+        if identifier.get("system") == RESOURCE_ID_SYSTEM and isinstance(
+            identifier.get("value"), str
+        ):
+            value: str = identifier["value"]
+            return value
+    return None
+
+
+def _references(node: Any) -> Iterator[dict[str, Any]]:
+    """Every Reference (an object with a string ``reference``) outside contained resources."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+    elif isinstance(node, Mapping):
+        if isinstance(node.get("reference"), str) and isinstance(node, dict):
+            yield node
+        for key, value in node.items():
+            if key != "contained" and isinstance(value, Mapping | list):
+                yield from _references(value)
+
+
+def _written_target(reference: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(type, our id) when the reference points at a resource the bridge writes there too."""
+    match = _RELATIVE_REFERENCE.fullmatch(str(reference.get("reference")))
+    identifier = reference.get("identifier")
+    if (
+        match
+        and isinstance(identifier, Mapping)
+        and identifier.get("system") == RESOURCE_ID_SYSTEM
+        and identifier.get("value") == match[2]
+    ):
+        return (match[1], match[2])
+    return None
+
+
+def _for_their_server(
+    resource: Mapping[str, Any], targets: Mapping[tuple[str, str], str]
+) -> dict[str, Any]:
+    """The resource without our id and meta (the server's own), its references as that server
+    resolves them: to what the bridge wrote there (``targets``: ``Type/their id`` or an entry's
+    ``urn:uuid``), else by identifier alone (a logical reference), never by an id only we know."""
+    body: dict[str, Any] = orjson.loads(_json_bytes(resource))
+    body.pop("id", None)
+    body.pop("meta", None)
+    for reference in list(_references(body)):
+        match = _RELATIVE_REFERENCE.fullmatch(reference["reference"])
+        if match is None:
+            continue  # #contained, absolute or already the server's
+        target = targets.get((match[1], match[2]))
+        if target is not None and _written_target(reference) is not None:
+            reference["reference"] = target
+        else:
+            del reference["reference"]
+            reference.setdefault("type", match[1])
+    return body
+
+
+def _by_our_ids(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """For PUT by id: references to what the bridge writes there kept (our ids are that
+    server's), the others by identifier alone (a logical reference)."""
+    body: dict[str, Any] = orjson.loads(_json_bytes(resource))
+    for reference in list(_references(body)):
+        match = _RELATIVE_REFERENCE.fullmatch(reference["reference"])
+        if match is not None and _written_target(reference) is None:
+            del reference["reference"]
+            reference.setdefault("type", match[1])
+    return body
+
+
+def _in_dependency_order(items: list[_Item]) -> list[_Item]:
+    """Those pointed at before those pointing at them, else as given (the Task last)."""
+    by_key = {item.key: item for item in items}
+    done: dict[tuple[str, str], _Item] = {}
+
+    def visit(item: _Item, path: frozenset[tuple[str, str]]) -> None:
+        if item.key in done or item.key in path:
+            return
+        for reference in _references(item.update.resource):
+            target = _written_target(reference)
+            if target in by_key and target != item.key:
+                visit(by_key[target], path | {item.key})
+        done[item.key] = item
+
+    for item in items:
+        visit(item, frozenset())
+    return list(done.values())
+
+
+def _server_id(response: httpx.Response, resource_type: str) -> str | None:
+    """The id the server gave a resource it wrote: from the body, else from Location."""
+    try:
+        body = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and body.get("resourceType") == resource_type:
+        found = body.get("id")
+        if isinstance(found, str) and _FHIR_ID.fullmatch(found):
+            return found
+    location = response.headers.get("location") or response.headers.get("content-location")
+    if location:
+        match = re.search(rf"(?:^|/){resource_type}/([A-Za-z0-9\-.]{{1,64}})(?:/|$)", location)
+        if match:
+            return match[1]
     return None

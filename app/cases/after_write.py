@@ -48,6 +48,7 @@ async def after_event(
         service_id=referral.service_id,
         referrer=referral.organisation,
         provider=service_organisation,
+        requester=referral.requester_ods,
     )
     outbox.enqueue(
         session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding

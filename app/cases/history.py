@@ -118,6 +118,7 @@ async def keep_event_versions(
     case: Case,
     referral: Referral,
     service_name: str,
+    service_organisation: str,
     records: Sequence[Record],
     *,
     referral_changed: bool,
@@ -136,7 +137,14 @@ async def keep_event_versions(
     ]
     if referral_changed:
         versions.append(referral_version(referral))
-    context = CaseContext(referral.id, referral.nhs_number, case.service_id, service_name)
+    context = CaseContext(
+        referral.id,
+        referral.nhs_number,
+        case.service_id,
+        service_name,
+        service_organisation,
+        (referral.identifier_system, referral.identifier_value),
+    )
     for record in records:
         versions += record_versions(record, context)
     versions += also

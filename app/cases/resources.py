@@ -70,21 +70,43 @@ def last_updated(record: Record) -> dt.datetime:
     return record.created_at if isinstance(record, WellbeingScore) else record.updated_at
 
 
-def rows(kind: Kind) -> Select[Any, Any, Any, Any]:
+def rows(kind: Kind) -> Select[Any, Any, Any, Any, Any, Any, Any]:
     """A record of ``kind`` with what its resource needs: the patient's NHS number and the
     service (join Referral: the visibility rule applies to it)."""
     model = kind.model
     return (
         select(
-            model, Referral.nhs_number, SocialPrescribingService.id, SocialPrescribingService.name
+            model,
+            Referral.nhs_number,
+            SocialPrescribingService.id,
+            SocialPrescribingService.name,
+            SocialPrescribingService.organisation,
+            Referral.identifier_system,
+            Referral.identifier_value,
         )
         .join(Referral, Referral.id == model.referral_id)
         .join(SocialPrescribingService, SocialPrescribingService.id == Referral.service_id)
     )
 
 
-def context_of(record: Record, nhs_number: str, service_id: str, name: str) -> CaseContext:
-    return CaseContext(record.referral_id, nhs_number, service_id, name)
+def context_of(
+    record: Record,
+    nhs_number: str,
+    service_id: str,
+    name: str,
+    organisation: str,
+    identifier_system: str,
+    identifier_value: str,
+) -> CaseContext:
+    """The context of a record from a row of ``rows``."""
+    return CaseContext(
+        record.referral_id,
+        nhs_number,
+        service_id,
+        name,
+        organisation,
+        (identifier_system, identifier_value),
+    )
 
 
 async def read_record(
@@ -97,9 +119,9 @@ async def read_record(
     row = (await session.execute(query)).first()
     if row is None:
         return None
-    record, nhs_number, service_id, name = row
+    record, nhs_number, *rest = row
     trail.note_patient(record.referral_id, nhs_number)
-    resource = build(resource_type, record, context_of(record, nhs_number, service_id, name))
+    resource = build(resource_type, record, context_of(record, nhs_number, *rest))
     return resource, record_version(record), last_updated(record), record.referral_id
 
 
@@ -177,10 +199,8 @@ async def for_events(
     built: dict[str, dict[str, Any]] = {}
     for resource_type, ids in by_type.items():
         kind = KINDS[resource_type]
-        for record, nhs, service_id, name in await session.execute(
-            rows(kind).where(kind.id_column.in_(ids))
-        ):
-            resource = build(resource_type, record, context_of(record, nhs, service_id, name))
+        for record, nhs, *rest in await session.execute(rows(kind).where(kind.id_column.in_(ids))):
+            resource = build(resource_type, record, context_of(record, nhs, *rest))
             built[f"{resource_type}/{resource['id']}"] = resource
     return {
         event_id: [
@@ -198,15 +218,22 @@ async def journey(
     """The referral's journey as a collection Bundle, everything in the order it happened."""
     row = (
         await session.execute(
-            select(Case, SocialPrescribingService.name)
+            select(Case, SocialPrescribingService.name, SocialPrescribingService.organisation)
             .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
             .where(Case.referral_id == referral.id)
         )
     ).first()
     if row is None:
         raise NotFound(f"ServiceRequest/{referral.id} has no case")
-    case, service_name = row
-    context = CaseContext(referral.id, referral.nhs_number, case.service_id, service_name)
+    case, service_name, organisation = row
+    context = CaseContext(
+        referral.id,
+        referral.nhs_number,
+        case.service_id,
+        service_name,
+        organisation,
+        (referral.identifier_system, referral.identifier_value),
+    )
     timed: list[tuple[dt.datetime, int, dict[str, Any]]] = [
         (referral.created_at, 0, service_request_resource(referral)),
         (case.created_at, 1, task_resource(task_view(case, referral, service_name))),

@@ -263,10 +263,10 @@ def _patient_found(row: Any) -> Found:
 
 def _record_found(resource_type: str) -> Callable[[Any], Found]:
     def found(row: Any) -> Found:
-        record, nhs, service_id, name = row
+        record, nhs, *rest = row
         trail.note_patient(record.referral_id, nhs)
         return Found(
-            build(resource_type, record, context_of(record, nhs, service_id, name)),
+            build(resource_type, record, context_of(record, nhs, *rest)),
             record.referral_id,
         )
 

@@ -197,6 +197,7 @@ async def apply_event(
         case,
         referral,
         service.name,
+        service.organisation,
         effect.records,
         referral_changed=declared.from_referrer,
         also=versions,

@@ -51,9 +51,11 @@ def task_view(case: Case, referral: Referral, service_name: str) -> TaskView:
         status_reason=case.status_reason,
         referral_id=referral.id,
         nhs_number=referral.nhs_number,
-        requesting_organisation=referral.organisation,
+        # The referral's requester (ServiceRequest.requester's ODS code), else the referrer's.
+        requesting_organisation=referral.requester_ods or referral.organisation,
         service_id=case.service_id,
         service_name=service_name,
+        referral_identifier=(referral.identifier_system, referral.identifier_value),
         state=case.state,
         # After a consent withdrawal the Task lists no outputs: the referrer is sent no more of
         # the person's resources, so a Task must not point at ones it may never have received

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from app.clients import service
 from app.clients.schemas import (
+    ActsFor,
     ClientCreate,
     ClientCreated,
     ClientOut,
@@ -31,6 +32,7 @@ def _out(client: ApiClient) -> dict[str, object]:
         "role": client.role,
         "organisation": client.organisation,
         "default_service": client.default_service_id,
+        "acts_for": list(client.acts_for or []),
         "created_at": client.created_at,
         "revoked_at": client.revoked_at,
     }
@@ -165,3 +167,27 @@ async def revoke_client(
     admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
 ) -> dict[str, object]:
     return _out(await service.revoke(session, admin, client_id, now))
+
+
+@router.put(
+    "/{client_id}/acts-for",
+    response_model=ClientOut,
+    summary="Name the organisations a client refers for",
+    description=(
+        "A client acts for its own organisation; here the installation's admin (the bootstrap "
+        "key) names others it may refer for, such as the ODS codes a trust's integration engine "
+        "sends for. A referral whose `ServiceRequest.requester` names another organisation is "
+        "refused (403); the requester's organisation's clinical route gets its updates. The list "
+        "replaces the one before (empty: its own organisation only). An organisation's admin "
+        "may not (403). Another organisation's client is unknown (404); a revoked one, 409."
+    ),
+    operation_id="setClientActsFor",
+    responses=api_error_responses(401, 403, 404, 409, 422),
+)
+async def set_acts_for(
+    client_id: ClientId,
+    body: ActsFor,
+    session: WriteSession,
+    admin: Annotated[Principal, Depends(require(Operation.CLIENT_MANAGE, writes=True))],
+) -> dict[str, object]:
+    return _out(await service.set_acts_for(session, admin, client_id, body.organisations))

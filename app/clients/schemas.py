@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,8 +41,27 @@ class ClientOut(BaseModel):
     role: Role
     organisation: str
     default_service: str | None
+    acts_for: list[str] = Field(
+        default_factory=list,
+        description="Other organisations (ODS codes) it may refer for: a referral's "
+        "ServiceRequest.requester must be its own organisation or one of these",
+    )
     created_at: dt.datetime
     revoked_at: dt.datetime | None = None
+
+
+class ActsFor(BaseModel):
+    """The organisations a client may refer for besides its own (replaces the list)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"organisations": ["RW4", "RXA", "RTV"]}]},
+    )
+
+    organisations: list[Annotated[str, Field(pattern=ODS_CODE)]] = Field(
+        max_length=100,
+        description="ODS codes; an empty list: its own organisation only",
+    )
 
 
 class ClientCreated(ClientOut):

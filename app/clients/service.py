@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clients.schemas import ClientCreate
 from app.directory.models import SocialPrescribingService
-from app.errors import BusinessRuleViolation, Conflict, NotFound
+from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound
 from app.security import oauth, scope
 from app.security.auth import Principal, forget_on_commit, hash_key, new_api_key
 from app.security.models import ApiClient
@@ -128,4 +128,20 @@ async def revoke(
         client.revoked_at = now
         await session.flush()
         forget_on_commit(session)
+    return client
+
+
+async def set_acts_for(
+    session: AsyncSession, principal: Principal, client_id: str, organisations: list[str]
+) -> ApiClient:
+    """Name the organisations a client may refer for besides its own. The installation's admin
+    only: an organisation's admin cannot let a client speak for another organisation."""
+    client = await _held(session, principal, client_id)
+    if not principal.sees_everything:
+        raise Forbidden(
+            "Only the installation's admin names the organisations a client refers for",
+            expression="organisations",
+        )
+    client.acts_for = sorted(set(organisations) - {client.organisation})
+    await session.flush()
     return client

@@ -92,3 +92,15 @@ class ClinicalRouteOut(BaseModel):
     active: bool
     destination_id: str
     updated_at: dt.datetime
+    write_mode: str | None = Field(
+        default=None,
+        description="`fhir_push`: how updates are written (`auto`: the best mode the server's "
+        "CapabilityStatement offers; or `transaction`, `conditional`, `update` pinned)",
+    )
+    capabilities: dict[str, Any] | None = Field(
+        default=None,
+        description="`fhir_push`: what the server's CapabilityStatement said when the route was "
+        "saved or refreshed: the write modes it supports for every type the bridge writes, best "
+        "first, when it was read, or why it could not be (`problem`); null: not read yet (it is "
+        "read at the first send)",
+    )

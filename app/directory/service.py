@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import registry
-from adapters.base import Adapter, AdapterConfig, AdapterKind
+from adapters.base import Adapter, AdapterConfig, AdapterError, AdapterKind, ClinicalAdapter
 from app.config import Settings
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
@@ -25,6 +27,10 @@ from app.outbound import check_outbound_url
 from app.outbox.models import Destination, DestinationKind
 from app.security import scope
 from app.security.auth import Principal
+from app.security.models import ApiClient
+
+# An organisation known only as the caller's own has no date of its own in the bridge.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 async def _adapter_config(
@@ -130,18 +136,55 @@ async def _route(session: AsyncSession, organisation: str) -> Destination | None
     )
 
 
+async def _discovered(
+    adapter: type[Adapter], config: AdapterConfig, http: httpx.AsyncClient
+) -> AdapterConfig:
+    """The config with what the receiver says it supports (a FHIR server's CapabilityStatement),
+    read before any row is locked; an unreachable receiver is read again at the first send."""
+    instance = adapter(config)
+    if not isinstance(instance, ClinicalAdapter):
+        return config
+    try:
+        learned = await instance.discover(http)
+    except AdapterError:
+        return config
+    return learned if learned is not None else config
+
+
+async def refresh_clinical_route(
+    session: AsyncSession, principal: Principal, organisation: str, http: httpx.AsyncClient
+) -> Destination:
+    """Read the receiver's capabilities again (the route's adapter and settings otherwise kept)."""
+    route = await get_clinical_route(session, principal, organisation)
+    adapter = registry.adapter_class(route.adapter)
+    config = adapter.config_model.model_validate(route.config)
+    instance = adapter(config)
+    if isinstance(instance, ClinicalAdapter):
+        try:
+            learned = await instance.discover(http)
+        except AdapterError:
+            learned = None  # the adapter says nothing more than it did
+        if learned is not None:
+            route.config = learned.model_dump(mode="json")
+            route.updated_at = utcnow()
+            await session.flush()
+    return route
+
+
 async def put_clinical_route(
     session: AsyncSession,
     principal: Principal,
     organisation: str,
     request: ClinicalRouteIn,
     settings: Settings,
+    http: httpx.AsyncClient,
 ) -> Destination:
     """Set the caller's organisation's route (403 for another's, whether it has one or not)."""
     scope.require_own(principal, organisation, expression="organisation")
-    _adapter, config = await _adapter_config(
+    adapter, config = await _adapter_config(
         AdapterKind.CLINICAL, request.adapter, request.adapter_config, settings
     )
+    config = await _discovered(adapter, config, http)
     now = utcnow()
     route = await _route(session, organisation)
     if route is None:
@@ -184,3 +227,28 @@ async def get_clinical_route(
     if route is None:
         raise NotFound(_NO_ROUTE)
     return route
+
+
+# --- the directory as FHIR: what references to a service and its organisation resolve to ---------
+
+
+async def read_organisation(
+    session: AsyncSession, principal: Principal, ods_code: str
+) -> tuple[str, dt.datetime]:
+    """An organisation the bridge knows (one that runs a registered service or has an API
+    client: ODS codes are public directory data) and since when: (its ODS code, the time).
+    Any other is unknown (404)."""
+    first = await session.scalar(
+        select(func.min(SocialPrescribingService.created_at)).where(
+            SocialPrescribingService.organisation == ods_code
+        )
+    )
+    if first is None:
+        first = await session.scalar(
+            select(func.min(ApiClient.created_at)).where(ApiClient.organisation == ods_code)
+        )
+    if first is not None:
+        return ods_code, first
+    if scope.owns(principal, ods_code) and not principal.sees_everything:
+        return ods_code, EPOCH
+    raise NotFound("No such Organization is known here")

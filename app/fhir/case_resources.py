@@ -21,8 +21,11 @@ from app.fhir.codes import (
     FHIR_DATA_DIR,
     NHS_NUMBER_SYSTEM,
     OBSERVATION_CATEGORY_SYSTEM,
+    ODS_ORGANISATION_SYSTEM,
     PRESCRIPTION_CATEGORY_SYSTEM,
     PRESCRIPTION_ID_SYSTEM,
+    RESOURCE_ID_SYSTEM,
+    SERVICE_ID_SYSTEM,
     SNOMED,
     SNOMED_SWEMWBS_SCORE,
     SWEMWBS_QUESTIONNAIRE,
@@ -61,6 +64,10 @@ class CaseContext:
     nhs_number: str
     service_id: str
     service_name: str
+    # The ODS code of the organisation that runs the service, and the referral's business
+    # identifier as its requester gave it (system, value).
+    service_organisation: str
+    referral_identifier: tuple[str, str]
 
     def patient(self) -> dict[str, Any]:
         return {
@@ -69,14 +76,43 @@ class CaseContext:
         }
 
     def service(self) -> dict[str, Any]:
-        return {
-            "reference": f"HealthcareService/{self.service_id}",
-            "type": "HealthcareService",
-            "display": self.service_name,
-        }
+        return service_reference(self.service_id, self.service_name)
+
+    def organisation(self) -> dict[str, Any]:
+        """The organisation that runs the service: where R4 allows no HealthcareService."""
+        return organisation_reference(self.service_organisation)
 
     def based_on(self) -> list[dict[str, Any]]:
-        return [{"reference": f"ServiceRequest/{self.referral_id}", "type": "ServiceRequest"}]
+        return [referral_reference(self.referral_id, self.referral_identifier)]
+
+
+def service_reference(service_id: str, name: str) -> dict[str, Any]:
+    """The service, served by us as HealthcareService/{id}; its identifier for other servers."""
+    return {
+        "reference": f"HealthcareService/{service_id}",
+        "type": "HealthcareService",
+        "identifier": {"system": SERVICE_ID_SYSTEM, "value": service_id},
+        "display": name,
+    }
+
+
+def organisation_reference(ods_code: str) -> dict[str, Any]:
+    """An organisation by its ODS code: served by us as Organization/{ODS code}."""
+    return {
+        "reference": f"Organization/{ods_code}",
+        "type": "Organization",
+        "identifier": {"system": ODS_ORGANISATION_SYSTEM, "value": ods_code},
+    }
+
+
+def referral_reference(referral_id: str, identifier: tuple[str, str]) -> dict[str, Any]:
+    """The referral: our ServiceRequest/{id}, and the requester's business identifier, by which
+    the requester's own server finds its copy (write-back sends only the identifier)."""
+    return {
+        "reference": f"ServiceRequest/{referral_id}",
+        "type": "ServiceRequest",
+        "identifier": {"system": identifier[0], "value": identifier[1]},
+    }
 
 
 class AppointmentRecord(Protocol):
@@ -156,7 +192,10 @@ def appointment_resource(record: AppointmentRecord, case: CaseContext) -> dict[s
         "resourceType": "Appointment",
         "id": record.id,
         "meta": _meta(record.version_id, record.updated_at),
-        "identifier": [{"system": APPOINTMENT_ID_SYSTEM, "value": record.external_id}],
+        "identifier": [
+            {"system": APPOINTMENT_ID_SYSTEM, "value": record.external_id},
+            {"system": RESOURCE_ID_SYSTEM, "value": record.id},
+        ],
         "status": APPOINTMENT_STATUS[record.status],
         "serviceCategory": [{"text": "Social prescribing"}],
         "appointmentType": {
@@ -197,7 +236,10 @@ def prescription_resource(record: PrescriptionRecord, case: CaseContext) -> dict
         "resourceType": "ServiceRequest",
         "id": record.id,
         "meta": _meta(record.version_id, record.updated_at),
-        "identifier": [{"system": PRESCRIPTION_ID_SYSTEM, "value": record.external_id}],
+        "identifier": [
+            {"system": PRESCRIPTION_ID_SYSTEM, "value": record.external_id},
+            {"system": RESOURCE_ID_SYSTEM, "value": record.id},
+        ],
         "basedOn": case.based_on(),
         "status": PRESCRIPTION_STATUS[record.status],
         "intent": "plan" if record.status == "proposed" else "order",
@@ -215,7 +257,7 @@ def prescription_resource(record: PrescriptionRecord, case: CaseContext) -> dict
         "code": {"text": record.activity},
         "subject": case.patient(),
         "authoredOn": instant(record.prescribed_at),
-        "requester": case.service(),
+        "requester": case.organisation(),
         "performer": [{"type": "Organization", "display": record.provider}],
     }
     if record.status == "declined":
@@ -228,6 +270,7 @@ def questionnaire_response_resource(record: WellbeingRecord, case: CaseContext) 
         "resourceType": "QuestionnaireResponse",
         "id": record.questionnaire_response_id,
         "meta": _meta(1, record.created_at),
+        "identifier": {"system": RESOURCE_ID_SYSTEM, "value": record.questionnaire_response_id},
         "questionnaire": SWEMWBS_QUESTIONNAIRE,
         "status": "completed",
         "basedOn": case.based_on(),
@@ -246,6 +289,7 @@ def observation_resource(record: WellbeingRecord, case: CaseContext) -> dict[str
         "resourceType": "Observation",
         "id": record.id,
         "meta": _meta(1, record.created_at),
+        "identifier": [{"system": RESOURCE_ID_SYSTEM, "value": record.id}],
         "basedOn": case.based_on(),
         "status": "final",
         "category": [
@@ -268,12 +312,16 @@ def observation_resource(record: WellbeingRecord, case: CaseContext) -> dict[str
         "subject": case.patient(),
         "effectiveDateTime": instant(record.measured_at),
         "issued": instant(record.created_at),
-        "performer": [case.service()],
+        "performer": [case.organisation()],
         "valueInteger": record.raw_score,
         "derivedFrom": [
             {
                 "reference": f"QuestionnaireResponse/{record.questionnaire_response_id}",
                 "type": "QuestionnaireResponse",
+                "identifier": {
+                    "system": RESOURCE_ID_SYSTEM,
+                    "value": record.questionnaire_response_id,
+                },
             }
         ],
         "component": [

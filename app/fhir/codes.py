@@ -40,3 +40,7 @@ PRESCRIPTION_ID_SYSTEM = f"{CANONICAL_BASE}/Id/social-prescription"
 # An ODS organisation code as the API takes it (the bridge's check; ODS codes are 3-10 upper-case
 # letters and digits).
 ODS_CODE = r"^[A-Z0-9]{3,10}$"
+# The bridge's own id of every resource it writes to a referrer's FHIR server (Task, Appointment,
+# social prescription, SWEMWBS answers and score): the business identifier write-back matches on
+# (conditional create and update), since that server gives the resource an id of its own.
+RESOURCE_ID_SYSTEM = f"{CANONICAL_BASE}/Id/resource"

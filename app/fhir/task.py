@@ -15,6 +15,8 @@ from app.fhir.codes import (
     NHS_NUMBER_SYSTEM,
     ODS_ORGANISATION_SYSTEM,
     REJECTION_REASON_SYSTEM,
+    RESOURCE_ID_SYSTEM,
+    SERVICE_ID_SYSTEM,
     TASK_CODE_SYSTEM,
     TASK_OUTPUT_SYSTEM,
 )
@@ -43,6 +45,8 @@ class TaskView:
     requesting_organisation: str
     service_id: str
     service_name: str
+    # The referral's business identifier as its requester gave it (system, value).
+    referral_identifier: tuple[str, str] = ("", "")
     state: str = ""
     # (output type code, "ResourceType/id"), in the order they were made.
     outputs: tuple[tuple[str, str], ...] = ()
@@ -66,11 +70,17 @@ def task_resource(view: TaskView) -> dict[str, Any]:
             }
         ],
     }
+    referral = {
+        "reference": f"ServiceRequest/{view.referral_id}",
+        "type": "ServiceRequest",
+        "identifier": {"system": view.referral_identifier[0], "value": view.referral_identifier[1]},
+    }
     task: dict[str, Any] = {
         "resourceType": "Task",
         "id": view.case_id,
         "meta": {"versionId": str(view.version_id), "lastUpdated": instant(view.updated_at)},
-        "basedOn": [{"reference": f"ServiceRequest/{view.referral_id}"}],
+        "identifier": [{"system": RESOURCE_ID_SYSTEM, "value": view.case_id}],
+        "basedOn": [referral],
         "status": view.task_status,
         "businessStatus": business,
         "intent": "order",
@@ -83,7 +93,7 @@ def task_resource(view: TaskView) -> dict[str, Any]:
                 }
             ]
         },
-        "focus": {"reference": f"ServiceRequest/{view.referral_id}", "type": "ServiceRequest"},
+        "focus": referral,
         "for": {
             "type": "Patient",
             "identifier": {"system": NHS_NUMBER_SYSTEM, "value": view.nhs_number},
@@ -100,6 +110,7 @@ def task_resource(view: TaskView) -> dict[str, Any]:
         "owner": {
             "reference": f"HealthcareService/{view.service_id}",
             "type": "HealthcareService",
+            "identifier": {"system": SERVICE_ID_SYSTEM, "value": view.service_id},
             "display": view.service_name,
         },
     }
@@ -135,7 +146,12 @@ def task_resource(view: TaskView) -> dict[str, Any]:
                         }
                     ]
                 },
-                "valueReference": {"reference": reference, "type": reference.split("/", 1)[0]},
+                "valueReference": {
+                    "reference": reference,
+                    "type": reference.split("/", 1)[0],
+                    # Our id as an identifier: how the referrer's server finds its copy.
+                    "identifier": {"system": RESOURCE_ID_SYSTEM, "value": reference.split("/")[-1]},
+                },
             }
             for kind, reference in view.outputs
         ]

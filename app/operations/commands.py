@@ -339,6 +339,7 @@ def _client_out(client: Any) -> dict[str, Any]:
         role=Role(client.role),
         organisation=client.organisation,
         default_service=client.default_service_id,
+        acts_for=list(client.acts_for or []),
         created_at=client.created_at,
         revoked_at=client.revoked_at,
     ).model_dump(mode="json")
@@ -440,6 +441,33 @@ def clients_revoke(
 
     revoked = write(revoke)
     typer.echo(f"client {revoked['id']} revoked (since {revoked['revoked_at']})")
+
+
+@clients_cli.command("acts-for")
+def clients_acts_for(
+    client_id: Annotated[str, typer.Argument(help="The client's id (see `clients list`)")],
+    organisations: Annotated[
+        list[str] | None,
+        typer.Argument(help="ODS codes it may refer for besides its own (none: its own only)"),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Name the organisations a client may refer for besides its own (replaces the list)."""
+    from app.clients import service
+    from app.clients.schemas import ActsFor
+
+    request = parse(ActsFor, organisations=organisations or [])
+
+    async def change(session: Any) -> dict[str, Any]:
+        client = await service.set_acts_for(session, _operator(), client_id, request.organisations)
+        return _client_out(client)
+
+    changed = write(change)
+    if as_json:
+        echo_json(changed)
+        return
+    also = ", ".join(changed["acts_for"]) or "no other organisation"
+    typer.echo(f"client {changed['id']} refers for {changed['organisation']} and {also}")
 
 
 # --- services ----------------------------------------------------------------------------------

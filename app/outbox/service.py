@@ -52,11 +52,18 @@ class RecordedEvent(Protocol):
 
 
 async def destinations_for(
-    session: AsyncSession, *, service_id: str, referrer: str, provider: str
+    session: AsyncSession,
+    *,
+    service_id: str,
+    referrer: str,
+    provider: str,
+    requester: str | None = None,
 ) -> list[Destination]:
-    """Active destinations interested in a referral's case: its service's platform, its
-    referrer's clinical system, and the webhook subscriptions that may see it (those of the
-    referring or the providing organisation, and the admins')."""
+    """Active destinations interested in a referral's case: its service's platform, the
+    clinical route of its requester's organisation (``requester``, the ODS code of
+    ServiceRequest.requester; else the referring client's organisation), and the webhook
+    subscriptions that may see it (those of the referring or the providing organisation, and the
+    admins')."""
     rows = await session.scalars(
         select(Destination).where(
             Destination.active.is_(True),
@@ -67,7 +74,7 @@ async def destinations_for(
                 ),
                 and_(
                     Destination.kind == DestinationKind.CLINICAL,
-                    Destination.organisation == referrer,
+                    Destination.organisation == (requester or referrer),
                 ),
                 and_(
                     Destination.kind == DestinationKind.WEBHOOK,

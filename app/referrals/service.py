@@ -138,6 +138,18 @@ async def _target_service(
     return service
 
 
+def check_requester(principal: Principal, draft: ReferralDraft) -> None:
+    """403 unless the requester's ODS code (when it gives one) is an organisation the caller may
+    refer for: its own, or one the installation's admin named for it (DESIGN §11)."""
+    if draft.requester_ods is not None and not scope.may_refer_for(principal, draft.requester_ods):
+        raise Forbidden(
+            "ServiceRequest.requester names an organisation this client may not refer for: its "
+            "own organisation, or one an admin has named for it (PUT "
+            "/api/v1/clients/{id}/acts-for)",
+            expression="ServiceRequest.requester",
+        )
+
+
 async def create_referral(
     session: AsyncSession,
     draft: ReferralDraft,
@@ -152,6 +164,7 @@ async def create_referral(
 
     ``received_at`` is now unless the caller brings history (the sandbox's seeded cases)."""
     assert principal.organisation is not None
+    check_requester(principal, draft)
     if if_none_exist:
         matches = await conditional_matches(session, principal, if_none_exist)
         if len(matches) > 1:

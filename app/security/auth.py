@@ -37,6 +37,8 @@ class Principal:
     default_service_id: str | None = None
     # The scopes of an OAuth2 access token; None for an API key (the role's full rights).
     scopes: frozenset[str] | None = None
+    # Organisations (ODS codes) it may refer for besides its own (app.security.scope.may_refer_for).
+    acts_for: frozenset[str] = frozenset()
 
     @property
     def sees_everything(self) -> bool:
@@ -129,6 +131,7 @@ def _principal(client: ApiClient, scopes: frozenset[str] | None = None) -> Princ
         organisation=client.organisation,
         default_service_id=client.default_service_id,
         scopes=scopes,
+        acts_for=frozenset(client.acts_for or ()),
     )
 
 

@@ -16,6 +16,10 @@ class ApiClient(Base):
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(32))
     organisation: Mapped[str] = mapped_column(String(16), index=True)
+    # Other organisations (ODS codes) it may refer for, named by the installation's admin (a
+    # trust's integration engine sending for several): ServiceRequest.requester must be one of
+    # them or its own organisation.
+    acts_for: Mapped[list[str]] = mapped_column(JSONDoc, default=list)
     default_service_id: Mapped[str | None] = mapped_column(
         String(64), ForeignKey("services.id"), nullable=True
     )

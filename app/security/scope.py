@@ -87,3 +87,9 @@ def require_own(principal: Principal, organisation: str, *, expression: str) -> 
             "only their own organisation's clients, services and routes",
             expression=expression,
         )
+
+
+def may_refer_for(principal: Principal, ods_code: str) -> bool:
+    """Whether the caller may send a referral whose requester is ``ods_code``: its own
+    organisation, or one the installation's admin named for it (``ApiClient.acts_for``)."""
+    return ods_code == principal.organisation or ods_code in principal.acts_for

@@ -37,13 +37,20 @@ OUTBOUND = Outbound(request_id="delivery-0001", correlation_id="corr-0001")
 FHIR_JSON = "application/fhir+json"
 
 
+# The referrer's own ServiceRequest, by its business identifier (which their server resolves).
+REFERRAL = {
+    "type": "ServiceRequest",
+    "identifier": {"system": "https://rio.example.nhs.uk/Id/referral", "value": "R-1"},
+}
+
+
 def task(**overrides: Any) -> dict[str, Any]:
     return {
         "resourceType": "Task",
         "id": "task-1",
         "status": "accepted",
         "intent": "order",
-        "focus": {"reference": "ServiceRequest/sr-1"},
+        "focus": REFERRAL,
         "lastModified": "2026-11-20T10:00:00Z",
         **overrides,
     }
@@ -54,7 +61,7 @@ def appointment(**overrides: Any) -> dict[str, Any]:
         "resourceType": "Appointment",
         "id": "appt-1",
         "status": "booked",
-        "basedOn": [{"reference": "ServiceRequest/sr-1"}],
+        "basedOn": [REFERRAL],
         "participant": [{"status": "accepted"}],
         **overrides,
     }
@@ -89,8 +96,10 @@ class Clock:
 def make_adapter(
     auth: dict[str, Any] | None = None, clock: Clock | None = None, **config: Any
 ) -> FhirPushAdapter:
+    # PUT by id unless a test says otherwise: these tests are about that write, its conflicts and
+    # authentication; the other modes are tested in test_fhir_push_modes.py.
     settings = FhirPushConfig.model_validate(
-        {"base_url": BASE, **({"auth": auth} if auth else {}), **config}
+        {"base_url": BASE, "write_mode": "update", **({"auth": auth} if auth else {}), **config}
     )
     return FhirPushAdapter(settings, clock=clock or Clock())
 
@@ -166,6 +175,30 @@ async def test_puts_each_resource_in_order_with_headers(
     assert outcome.status_code == 201
     assert outcome.response_excerpt is not None
     assert orjson.loads(outcome.response_excerpt) == {"resourceType": "Appointment", "id": "appt-1"}
+
+
+async def test_put_by_id_refers_by_identifier_to_what_it_does_not_write(
+    mock: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    """A reference to a resource only the bridge has (the referral, the service) goes as a
+    logical reference; one to a resource it writes there under the same id is kept."""
+    mine = {"system": "https://fhir.spbridge.org/Id/resource", "value": "appt-1"}
+    sent = task(
+        focus={"reference": "ServiceRequest/ours-only", "display": "Referral"},
+        owner={"reference": "HealthcareService/svc", "identifier": {"system": "s", "value": "v"}},
+        output=[{"valueReference": {"reference": "Appointment/appt-1", "identifier": mine}}],
+    )
+    put = mock.put(TASK_URL).mock(return_value=fhir(200, {"resourceType": "Task"}))
+
+    await make_adapter().send_update(http, update(sent), OUTBOUND)
+
+    body = body_of(put.calls[0])
+    assert body["focus"] == {"type": "ServiceRequest", "display": "Referral"}
+    assert body["owner"] == {
+        "type": "HealthcareService",
+        "identifier": {"system": "s", "value": "v"},
+    }
+    assert body["output"] == sent["output"]
 
 
 async def test_trailing_slash_and_configured_timeout(

@@ -1,13 +1,11 @@
-"""A referral's journey pushed by the ``fhir_push`` adapter to a strict FHIR server on loopback
-(tests/support/fhir_server: no update as create, references checked, resources validated), the
-way a trust's integration team would try it. Both databases.
+"""A referral's journey pushed by the ``fhir_push`` adapter to a FHIR server on loopback
+(tests/support/fhir_server), the way a trust's integration team would try it: strict (no update
+as create, references checked, resources validated) and permissive (update as create allowed),
+in each write mode. Both databases.
 
-Today every update dead-letters (issue 15): the adapter writes ``PUT /Task/{our id}``, which a
-server without update as create refuses (405), and the resources point at ids only the bridge
-knows. ``test_push_to_a_strict_server_dead_letters_today`` pins that down;
-``test_push_to_a_strict_server_lands_every_update`` is what issue 15 must make true. It is a
-strict xfail: the day it passes it fails the suite, so whoever fixes write-back removes the
-marker and the "today" test together.
+The route reads the server's CapabilityStatement when it is saved and writes the best way it
+offers (a transaction Bundle of conditional updates on the bridge's identifiers); a pinned mode
+is used as it is, and PUT by id on a strict server dead-letters with the server's reason.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from tests.conftest import ADMIN_KEY, Bridge
 from tests.support.cases import OpenCase, open_case
 from tests.support.delivery import dispatcher_for
 from tests.support.fhir_test_server import FhirTestServer
+from tests.support.receiver import free_port
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 START = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=1)
@@ -50,13 +49,18 @@ JOURNEY: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-async def route_to(bridge: Bridge, fhir_server: FhirTestServer) -> None:
+async def route_to(bridge: Bridge, fhir_server: FhirTestServer, **config: Any) -> dict[str, Any]:
     response = await bridge.http.put(
         "/api/v1/clinical-routes/RW4",
-        json={"adapter": "fhir_push", "adapter_config": {"base_url": fhir_server.base_url}},
+        json={
+            "adapter": "fhir_push",
+            "adapter_config": {"base_url": fhir_server.base_url, **config},
+        },
         headers=ADMIN,
     )
     assert response.status_code == 200, response.text
+    route: dict[str, Any] = response.json()
+    return route
 
 
 def seed_the_referrers_own_referral(fhir_server: FhirTestServer, case: OpenCase) -> None:
@@ -77,10 +81,12 @@ def seed_the_referrers_own_referral(fhir_server: FhirTestServer, case: OpenCase)
     )
 
 
-async def journey_pushed(app: Any, bridge: Bridge, fhir_server: FhirTestServer) -> OpenCase:
+async def journey_pushed(
+    app: Any, bridge: Bridge, fhir_server: FhirTestServer, **config: Any
+) -> OpenCase:
     app.state.clock = lambda: START + dt.timedelta(days=30)
     await bridge.service()
-    await route_to(bridge, fhir_server)
+    await route_to(bridge, fhir_server, **config)
     case = await open_case(bridge, register=False)
     seed_the_referrers_own_referral(fhir_server, case)
     for day, body in enumerate(JOURNEY, start=1):
@@ -97,35 +103,109 @@ async def clinical_deliveries(bridge: Bridge) -> list[dict[str, Any]]:
     return [item for item in items if item["adapter"] == "fhir_push"]
 
 
-async def test_push_to_a_strict_server_dead_letters_today(
+async def test_push_to_a_strict_server_lands_every_update(
     app: Any, bridge: Bridge, fhir_server: FhirTestServer
 ) -> None:
-    """Issue 15's gap as it is: every update is refused, dead-lettered with the reason stored.
-    Remove this test when write-back lands (with the xfail marker below)."""
-    await journey_pushed(app, bridge, fhir_server)
+    case = await journey_pushed(app, bridge, fhir_server)
+    await the_journey_landed(bridge, fhir_server, case)
+    # One transaction Bundle per update, every entry a conditional update on our identifier.
+    writes = [r for r in fhir_server.requests() if r["method"] != "GET"]
+    assert len(writes) == len(JOURNEY) + 1
+    for write in writes:
+        assert (write["method"], write["url"], write["status"]) == ("POST", "", 200)
+        assert write["body"]["type"] == "transaction"
+        for entry in write["body"]["entry"]:
+            assert entry["fullUrl"].startswith("urn:uuid:")
+            assert entry["request"]["method"] == "PUT"
+
+
+@pytest.mark.parametrize(
+    ("permissive", "write_mode", "method"),
+    [
+        (False, "conditional", "PUT"),
+        (True, "auto", "POST"),
+        (True, "conditional", "PUT"),
+        (True, "update", "PUT"),
+    ],
+)
+async def test_the_journey_lands_in_every_mode_the_server_supports(
+    app: Any,
+    bridge: Bridge,
+    fhir_server: FhirTestServer,
+    permissive: bool,
+    write_mode: str,
+    method: str,
+) -> None:
+    fhir_server.reset(updateCreate=permissive)
+    case = await journey_pushed(app, bridge, fhir_server, write_mode=write_mode)
+    await the_journey_landed(bridge, fhir_server, case)
+    writes = [r for r in fhir_server.requests() if r["method"] != "GET"]
+    assert {r["method"] for r in writes} == {method}
+    if write_mode == "update":
+        assert {r["url"] for r in writes} >= {f"Task/{case.case_id}"}
+    elif write_mode == "conditional":
+        assert all("?identifier=" in r["url"] for r in writes)
+
+
+async def test_put_by_id_on_a_strict_server_dead_letters_with_the_reason(
+    app: Any, bridge: Bridge, fhir_server: FhirTestServer
+) -> None:
+    """A route pinned to PUT by id, against a server that refuses update as create: every
+    update is refused (405) and dead-lettered with the server's reason stored."""
+    await journey_pushed(app, bridge, fhir_server, write_mode="update")
 
     deliveries = await clinical_deliveries(bridge)
-    assert len(deliveries) == len(JOURNEY) + 1  # referral.received, then one per event
+    assert len(deliveries) == len(JOURNEY) + 1
     assert {d["state"] for d in deliveries} == {"dead"}
     assert {d["last_status_code"] for d in deliveries} == {405}
     detail = await bridge.http.get(f"/api/v1/deliveries/{deliveries[0]['id']}", headers=ADMIN)
     (attempt,) = detail.json()["history"]
     assert attempt["outcome"] == "dead"
     assert "update as create" in attempt["response_excerpt"]
-
-    # What the server saw: a PUT of a Task by the bridge's id, refused, for every update.
-    sent = fhir_server.requests()
-    assert sent and all(r["method"] == "PUT" and r["status"] == 405 for r in sent)
-    assert {r["url"].split("/")[0] for r in sent} >= {"Task", "Appointment"}
     assert fhir_server.search("Task") == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: write-back assumes update-as-create")
-async def test_push_to_a_strict_server_lands_every_update(
+async def test_the_route_reads_what_the_server_supports(
+    bridge: Bridge, fhir_server: FhirTestServer
+) -> None:
+    route = await route_to(bridge, fhir_server)
+    assert route["write_mode"] == "auto"
+    assert route["capabilities"]["modes"] == ["transaction", "conditional"]
+    assert route["capabilities"]["problem"] is None
+
+    # The server is reconfigured: read again on demand.
+    fhir_server.set_mode(updateCreate=True)
+    refreshed = await bridge.http.post("/api/v1/clinical-routes/RW4/capabilities", headers=ADMIN)
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["capabilities"]["modes"] == ["transaction", "conditional", "update"]
+    assert refreshed.json()["updated_at"] > route["updated_at"]
+    read = await bridge.http.get("/api/v1/clinical-routes/RW4", headers=ADMIN)
+    assert read.json()["capabilities"] == refreshed.json()["capabilities"]
+
+
+async def test_a_replay_never_moves_the_clinicians_view_backwards(
     app: Any, bridge: Bridge, fhir_server: FhirTestServer
 ) -> None:
     case = await journey_pushed(app, bridge, fhir_server)
+    (before,) = fhir_server.search("Task")
+    replayed = await bridge.http.post(
+        "/api/v1/deliveries/replay", json={"referral": case.referral_id}, headers=ADMIN
+    )
+    assert replayed.status_code in (200, 202), replayed.text
+    await dispatcher_for(app, clock=app.state.clock).drain()
 
+    # Every delivery sent again, each with the current versions: still one Task, at its end.
+    (after,) = fhir_server.search("Task")
+    assert (after["status"], after["businessStatus"]) == (
+        before["status"],
+        before["businessStatus"],
+    )
+    assert after["output"] == before["output"]
+    assert len(fhir_server.search("Appointment")) == 1
+    await the_journey_landed(bridge, fhir_server, case)
+
+
+async def the_journey_landed(bridge: Bridge, fhir_server: FhirTestServer, case: OpenCase) -> None:
     deliveries = await clinical_deliveries(bridge)
     assert deliveries and {d["state"] for d in deliveries} == {"delivered"}
     # The clinician's view on their own server is the bridge's: one Task, at its last state,
@@ -138,3 +218,23 @@ async def test_push_to_a_strict_server_lands_every_update(
     for output in theirs["output"]:
         resource_type, resource_id = output["valueReference"]["reference"].split("/")[-2:]
         assert fhir_server.read(resource_type, resource_id) is not None
+
+
+async def test_a_server_that_does_not_answer_is_read_again_later(
+    bridge: Bridge, fhir_server: FhirTestServer
+) -> None:
+    """Saved while the server is down: nothing learned, and the route says why (no 5xx); the
+    first send reads it again."""
+    down = f"http://127.0.0.1:{free_port()}/fhir"
+    saved = await bridge.http.put(
+        "/api/v1/clinical-routes/RW4",
+        json={"adapter": "fhir_push", "adapter_config": {"base_url": down}},
+        headers=ADMIN,
+    )
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["capabilities"]["unreachable"] is True
+    refreshed = await bridge.http.post("/api/v1/clinical-routes/RW4/capabilities", headers=ADMIN)
+    assert refreshed.status_code == 200, refreshed.text
+    capabilities = refreshed.json()["capabilities"]
+    assert capabilities["unreachable"] is True and capabilities["modes"] == []
+    assert "connection failed" in capabilities["problem"]

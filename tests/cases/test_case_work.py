@@ -142,9 +142,13 @@ async def test_a_pilot_journey_moves_the_task_and_reaches_the_referrer(
     assert first["appointmentType"]["coding"][0]["code"] == "face-to-face"
     assert first["meta"]["versionId"] == "2"  # booked, then did not attend
     assert (second["status"], second["minutesDuration"]) == ("fulfilled", 45)
-    assert second["basedOn"] == [
-        {"reference": f"ServiceRequest/{case.referral_id}", "type": "ServiceRequest"}
-    ]
+    # Our ServiceRequest, and the requester's identifier by which their own server finds theirs.
+    (based_on,) = second["basedOn"]
+    assert (based_on["reference"], based_on["type"]) == (
+        f"ServiceRequest/{case.referral_id}",
+        "ServiceRequest",
+    )
+    assert based_on["identifier"]["system"] == "https://rio.example.nhs.uk/Id/referral"
     prescriptions = [read[ref] for kind, ref in outputs if kind == "social-prescription"]
     assert [(p["status"], p["intent"], p["performer"][0]["display"]) for p in prescriptions] == [
         ("active", "order", "Citizens Advice Halton"),
@@ -183,13 +187,26 @@ async def test_a_pilot_journey_moves_the_task_and_reaches_the_referrer(
         await dispatcher.drain()
     finally:
         await receiver.stop()
-    puts = [(r.path.removeprefix("/fhir/"), r.json()) for r in receiver.requests]
-    assert all(r.method == "PUT" for r in receiver.requests)
+    # The receiver has no CapabilityStatement (it answers anything with 200 and no resource):
+    # read once, at the first send, and the adapter writes by PUT as it always did.
+    assert [r.path for r in receiver.requests].count("/fhir/metadata") == 1
+    writes = [r for r in receiver.requests if r.path != "/fhir/metadata"]
+    puts = [(r.path.removeprefix("/fhir/"), r.json()) for r in writes]
+    assert all(r.method == "PUT" for r in writes)
     for _, body in puts:
         fhir(body)
     task_puts = [body for path, body in puts if path.startswith("Task/")]
     assert len(task_puts) == len(JOURNEY) + 1  # referral.received, then one per event
-    assert task_puts[-1] == task
+    # The Task as served, but what the referrer's server cannot resolve (our referral, our
+    # service) by identifier alone; its outputs, which the bridge writes there, kept.
+    logical = {
+        key: [{k: v for k, v in ref.items() if k != "reference"} for ref in value]
+        if isinstance(value, list)
+        else {k: v for k, v in value.items() if k != "reference"}
+        for key, value in task.items()
+        if key in ("basedOn", "focus", "owner")
+    }
+    assert task_puts[-1] == {**task, **logical}
     sent = {path for path, _ in puts}
     assert sent == {f"Task/{case.case_id}", *read}
     for position, (path, body) in enumerate(puts):

@@ -215,7 +215,9 @@ async def test_withdrawal_cancels_what_is_queued_and_only_the_closed_task_reache
     assert (closing.method, closing.path) == ("PUT", f"/fhir/Task/{case.case_id}")
     pushed = closing.json()
     assert pushed == task
-    assert {r.path for r in clinical.requests} - {closing.path} == {f"/fhir/Task/{other.case_id}"}
+    assert {r.path for r in clinical.requests} - {closing.path, "/fhir/metadata"} == {
+        f"/fhir/Task/{other.case_id}"
+    }
     states = {d.id: d.state for d in await rows(app, case.referral_id)}
     assert states.pop(new.id) == "delivered"
     assert set(states.values()) == {"cancelled"}

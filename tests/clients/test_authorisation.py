@@ -39,7 +39,14 @@ from app.db import create_engine
 from app.main import create_app
 from app.security.policy import PUBLIC_ROUTES, PolicyError, Public, RouteKey, Rule, route_rules
 from app.security.roles import PERMISSIONS, Operation, Role
-from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, make_settings, referral_resource
+from tests.conftest import (
+    ADMIN_KEY,
+    FHIR_JSON,
+    Bridge,
+    make_settings,
+    referral_resource,
+    requester_of,
+)
 from tests.support.cases import OpenCase, open_case
 from tests.support.receiver import free_port
 
@@ -212,9 +219,11 @@ HAND_WRITTEN_ROUTE_ROWS = [
     # An organisation's admin manages its own organisation's clients, route and deliveries.
     ("POST", "/api/v1/clients/{client_id}/secret", "admin", 200),
     ("PUT", "/api/v1/clients/{client_id}/public-key", "admin", 200),
+    ("PUT", "/api/v1/clients/{client_id}/acts-for", "admin", 403),
     ("POST", "/api/v1/clients/{client_id}/revoke", "admin", 200),
     ("GET", "/api/v1/clinical-routes/{organisation}", "admin", 200),
     ("PUT", "/api/v1/clinical-routes/{organisation}", "admin", 200),
+    ("POST", "/api/v1/clinical-routes/{organisation}/capabilities", "admin", 200),
     ("GET", "/api/v1/deliveries/{delivery_id}", "admin", 200),
     ("GET", "/api/v1/deliveries", "advisor", 403),
     ("GET", "/api/v1/deliveries", "platform", 403),
@@ -420,6 +429,8 @@ class World:
             case "POST", "/api/v1/clients":
                 organisation = self.orgs.of(caller)
                 return Call(json={"name": "new", "role": "reporting", "organisation": organisation})
+            case "PUT", "/api/v1/clients/{client_id}/acts-for":
+                return Call(json={"organisations": []})
             case "PUT", "/api/v1/clients/{client_id}/public-key":
                 return Call(json={"jwk": PUBLIC_JWK})
             case "POST", "/api/v1/services":
@@ -522,7 +533,10 @@ async def build_world(bridge: Bridge, orgs: Organisations = FIRST) -> World:
     )
     await record_case_work(case)
     resources = await case_resources(bridge, case)
-    cancellable = await bridge.refer(keys["clinical-system"], referral_resource(orgs.service))
+    cancellable = await bridge.refer(
+        keys["clinical-system"],
+        referral_resource(orgs.service, requester=requester_of(orgs.referrer)),
+    )
     assert cancellable.status_code == 201, cancellable.text
     cancellation = {**cancellable.json(), "status": "revoked"}
     deliveries = {}
@@ -584,6 +598,9 @@ def _order(key: RouteKey) -> tuple[bool, str, str]:
     return (key[0] == "DELETE" or key[1].endswith("/revoke"), key[1], key[0])
 
 
+ACTS_FOR = ("PUT", "/api/v1/clients/{client_id}/acts-for")
+
+
 def problems_of(
     key: RouteKey,
     rule: Rule,
@@ -606,6 +623,9 @@ def problems_of(
     if role not in PERMISSIONS[rule]:
         refused = status == 403 and f"may not do '{rule}'" in response.text
         return [] if refused else [f"{where}, expected 403 from the role check ({rule})"]
+    if key == ACTS_FOR and caller == "admin" and status == 403:
+        # Only the installation's admin lets a client refer for other organisations.
+        return [] if "installation's admin" in response.text else [f"{where}: {response.text}"]
     if status in (401, 403):
         return [f"{where}: the role may do {rule}: {response.text[:200]}"]
     if method == "GET" and real_ids and status != 200:
@@ -689,11 +709,16 @@ ACROSS: dict[RouteKey, Across] = {
     ("POST", "/api/v1/clients/{client_id}/secret"): Across.UNKNOWN,
     ("PUT", "/api/v1/clients/{client_id}/public-key"): Across.UNKNOWN,
     ("POST", "/api/v1/clients/{client_id}/revoke"): Across.UNKNOWN,
+    ("PUT", "/api/v1/clients/{client_id}/acts-for"): Across.UNKNOWN,
     ("POST", "/api/v1/services"): Across.REFUSED,
     ("GET", "/api/v1/services"): Across.DIRECTORY,
     ("GET", "/api/v1/services/{service_id}"): Across.DIRECTORY,
+    ("GET", "/fhir/HealthcareService/{service_id}"): Across.DIRECTORY,
+    # Another organisation's ODS code: known (200) only when it runs a service, as here.
+    ("GET", "/fhir/Organization/{organisation}"): Across.DIRECTORY,
     ("PUT", "/api/v1/clinical-routes/{organisation}"): Across.REFUSED,
     ("GET", "/api/v1/clinical-routes/{organisation}"): Across.UNKNOWN,
+    ("POST", "/api/v1/clinical-routes/{organisation}/capabilities"): Across.UNKNOWN,
     ("GET", "/api/v1/clinical-routes"): Across.FILTERED,
     # A subscription hears only of what its own organisation sees, whatever it filters on.
     ("POST", "/api/v1/subscriptions"): Across.OWN,
@@ -851,6 +876,12 @@ async def test_every_route_across_organisations(
             method, template = key
             for caller in ROLE_CALLERS:
                 call = target.call(method, template, caller)
+                if key in (("POST", "/fhir/ServiceRequest"), ("POST", "/fhir")) and call.content:
+                    # A referral to the other organisation's service, but requested by the
+                    # intruder's own organisation: a client refers only for its own (issue 15).
+                    call.content = call.content.replace(
+                        b'"RW4"', f'"{intruder.orgs.referrer}"'.encode()
+                    )
                 # The client named is the other organisation's clinical system (issue 13).
                 url, _ = target.path(method, template, caller, client="clinical-system")
                 response = await lenient.request(

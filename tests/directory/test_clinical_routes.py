@@ -16,7 +16,15 @@ from tests.support.receiver import Receiver
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SECRET = "s3cr3t-RECOGNISABLE-42"
-ROUTE_FIELDS = {"organisation", "adapter", "active", "destination_id", "updated_at"}
+ROUTE_FIELDS = {
+    "organisation",
+    "adapter",
+    "active",
+    "destination_id",
+    "updated_at",
+    "write_mode",
+    "capabilities",
+}
 
 
 @pytest.fixture
@@ -380,7 +388,10 @@ async def test_a_referral_is_pushed_to_its_organisations_route(app: Any, bridge:
         await receiver.stop()
         await elsewhere.stop()
     assert elsewhere.requests == []
-    (request,) = receiver.requests
+    # The route's CapabilityStatement is read at the first send (the receiver was down when the
+    # route was saved), then the update is written.
+    metadata, request = receiver.requests
+    assert (metadata.method, metadata.path) == ("GET", "/fhir/metadata")
     assert request.method == "PUT"
     assert request.path == f"/fhir/Task/{task_id}"
     assert request.headers["x-request-id"] == delivery["id"]
@@ -391,7 +402,9 @@ async def test_a_referral_is_pushed_to_its_organisations_route(app: Any, bridge:
     assert task.id == task_id
     assert task.status == "requested"
     assert task.intent == "order"
-    assert task.focus is not None and task.focus.reference == f"ServiceRequest/{referral_id}"
+    # The referral by the identifier the referrer gave it (their server never had our id).
+    assert task.focus is not None and task.focus.reference is None
+    assert task.focus.identifier is not None and task.focus.identifier.value
 
     detail = (await bridge.http.get(f"/api/v1/deliveries/{delivery['id']}", headers=ADMIN)).json()
     assert detail["state"] == "delivered"

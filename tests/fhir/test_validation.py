@@ -36,11 +36,6 @@ KNOWN_INVALID = {
 # References R4 does not allow in examples as they are today. Ours are issue 15's to fix (take
 # them out of this table then: the test fails while they are listed and fixed).
 KNOWN_ILLEGAL_REFERENCES = {
-    "Observation-swemwbs.json": ["Observation.performer[0]"],
-    "Bundle-journey.json": [
-        "Bundle.entry[3].resource.requester",
-        "Bundle.entry[5].resource.performer[0]",
-    ],
     # BaRS: "type": "serviceRequest" is no R4 resource type.
     "bars/appointment/id/GET-success.json": ["Appointment.basedOn[0].type"],
 }

@@ -21,7 +21,7 @@ from app.db import Database
 from app.directory.models import SocialPrescribingService
 from app.fhir.searchparams import SEARCHES
 from app.outbox.models import Delivery, Destination
-from tests.conftest import FHIR_JSON, Bridge, referral_resource, row_counts
+from tests.conftest import FHIR_JSON, Bridge, referral_resource, requester_of, row_counts
 
 
 @pytest.fixture
@@ -104,6 +104,8 @@ async def test_same_identifier_from_another_organisation_is_another_referral(
     other = await bridge.key(organisation="RXA", default_service="life-rooms")
     resource = referral_resource()
     assert (await bridge.refer(referrer, resource)).status_code == 201
+    # The same identifier, sent by RXA for itself.
+    resource = {**resource, "requester": requester_of("RXA")}
     assert (await bridge.refer(other, resource)).status_code == 201
     assert (await row_counts(database_url))["referrals"] == 2
 
@@ -149,7 +151,7 @@ async def test_if_none_exist_matches_only_referrals_the_caller_sent(
     assert visible.status_code == 200  # it may read it: its service receives it
     response = await bridge.http.post(
         "/fhir/ServiceRequest",
-        content=orjson.dumps(referral_resource("both-ways")),
+        content=orjson.dumps(referral_resource("both-ways", requester=requester_of("RBOTH"))),
         headers={**ours, **FHIR_JSON, "If-None-Exist": "patient.identifier=9000000009"},
     )
     assert response.status_code == 201, response.text
@@ -225,7 +227,10 @@ async def test_organisation_isolation(bridge: Bridge, referrer: dict[str, str]) 
     mine = await refer(bridge, referrer)
     outsider = await bridge.key(organisation="RXX", default_service="other-service")
     theirs = await refer(
-        bridge, outsider, performer=[{"reference": "HealthcareService/other-service"}]
+        bridge,
+        outsider,
+        performer=[{"reference": "HealthcareService/other-service"}],
+        requester=requester_of("RXX"),
     )
     service_advisor = await bridge.key(role="advisor", organisation="LR001")
     other_advisor = await bridge.key(role="advisor", organisation="OTH01")
@@ -502,6 +507,8 @@ async def test_capability_statement(client: Any) -> None:
         "Observation",
         "QuestionnaireResponse",
         "AuditEvent",
+        "HealthcareService",
+        "Organization",
     }
     # Every search parameter of the search tables, each once.
     for name, table in SEARCHES.items():
@@ -519,7 +526,7 @@ async def test_capability_statement(client: Any) -> None:
     assert resources["ServiceRequest"].searchRevInclude == ["Task:focus", "Task:based-on"]
     assert "Task:output" in resources["Task"].searchInclude
     for resource in resources.values():
-        if resource.type != "AuditEvent":
+        if resource.type not in ("AuditEvent", "HealthcareService", "Organization"):
             assert resource.readHistory and resource.versioning == "versioned"
 
 

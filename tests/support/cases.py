@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import Bridge, referral_resource
+from tests.conftest import Bridge, referral_resource, requester_of
 
 
 @dataclass
@@ -66,6 +66,8 @@ async def open_case(
         await bridge.service(service, service_organisation)
     referrer = await bridge.key("clinical-system", referrer_organisation)
     advisor = await bridge.key("advisor", service_organisation)
+    # The requester is the referrer's organisation, as a client may refer only for its own.
+    resource = {"requester": requester_of(referrer_organisation), **resource}
     response = await bridge.refer(referrer, referral_resource(service, **resource))
     assert response.status_code == 201, response.text
     referral_id = response.json()["id"]
