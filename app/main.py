@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import app as package
 from app.audit.trail import AuditMiddleware
 from app.auditevents.router import router as audit_router
+from app.bars.router import router as bars_router
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.router import router as clients_router
@@ -225,6 +226,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(application)
     for router in (
         referrals_router,
+        bars_router,
         task_router,
         cases_router,
         worklist_router,
