@@ -156,12 +156,14 @@ async def _held(session: AsyncSession, principal: Principal, raw: dict[str, Any]
     return held
 
 
-def _origin(message: Message, headers: Headers) -> dict[str, Any]:
+def _origin(message: Message, headers: Headers, context: cases.EventContext) -> dict[str, Any]:
     return {
         "channel": "bars",
         "bundle_id": message.bundle_id,
         "source_endpoint": message.source_endpoint,
         "request_id": headers.request_id,
+        # BaRS keeps one X-Correlation-ID across a referral's whole exchange.
+        "correlation_id": context.correlation_id,
     }
 
 
@@ -188,7 +190,7 @@ async def process(
         intake = await referrals.create_referral(session, draft, raw, principal, context)
         referral = intake.referral
         if intake.created:
-            referral.origin = _origin(message, headers)
+            referral.origin = _origin(message, headers, context)
         record.referral_id = referral.id
         return Processed(referral, "created" if intake.created else "held")
     held = await _held(session, principal, raw)

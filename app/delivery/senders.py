@@ -239,6 +239,8 @@ class ClinicalSender:
                 *(FHIRResourceUpdate(kind, ident, body) for kind, ident, body in made),
                 FHIRResourceUpdate("Task", case.id, task_resource(task)),
             ],
+            origin=referral.origin,
+            service_request=service_request_resource(referral) if referral.origin else None,
         )
         outbound = _outbound(delivery)
         return lambda http: adapter.send_update(http, update, outbound)

@@ -81,7 +81,9 @@ class ClinicalRouteIn(BaseModel):
         },
     )
 
-    adapter: str = Field(description="Clinical adapter that sends updates back (`fhir_push`)")
+    adapter: str = Field(
+        description="Clinical adapter that sends updates back (`fhir_push`: FHIR writes; `bars`: BaRS response messages)"
+    )
     adapter_config: dict[str, Any] = Field(default_factory=dict)
     active: bool = True
 

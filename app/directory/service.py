@@ -139,7 +139,7 @@ async def put_clinical_route(
 ) -> Destination:
     """Set the caller's organisation's route (403 for another's, whether it has one or not)."""
     scope.require_own(principal, organisation, expression="organisation")
-    _adapter, config = await _adapter_config(
+    adapter, config = await _adapter_config(
         AdapterKind.CLINICAL, request.adapter, request.adapter_config, settings
     )
     now = utcnow()
@@ -155,6 +155,8 @@ async def put_clinical_route(
         )
         session.add(route)
     route.adapter = request.adapter
+    # The events its adapter is sent (empty: every event), as a service's platform's are.
+    route.event_types = sorted(adapter.event_types)
     route.config = config.model_dump(mode="json")
     route.active = request.active
     route.updated_at = now

@@ -122,6 +122,7 @@ async def test_a_bars_referral_becomes_a_case_through_the_one_intake(
         "bundle_id": "86e3371d-1c15-4862-9552-d9560f8292ba",
         "source_endpoint": "http://fhir.nhs.uk/Id/dos-service-id|2222222222",
         "request_id": response.headers["x-request-id"],
+        "correlation_id": "corr-bars-1",
     }
     assert case.state == "received"
     assert events == ["referral.received"]
