@@ -43,6 +43,7 @@ from app.errors import (
     validation_message,
 )
 from app.fhir.parsing import prepare_r4_validation
+from app.fhirsubscriptions.router import router as fhir_subscriptions_router
 from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
 from app.keys import KeyStore
@@ -227,6 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         referrals_router,
         bars_router,
+        fhir_subscriptions_router,
         task_router,
         cases_router,
         worklist_router,

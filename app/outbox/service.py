@@ -55,8 +55,8 @@ async def destinations_for(
     session: AsyncSession, *, service_id: str, referrer: str, provider: str
 ) -> list[Destination]:
     """Active destinations interested in a referral's case: its service's platform, its
-    referrer's clinical system, and the webhook subscriptions that may see it (those of the
-    referring or the providing organisation, and the admins')."""
+    referrer's clinical system, and the webhook and FHIR subscriptions that may see it (those
+    of the referring or the providing organisation, and the admins')."""
     rows = await session.scalars(
         select(Destination).where(
             Destination.active.is_(True),
@@ -68,6 +68,14 @@ async def destinations_for(
                 and_(
                     Destination.kind == DestinationKind.CLINICAL,
                     Destination.organisation == referrer,
+                ),
+                and_(
+                    # FHIR Subscriptions (app.outbox.topics): their filters are theirs to apply.
+                    Destination.kind == DestinationKind.REST_HOOK,
+                    or_(
+                        Destination.organisation.is_(None),
+                        Destination.organisation.in_([referrer, provider]),
+                    ),
                 ),
                 and_(
                     Destination.kind == DestinationKind.WEBHOOK,
@@ -166,6 +174,8 @@ def enqueue(
     payload: dict[str, Any] | None = None
     deliveries = []
     for destination in destinations:
+        if destination.kind == DestinationKind.REST_HOOK:
+            continue  # notified by app.outbox.topics, numbered per subscription
         event_type = event.type
         if withdrawn:
             if event.type != CONSENT_WITHDRAWN_EVENT:
