@@ -227,8 +227,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(application)
     for router in (
         referrals_router,
-        bars_router,
-        fhir_subscriptions_router,
         task_router,
         cases_router,
         worklist_router,
@@ -245,6 +243,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         operations_router,
         audit_router,
         sandbox_router,
+        bars_router,
+        fhir_subscriptions_router,
     ):
         application.include_router(router)
 

@@ -19,6 +19,8 @@ from app.outbox import topics
 from app.security.auth import Principal, require
 from app.security.roles import Operation
 
+# $status and $events are declared before the read and the delete, so that they come first in
+# the OpenAPI document's paths (its order is the declarations').
 router = APIRouter(
     prefix="/fhir", tags=["FHIR Subscriptions"], dependencies=[Depends(check_format)]
 )
@@ -75,7 +77,7 @@ async def read_topic(
         "subscription-start), retried and dead-lettered like every delivery. Header values are "
         "kept for sending and never read back." + _NOTE
     ),
-    operation_id="createSubscription",
+    operation_id="createFhirSubscription",
     openapi_extra=fhir_body("Subscription", "Subscription-referral-task-changed"),
     responses={
         201: fhir_resource_response("The Subscription (status requested)", "Subscription"),
@@ -109,7 +111,7 @@ async def create_subscription(
     response_class=FHIRResponse,
     summary="Your FHIR Subscriptions",
     description="A searchset Bundle of the subscriptions of your organisation." + _NOTE,
-    operation_id="searchSubscription",
+    operation_id="searchFhirSubscription",
     responses={
         200: fhir_resource_response("searchset Bundle", "Bundle"),
         **fhir_error_responses(401, 403, 406),
@@ -134,79 +136,27 @@ async def search_subscriptions(
 
 
 @router.get(
-    "/Subscription/{subscription_id}",
-    response_class=FHIRResponse,
-    summary="Read a FHIR Subscription",
-    description="The Subscription as sent, with its status now (requested, active, error, off)."
-    + _NOTE,
-    operation_id="readSubscription",
-    responses={
-        200: fhir_resource_response("The Subscription", "Subscription"),
-        **fhir_error_responses(401, 403, 404, 406),
-    },
-)
-async def read_subscription(
-    subscription_id: str,
-    request: Request,
-    session: ReadSession,
-    settings: AppSettings,
-    principal: Reader,
-) -> Response:
-    subscription = await service.get(session, principal, subscription_id)
-    return FHIRResponse(service.resource_of(subscription, fhir_base(request, settings)))
-
-
-@router.delete(
-    "/Subscription/{subscription_id}",
-    response_class=FHIRResponse,
-    summary="End a FHIR Subscription",
-    description="Nothing more is sent; what was queued is cancelled." + _NOTE,
-    operation_id="deleteSubscription",
-    responses={
-        200: fhir_resource_response("What was done", "OperationOutcome"),
-        **fhir_error_responses(401, 403, 404, 406),
-    },
-)
-async def delete_subscription(
-    subscription_id: str, session: WriteSession, principal: Subscriber
-) -> Response:
-    await service.delete(session, principal, subscription_id)
-    return FHIRResponse(
-        {
-            "resourceType": "OperationOutcome",
-            "issue": [
-                {
-                    "severity": "information",
-                    "code": "informational",
-                    "diagnostics": f"Subscription/{subscription_id} is off: nothing more is sent",
-                }
-            ],
-        }
-    )
-
-
-@router.get(
-    "/Subscription/{subscription_id}/$status",
+    "/Subscription/{fhir_subscription_id}/$status",
     response_class=FHIRResponse,
     summary="A FHIR Subscription's status",
     description=(
         "A searchset Bundle with the SubscriptionStatus (R4: Parameters, backport-subscription-"
         "status-r4): its status, type query-status, and events-since-subscription-start."
     ),
-    operation_id="subscriptionStatus",
+    operation_id="fhirSubscriptionStatus",
     responses={
         200: fhir_resource_response("searchset Bundle", "Bundle"),
         **fhir_error_responses(401, 403, 404, 406),
     },
 )
 async def subscription_status(
-    subscription_id: str,
+    fhir_subscription_id: str,
     request: Request,
     session: ReadSession,
     settings: AppSettings,
     principal: Reader,
 ) -> Response:
-    subscription = await service.get(session, principal, subscription_id)
+    subscription = await service.get(session, principal, fhir_subscription_id)
     base = fhir_base(request, settings)
     parameters = notifications.status_parameters(
         subscription_url=f"{base}/Subscription/{subscription.id}",
@@ -232,7 +182,7 @@ async def subscription_status(
 
 
 @router.get(
-    "/Subscription/{subscription_id}/$events",
+    "/Subscription/{fhir_subscription_id}/$events",
     response_class=FHIRResponse,
     summary="A FHIR Subscription's past notifications",
     description=(
@@ -241,26 +191,30 @@ async def subscription_status(
         f"`eventsUntilNumber` (at most {service.MAX_EVENTS}, oldest first), as the "
         "subscription's content (`content` may ask for `empty` or `id-only`)."
     ),
-    operation_id="subscriptionEvents",
+    operation_id="fhirSubscriptionEvents",
     responses={
         200: fhir_resource_response("history Bundle", "Bundle"),
         **fhir_error_responses(400, 401, 403, 404, 406),
     },
 )
 async def subscription_events(
-    subscription_id: str,
+    fhir_subscription_id: str,
     request: Request,
     session: ReadSession,
     settings: AppSettings,
     now: Now,
     principal: Reader,
-    events_since: Annotated[int | None, Query(alias="eventsSinceNumber", ge=1, le=2**53)] = None,
-    events_until: Annotated[int | None, Query(alias="eventsUntilNumber", ge=1, le=2**53)] = None,
+    events_since: Annotated[
+        int | None, Query(alias="eventsSinceNumber", ge=1, le=2**31 - 1)
+    ] = None,
+    events_until: Annotated[
+        int | None, Query(alias="eventsUntilNumber", ge=1, le=2**31 - 1)
+    ] = None,
     content: Annotated[str | None, Query(description="empty or id-only")] = None,
 ) -> Response:
     if content is not None and content not in service.CONTENTS:
         raise BadRequest("content must be empty or id-only", expression="content")
-    subscription = await service.get(session, principal, subscription_id)
+    subscription = await service.get(session, principal, fhir_subscription_id)
     events = await service.events(session, subscription, events_since, events_until)
     base = fhir_base(request, settings)
     return FHIRResponse(
@@ -276,4 +230,57 @@ async def subscription_events(
             base=base,
             now=now,
         )
+    )
+
+
+@router.get(
+    "/Subscription/{fhir_subscription_id}",
+    response_class=FHIRResponse,
+    summary="Read a FHIR Subscription",
+    description="The Subscription as sent, with its status now (requested, active, error, off)."
+    + _NOTE,
+    operation_id="readFhirSubscription",
+    responses={
+        200: fhir_resource_response("The Subscription", "Subscription"),
+        **fhir_error_responses(401, 403, 404, 406),
+    },
+)
+async def read_subscription(
+    fhir_subscription_id: str,
+    request: Request,
+    session: ReadSession,
+    settings: AppSettings,
+    principal: Reader,
+) -> Response:
+    subscription = await service.get(session, principal, fhir_subscription_id)
+    return FHIRResponse(service.resource_of(subscription, fhir_base(request, settings)))
+
+
+@router.delete(
+    "/Subscription/{fhir_subscription_id}",
+    response_class=FHIRResponse,
+    summary="End a FHIR Subscription",
+    description="Nothing more is sent; what was queued is cancelled." + _NOTE,
+    operation_id="deleteFhirSubscription",
+    responses={
+        200: fhir_resource_response("What was done", "OperationOutcome"),
+        **fhir_error_responses(401, 403, 404, 406),
+    },
+)
+async def delete_subscription(
+    fhir_subscription_id: str, session: WriteSession, principal: Subscriber
+) -> Response:
+    await service.delete(session, principal, fhir_subscription_id)
+    return FHIRResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"Subscription/{fhir_subscription_id} is off: nothing more "
+                    "is sent",
+                }
+            ],
+        }
     )

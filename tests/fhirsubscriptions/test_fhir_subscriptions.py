@@ -356,3 +356,40 @@ async def test_the_topic_is_served_at_a_stable_url(bridge: Bridge) -> None:
         if e["url"].endswith("canFilterBy")
     ]
     assert filters == ["requester", "patient", "service", "status"]
+
+
+def test_the_guides_notification_is_valid_r4_and_the_bridges_shape() -> None:
+    """openapi/README.md's example notification is what the bridge sends (R4 valid, the same
+    parameters in the same order as app.fhir.notifications makes)."""
+    import json
+    import re
+
+    from app.fhir import notifications
+    from tests.conftest import ROOT
+
+    guide = (ROOT / "openapi" / "README.md").read_text()
+    (example,) = [
+        block
+        for block in re.findall(r"```json\n(.*?)```", guide, re.S)
+        if "events-since-subscription-start" in block
+    ]
+    documented = json.loads(example)
+    assert validate_resource(documented) == []
+    made = notifications.notification_bundle(
+        bundle_id="x",
+        subscription_url="http://127.0.0.1:8000/fhir/Subscription/s",
+        topic=TOPIC_URL,
+        status="active",
+        kind="event-notification",
+        events_since_start=3,
+        events=[notifications.Event(3, "2026-12-07T09:30:00.000Z", "Task/t")],
+        content="id-only",
+        base="http://127.0.0.1:8000/fhir",
+        now=dt.datetime(2026, 12, 7, 9, 30, tzinfo=dt.UTC),
+    )
+
+    def names(bundle: dict[str, Any]) -> list[str]:
+        return [p["name"] for p in bundle["entry"][0]["resource"]["parameter"]]
+
+    assert names(documented) == names(made)
+    assert [set(e) for e in documented["entry"]] == [set(e) for e in made["entry"]]

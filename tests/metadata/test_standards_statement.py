@@ -21,7 +21,8 @@ async def test_the_statement_names_process_message_subscriptions_and_the_topic(c
     subscription = resources["Subscription"]
     assert subscription["extension"] == [
         {
-            "url": f"{BACKPORT}/StructureDefinition/capabilitystatement-subscriptiontopic-canonical",
+            "url": f"{BACKPORT}/StructureDefinition/"
+            "capabilitystatement-subscriptiontopic-canonical",
             "valueCanonical": TOPIC_URL,
         }
     ]
