@@ -265,3 +265,16 @@ async def test_only_clinical_systems_send_referral_messages(bridge: Bridge, role
     key = await bridge.key(role, "RW4")
     response = await send(bridge, bars_message(), headers(key))
     assert response.status_code == 403
+
+
+async def test_concurrent_repeats_of_one_x_request_id_make_one_referral(
+    bridge: Bridge, database_url: str
+) -> None:
+    import asyncio
+
+    await bridge.service()
+    key = await bridge.key("clinical-system", "RW4")
+    sent = headers(key)
+    answers = await asyncio.gather(*(send(bridge, bars_message(), sent) for _ in range(4)))
+    assert sorted(a.status_code for a in answers) == [200, 409, 409, 409]
+    assert (await row_counts(database_url))["referrals"] == 1
