@@ -93,7 +93,8 @@ def read_headers(
     ods = end_user_ods.strip()
     if ods != principal.organisation:
         raise Forbidden(
-            "NHSD-End-User-Organisation-ODS is not the organisation this client acts for"
+            "NHSD-End-User-Organisation-ODS must be your own organisation: the one this client "
+            "acts for"
         )
     return Headers(request_id=request_id, target=read_target(target), end_user_organisation=ods)
 
