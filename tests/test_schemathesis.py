@@ -223,6 +223,7 @@ def seed(base_url: str, app: Any) -> World:
         "delivery_id": deliveries["items"][0]["id"],
         "subscription_id": subscription["id"],
         "fhir_subscription_id": fhir_subscription["id"],
+        "basic_id": "referral-task-changed",  # the subscription topic
         "client_id": managed["id"],
         "token": httpx.URL(link["url"]).params["token"],  # the journey page's query
         "vid": "1",  # every resource has its first version

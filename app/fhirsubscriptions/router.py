@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from app.dependencies import AppSettings, Now, ReadSession, WriteSession
-from app.errors import BadRequest, fhir_error_responses
+from app.errors import BadRequest, NotFound, fhir_error_responses
 from app.fhir import notifications, parsing
 from app.fhir.http import check_format, fhir_base, fhir_body, fhir_resource_response
 from app.fhir.responses import FHIRResponse
@@ -38,11 +38,12 @@ async def _read_body(request: Request, settings: AppSettings) -> bytes:
 
 
 @router.get(
-    f"/Basic/{topics.TOPIC_ID}",
+    "/Basic/{basic_id}",
     response_class=FHIRResponse,
     summary="The subscription topic: referral Task changed",
     description=(
-        f"The topic a Subscription names in `criteria` (canonical `{topics.TOPIC_URL}`), as R4 "
+        f"`GET /fhir/Basic/{topics.TOPIC_ID}`: the topic a Subscription names in `criteria` "
+        f"(canonical `{topics.TOPIC_URL}`), as R4 "
         "carries an R5 SubscriptionTopic: a Basic resource with its elements as cross-version "
         "extensions. Triggered by every change to a referral's Task; filters: "
         + ", ".join(f"`{name}` ({text})" for name, text in topics.FILTERS.items())
@@ -51,12 +52,15 @@ async def _read_body(request: Request, settings: AppSettings) -> bytes:
     operation_id="readSubscriptionTopic",
     responses={
         200: fhir_resource_response("The topic", "Basic"),
-        **fhir_error_responses(401, 403, 406),
+        **fhir_error_responses(401, 403, 404, 406),
     },
 )
 async def read_topic(
+    basic_id: str,
     _principal: Annotated[Principal, Depends(require(Operation.SERVICE_READ, writes=False))],
 ) -> Response:
+    if basic_id != topics.TOPIC_ID:
+        raise NotFound("No such Basic resource: the one served here is the subscription topic")
     return FHIRResponse(service.topic_resource())
 
 

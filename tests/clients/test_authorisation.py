@@ -370,6 +370,7 @@ class World:
             "organisation": self.orgs.of(caller),
             "delivery_id": self.deliveries.get(caller, self.deliveries["bootstrap admin"]),
             "subscription_id": self.subscriptions.get(caller, self.subscriptions["advisor"]),
+            "basic_id": "referral-task-changed",  # the subscription topic
             "fhir_subscription_id": self.fhir_subscriptions.get(
                 caller, self.fhir_subscriptions.get("advisor", DUMMY_ID)
             ),
@@ -746,7 +747,7 @@ ACROSS: dict[RouteKey, Across] = {
     # BaRS: a message whose NHSD-End-User-Organisation-ODS names another organisation.
     ("POST", "/fhir/$process-message"): Across.REFUSED,
     # FHIR Subscriptions hear only of what their own organisation sees (as webhooks).
-    ("GET", "/fhir/Basic/referral-task-changed"): Across.DIRECTORY,
+    ("GET", "/fhir/Basic/{basic_id}"): Across.DIRECTORY,
     ("POST", "/fhir/Subscription"): Across.OWN,
     ("GET", "/fhir/Subscription"): Across.FILTERED,
     ("GET", "/fhir/Subscription/{fhir_subscription_id}"): Across.UNKNOWN,

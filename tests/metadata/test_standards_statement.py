@@ -39,7 +39,7 @@ async def test_the_statement_names_process_message_subscriptions_and_the_topic(c
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert "post" in paths["/fhir/$process-message"]
     assert {"get", "post"} <= set(paths["/fhir/Subscription"])
-    assert {"get", "delete"} <= set(paths["/fhir/Subscription/{subscription_id}"])
-    assert "get" in paths["/fhir/Subscription/{subscription_id}/$status"]
-    assert "get" in paths["/fhir/Subscription/{subscription_id}/$events"]
-    assert "get" in paths["/fhir/Basic/referral-task-changed"]
+    assert {"get", "delete"} <= set(paths["/fhir/Subscription/{fhir_subscription_id}"])
+    assert "get" in paths["/fhir/Subscription/{fhir_subscription_id}/$status"]
+    assert "get" in paths["/fhir/Subscription/{fhir_subscription_id}/$events"]
+    assert "get" in paths["/fhir/Basic/{basic_id}"]
