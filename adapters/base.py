@@ -146,6 +146,10 @@ class ClinicalUpdate:
     referral_id: str
     event_type: str
     resources: Sequence[FHIRResourceUpdate]
+    # How the referral came when not by FHIR REST (a BaRS message: its Bundle id, its source
+    # endpoint), for adapters that answer it; and the referral's ServiceRequest as held now.
+    origin: Mapping[str, Any] | None = None
+    service_request: Mapping[str, Any] | None = None
 
 
 # --- errors ---------------------------------------------------------------------------------------

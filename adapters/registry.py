@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from adapters.bars import BarsAdapter
 from adapters.base import Adapter, AdapterKind
 from adapters.elemental import ElementalAdapter
 from adapters.fhir_push import FhirPushAdapter
@@ -10,7 +11,13 @@ from adapters.simulator import SimulatorAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     adapter.name: adapter
-    for adapter in (LocalAdapter, ElementalAdapter, SimulatorAdapter, FhirPushAdapter)
+    for adapter in (
+        LocalAdapter,
+        ElementalAdapter,
+        SimulatorAdapter,
+        FhirPushAdapter,
+        BarsAdapter,
+    )
 }
 
 

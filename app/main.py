@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import app as package
 from app.audit.trail import AuditMiddleware
 from app.auditevents.router import router as audit_router
+from app.bars.router import router as bars_router
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.router import router as clients_router
@@ -43,6 +44,7 @@ from app.errors import (
     validation_message,
 )
 from app.fhir.parsing import prepare_r4_validation
+from app.fhirsubscriptions.router import router as fhir_subscriptions_router
 from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
 from app.keys import KeyStore
@@ -244,6 +246,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         operations_router,
         audit_router,
         sandbox_router,
+        bars_router,
+        fhir_subscriptions_router,
     ):
         application.include_router(router)
 

@@ -1,11 +1,12 @@
 """Every mapped table, imported once so Alembic and the app see the whole metadata."""
 
 from app.audit.models import AuditedPatient, AuditRecord
+from app.bars.models import BarsMessage
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.db import Base
 from app.directory.models import SocialPrescribingService
 from app.keys import SigningKey
-from app.outbox.models import Delivery, DeliveryAttempt, Destination
+from app.outbox.models import Delivery, DeliveryAttempt, Destination, TopicSubscription
 from app.platform.models import PlatformMessage
 from app.reports.models import ReportCaseFact, ReportCount
 from app.retention.models import PurgeRun
@@ -16,6 +17,7 @@ __all__ = [
     "Appointment",
     "AuditRecord",
     "AuditedPatient",
+    "BarsMessage",
     "Base",
     "Case",
     "CaseEvent",
@@ -30,5 +32,6 @@ __all__ = [
     "ReportCount",
     "SigningKey",
     "SocialPrescribingService",
+    "TopicSubscription",
     "WellbeingScore",
 ]

@@ -153,6 +153,14 @@ def error_example(status: int, fhir: bool) -> dict[str, Any]:
 _FHIR_EXAMPLES_BY_OPERATION = {
     "postTransactionBundle": "Bundle-transaction-response",
     "readJourney": "Bundle-journey",
+    "processMessage": "OperationOutcome-bars-accepted",
+    "readSubscriptionTopic": "Basic-referral-task-changed",
+    "createFhirSubscription": "Subscription-as-held",
+    "readFhirSubscription": "Subscription-as-held",
+    "searchFhirSubscription": "Bundle-subscription-search",
+    "deleteFhirSubscription": "OperationOutcome-subscription-deleted",
+    "fhirSubscriptionStatus": "Bundle-subscription-status",
+    "fhirSubscriptionEvents": "Bundle-subscription-notification",
 }
 _FHIR_EXAMPLES_BY_TYPE = {
     "ServiceRequest": "ServiceRequest-referral-as-held",

@@ -163,11 +163,11 @@ def test_every_readme_command_runs_as_written(clone: Path) -> None:
 @pytest.mark.skipif(not shutil.which("jq"), reason="the guide's commands use jq")
 def test_the_guides_commands_run_as_written(clone: Path) -> None:
     sections = blocks(GUIDE, "sh")
-    # The first starts the sandbox (running already); the last replays a captured notification
-    # by hand, which needs a capture and a receiver. Every one between runs here, in order.
+    # The first starts the sandbox (running already); one replays a captured notification by
+    # hand, which needs a capture and a receiver. Every other one runs here, in order.
     assert "serve --sandbox" in sections[0]
-    assert "ID=msg_" in sections[-1]
-    script = "\n".join(sections[1:-1])
+    (replay,) = [s for s in sections if "ID=msg_" in s]
+    script = "\n".join(s for s in sections[1:] if s is not replay)
     result = shell(script, clone)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -181,6 +181,14 @@ def test_the_guides_commands_run_as_written(clone: Path) -> None:
     ), out
     assert '"ServiceRequest active"' in out  # the journey starts with the referral
     assert '"secret":"whsec_' in out
+    # BaRS: the message accepted (or held already), its repeat 409 REC_CONFLICT.
+    assert re.search(
+        r"(Referral accepted as|Already held as) ServiceRequest/.* HTTP 200$", out, re.M
+    )
+    assert re.search(r"REC_CONFLICT.* HTTP 409$", out, re.M), out
+    # A FHIR Subscription, its $status and $events.
+    assert '"name":"events-since-subscription-start"' in out
+    assert '"valueCode":"query-event"' in out
 
 
 # --- the guide's payloads are the bridge's ------------------------------------------------------

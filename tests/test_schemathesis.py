@@ -36,6 +36,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi import checks as openapi_checks
 
+from app.fhir.http import example as fhir_example
 from app.main import create_app
 from app.main import openapi_document as document
 from app.security.policy import route_rules
@@ -141,6 +142,22 @@ def seed(base_url: str, app: Any) -> World:
             201,
         )
         referrer = {**keys[Role.CLINICAL_SYSTEM], **FHIR_JSON}
+        fhir_subscription = _check(
+            http.post(
+                "/fhir/Subscription",
+                content=orjson.dumps(
+                    {
+                        **fhir_example("Subscription-referral-task-changed"),
+                        "channel": {
+                            **fhir_example("Subscription-referral-task-changed")["channel"],
+                            "endpoint": HOOK_URL,
+                        },
+                    }
+                ),
+                headers=referrer,
+            ),
+            201,
+        )
         referral = _check(
             http.post(
                 "/fhir/ServiceRequest",
@@ -205,6 +222,8 @@ def seed(base_url: str, app: Any) -> World:
         "organisation": "RW4",
         "delivery_id": deliveries["items"][0]["id"],
         "subscription_id": subscription["id"],
+        "fhir_subscription_id": fhir_subscription["id"],
+        "basic_id": "referral-task-changed",  # the subscription topic
         "client_id": managed["id"],
         "token": httpx.URL(link["url"]).params["token"],  # the journey page's query
         "vid": "1",  # every resource has its first version

@@ -73,6 +73,7 @@ def _search(resource_type: str) -> Audited:
 AUDITED_ROUTES: dict[RouteKey, Audited] = {
     ("POST", "/fhir/ServiceRequest"): Audited("C", "create", "ServiceRequest"),
     ("POST", "/fhir"): Audited("C", "transaction", "ServiceRequest"),
+    ("POST", "/fhir/$process-message"): Audited("C", "operation", "ServiceRequest"),
     ("GET", "/fhir/ServiceRequest/{referral_id}"): _read("ServiceRequest"),
     ("PUT", "/fhir/ServiceRequest/{referral_id}"): Audited("U", "update", "ServiceRequest"),
     ("GET", "/fhir/ServiceRequest"): _search("ServiceRequest"),

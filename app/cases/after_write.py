@@ -22,6 +22,7 @@ from app.audit import trail
 from app.cases.models import Case, CaseEvent, Referral, ReportPendingCase
 from app.cases.states import consent_withdrawn
 from app.outbox import service as outbox
+from app.outbox import topics
 
 _BATCH = 1000
 
@@ -53,6 +54,26 @@ async def after_event(
     outbox.enqueue(
         session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding
     )
+    if not withdrawn or event.type == outbox.CONSENT_WITHDRAWN_EVENT:
+        # FHIR Subscriptions to "referral Task changed": ids only, never patient data.
+        await topics.notify(
+            session,
+            topics.TaskChange(
+                referral_id=referral.id,
+                task_id=case.id,
+                event_id=event.id,
+                event_type=event.type,
+                requester=referral.organisation,
+                provider=service_organisation,
+                service_id=referral.service_id,
+                nhs_number=referral.nhs_number,
+                task_status=case.task_status,
+                recorded_at=event.recorded_at,
+                request_id=event.request_id,
+                correlation_id=event.correlation_id,
+            ),
+            destinations,
+        )
     await queue_for_reports(session, [case.id], now)
     trail.note([referral])
 

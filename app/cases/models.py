@@ -65,6 +65,9 @@ class Referral(Base):
     referral_unit: Mapped[str] = mapped_column(String(16), default="individual")
     # When `spbridge purge` removed the patient data (retention); reads then answer 410 Gone.
     purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # How the referral came when not by FHIR REST (app.bars: a BaRS message): the channel, the
+    # message's Bundle id and its source endpoint, which responses go back to. Never patient data.
+    origin: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
 
     # Loaded only when a query asks for it (a join or selectinload): never by surprise.
     case: Mapped[Case] = relationship(back_populates="referral", lazy="raise")

@@ -51,7 +51,9 @@ def _operated_by(principal: Principal) -> ColumnElement[bool] | None:
                 Destination.service_id.in_(own_services),
             ),
             and_(
-                Destination.kind.in_([DestinationKind.CLINICAL, DestinationKind.WEBHOOK]),
+                Destination.kind.in_(
+                    [DestinationKind.CLINICAL, DestinationKind.WEBHOOK, DestinationKind.REST_HOOK]
+                ),
                 Destination.organisation == organisation,
             ),
         )

@@ -45,7 +45,7 @@ from app.db import Database, transaction, unavailability, utcnow
 from app.delivery import retry
 from app.delivery.senders import Claimed, Send, Sender, refuse
 from app.loops import Loop
-from app.outbox import payloads
+from app.outbox import payloads, topics
 from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from app.outbox.service import enqueue_operational
 
@@ -204,6 +204,7 @@ class Dispatcher:
         """One round: claim, send, record. Returns how many deliveries it handled."""
         began = time.monotonic()
         async with transaction(self.database.write_sessions) as session:
+            await topics.enqueue_heartbeats(session, self.clock())
             jobs = await self._claim(session, self.clock())
         if not jobs:
             return 0
@@ -539,6 +540,10 @@ class Dispatcher:
             else:
                 verdict = "dead"
                 await self._dead_letter(session, delivery, now)
+        if delivery.event_type == topics.HANDSHAKE and verdict != "retry":
+            await topics.handshake_settled(
+                session, delivery.destination_id, verdict == "delivered", now
+            )
         session.add(
             DeliveryAttempt(
                 delivery_id=delivery.id,

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import httpx
+import orjson
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from adapters import registry
@@ -33,6 +35,8 @@ from adapters.base import (
     PlatformAdapter,
     PlatformReferral,
     ReferralAmendment,
+    check_response,
+    send,
 )
 from app.cases import resources as case_resources
 from app.cases.models import Case, Referral
@@ -40,8 +44,10 @@ from app.cases.resources import service_request_resource
 from app.cases.service import cases_for_delivery
 from app.config import Settings, public_base
 from app.delivery import signing
+from app.errors import FHIR_MEDIA_TYPE as FHIR_JSON
+from app.fhir import notifications
 from app.fhir.task import TaskView, task_resource
-from app.outbox.models import Delivery, Destination, DestinationKind
+from app.outbox.models import Delivery, Destination, DestinationKind, TopicSubscription
 
 Send = Callable[[httpx.AsyncClient], Awaitable[Outcome]]
 Claimed = tuple[Delivery, Destination]
@@ -239,6 +245,8 @@ class ClinicalSender:
                 *(FHIRResourceUpdate(kind, ident, body) for kind, ident, body in made),
                 FHIRResourceUpdate("Task", case.id, task_resource(task)),
             ],
+            origin=referral.origin,
+            service_request=service_request_resource(referral) if referral.origin else None,
         )
         outbound = _outbound(delivery)
         return lambda http: adapter.send_update(http, update, outbound)
@@ -269,6 +277,85 @@ class WebhookSender:
         )
 
 
+# --- a FHIR Subscription (rest-hook): the notification Bundle, made when it is sent -----------
+
+
+class RestHookSender:
+    """Notifications of the topic-based FHIR Subscriptions (app.outbox.topics): a history
+    Bundle (the SubscriptionStatus, then the Task's id for id-only content) POSTed to the
+    channel's endpoint with its headers. The Bundle's id is the delivery's, the same on every
+    retry; ``eventsSinceSubscriptionStart`` is the count when it is sent."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def prepare(
+        self, session: AsyncSession, claimed: Sequence[Claimed], now: dt.datetime
+    ) -> list[Send]:
+        ids = {destination.id for _, destination in claimed}
+        subscriptions = {
+            s.id: s
+            for s in await session.scalars(
+                select(TopicSubscription).where(TopicSubscription.id.in_(ids))
+            )
+        }
+        return [
+            self._one(delivery, destination, subscriptions.get(destination.id), now)
+            for delivery, destination in claimed
+        ]
+
+    def _one(
+        self,
+        delivery: Delivery,
+        destination: Destination,
+        subscription: TopicSubscription | None,
+        now: dt.datetime,
+    ) -> Send:
+        if subscription is None or not destination.url or delivery.payload is None:
+            return refuse(PermanentError("the FHIR Subscription has no endpoint or payload"))
+        base = public_base(self.settings) + "/fhir"
+        payload = delivery.payload
+        kind = str(payload.get("type") or "event-notification")
+        events = []
+        if kind == "event-notification":
+            events = [
+                notifications.Event(
+                    int(payload["eventNumber"]),
+                    notifications.instant(dt.datetime.fromisoformat(str(payload["timestamp"]))),
+                    str(payload["focus"]),
+                )
+            ]
+        bundle = notifications.notification_bundle(
+            bundle_id=delivery.id,
+            subscription_url=f"{base}/Subscription/{subscription.id}",
+            topic=subscription.topic,
+            status="requested" if kind == "handshake" else subscription.status,
+            kind=kind,
+            events_since_start=subscription.events_since_start,
+            events=events,
+            content=subscription.content,
+            base=base,
+            now=now,
+        )
+        headers = {
+            "Content-Type": FHIR_JSON,
+            **dict(destination.config.get("headers", [])),
+            "X-Request-ID": delivery.id,
+        }
+        body = orjson.dumps(bundle)
+        url = destination.url
+        timeout = self.settings.webhook_timeout
+
+        async def post(http: httpx.AsyncClient) -> Outcome:
+            what = f"FHIR Subscription {kind}"
+            response = await send(
+                http, "POST", url, timeout=timeout, what=what, headers=headers, content=body
+            )
+            return check_response(response, what)
+
+        return post
+
+
 def standard_senders(settings: Settings, adapters: Adapters | None = None) -> dict[str, Sender]:
     """The senders of every kind of destination this build knows, sharing one adapter cache."""
     adapters = adapters or Adapters()
@@ -276,4 +363,5 @@ def standard_senders(settings: Settings, adapters: Adapters | None = None) -> di
         DestinationKind.PLATFORM: PlatformSender(adapters),
         DestinationKind.CLINICAL: ClinicalSender(adapters),
         DestinationKind.WEBHOOK: WebhookSender(settings),
+        DestinationKind.REST_HOOK: RestHookSender(settings),
     }

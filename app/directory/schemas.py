@@ -81,7 +81,10 @@ class ClinicalRouteIn(BaseModel):
         },
     )
 
-    adapter: str = Field(description="Clinical adapter that sends updates back (`fhir_push`)")
+    adapter: str = Field(
+        description="Clinical adapter that sends updates back (`fhir_push`: FHIR writes; "
+        "`bars`: BaRS servicerequest-response messages to the sender's $process-message)"
+    )
     adapter_config: dict[str, Any] = Field(default_factory=dict)
     active: bool = True
 

@@ -198,6 +198,8 @@ async def put_clinical_route(
         )
         session.add(route)
     route.adapter = request.adapter
+    # The events its adapter is sent (empty: every event), as a service's platform's are.
+    route.event_types = sorted(adapter.event_types)
     route.config = config.model_dump(mode="json")
     route.active = request.active
     route.updated_at = now

@@ -14,6 +14,7 @@ class DestinationKind(StrEnum):
     PLATFORM = "platform"  # a service's platform adapter
     CLINICAL = "clinical"  # a referring organisation's clinical adapter
     WEBHOOK = "webhook"  # a subscription
+    REST_HOOK = "rest-hook"  # a FHIR Subscription (R5 Backport IG), app.fhirsubscriptions
 
 
 class Destination(Base):
@@ -124,3 +125,26 @@ class DeliveryAttempt(Base):
     response_excerpt: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class TopicSubscription(Base):
+    """A FHIR Subscription (R5 Backport IG on R4) to a topic: its channel is its destination
+    (kind rest-hook: url, organisation, owner, headers in config). Kept here, below the cases,
+    because every case change counts its events (app.outbox.topics)."""
+
+    __tablename__ = "topic_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(36), ForeignKey("destinations.id"), primary_key=True)
+    topic: Mapped[str] = mapped_column(Text)
+    # The topic's filters as asked (name -> value): requester, patient, service, status.
+    filters: Mapped[dict[str, str]] = mapped_column(JSONDoc, default=dict)
+    content: Mapped[str] = mapped_column(String(16))  # empty | id-only
+    status: Mapped[str] = mapped_column(String(16))  # requested | active | error | off
+    events_since_start: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_period: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The Subscription as the client sent it (without id and meta): it is read back as sent.
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -61,9 +61,9 @@ async def destinations_for(
 ) -> list[Destination]:
     """Active destinations interested in a referral's case: its service's platform, the
     clinical route of its requester's organisation (``requester``, the ODS code of
-    ServiceRequest.requester; else the referring client's organisation), and the webhook
-    subscriptions that may see it (those of the referring or the providing organisation, and the
-    admins')."""
+    ServiceRequest.requester; else the referring client's organisation), and the webhook and
+    FHIR subscriptions that may see it (those of the referring or the providing organisation,
+    and the admins')."""
     rows = await session.scalars(
         select(Destination).where(
             Destination.active.is_(True),
@@ -75,6 +75,14 @@ async def destinations_for(
                 and_(
                     Destination.kind == DestinationKind.CLINICAL,
                     Destination.organisation == (requester or referrer),
+                ),
+                and_(
+                    # FHIR Subscriptions (app.outbox.topics): their filters are theirs to apply.
+                    Destination.kind == DestinationKind.REST_HOOK,
+                    or_(
+                        Destination.organisation.is_(None),
+                        Destination.organisation.in_([referrer, provider]),
+                    ),
                 ),
                 and_(
                     Destination.kind == DestinationKind.WEBHOOK,
@@ -173,6 +181,8 @@ def enqueue(
     payload: dict[str, Any] | None = None
     deliveries = []
     for destination in destinations:
+        if destination.kind == DestinationKind.REST_HOOK:
+            continue  # notified by app.outbox.topics, numbered per subscription
         event_type = event.type
         if withdrawn:
             if event.type != CONSENT_WITHDRAWN_EVENT:

@@ -212,7 +212,11 @@ def _check_requester(
                 draft.requester_ods = draft.requester_ods or ods.value
         elif kind in ("Organization", "CareTeam"):
             draft.referring_team = resource.name
-        draft.requester_display = draft.requester_display or getattr(resource, "name", None)
+        # An Organization's or CareTeam's name is text; a Practitioner's is a list of HumanName.
+        name = getattr(resource, "name", None)
+        draft.requester_display = draft.requester_display or (
+            name if isinstance(name, str) else None
+        )
     elif requester.type in ("Organization", "CareTeam", "PractitionerRole") or (
         requester.reference or ""
     ).startswith(("Organization/", "CareTeam/", "PractitionerRole/")):

@@ -5,10 +5,13 @@ documentation is.
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -23,6 +26,88 @@ from app.sandbox import (
     history,
 )
 from app.sandbox.patients import PATIENTS, SyntheticPatient, referral_resource
+
+# The BaRS message's entries (full URLs of this message only).
+_SR_URL = "urn:uuid:3b1d7a52-9c0e-4f7a-8d21-6e5f4c3b2a10"
+_PATIENT_URL = "urn:uuid:5c2e8b63-ad1f-4a8b-9e32-7f6a5d4c3b21"
+_CONSENT_URL = "urn:uuid:7d3f9c74-be20-4b9c-8f43-8a7b6e5d4c32"
+_HEADER_URL = "urn:uuid:9e4a0d85-cf31-4cad-9a54-9b8c7f6e5d43"
+SANDBOX_REFERRAL_SYSTEM = "https://sandbox.spbridge.example/Id/referral"  # app.sandbox.patients
+_TOPIC_URL = "https://fhir.spbridge.org/SubscriptionTopic/referral-task-changed"
+_BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+
+
+def bars_message(referral: dict[str, Any], *, bundle_id: str, timestamp: str) -> dict[str, Any]:
+    """``referral`` (its Patient and Consent contained) as a BaRS servicerequest-request
+    message Bundle, its resources entries of their own."""
+    service_request = copy.deepcopy(referral)
+    patient, consent = (dict(r) for r in service_request.pop("contained"))
+    patient.pop("id")
+    consent.pop("id")
+    consent["patient"] = {"reference": _PATIENT_URL}
+    service_request["subject"] = {"reference": _PATIENT_URL}
+    service_request["supportingInfo"] = [{"reference": _CONSENT_URL}]
+    header = {
+        "resourceType": "MessageHeader",
+        "eventCoding": {
+            "system": "https://fhir.nhs.uk/CodeSystem/message-events-bars",
+            "code": "servicerequest-request",
+        },
+        "source": {"endpoint": "https://fhir.nhs.uk/Id/dos-service-id|2000000001"},
+        "reason": {
+            "coding": [
+                {"system": "https://fhir.nhs.uk/CodeSystem/message-reason-bars", "code": "new"}
+            ]
+        },
+        "focus": [{"reference": _SR_URL}],
+    }
+    return {
+        "resourceType": "Bundle",
+        "id": bundle_id,
+        "type": "message",
+        "timestamp": timestamp,
+        "entry": [
+            {"fullUrl": _HEADER_URL, "resource": header},
+            {"fullUrl": _SR_URL, "resource": service_request},
+            {"fullUrl": _PATIENT_URL, "resource": patient},
+            {"fullUrl": _CONSENT_URL, "resource": consent},
+        ],
+    }
+
+
+def _target(service: str) -> str:
+    """NHSD-Target-Identifier naming ``service`` (base64 of a JSON object, as BaRS has it)."""
+    value = {"value": service, "system": "https://fhir.spbridge.org/Id/service"}
+    return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+def _subscription(endpoint: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Subscription",
+        "meta": {"profile": [f"{_BACKPORT}/backport-subscription"]},
+        "status": "requested",
+        "reason": "Follow our referrals' Tasks",
+        "criteria": _TOPIC_URL,
+        "_criteria": {
+            "extension": [
+                {
+                    "url": f"{_BACKPORT}/backport-filter-criteria",
+                    "valueString": f"Task?requester={SANDBOX_REFERRER_ORGANISATION}",
+                }
+            ]
+        },
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {
+                "extension": [
+                    {"url": f"{_BACKPORT}/backport-payload-content", "valueCode": "id-only"}
+                ]
+            },
+        },
+    }
+
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Only a plain scheme://host[:port] goes into the examples: they are shell text.
@@ -81,6 +166,25 @@ def examples(base_url: str, patient: SyntheticPatient = PATIENTS[0]) -> list[Exa
     )
     body = json.dumps(referral, indent=2, ensure_ascii=False)
     seeded = f"{history.SEEDED_IDENTIFIER_SYSTEM}|{history.SEEDED_PREFIX}completed"
+    bars_patient = PATIENTS[1]
+    message = json.dumps(
+        bars_message(
+            referral_resource(
+                bars_patient,
+                identifier="$BARS_ID",
+                authored_on="$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+                requester=SANDBOX_REFERRER_ORGANISATION,
+                service=SANDBOX_SERVICE,
+            ),
+            bundle_id="$MESSAGE",
+            timestamp="$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+        ),
+        indent=2,
+        ensure_ascii=False,
+    )
+    subscription = json.dumps(
+        _subscription("http://127.0.0.1:$NOTIFY_PORT/notify"), indent=2, ensure_ascii=False
+    )
     hub = history.COMMUNITY_HUB
     return [
         Example(
@@ -224,8 +328,87 @@ sed -n 1,12p activity.csv
 echo "wrote activity.csv and activity.html\"""",
         ),
         Example(
+            "subscription",
+            "8. Subscribe with FHIR Subscriptions",
+            "The clinical system subscribes to the topic 'referral Task changed' (FHIR "
+            "Subscriptions, R5 Backport on R4), filtered to its own referrals, and starts a "
+            "receiver in the background (port 9001, or $NOTIFY_PORT) that prints each "
+            "notification: a handshake first, then one per change, numbered, with the Task's "
+            "id only (content id-only): never the patient.",
+            f"""BRIDGE={base_url}
+NOTIFY_PORT=${{NOTIFY_PORT:-9001}}
+python3 -u - "$NOTIFY_PORT" <<'PY' &
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Notified(BaseHTTPRequestHandler):
+    def do_POST(self):
+        bundle = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        status = bundle["entry"][0]["resource"]["parameter"]
+        kind = next(p["valueCode"] for p in status if p["name"] == "type")
+        events = [p["part"] for p in status if p["name"] == "notification-event"]
+        for part in events:
+            number = next(q["valueString"] for q in part if q["name"] == "event-number")
+            focus = next(q["valueReference"]["reference"] for q in part if q["name"] == "focus")
+            print("notified", kind, number, focus, flush=True)
+        if not events:
+            print("notified", kind, flush=True)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Notified).serve_forever()
+PY
+NOTIFIER=$!
+SUBSCRIPTION=$(curl -sS -X POST "$BRIDGE/fhir/Subscription" \\
+  -H 'Authorization: Bearer {clinical}' \\
+  -H 'Content-Type: application/fhir+json' \\
+  --data-binary @- <<EOF | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])'
+{subscription}
+EOF
+)
+echo "Subscription/$SUBSCRIPTION (stop the receiver with: kill $NOTIFIER)\"""",
+        ),
+        Example(
+            "bars",
+            "9. Send a BaRS referral",
+            "A referral as a BaRS message (NHS Booking and Referral Standard) to "
+            f"$process-message, about {bars_patient.given} {bars_patient.family}: "
+            "NHSD-Target-Identifier names the service, X-Request-ID the message. It becomes a "
+            "referral like any other (the subscription above hears of it); sending the same "
+            "message again is 409 REC_CONFLICT. Then its Task, and the subscription's status.",
+            f"""BRIDGE={base_url}
+MESSAGE=$(python3 -c 'import uuid; print(uuid.uuid4())')
+BARS_ID="BARS-$(date -u +%Y%m%d%H%M%S)-$$"
+cat > bars-message.json <<EOF
+{message}
+EOF
+for attempt in first repeat; do
+  curl -sS -w ' HTTP %{{http_code}}\\n' -X POST "$BRIDGE/fhir/\\$process-message" \\
+    -H 'Authorization: Bearer {clinical}' \\
+    -H 'Content-Type: application/fhir+json' \\
+    -H "X-Request-ID: $MESSAGE" \\
+    -H 'NHSD-Target-Identifier: {_target(SANDBOX_SERVICE)}' \\
+    -H 'NHSD-End-User-Organisation-ODS: {SANDBOX_REFERRER_ORGANISATION}' \\
+    --data-binary @bars-message.json
+done
+BARS=$(curl -sS -G "$BRIDGE/fhir/ServiceRequest" \\
+  --data-urlencode "identifier={SANDBOX_REFERRAL_SYSTEM}|$BARS_ID" \\
+  -H 'Authorization: Bearer {clinical}' \\
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["entry"][0]["resource"]["id"])')
+curl -sS "$BRIDGE/fhir/Task?focus=ServiceRequest/$BARS" -H 'Authorization: Bearer {clinical}'
+echo
+curl -sS "$BRIDGE/fhir/Subscription/$SUBSCRIPTION/\\$status" \\
+  -H 'Authorization: Bearer {clinical}'
+echo""",
+        ),
+        Example(
             "reset",
-            "8. Start again",
+            "10. Start again",
             "Removes every referral, case, subscription and delivery, and seeds the sandbox "
             "again (the community hub's cases too, timed from now); the keys above keep working.",
             f"""BRIDGE={base_url}

@@ -39,6 +39,8 @@ from app.db import create_engine
 from app.main import create_app
 from app.security.policy import PUBLIC_ROUTES, PolicyError, Public, RouteKey, Rule, route_rules
 from app.security.roles import PERMISSIONS, Operation, Role
+from tests.bars.test_process_message import bars_message
+from tests.bars.test_process_message import target as bars_target
 from tests.conftest import (
     ADMIN_KEY,
     FHIR_JSON,
@@ -47,6 +49,7 @@ from tests.conftest import (
     referral_resource,
     requester_of,
 )
+from tests.fhirsubscriptions.test_fhir_subscriptions import subscription as fhir_subscription
 from tests.support.cases import OpenCase, open_case
 from tests.support.receiver import free_port
 
@@ -359,6 +362,8 @@ class World:
     audit_id: str  # a record of the referral's creation
     destinations: set[str]  # every destination of its organisations: routes, platforms, hooks
     delivery_ids: set[str]  # every delivery of its referral
+    # A FHIR Subscription of each caller's own, as the webhook subscriptions.
+    fhir_subscriptions: dict[str, str] = field(default_factory=dict)
 
     def path(
         self, method: str, template: str, caller: str, client: str = "spare"
@@ -374,6 +379,10 @@ class World:
             "organisation": self.orgs.of(caller),
             "delivery_id": self.deliveries.get(caller, self.deliveries["bootstrap admin"]),
             "subscription_id": self.subscriptions.get(caller, self.subscriptions["advisor"]),
+            "basic_id": "referral-task-changed",  # the subscription topic
+            "fhir_subscription_id": self.fhir_subscriptions.get(
+                caller, self.fhir_subscriptions.get("advisor", DUMMY_ID)
+            ),
             "client_id": self.clients[client],
             "audit_id": self.audit_id,
             "adapter": "elemental",
@@ -394,6 +403,18 @@ class World:
         match method, template:
             case "POST", "/fhir/ServiceRequest":
                 return fhir(referral_resource(self.orgs.service))
+            case "POST", "/fhir/$process-message":
+                call = fhir(bars_message())
+                call.headers.update(
+                    {
+                        "X-Request-ID": str(uuid.uuid4()),
+                        "NHSD-Target-Identifier": bars_target(self.orgs.service),
+                        "NHSD-End-User-Organisation-ODS": self.orgs.of(caller),
+                    }
+                )
+                return call
+            case "POST", "/fhir/Subscription":
+                return fhir(fhir_subscription(HOOK_URL))
             case "POST", "/fhir":
                 return fhir(transaction_bundle(self.orgs.service))
             case "PUT", "/fhir/ServiceRequest/{referral_id}":
@@ -568,7 +589,17 @@ async def build_world(bridge: Bridge, orgs: Organisations = FIRST) -> World:
     )
     assert audit.status_code == 200, audit.text
     audit_id = audit.json()["entry"][0]["resource"]["id"]
-    return World(
+    fhir_subscriptions = {}
+    for caller in subscriptions:
+        made = await bridge.http.post(
+            "/fhir/Subscription",
+            content=orjson.dumps(fhir_subscription(HOOK_URL)),
+            headers={**keys[caller], **FHIR_JSON},
+        )
+        assert made.status_code == 201, made.text
+        fhir_subscriptions[caller] = made.json()["id"]
+    destinations |= set(fhir_subscriptions.values())
+    world = World(
         orgs,
         keys,
         case,
@@ -583,6 +614,8 @@ async def build_world(bridge: Bridge, orgs: Organisations = FIRST) -> World:
         destinations,
         delivery_ids,
     )
+    world.fhir_subscriptions = fhir_subscriptions
+    return world
 
 
 @pytest.fixture
@@ -736,6 +769,16 @@ ACROSS: dict[RouteKey, Across] = {
     ("POST", "/api/v1/sandbox/reset"): Across.NOT_SERVED,
     ("GET", "/fhir/Patient/{resource_id}"): Across.UNKNOWN,
     ("GET", "/fhir/Patient"): Across.FILTERED,
+    # BaRS: a message whose NHSD-End-User-Organisation-ODS names another organisation.
+    ("POST", "/fhir/$process-message"): Across.REFUSED,
+    # FHIR Subscriptions hear only of what their own organisation sees (as webhooks).
+    ("GET", "/fhir/Basic/{basic_id}"): Across.DIRECTORY,
+    ("POST", "/fhir/Subscription"): Across.OWN,
+    ("GET", "/fhir/Subscription"): Across.FILTERED,
+    ("GET", "/fhir/Subscription/{fhir_subscription_id}"): Across.UNKNOWN,
+    ("GET", "/fhir/Subscription/{fhir_subscription_id}/$status"): Across.UNKNOWN,
+    ("GET", "/fhir/Subscription/{fhir_subscription_id}/$events"): Across.UNKNOWN,
+    ("DELETE", "/fhir/Subscription/{fhir_subscription_id}"): Across.UNKNOWN,
 }
 # Every type we serve has its versions and POST _search, classified as its read and search are.
 for _type, _id in (

@@ -316,6 +316,8 @@ async def test_the_landing_page_shows_the_clients_keys_patients_and_examples(
         "worklist",
         "advisor",
         "report",
+        "subscription",
+        "bars",
         "reset",
     ]
     # The cases the sandbox starts with are listed, with where each stands.

@@ -109,6 +109,8 @@ def test_serve_sandbox_starts_and_its_landing_page_examples_work_as_they_are(
         "worklist",
         "advisor",
         "report",
+        "subscription",
+        "bars",
         "reset",
     ]
     assert all(f"BRIDGE={base_url}\n" in script for script in scripts.values())
@@ -118,7 +120,7 @@ def test_serve_sandbox_starts_and_its_landing_page_examples_work_as_they_are(
     work = printed.parent
     session = "\n".join(
         [
-            "trap 'kill $HOOKS 2>/dev/null' EXIT",
+            "trap 'kill $HOOKS $NOTIFIER 2>/dev/null' EXIT",
             scripts["webhook"],
             scripts["referral"],
             "sleep 2",
@@ -127,10 +129,13 @@ def test_serve_sandbox_starts_and_its_landing_page_examples_work_as_they_are(
             scripts["worklist"],
             scripts["advisor"],
             scripts["report"],
+            scripts["subscription"],
+            "sleep 1",
+            scripts["bars"],
             "sleep 2",
         ]
     )
-    shell = run_shell(session, work, HOOKS_PORT=str(free_port()))
+    shell = run_shell(session, work, HOOKS_PORT=str(free_port()), NOTIFY_PORT=str(free_port()))
     assert shell.returncode == 0, shell.stderr
     out = shell.stdout
     found = re.search(r"referral ServiceRequest/([0-9a-f-]{36})", out)
@@ -180,6 +185,30 @@ def test_serve_sandbox_starts_and_its_landing_page_examples_work_as_they_are(
     assert "wrote activity.csv and activity.html" in out
     assert (work / "activity.csv").read_text().count("\n") > 20
     assert (work / "activity.html").read_text().lower().startswith("<!doctype html>")
+
+    # FHIR Subscriptions: the handshake, then numbered id-only notifications of the BaRS
+    # referral's Task; BaRS: the message accepted once, its repeat 409 REC_CONFLICT.
+    assert re.search(r"^Subscription/[0-9a-f-]{36} \(stop the receiver", out, re.M), out[-3000:]
+    assert re.search(r"^notified handshake$", out, re.M), out[-3000:]
+    accepted = re.search(
+        r'"diagnostics":"Referral accepted as ServiceRequest/([0-9a-f-]{36})".* HTTP 200$',
+        out,
+        re.M,
+    )
+    assert accepted, out[-3000:]
+    assert re.search(r"REC_CONFLICT.* HTTP 409$", out, re.M), out[-3000:]
+    bars_task = re.search(
+        r'"resourceType":"Task","id":"([0-9a-f-]{36})"', out.split(" HTTP 409")[-1]
+    )
+    assert bars_task, out[-3000:]
+    notified = re.findall(r"^notified event-notification (\d+) (\S+)$", out, re.M)
+    assert any(focus.endswith(f"/Task/{bars_task.group(1)}") for _, focus in notified), out[-3000:]
+    numbers = [int(number) for number, _ in notified]
+    assert numbers == sorted(numbers) and numbers[0] == 1
+    assert '"name":"events-since-subscription-start"' in out
+    assert "9990000026" not in "".join(
+        line for line in out.splitlines() if line.startswith("notified")
+    )
 
     # The simulated platform takes the referral through its seeded journey to the end.
     journey = plan(SEED, referral_id)
