@@ -4,6 +4,7 @@ from app.audit.models import AuditedPatient, AuditRecord
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.db import Base
 from app.directory.models import SocialPrescribingService
+from app.imports.models import ImportJob
 from app.keys import SigningKey
 from app.outbox.models import Delivery, DeliveryAttempt, Destination
 from app.platform.models import PlatformMessage
@@ -22,6 +23,7 @@ __all__ = [
     "Delivery",
     "DeliveryAttempt",
     "Destination",
+    "ImportJob",
     "PlatformMessage",
     "Prescription",
     "PurgeRun",

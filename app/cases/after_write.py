@@ -34,8 +34,10 @@ async def after_event(
     service_organisation: str,
     event: CaseEvent,
     now: dt.datetime,
+    deliver: bool = True,
 ) -> None:
-    """Queue what ``event`` must cause: deliveries, the report's recount, the audit note."""
+    """Queue what ``event`` must cause: deliveries, the report's recount, the audit note.
+    ``deliver`` False (imported history): no delivery is queued."""
     holding: set[str] = set()
     withdrawn = consent_withdrawn(case.state, case.status_reason)
     if withdrawn:
@@ -43,15 +45,16 @@ async def after_event(
         # this transaction; enqueue then sends only the closing Task to the referrer and a
         # cancellation to a platform that may hold the case.
         holding = await outbox.stop_for_withdrawal(session, referral.id, now)
-    destinations = await outbox.destinations_for(
-        session,
-        service_id=referral.service_id,
-        referrer=referral.organisation,
-        provider=service_organisation,
-    )
-    outbox.enqueue(
-        session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding
-    )
+    if deliver:
+        destinations = await outbox.destinations_for(
+            session,
+            service_id=referral.service_id,
+            referrer=referral.organisation,
+            provider=service_organisation,
+        )
+        outbox.enqueue(
+            session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding
+        )
     await queue_for_reports(session, [case.id], now)
     trail.note([referral])
 
