@@ -42,6 +42,7 @@ from app.errors import (
     validation_message,
 )
 from app.fhir.parsing import prepare_r4_validation
+from app.imports.router import router as imports_router
 from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
 from app.keys import KeyStore
@@ -238,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deliveries_router,
         platform_router,
         reports_router,
+        imports_router,
         operations_router,
         audit_router,
         sandbox_router,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from app.cases.models import CaseEvent, Referral
 from app.config import Settings
 from app.db import Database, transaction, utcnow
 from app.directory.models import SocialPrescribingService
-from app.errors import AppError, BadRequest, validation_location, validation_message
+from app.errors import AppError, BadRequest, NotFound, validation_location, validation_message
 from app.fhir import parsing
 from app.fhir.terminology import reason_map
 from app.fhir.transaction import unbundle
@@ -49,6 +50,7 @@ from app.referrals.intake import assess
 from app.security.auth import Principal
 from app.security.roles import Role
 
+log = logging.getLogger("spbridge.imports")
 SOURCE = "import"
 # Refused lines kept on a job (the rest are counted): enough to fix a file by, bounded.
 KEPT_REFUSALS = 1000
@@ -450,3 +452,12 @@ def _advanced(summary: Summary, created: bool, applied: int, done: int) -> Summa
         events=summary.events + applied,
         done=done,
     )
+
+
+async def read_job(session: AsyncSession, principal: Principal, job_id: str) -> ImportJob:
+    """An import job: the installation's admin sees every one, an organisation's admin those
+    its client started."""
+    job = await session.get(ImportJob, job_id)
+    if job is None or not (principal.sees_everything or job.client_id == principal.client_id):
+        raise NotFound("No such import job")
+    return job

@@ -4,6 +4,7 @@ refused lines reported without values, idempotent re-runs, resumable."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,51 @@ async def test_a_stopped_import_resumes(app: Any, bridge: Bridge, tmp_path: Path
     assert (resumed.resumed_at, resumed.created, resumed.events) == (1, 2, 5)
     assert resumed.job_id == job.id
     assert len(await _events(app, "H-2")) == 2
+
+
+async def test_the_admin_api_imports_in_the_background(
+    app: Any, bridge: Bridge, tmp_path: Path
+) -> None:
+    await bridge.service()
+    lines = history()
+    lines.append(event_line("H-9", "case.accepted", "2022-10-04T09:00:00"))  # no such referral
+    body = write(tmp_path / "history.ndjson", lines).read_bytes()
+    headers = {**bridge.admin, "Content-Type": "application/x-ndjson"}
+
+    started = await bridge.http.post("/api/v1/imports?name=pilot", content=body, headers=headers)
+
+    assert started.status_code == 202, started.text
+    location = started.headers["location"]
+    assert location == f"/api/v1/imports/{started.json()['id']}"
+    for _ in range(200):
+        status = (await bridge.http.get(location, headers=bridge.admin)).json()
+        if status["status"] == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert status["status"] == "done", status
+    assert (status["referrals"], status["created"], status["events"], status["refused"]) == (
+        3,
+        2,
+        5,
+        1,
+    )
+    assert status["refusals"] == [
+        {
+            "file": status["refusals"][0]["file"],
+            "line": 8,
+            "field": "referral",
+            "reason": "names no referral of this file or held here",
+        }
+    ]
+
+    refused = await bridge.http.post(
+        "/api/v1/imports", content=body, headers={**bridge.admin, "Content-Type": "text/csv"}
+    )
+    assert refused.status_code == 415
+    advisor = await bridge.key("advisor", "LR001")
+    forbidden = await bridge.http.post(
+        "/api/v1/imports", content=body, headers={**advisor, "Content-Type": "application/x-ndjson"}
+    )
+    assert forbidden.status_code == 403
+    missing = await bridge.http.get("/api/v1/imports/nope", headers=bridge.admin)
+    assert missing.status_code == 404
