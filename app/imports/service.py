@@ -44,8 +44,18 @@ from app.fhir import parsing
 from app.fhir.terminology import reason_map
 from app.fhir.transaction import unbundle
 from app.imports.models import ImportJob
-from app.imports.reader import Group, Grouped, LineError, Place, Reader, Refusal, group
+from app.imports.reader import (
+    Group,
+    Grouped,
+    LineError,
+    Place,
+    Reader,
+    Refusal,
+    group,
+    service_request_of,
+)
 from app.referrals import service as referrals
+from app.referrals.changes import content, stored_resource
 from app.referrals.intake import assess
 from app.security.auth import Principal
 from app.security.roles import Role
@@ -206,6 +216,33 @@ class Loader:
             raise Refused(_from_error(name, place.line, error)) from None
         return intake.referral, intake.created
 
+    async def _held_same(self, session: AsyncSession, group: Group) -> Referral | None:
+        """The referral held already for this group's line with the same content, if any."""
+        assert group.referral is not None
+        system, value = group.key
+        query = select(Referral).where(
+            Referral.identifier_system == system, Referral.identifier_value == value
+        )
+        if self.options.organisation:
+            query = query.where(Referral.organisation == self.options.organisation)
+        held = list(await session.scalars(query.limit(2)))
+        if len(held) != 1 or held[0].purged_at is not None:
+            return None
+        resource = self.reader.read(group.referral).get("resource")
+        if not isinstance(resource, dict):
+            return None
+        service_request = service_request_of(resource)
+        if resource.get("resourceType") == "Bundle":
+            try:
+                service_request = unbundle(resource).service_request
+            except AppError:
+                return None
+        if service_request is None:
+            return None
+        if content(stored_resource(service_request)) != content(held[0].resource):
+            return None  # intake says what differs (409), as it would to the referrer
+        return held[0]
+
     async def _held_referral(self, session: AsyncSession, group: Group) -> Referral:
         system, value = group.key
         query = select(Referral).where(
@@ -256,7 +293,10 @@ class Loader:
             raise Refused(group.refusal)
         now = utcnow()
         events = self._events(group, now)  # every line checked before anything is written
-        if group.referral is not None:
+        held_referral = await self._held_same(session, group) if group.referral else None
+        if held_referral is not None:
+            referral, created = held_referral, False  # a re-run: nothing to assess again
+        elif group.referral is not None:
             referral, created = await self._referral(session, group.referral, now)
         else:
             referral, created = await self._held_referral(session, group), False
