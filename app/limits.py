@@ -438,7 +438,15 @@ class BodyLimitMiddleware:
 # --- wiring ---------------------------------------------------------------------------------
 
 CORS_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Exist", "Idempotency-Key"]
-EXPOSED_HEADERS = ["X-Request-ID", "X-Correlation-ID", "Retry-After", "Location", "ETag"]
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "X-Correlation-ID",
+    "Retry-After",
+    "Location",
+    "ETag",
+    "Link",
+    "X-Case-ID",
+]
 
 
 def install(application: FastAPI, settings: Settings) -> RateLimits:
