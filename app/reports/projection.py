@@ -49,35 +49,26 @@ from app.cases.models import (
     WellbeingScore,
 )
 from app.cases.wellbeing import MEANINGFUL_CHANGE
+from app.fhir.equality import equality_items
 from app.reports.models import ReportCaseFact, ReportCount
 from app.reports.period import Period
 
 # The version of the counting below: bump it whenever what ``contributions`` gives changes (a
 # figure added, fixed or keyed differently), so that every process and `spbridge reports
 # rebuild` know the stored model is older than the code (app.reports.version).
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: attended without a recorded length in its own band (issue 18)
 
 SEP = "\x1f"
 # Event types counted by the month they happened, with their labels: the event registry says.
 EVENT_ROWS = COUNTED_ROWS
 COUNTED_EVENTS = tuple(t for t, _ in EVENT_ROWS)
 _COUNTED = frozenset(COUNTED_EVENTS)
-# The equality and diversity items of demographics.recorded (app.cases.schemas), in order, with
-# their labels in the reports.
-EDI_ITEMS = (
-    ("ethnicity", "Ethnicity"),
-    ("sex", "Sex"),
-    ("gender_identity", "Gender identity"),
-    ("sexual_orientation", "Sexual orientation"),
-    ("disability", "Disability"),
-    ("religion", "Religion or belief"),
-    ("age_band", "Age band (as the person gave it)"),
-    ("carer", "Carer"),
-    ("armed_forces", "Armed forces community"),
-    ("first_language", "First language"),
-)
+# The equality and diversity items of demographics.recorded, in order, with their labels in the
+# reports: data, from fhir/Questionnaire-equality-monitoring.json (app.fhir.equality).
+EDI_ITEMS = tuple((item.key, item.label) for item in equality_items())
 _EDI_KEYS = frozenset(key for key, _ in EDI_ITEMS)
-# Attended appointments by length: 15-minute bands (``duration_band`` gives the index).
+# Attended appointments by length: 15-minute bands (``duration_band`` gives the index), and
+# last, attended with no length recorded (a planned length is not an attended length).
 DURATION_BANDS = (
     "1-15 minutes",
     "16-30 minutes",
@@ -88,7 +79,9 @@ DURATION_BANDS = (
     "91-105 minutes",
     "106-120 minutes",
     "over 120 minutes",
+    "length not recorded",
 )
+NOT_RECORDED_BAND = len(DURATION_BANDS) - 1
 _LOADED_EVENTS = (*COUNTED_EVENTS, "demographics.recorded")
 # A SWEMWBS change counts as none below half a hundredth (metric scores have two decimals).
 CHANGE_TOLERANCE = 0.005
@@ -139,9 +132,12 @@ def wait_bucket(later: dt.datetime, earlier: dt.datetime) -> int:
     return -(-micro // _DAY_US) * 24
 
 
-def duration_band(minutes: int) -> int:
-    """The index in DURATION_BANDS: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120
-    (0 for none at all, as SQL's integer division truncating towards zero gave)."""
+def duration_band(minutes: int | None) -> int:
+    """The index in DURATION_BANDS: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120,
+    NOT_RECORDED_BAND when no length was recorded (0 for 0 minutes, as SQL's integer division
+    truncating towards zero gave)."""
+    if minutes is None:
+        return NOT_RECORDED_BAND
     if minutes > 120:
         return 8
     return int((minutes - 1) / 15)
@@ -178,8 +174,8 @@ class CaseRows:
     reasons: Any
     # (type, occurred_at, seq, data)
     events: list[tuple[str, dt.datetime, int, Any]]
-    # external_id -> (appointment_type, minutes attended or booked)
-    appointments: dict[str, tuple[str, int]]
+    # external_id -> (appointment_type, minutes attended, None when not recorded)
+    appointments: dict[str, tuple[str, int | None]]
     # (prescribed_at, category, provider)
     prescriptions: list[tuple[dt.datetime, str, str]]
     # (instrument, stage, measured_at, created_at, metric_score)
@@ -408,8 +404,8 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
         else:
             data = None if items is None else orjson.loads(items)
         events[case_id].append((kind, occurred_at, seq, data))
-    appointments: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
-    for case_id, external_id, kind, minutes, attended in executor.execute(
+    appointments: dict[str, dict[str, tuple[str, int | None]]] = defaultdict(dict)
+    for case_id, external_id, kind, _minutes, attended in executor.execute(
         select(
             Appointment.case_id,
             Appointment.external_id,
@@ -418,7 +414,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Appointment.attended_minutes,
         ).where(among(executor, Appointment.case_id, case_ids))
     ):
-        appointments[case_id][external_id] = (kind, attended if attended is not None else minutes)
+        appointments[case_id][external_id] = (kind, attended)
     prescriptions: dict[str, list[tuple[dt.datetime, str, str]]] = defaultdict(list)
     for case_id, at, category, provider in executor.execute(
         select(

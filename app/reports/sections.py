@@ -15,6 +15,7 @@ import orjson
 
 from app.cases.wellbeing import MEANINGFUL_CHANGE
 from app.fhir.codes import FHIR_DATA_DIR
+from app.fhir.equality import equality_items
 from app.reports.figures import ByKey, Figures
 from app.reports.projection import DURATION_BANDS, EDI_ITEMS, EVENT_ROWS
 from app.reports.tables import (
@@ -303,7 +304,7 @@ async def appointments(facts: Facts) -> Section:
     )
     durations = Table(
         id="attended-by-duration",
-        title="Attended appointments by length (15-minute bands)",
+        title="Attended appointments by length (15-minute bands; length not recorded)",
         unit="count",
         columns=facts.columns,
         rows=(
@@ -312,7 +313,8 @@ async def appointments(facts: Facts) -> Section:
         ),
         columns_add_up=True,
         total_row=True,
-        description="Minutes spent when the attended event gives them, else the minutes booked.",
+        description="Minutes spent, as the attended event gives them; an attendance without "
+        "them is in 'length not recorded' (the minutes booked are a plan, not a length).",
     )
     return Section("appointments", "Appointments", (outcomes, types, durations))
 
@@ -532,6 +534,7 @@ async def _equality_items(facts: Facts, everyone: Row) -> list[Table]:
     people = {m: int(c.value or 0) for m, c in zip(facts.months, everyone.cells, strict=False)}
     tables: list[Table] = []
     recorded_rows: list[Row] = []
+    displays = {item.key: item for item in equality_items()}
     for key, label in EDI_ITEMS:
         answers = values.get(key, {})
         recorded = {
@@ -546,7 +549,10 @@ async def _equality_items(facts: Facts, everyone: Row) -> list[Table]:
                 unit="count",
                 columns=facts.columns,
                 rows=(
-                    *(count_row(v, v, facts.months, answers[v]) for v in order),
+                    *(
+                        count_row(v, displays[key].display(v), facts.months, answers[v])
+                        for v in order
+                    ),
                     count_row(NOT_RECORDED, NOT_RECORDED_LABEL, facts.months, unrecorded),
                     Row(TOTAL, "All referrals", everyone.cells),
                 ),

@@ -76,8 +76,9 @@ def _nested(rows: Iterable[Any]) -> ByKey:
 
 
 def duration_band(minutes: Any) -> ColumnElement[int]:
-    """15-minute bands: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120."""
-    return case((minutes > 120, 8), else_=(minutes - 1) // 15)
+    """15-minute bands: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120; 9 for no
+    length recorded."""
+    return case((minutes.is_(None), 9), (minutes > 120, 8), else_=(minutes - 1) // 15)
 
 
 @dataclass(frozen=True)
@@ -295,8 +296,7 @@ class LiveFigures:
     async def attended(self) -> tuple[ByKey, ByKey]:
         live = self.live
         month = live.month(CaseEvent.occurred_at).label("month")
-        minutes = func.coalesce(Appointment.attended_minutes, Appointment.minutes)
-        band = duration_band(minutes).label("band")
+        band = duration_band(Appointment.attended_minutes).label("band")
         query = (
             live.events("appointment.attended")
             .join(
