@@ -108,9 +108,7 @@ def referral(index: int, received: dt.datetime, team: str, rng: random.Random) -
         "identifier": [{"system": SYSTEM, "value": f"PILOT-{index:07d}"}],
         "status": "active",
         "intent": "order",
-        "code": {
-            "coding": [{"system": "http://snomed.info/sct", "code": "871731000000106"}]
-        },
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "871731000000106"}]},
         "subject": {
             "reference": "#patient",
             "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": number},
@@ -118,7 +116,10 @@ def referral(index: int, received: dt.datetime, team: str, rng: random.Random) -
         "authoredOn": stamp(received),
         "requester": {
             "type": "Organization",
-            "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RW4"},
+            "identifier": {
+                "system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                "value": "RW4",
+            },
             "display": team,
         },
         "performer": [{"reference": f"HealthcareService/{SERVICE}"}],
@@ -169,7 +170,12 @@ def case_events(
         outcome = rng.choices(("attended", "dna", "cancelled"), (116, 39, 3))[0]
         at = start
         if outcome == "attended":
-            add("appointment.attended", 1, appointment_id=name, duration_minutes=rng.choice((30, 50, 70)))
+            add(
+                "appointment.attended",
+                1,
+                appointment_id=name,
+                duration_minutes=rng.choice((30, 50, 70)),
+            )
             budget -= 2
             if budget > 0:
                 add(
@@ -183,7 +189,12 @@ def case_events(
                 )
                 budget -= 1
             if budget > 0 and appointments == 1:
-                add("outcome.recorded", 1, stage="start", items=[rng.randint(1, 5) for _ in range(7)])
+                add(
+                    "outcome.recorded",
+                    1,
+                    stage="start",
+                    items=[rng.randint(1, 5) for _ in range(7)],
+                )
                 budget -= 1
         elif outcome == "dna":
             add("appointment.did_not_attend", 1, appointment_id=name)
@@ -268,6 +279,16 @@ async def drop(pg: str, name: str) -> None:
         await admin.close()
 
 
+def head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    ).stdout.strip()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
@@ -316,9 +337,7 @@ async def main() -> None:
         finally:
             if args.backend == "postgresql":
                 await drop(args.pg, args.database)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = head()
     text = (
         f"\n## Import of history, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
         f"- Command: `.venv/bin/python bench/history.py --backend {args.backend} "
