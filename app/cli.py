@@ -615,6 +615,119 @@ def reports_rebuild(
     )
 
 
+@cli.command("import")
+def import_history(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="NDJSON files: referral lines (received_at, resource) and event lines "
+            "(referral, event)",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    deliver: Annotated[
+        bool,
+        typer.Option(
+            "--deliver",
+            help="Send what the history causes to platforms, clinical systems and subscribers "
+            "(by default imported history sends nothing)",
+        ),
+    ] = False,
+    organisation: Annotated[
+        str | None,
+        typer.Option(help="The referring organisation (ODS code); default: each requester's"),
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option(help="The service a referral goes to when its performer names none"),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Import history: referrals with the time they were received, and their events.
+
+    Each referral with its events is one transaction, applied by the same rules as live
+    traffic (events in time order). A refused line is reported by file, line, element and
+    reason, and nothing of its referral is loaded. Importing the same file again changes
+    nothing; a stopped import of the same file takes up where it stopped. Progress on stderr;
+    a summary at the end. Exit status 1 when a line was refused.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from app.imports.service import Options, Summary, run_import
+    from app.operations.commands import run
+
+    settings = get_settings()
+    options = Options(
+        deliver=deliver,
+        organisation=organisation,
+        service_id=service,
+        name=", ".join(path.name for path in files),
+    )
+
+    async def importing(database: Database) -> Summary:
+        console = Console(stderr=True)
+        title = "importing referrals"
+        shown = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        task = shown.add_task(title, total=None)
+        tenths = [-1]
+
+        def step(done: int, total: int) -> None:
+            if not console.is_terminal:
+                tenth = done * 10 // max(total, 1)
+                if tenth > tenths[0]:
+                    tenths[0] = tenth
+                    typer.echo(f"{title}: {done}/{total} referrals", err=True)
+                return
+            if not shown.live.is_started:
+                shown.start()
+            shown.update(task, completed=done, total=total)
+
+        try:
+            return await run_import(database, list(files), settings, options, progress=step)
+        finally:
+            if shown.live.is_started:
+                shown.stop()
+
+    summary = run(importing)
+    if as_json:
+        typer.echo(json.dumps(summary.__dict__, indent=2))
+    else:
+        for refused in summary.refusals:
+            typer.echo(
+                f"refused: {refused['file']} line {refused['line']}: {refused['field']}: "
+                f"{refused['reason']}",
+                err=True,
+            )
+        resumed = f" (resumed after {summary.resumed_at})" if summary.resumed_at else ""
+        typer.echo(
+            f"imported {summary.referrals} referrals from {summary.lines} lines in "
+            f"{summary.seconds:.1f} s{resumed}: {summary.created} made, {summary.unchanged} "
+            f"held already, {summary.refused} refused; {summary.events} events applied; "
+            f"{'delivered as live traffic' if deliver else 'nothing sent downstream'} "
+            f"(job {summary.job_id})"
+        )
+    if summary.refused or summary.refusals:
+        raise typer.Exit(1)
+
+
 @cli.command()
 def openapi(
     output: Annotated[Path, typer.Option(help="Where to write the document")] = Path(

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=20, ge=0)
     allowed_outbound_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # An import file uploaded to POST /api/v1/imports (streamed to disk; default 2 GiB).
+    import_max_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024)
     # authoredOn may be this far ahead of our clock (the referrer's clock may drift).
     clock_skew_seconds: int = Field(default=300, ge=0)
     # The address clients reach the bridge at (https://bridge.example.nhs.uk): the token

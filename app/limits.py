@@ -356,6 +356,10 @@ def nul_refusal(body: bytes, declared: frozenset[str] = frozenset()) -> Business
     return BusinessRuleViolation(f"{where}: text must not contain NUL characters", expression=where)
 
 
+# Routes that stream their body to disk under a limit of their own (an import file).
+STREAMED_PATHS = frozenset({"/api/v1/imports"})
+
+
 class BodyLimitMiddleware:
     """NUL characters refused in every path and query; size, JSON nesting and NUL limits for
     every body outside /fhir (which enforces its own)."""
@@ -374,7 +378,11 @@ class BodyLimitMiddleware:
                 BadRequest("The URL must not contain NUL characters", issue_code="invalid"),
             )
             return
-        if scope["type"] != "http" or is_fhir_path(scope.get("path", "")):
+        if (
+            scope["type"] != "http"
+            or is_fhir_path(scope.get("path", ""))
+            or scope.get("path") in STREAMED_PATHS
+        ):
             await self.app(scope, receive, send)
             return
         too_large = PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes")
@@ -430,7 +438,15 @@ class BodyLimitMiddleware:
 # --- wiring ---------------------------------------------------------------------------------
 
 CORS_HEADERS = ["Authorization", "Content-Type", "If-Match", "If-None-Exist", "Idempotency-Key"]
-EXPOSED_HEADERS = ["X-Request-ID", "X-Correlation-ID", "Retry-After", "Location", "ETag"]
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "X-Correlation-ID",
+    "Retry-After",
+    "Location",
+    "ETag",
+    "Link",
+    "X-Case-ID",
+]
 
 
 def install(application: FastAPI, settings: Settings) -> RateLimits:

@@ -45,6 +45,7 @@ from app.errors import (
 )
 from app.fhir.parsing import prepare_r4_validation
 from app.fhirsubscriptions.router import router as fhir_subscriptions_router
+from app.imports.router import router as imports_router
 from app.journey.router import router as journey_router
 from app.journey.service import redact_tokens_in_access_logs
 from app.keys import KeyStore
@@ -243,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deliveries_router,
         platform_router,
         reports_router,
+        imports_router,
         operations_router,
         audit_router,
         sandbox_router,

@@ -5,6 +5,7 @@ from app.bars.models import BarsMessage
 from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
 from app.db import Base
 from app.directory.models import SocialPrescribingService
+from app.imports.models import ImportJob
 from app.keys import SigningKey
 from app.outbox.models import Delivery, DeliveryAttempt, Destination, TopicSubscription
 from app.platform.models import PlatformMessage
@@ -24,6 +25,7 @@ __all__ = [
     "Delivery",
     "DeliveryAttempt",
     "Destination",
+    "ImportJob",
     "PlatformMessage",
     "Prescription",
     "PurgeRun",

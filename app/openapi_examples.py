@@ -14,6 +14,30 @@ RESPONSE_EXAMPLES: dict[str, Any] = {
         "support_window_days": 42,
         "created_at": "2026-12-01T21:41:38.912816Z",
     },
+    "ImportJobOut": {
+        "id": "0b7c6d1e-2f3a-4b5c-8d9e-0f1a2b3c4d5e",
+        "status": "done",
+        "name": "halton-pilot.ndjson",
+        "deliver": False,
+        "lines": 1160,
+        "referrals": 160,
+        "done": 160,
+        "created": 159,
+        "unchanged": 0,
+        "events": 998,
+        "refused": 1,
+        "refusals": [
+            {
+                "file": "halton-pilot.ndjson",
+                "line": 412,
+                "field": "occurred_at",
+                "reason": "occurred_at is before the referral was received",
+            }
+        ],
+        "created_at": "2026-12-07T01:00:00Z",
+        "updated_at": "2026-12-07T01:00:02Z",
+        "finished_at": "2026-12-07T01:00:02Z",
+    },
     "ClientOut": {
         "id": "5743f5bd-6c70-46a0-80ea-b3a6860b458f",
         "name": "Halton pathway advisors",
@@ -513,6 +537,14 @@ MEDIA_EXAMPLES: dict[tuple[str, str, str], Any] = {
     ),
     ("readJourneyPage", "404", "text/html"): _PAGE.format(
         title="Page not found", body="<p>No journey is held for this referral.</p>"
+    ),
+    ("startImport", "request", "application/x-ndjson"): (
+        '{"received_at": "2022-09-05T09:12:00Z", "resource": {"resourceType": '
+        '"ServiceRequest", "identifier": [{"system": "https://rio.example-trust.nhs.uk/Id/'
+        'referral", "value": "REF-000123"}], "status": "active", "intent": "order"}}\n'
+        '{"referral": {"system": "https://rio.example-trust.nhs.uk/Id/referral", "value": '
+        '"REF-000123"}, "event": {"type": "case.accepted", "occurred_at": '
+        '"2022-09-06T10:00:00Z"}}\n'
     ),
     ("oauth2Token", "request", "application/x-www-form-urlencoded"): {
         "grant_type": "client_credentials",

@@ -35,8 +35,10 @@ async def after_event(
     service_organisation: str,
     event: CaseEvent,
     now: dt.datetime,
+    deliver: bool = True,
 ) -> None:
-    """Queue what ``event`` must cause: deliveries, the report's recount, the audit note."""
+    """Queue what ``event`` must cause: deliveries, the report's recount, the audit note.
+    ``deliver`` False (imported history): no delivery is queued."""
     holding: set[str] = set()
     withdrawn = consent_withdrawn(case.state, case.status_reason)
     if withdrawn:
@@ -44,36 +46,37 @@ async def after_event(
         # this transaction; enqueue then sends only the closing Task to the referrer and a
         # cancellation to a platform that may hold the case.
         holding = await outbox.stop_for_withdrawal(session, referral.id, now)
-    destinations = await outbox.destinations_for(
-        session,
-        service_id=referral.service_id,
-        referrer=referral.organisation,
-        provider=service_organisation,
-        requester=referral.requester_ods,
-    )
-    outbox.enqueue(
-        session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding
-    )
-    if not withdrawn or event.type == outbox.CONSENT_WITHDRAWN_EVENT:
-        # FHIR Subscriptions to "referral Task changed": ids only, never patient data.
-        await topics.notify(
+    if deliver:
+        destinations = await outbox.destinations_for(
             session,
-            topics.TaskChange(
-                referral_id=referral.id,
-                task_id=case.id,
-                event_id=event.id,
-                event_type=event.type,
-                requester=referral.organisation,
-                provider=service_organisation,
-                service_id=referral.service_id,
-                nhs_number=referral.nhs_number,
-                task_status=case.task_status,
-                recorded_at=event.recorded_at,
-                request_id=event.request_id,
-                correlation_id=event.correlation_id,
-            ),
-            destinations,
+            service_id=referral.service_id,
+            referrer=referral.organisation,
+            provider=service_organisation,
+            requester=referral.requester_ods,
         )
+        outbox.enqueue(
+            session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding
+        )
+        if not withdrawn or event.type == outbox.CONSENT_WITHDRAWN_EVENT:
+            # FHIR Subscriptions to "referral Task changed": ids only, never patient data.
+            await topics.notify(
+                session,
+                topics.TaskChange(
+                    referral_id=referral.id,
+                    task_id=case.id,
+                    event_id=event.id,
+                    event_type=event.type,
+                    requester=referral.organisation,
+                    provider=service_organisation,
+                    service_id=referral.service_id,
+                    nhs_number=referral.nhs_number,
+                    task_status=case.task_status,
+                    recorded_at=event.recorded_at,
+                    request_id=event.request_id,
+                    correlation_id=event.correlation_id,
+                ),
+                destinations,
+            )
     await queue_for_reports(session, [case.id], now)
     trail.note([referral])
 

@@ -27,6 +27,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    create_model,
     model_validator,
 )
 
@@ -46,6 +47,7 @@ from app.cases.states import (
 )
 from app.db import utc_in_range
 from app.errors import BusinessRuleViolation, Issue, validation_location, validation_message
+from app.fhir.equality import EqualityItem, equality_items
 
 # --- the fields event bodies are made of ----------------------------------------------------
 
@@ -574,31 +576,45 @@ class OutcomeRecorded(EventBody):
     items: list[Annotated[int, Field(ge=1, le=5, strict=True)]] = Field(min_length=7, max_length=7)
 
 
-@declare(
+class _Demographics(EventBody):
+    """Equality and diversity monitoring: only what the person chose to give. The items are
+    those of fhir/Questionnaire-equality-monitoring.json (app.fhir.equality), one field each."""
+
+    type: Literal["demographics.recorded"]
+
+    @model_validator(mode="after")
+    def _gives_something(self) -> _Demographics:
+        given = self.data()
+        if not given:
+            raise ValueError("give at least one item")
+        for item in equality_items():
+            value = given.get(item.key)
+            if value is not None and not item.accepts(str(value)):
+                raise ValueError(
+                    f"{item.key} takes a code of its answer set "
+                    "(fhir/Questionnaire-equality-monitoring.json)"
+                )
+        return self
+
+
+def _equality_field(item: EqualityItem) -> Any:
+    codes = ", ".join(code for code, _display in item.answers)
+    kind = "one of" if not item.open else "the person's own words, or one of"
+    return (ShortText | None, Field(default=None, description=f"{item.label}: {kind} {codes}"))
+
+
+DemographicsRecorded = declare(
     sources=RECORDABLE,
     journey=says("Equality monitoring information recorded"),
     service_only=True,
+)(
+    create_model(
+        "DemographicsRecorded",
+        __base__=_Demographics,
+        __doc__=_Demographics.__doc__,
+        **{item.key: _equality_field(item) for item in equality_items()},
+    )
 )
-class DemographicsRecorded(EventBody):
-    """Equality and diversity monitoring: only what the person chose to give."""
-
-    type: Literal["demographics.recorded"]
-    ethnicity: ShortText | None = None
-    sex: ShortText | None = None
-    gender_identity: ShortText | None = None
-    sexual_orientation: ShortText | None = None
-    disability: ShortText | None = None
-    religion: ShortText | None = None
-    age_band: ShortText | None = None
-    carer: ShortText | None = None
-    armed_forces: ShortText | None = None
-    first_language: ShortText | None = None
-
-    @model_validator(mode="after")
-    def _gives_something(self) -> DemographicsRecorded:
-        if not self.data():
-            raise ValueError("give at least one item")
-        return self
 
 
 def _on_hold(data: Mapping[str, Any], _narrator: Narrator) -> tuple[str, str | None]:

@@ -63,6 +63,9 @@ class EventContext:
     client_id: str | None
     request_id: str | None
     correlation_id: str | None
+    # False for imported history (app.imports): its events are recorded and counted, but
+    # nothing is sent to platforms, clinical systems or subscribers.
+    deliver: bool = True
 
 
 def current_status(case: Case) -> CaseStatus:
@@ -209,6 +212,7 @@ async def apply_event(
         service_organisation=service.organisation,
         event=record,
         now=now,
+        deliver=context.deliver,
     )
     return record
 

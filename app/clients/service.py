@@ -144,4 +144,5 @@ async def set_acts_for(
         )
     client.acts_for = sorted(set(organisations) - {client.organisation})
     await session.flush()
+    forget_on_commit(session)  # a principal remembers what it may refer for
     return client

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.cases import resources as case_resources
 from app.cases import served
-from app.cases.models import Patient, Referral
+from app.cases.models import Case, Patient, Referral
 from app.cases.router import (
     event_context,
     read_responses,
@@ -70,6 +70,25 @@ _PREFER_NOTE = (
     "OperationOutcome saying what happened (Preference-Applied names what was honoured)."
 )
 Referrer = Annotated[Principal, Depends(require(Operation.REFERRAL_CREATE, writes=True))]
+# What a create made besides the referral, so that a loader or an EPR needs no extra search.
+_MADE = {
+    "Link": {
+        "description": 'The referral\'s Task: `<{base}/Task/{id}>; rel="related"; type="Task"`',
+        "schema": {"type": "string"},
+    },
+    "X-Case-ID": {
+        "description": "The referral's case, as `/api/v1/cases/{id}` names it (the Task's id)",
+        "schema": {"type": "string"},
+    },
+}
+
+
+async def _made_headers(session: AsyncSession, referral: Referral, base: str) -> dict[str, str]:
+    """The Link to the referral's Task and its case id (one indexed read)."""
+    case_id = await session.scalar(select(Case.id).where(Case.referral_id == referral.id))
+    if case_id is None:
+        return {}
+    return {"Link": f'<{base}/Task/{case_id}>; rel="related"; type="Task"', "X-Case-ID": case_id}
 
 
 def _headers(referral: Referral, base: str) -> dict[str, str]:
@@ -126,7 +145,9 @@ def _assess(model: Any, settings: Settings) -> ReferralDraft:
         "referral, or 200 with the one already held for the same identifier and the same "
         "content: repeats never create a second referral. A repeat of the identifier with other "
         "content is 409 (update the referral instead: amendments never vanish). Honours "
-        "If-None-Exist. The referral's Patient is kept as a Patient resource of its own."
+        "If-None-Exist. The referral's Patient is kept as a Patient resource of its own. "
+        "Both answers say what the referral is followed by: `Link` to its Task "
+        '(`rel="related"; type="Task"`) and `X-Case-ID`, its case in `/api/v1/cases`.'
         + _PREFER_NOTE
     ),
     operation_id="createServiceRequest",
@@ -134,10 +155,14 @@ def _assess(model: Any, settings: Settings) -> ReferralDraft:
     openapi_extra=fhir_body("ServiceRequest", "ServiceRequest-sandbox-referral"),
     responses={
         201: fhir_resource_response(
-            "Referral accepted", "ServiceRequest", headers={**_LOCATION, **_VERSION, **_PREFER}
+            "Referral accepted",
+            "ServiceRequest",
+            headers={**_LOCATION, **_VERSION, **_PREFER, **_MADE},
         ),
         200: fhir_resource_response(
-            "Already held: the existing referral", "ServiceRequest", headers=_VERSION
+            "Already held: the existing referral",
+            "ServiceRequest",
+            headers={**_VERSION, **_MADE},
         ),
         **fhir_error_responses(400, 401, 403, 406, 409, 410, 412, 413, 415, 422),
     },
@@ -164,13 +189,9 @@ async def create_service_request(
         if intake.created
         else f"Already held as ServiceRequest/{referral.id}: nothing changed"
     )
-    return write_response(
-        request,
-        service_request_resource(referral),
-        status,
-        _headers(referral, fhir_base(request, settings)),
-        said,
-    )
+    base = fhir_base(request, settings)
+    headers = {**_headers(referral, base), **await _made_headers(session, referral, base)}
+    return write_response(request, service_request_resource(referral), status, headers, said)
 
 
 # --- transaction and batch Bundles ---------------------------------------------------------

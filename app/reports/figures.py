@@ -61,6 +61,24 @@ class Figures(Protocol):
         """(month received, state now, status reason, how many)."""
         ...
 
+    async def slots(self) -> ByKey:
+        """Appointments by the month they fall in (their booked time): attended,
+        did_not_attend, cancelled, rescheduled (moved; the new time counts again) or booked
+        (still to come). Together: the appointments scheduled in the month."""
+        ...
+
+    async def registered(self) -> ByMonth:
+        """People registered (case accepted), by the month their referral was received."""
+        ...
+
+    async def registered_by(self, attribute: str) -> ByKey:
+        """People registered by ``attribute`` (gender, age_band) and month received."""
+        ...
+
+    async def registered_states(self) -> list[tuple[str, str, str, int]]:
+        """(month received, state now, status reason, how many) of the people registered."""
+        ...
+
     async def attended(self) -> tuple[ByKey, ByKey]:
         """Attended appointments by type and by length band (app.reports.projection
         .DURATION_BANDS), by the month attended."""

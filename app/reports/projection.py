@@ -49,35 +49,28 @@ from app.cases.models import (
     WellbeingScore,
 )
 from app.cases.wellbeing import MEANINGFUL_CHANGE
+from app.fhir.equality import equality_items
 from app.reports.models import ReportCaseFact, ReportCount
 from app.reports.period import Period
 
 # The version of the counting below: bump it whenever what ``contributions`` gives changes (a
 # figure added, fixed or keyed differently), so that every process and `spbridge reports
 # rebuild` know the stored model is older than the code (app.reports.version).
-MODEL_VERSION = 1
+# 2 (issue 18): attended without a recorded length in its own band; appointments by the month
+# they fall in ("slot"); the people registered as a cohort of their own ("reg_*").
+MODEL_VERSION = 2
 
 SEP = "\x1f"
 # Event types counted by the month they happened, with their labels: the event registry says.
 EVENT_ROWS = COUNTED_ROWS
 COUNTED_EVENTS = tuple(t for t, _ in EVENT_ROWS)
 _COUNTED = frozenset(COUNTED_EVENTS)
-# The equality and diversity items of demographics.recorded (app.cases.schemas), in order, with
-# their labels in the reports.
-EDI_ITEMS = (
-    ("ethnicity", "Ethnicity"),
-    ("sex", "Sex"),
-    ("gender_identity", "Gender identity"),
-    ("sexual_orientation", "Sexual orientation"),
-    ("disability", "Disability"),
-    ("religion", "Religion or belief"),
-    ("age_band", "Age band (as the person gave it)"),
-    ("carer", "Carer"),
-    ("armed_forces", "Armed forces community"),
-    ("first_language", "First language"),
-)
+# The equality and diversity items of demographics.recorded, in order, with their labels in the
+# reports: data, from fhir/Questionnaire-equality-monitoring.json (app.fhir.equality).
+EDI_ITEMS = tuple((item.key, item.label) for item in equality_items())
 _EDI_KEYS = frozenset(key for key, _ in EDI_ITEMS)
-# Attended appointments by length: 15-minute bands (``duration_band`` gives the index).
+# Attended appointments by length: 15-minute bands (``duration_band`` gives the index), and
+# last, attended with no length recorded (a planned length is not an attended length).
 DURATION_BANDS = (
     "1-15 minutes",
     "16-30 minutes",
@@ -88,8 +81,12 @@ DURATION_BANDS = (
     "91-105 minutes",
     "106-120 minutes",
     "over 120 minutes",
+    "length not recorded",
 )
-_LOADED_EVENTS = (*COUNTED_EVENTS, "demographics.recorded")
+NOT_RECORDED_BAND = len(DURATION_BANDS) - 1
+_LOADED_EVENTS = (*COUNTED_EVENTS, "case.accepted", "demographics.recorded")
+_APPOINTMENT_EVENTS = tuple(t for t in COUNTED_EVENTS if t.startswith("appointment."))
+_BOOKINGS = ("appointment.booked", "appointment.rescheduled")
 # A SWEMWBS change counts as none below half a hundredth (metric scores have two decimals).
 CHANGE_TOLERANCE = 0.005
 _HOUR_US = 3_600_000_000
@@ -139,9 +136,12 @@ def wait_bucket(later: dt.datetime, earlier: dt.datetime) -> int:
     return -(-micro // _DAY_US) * 24
 
 
-def duration_band(minutes: int) -> int:
-    """The index in DURATION_BANDS: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120
-    (0 for none at all, as SQL's integer division truncating towards zero gave)."""
+def duration_band(minutes: int | None) -> int:
+    """The index in DURATION_BANDS: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120,
+    NOT_RECORDED_BAND when no length was recorded (0 for 0 minutes, as SQL's integer division
+    truncating towards zero gave)."""
+    if minutes is None:
+        return NOT_RECORDED_BAND
     if minutes > 120:
         return 8
     return int((minutes - 1) / 15)
@@ -178,8 +178,8 @@ class CaseRows:
     reasons: Any
     # (type, occurred_at, seq, data)
     events: list[tuple[str, dt.datetime, int, Any]]
-    # external_id -> (appointment_type, minutes attended or booked)
-    appointments: dict[str, tuple[str, int]]
+    # external_id -> (appointment_type, minutes attended, None when not recorded)
+    appointments: dict[str, tuple[str, int | None]]
     # (prescribed_at, category, provider)
     prescriptions: list[tuple[dt.datetime, str, str]]
     # (instrument, stage, measured_at, created_at, metric_score)
@@ -238,7 +238,16 @@ def contributions(rows: CaseRows, bucket: Bucket = month_of) -> Fact:
     # Equality items: the latest answer to each (by occurred_at, then seq).
     latest: dict[str, str] = {}
     attended: list[dt.datetime] = []
+    # Appointments by the month they fall in: each booked time ("slot") ends attended, not
+    # attended, cancelled or moved (rescheduled: its new time is a slot of its own), or is
+    # still booked.
+    slots: dict[str, dt.datetime] = {}
+    registered = False
     for kind, occurred_at, _seq, data in events:
+        if kind == "case.accepted":
+            registered = True
+        if kind.startswith("appointment."):
+            _slot(kind, occurred_at, data, slots, add, bucket)
         if kind == "demographics.recorded":
             for item, value in (data or {}).items():
                 if item in _EDI_KEYS:
@@ -257,6 +266,14 @@ def contributions(rows: CaseRows, bucket: Bucket = month_of) -> Fact:
                 add(month, "attended_band", str(duration_band(minutes)))
     for item, value in latest.items():
         add(cohort, "edi", f"{item}{SEP}{value}")
+    for start in slots.values():
+        add(bucket(start), "slot", "booked")
+    if registered:
+        # The people registered (the evaluation's cohort), by the month their referral came.
+        add(cohort, "registered")
+        add(cohort, "reg_gender", _text(rows.gender))
+        add(cohort, "reg_age_band", _text(rows.age_band))
+        add(cohort, "reg_state", f"{rows.state}{SEP}{_text(rows.status_reason)}")
 
     # Waits, by the month received.
     contact_bucket = attended_bucket = None
@@ -332,6 +349,37 @@ def contributions(rows: CaseRows, bucket: Bucket = month_of) -> Fact:
     )
 
 
+def _instant(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value)).astimezone(dt.UTC) if value else None
+    except ValueError:
+        return None
+
+
+def _slot(
+    kind: str,
+    occurred_at: dt.datetime,
+    data: Any,
+    slots: dict[str, dt.datetime],
+    add: Any,
+    bucket: Bucket,
+) -> None:
+    """One appointment event's part in the appointments by the month they fall in."""
+    data = data or {}
+    name = _text(data.get("appointment_id"))
+    if kind in ("appointment.booked", "appointment.rescheduled"):
+        start = _instant(data.get("start"))
+        held = slots.pop(name, None)
+        if kind == "appointment.rescheduled" and held is not None:
+            add(bucket(held), "slot", "rescheduled")
+        if start is not None:
+            slots[name] = start
+        return
+    # Attended, did not attend, cancelled: the slot it ends (its booked time), or when it
+    # happened for an appointment whose booking is not held.
+    add(bucket(slots.pop(name, occurred_at)), "slot", kind.removeprefix("appointment."))
+
+
 def _wellbeing(rows: CaseRows, add: Any, bucket: Bucket) -> None:
     """SWEMWBS pairs: for each run of months a report could cover, the first and last score of
     the case within it. Keyed by the months the run's start must fall after / on or before, and
@@ -391,9 +439,10 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
     # rest of the load. JSON comes as text, for orjson (several times faster than the driver's).
     answers = case((CaseEvent.type == "demographics.recorded", cast(CaseEvent.data, Text)))
     appointment = case(
-        (CaseEvent.type == "appointment.attended", CaseEvent.data["appointment_id"].as_string())
+        (CaseEvent.type.in_(_APPOINTMENT_EVENTS), CaseEvent.data["appointment_id"].as_string())
     )
-    for case_id, kind, occurred_at, seq, items, appointment_id in executor.execute(
+    start = case((CaseEvent.type.in_(_BOOKINGS), CaseEvent.data["start"].as_string()))
+    for case_id, kind, occurred_at, seq, items, appointment_id, starts in executor.execute(
         select(
             CaseEvent.case_id,
             CaseEvent.type,
@@ -401,15 +450,16 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             CaseEvent.seq,
             answers,
             appointment,
+            start,
         ).where(among(executor, CaseEvent.case_id, case_ids), CaseEvent.type.in_(_LOADED_EVENTS))
     ):
         if appointment_id is not None:
-            data: Any = {"appointment_id": appointment_id}
+            data: Any = {"appointment_id": appointment_id, "start": starts}
         else:
             data = None if items is None else orjson.loads(items)
         events[case_id].append((kind, occurred_at, seq, data))
-    appointments: dict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
-    for case_id, external_id, kind, minutes, attended in executor.execute(
+    appointments: dict[str, dict[str, tuple[str, int | None]]] = defaultdict(dict)
+    for case_id, external_id, kind, _minutes, attended in executor.execute(
         select(
             Appointment.case_id,
             Appointment.external_id,
@@ -418,7 +468,7 @@ def load(executor: Executor, case_ids: Sequence[str]) -> list[CaseRows]:
             Appointment.attended_minutes,
         ).where(among(executor, Appointment.case_id, case_ids))
     ):
-        appointments[case_id][external_id] = (kind, attended if attended is not None else minutes)
+        appointments[case_id][external_id] = (kind, attended)
     prescriptions: dict[str, list[tuple[dt.datetime, str, str]]] = defaultdict(list)
     for case_id, at, category, provider in executor.execute(
         select(

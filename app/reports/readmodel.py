@@ -107,6 +107,18 @@ class CountedFigures:
     async def states(self) -> list[tuple[str, str, str, int]]:
         return [(month, state, reason, n) for (state, reason), month, n in self.split("state")]
 
+    async def slots(self) -> ByKey:
+        return self.measure("slot")
+
+    async def registered(self) -> ByMonth:
+        return self.measure("registered").get("", {})
+
+    async def registered_by(self, attribute: str) -> ByKey:
+        return self.measure(f"reg_{attribute}")
+
+    async def registered_states(self) -> list[tuple[str, str, str, int]]:
+        return [(month, state, reason, n) for (state, reason), month, n in self.split("reg_state")]
+
     async def attended(self) -> tuple[ByKey, ByKey]:
         by_band = {
             DURATION_BANDS[int(index)]: by_month

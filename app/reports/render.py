@@ -126,6 +126,47 @@ def bar_chart(table: dict[str, Any]) -> Markup:
     return Markup("".join(parts))  # noqa: S704 (built here; every text in it is escaped)
 
 
+_SPARK_WIDTH = 60
+_SPARK_HEIGHT = 16
+
+
+def sparkline(table: dict[str, Any], row: dict[str, Any]) -> Markup:
+    """A small column chart of a row's monthly values, drawn beside its total: the trend by
+    month a reader looks for. Nothing for a table of one month, or a row with nothing to draw
+    ('*' and empty cells are gaps)."""
+    monthly = row["values"][:-1]
+    if table["unit"] != "count" or len(monthly) < 2:
+        return Markup("")
+    numbers = [_number(value) for value in monthly]
+    top = max((n for n in numbers if n is not None), default=0.0)
+    if top <= 0:
+        return Markup("")
+    step = _SPARK_WIDTH / len(monthly)
+    bar = max(step - 1, 1)
+    parts = [
+        f'<svg class="spark" viewBox="0 0 {_SPARK_WIDTH} {_SPARK_HEIGHT}" width="{_SPARK_WIDTH}" '
+        f'height="{_SPARK_HEIGHT}" aria-hidden="true" xmlns="http://www.w3.org/2000/svg">'
+    ]
+    for index, number in enumerate(numbers):
+        if number is None or number <= 0:
+            continue
+        height = max(1.0, (_SPARK_HEIGHT - 1) * number / top)
+        parts.append(
+            f'<rect x="{index * step:.1f}" y="{_SPARK_HEIGHT - height:.1f}" '
+            f'width="{bar:.1f}" height="{height:.1f}"/>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 (numbers only, built here)
+
+
+def all_zero(row: dict[str, Any]) -> bool:
+    """A row with nothing in it (every cell 0 or empty): folded away unless asked for."""
+    return row["key"] != "total" and all(value in (0, 0.0, None) for value in row["values"])
+
+
+_environment.tests["all_zero_row"] = all_zero
+
+
 def _shorten(label: str, limit: int = 42) -> str:
     return label if len(label) <= limit else label[: limit - 1] + "…"
 
@@ -136,5 +177,7 @@ def to_html(document: dict[str, Any]) -> str:
         report=document,
         style=Markup(_CSS),  # noqa: S704 (our own static file, not input)
         chart=bar_chart,
+        spark=sparkline,
+        all_zero=all_zero,
         cell=_cell,
     )

@@ -15,6 +15,7 @@ import orjson
 
 from app.cases.wellbeing import MEANINGFUL_CHANGE
 from app.fhir.codes import FHIR_DATA_DIR
+from app.fhir.equality import equality_items
 from app.reports.figures import ByKey, Figures
 from app.reports.projection import DURATION_BANDS, EDI_ITEMS, EVENT_ROWS
 from app.reports.tables import (
@@ -38,6 +39,13 @@ STATUS_GROUPS = (
     ("discharged", "Discharged"),
     ("rejected", "Rejected by the service"),
     ("cancelled", "Cancelled by the referrer"),
+)
+SLOT_OUTCOMES = (
+    ("attended", "Attended"),
+    ("did_not_attend", "Did not attend (DNA)"),
+    ("cancelled", "Cancelled"),
+    ("rescheduled", "Rescheduled"),
+    ("booked", "Still booked"),
 )
 GENDERS = (("female", "Female"), ("male", "Male"), ("other", "Other"), ("unknown", "Unknown"))
 AGE_BANDS = (
@@ -232,7 +240,7 @@ async def case_status(facts: Facts) -> Section:
     everyone = await facts.referrals()
     status = Table(
         id="case-status",
-        title="Case status now, by month of referral",
+        title="Case status now, referrals received (by month of referral)",
         unit="count",
         columns=facts.columns,
         rows=(
@@ -261,7 +269,29 @@ async def case_status(facts: Facts) -> Section:
         columns_add_up=True,
         total_row=True,
     )
-    return Section("case-status", "Case status", (status, discharge))
+    by_registered: ByKey = defaultdict(dict)
+    for m, state, _reason, count in await facts.figures.registered_states():
+        group = "active" if state in ACTIVE_STATES else state
+        by_registered[group][m] = by_registered[group].get(m, 0) + int(count)
+    registered = await facts.figures.registered()
+    status_registered = Table(
+        id="case-status-registered",
+        title="Case status now, people registered (by month of referral)",
+        unit="count",
+        columns=facts.columns,
+        rows=(
+            *(
+                count_row(k, label, facts.months, by_registered.get(k, {}))
+                for k, label in STATUS_GROUPS
+            ),
+            count_row(TOTAL, "All people registered", facts.months, registered),
+        ),
+        columns_add_up=True,
+        total_row=True,
+        description="The evaluation's cohort: people whose referral was registered (case "
+        "accepted); a referral never registered is not among them.",
+    )
+    return Section("case-status", "Case status", (status, status_registered, discharge))
 
 
 async def appointments(facts: Facts) -> Section:
@@ -269,7 +299,7 @@ async def appointments(facts: Facts) -> Section:
     kinds = [(t, label) for t, label in EVENT_ROWS if t.startswith("appointment.")]
     outcomes = Table(
         id="appointments",
-        title="Appointments",
+        title="Appointment events, by the month each happened (scheduled: month booked)",
         unit="count",
         columns=facts.columns,
         rows=tuple(
@@ -278,8 +308,34 @@ async def appointments(facts: Facts) -> Section:
         ),
         columns_add_up=True,
         chart=True,
-        description="Each by the month it happened: scheduled when booked, the others when "
-        "attended, missed, cancelled or moved.",
+        description="Each event by the month it happened: scheduled by the month booked (the "
+        "booking month), the others when attended, missed, cancelled or moved. The "
+        "evaluation's count is the next table, by the month the appointment falls in.",
+    )
+    slots = await facts.figures.slots()
+    held = Table(
+        id="appointments-by-month-held",
+        title="Appointments by the month they fall in",
+        unit="count",
+        columns=facts.columns,
+        rows=(
+            *(count_row(k, label, facts.months, slots.get(k, {})) for k, label in SLOT_OUTCOMES),
+            count_row(
+                TOTAL,
+                "Appointments scheduled",
+                facts.months,
+                {
+                    m: sum(slots.get(k, {}).get(m, 0) for k, _label in SLOT_OUTCOMES)
+                    for m in facts.months
+                },
+            ),
+        ),
+        columns_add_up=True,
+        total_row=True,
+        chart=True,
+        description="Each booked time by the month it falls in, with how it ended: scheduled = "
+        "attended + did not attend + cancelled + rescheduled (+ still booked). A moved "
+        "appointment counts as rescheduled at its old time and again at its new one.",
     )
     by_type, by_band = await facts.figures.attended()
     attended = count_row(
@@ -303,7 +359,7 @@ async def appointments(facts: Facts) -> Section:
     )
     durations = Table(
         id="attended-by-duration",
-        title="Attended appointments by length (15-minute bands)",
+        title="Attended appointments by length (15-minute bands; length not recorded)",
         unit="count",
         columns=facts.columns,
         rows=(
@@ -312,9 +368,10 @@ async def appointments(facts: Facts) -> Section:
         ),
         columns_add_up=True,
         total_row=True,
-        description="Minutes spent when the attended event gives them, else the minutes booked.",
+        description="Minutes spent, as the attended event gives them; an attendance without "
+        "them is in 'length not recorded' (the minutes booked are a plan, not a length).",
     )
-    return Section("appointments", "Appointments", (outcomes, types, durations))
+    return Section("appointments", "Appointments", (held, outcomes, types, durations))
 
 
 async def prescriptions(facts: Facts) -> Section:
@@ -494,10 +551,32 @@ async def demographics(facts: Facts) -> Section:
     genders = await _referrals_by(facts, "gender")
     ages = await _referrals_by(facts, "age_band")
     everyone = await facts.referrals()
+    registered = await facts.figures.registered()
+    people = count_row(TOTAL, "All people registered", facts.months, registered)
     tables: list[Table] = []
-    for table_id, title, labels, counts in (
-        ("gender", "Gender (as referred)", GENDERS, genders),
-        ("age-band", "Age band on the day of referral", AGE_BANDS, ages),
+    for table_id, title, labels, counts, total in (
+        ("gender", "Gender (as referred), referrals received", GENDERS, genders, everyone),
+        (
+            "gender-registered",
+            "Gender (as referred), people registered",
+            GENDERS,
+            _recorded(await facts.figures.registered_by("gender")),
+            people,
+        ),
+        (
+            "age-band",
+            "Age band on the day of referral, referrals received",
+            AGE_BANDS,
+            ages,
+            everyone,
+        ),
+        (
+            "age-band-registered",
+            "Age band on the day of referral, people registered",
+            AGE_BANDS,
+            _recorded(await facts.figures.registered_by("age_band")),
+            people,
+        ),
     ):
         rows = _with_unrecorded(labels, counts)
         tables.append(
@@ -508,11 +587,11 @@ async def demographics(facts: Facts) -> Section:
                 columns=facts.columns,
                 rows=(
                     *(count_row(k, label, facts.months, counts.get(k, {})) for k, label in rows),
-                    Row(TOTAL, "All referrals", everyone.cells),
+                    Row(TOTAL, total.label, total.cells),
                 ),
                 columns_add_up=True,
                 total_row=True,
-                chart=True,
+                chart=not table_id.endswith("-registered"),
             )
         )
     tables += await _equality_items(facts, everyone)
@@ -532,6 +611,7 @@ async def _equality_items(facts: Facts, everyone: Row) -> list[Table]:
     people = {m: int(c.value or 0) for m, c in zip(facts.months, everyone.cells, strict=False)}
     tables: list[Table] = []
     recorded_rows: list[Row] = []
+    displays = {item.key: item for item in equality_items()}
     for key, label in EDI_ITEMS:
         answers = values.get(key, {})
         recorded = {
@@ -546,7 +626,10 @@ async def _equality_items(facts: Facts, everyone: Row) -> list[Table]:
                 unit="count",
                 columns=facts.columns,
                 rows=(
-                    *(count_row(v, v, facts.months, answers[v]) for v in order),
+                    *(
+                        count_row(v, displays[key].display(v), facts.months, answers[v])
+                        for v in order
+                    ),
                     count_row(NOT_RECORDED, NOT_RECORDED_LABEL, facts.months, unrecorded),
                     Row(TOTAL, "All referrals", everyone.cells),
                 ),

@@ -32,6 +32,7 @@ class Operation(StrEnum):
     REPORT_READ = "report.read"
     SANDBOX_RESET = "sandbox.reset"
     AUDIT_READ = "audit.read"
+    IMPORT_RUN = "import.run"
 
 
 # One declarative table of who may do what. Every route names its operation once, with
@@ -66,6 +67,8 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     # Sandbox mode only: wipes every referral and client made since start-up.
     Operation.SANDBOX_RESET: frozenset({Role.ADMIN}),
     Operation.AUDIT_READ: frozenset({Role.ADMIN}),
+    # Imports of history (app.imports): referrals and their events, as their referrer.
+    Operation.IMPORT_RUN: frozenset({Role.ADMIN}),
 }
 
 
@@ -91,6 +94,7 @@ SCOPE_OF: dict[Operation, str] = {
     Operation.REPORT_READ: "reports:read",
     Operation.SANDBOX_RESET: "admin",
     Operation.AUDIT_READ: "admin",
+    Operation.IMPORT_RUN: "admin",
 }
 
 

@@ -4,7 +4,7 @@ the BaRS message its responses answer), and topic-based FHIR Subscriptions (topi
 their channel a destination of kind rest-hook)
 
 Revision ID: 0016
-Revises: 0011
+Revises: 0015
 Create Date: 2026-12-07 01:00:00.000000
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0016"
-down_revision: str | None = "0011"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -87,6 +87,44 @@ async def test_task_for_a_new_referral(bridge: Bridge, referrer: dict[str, str])
     assert "entry" not in none.json()  # FHIR JSON has no empty arrays
 
 
+async def test_the_201_says_which_task_and_case_it_made(
+    bridge: Bridge, referrer: dict[str, str]
+) -> None:
+    resource = referral_resource()
+    created = await bridge.refer(referrer, resource)
+    assert created.status_code == 201, created.text
+    match = re.fullmatch(
+        r'<http://testserver/fhir/Task/([0-9a-f-]{36})>; rel="related"; type="Task"',
+        created.headers["link"],
+    )
+    assert match is not None, created.headers["link"]
+    task_id = match.group(1)
+    assert created.headers["x-case-id"] == task_id
+    # They name what was made: the Task of this referral, and its case.
+    task = await bridge.http.get(f"/fhir/Task/{task_id}", headers=referrer)
+    assert task.json()["focus"]["reference"] == f"ServiceRequest/{created.json()['id']}"
+    case = await bridge.http.get(f"/api/v1/cases/{task_id}", headers=referrer)
+    assert case.status_code == 200, case.text
+    assert case.json()["referral_id"] == created.json()["id"]
+    # A repeat names the same ones; so does an answer without a body.
+    again = await bridge.refer(referrer, resource)
+    assert again.status_code == 200
+    assert (again.headers["link"], again.headers["x-case-id"]) == (
+        created.headers["link"],
+        task_id,
+    )
+    minimal = await bridge.http.post(
+        "/fhir/ServiceRequest",
+        content=orjson.dumps(referral_resource()),
+        headers={**referrer, **FHIR_JSON, "Prefer": "return=minimal"},
+    )
+    assert minimal.status_code == 201
+    assert minimal.headers["x-case-id"] != task_id
+    assert minimal.headers["link"].endswith(
+        f'/Task/{minimal.headers["x-case-id"]}>; rel="related"; type="Task"'
+    )
+
+
 async def test_repeat_returns_the_held_referral(
     bridge: Bridge, referrer: dict[str, str], database_url: str
 ) -> None:

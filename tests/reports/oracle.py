@@ -76,8 +76,9 @@ def _nested(rows: Iterable[Any]) -> ByKey:
 
 
 def duration_band(minutes: Any) -> ColumnElement[int]:
-    """15-minute bands: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120."""
-    return case((minutes > 120, 8), else_=(minutes - 1) // 15)
+    """15-minute bands: 0 for 1-15 minutes, 1 for 16-30 … 8 for more than 120; 9 for no
+    length recorded."""
+    return case((minutes.is_(None), 9), (minutes > 120, 8), else_=(minutes - 1) // 15)
 
 
 @dataclass(frozen=True)
@@ -292,11 +293,89 @@ class LiveFigures:
             for m, state, reason, n in await grouped(self.session, query)
         ]
 
+    async def slots(self) -> ByKey:
+        """Walked in Python over every appointment event of the cases in scope, each booked
+        time counted where it falls if that is inside the period."""
+        live = self.live
+        query = (
+            select(
+                CaseEvent.case_id,
+                CaseEvent.type,
+                CaseEvent.occurred_at,
+                CaseEvent.seq,
+                CaseEvent.data,
+            )
+            .join(Case, Case.id == CaseEvent.case_id)
+            .where(
+                CaseEvent.type.like("appointment.%"),
+                Case.service_id.in_(live.scope.service_ids),
+            )
+            .order_by(CaseEvent.case_id, CaseEvent.occurred_at, CaseEvent.seq)
+        )
+        if live.scope.team is not None:
+            query = query.where(Case.referral_id.in_(live._team_referrals()))
+        out: ByKey = defaultdict(dict)
+
+        def count(at: dt.datetime, outcome: str) -> None:
+            if live.starts_at <= at < live.ends_at:
+                month = f"{at.year:04d}-{at.month:02d}"
+                out[outcome][month] = out[outcome].get(month, 0) + 1
+
+        booked: dict[tuple[str, str], dt.datetime] = {}
+        for case_id, kind, occurred_at, _seq, data in (await self.session.execute(query)).all():
+            name = (case_id, str(data.get("appointment_id")))
+            if kind in ("appointment.booked", "appointment.rescheduled"):
+                held = booked.pop(name, None)
+                if kind == "appointment.rescheduled" and held is not None:
+                    count(held, "rescheduled")
+                if data.get("start"):
+                    booked[name] = dt.datetime.fromisoformat(data["start"]).astimezone(dt.UTC)
+            else:
+                count(booked.pop(name, occurred_at), kind.removeprefix("appointment."))
+        for at in booked.values():
+            count(at, "booked")
+        return out
+
+    def _registered(self) -> ColumnElement[bool]:
+        return Case.id.in_(select(CaseEvent.case_id).where(CaseEvent.type == "case.accepted"))
+
+    async def registered(self) -> ByMonth:
+        month = self.live.month(Referral.created_at).label("month")
+        query = (
+            select(month, literal(TOTAL), func.count())
+            .join(Case, Case.referral_id == Referral.id)
+            .where(*self.live.referrals(), self._registered())
+            .group_by(month)
+        )
+        return _nested(await grouped(self.session, query)).get(TOTAL, {})
+
+    async def registered_by(self, attribute: str) -> ByKey:
+        column = _ATTRIBUTES[attribute]
+        month = self.live.month(Referral.created_at).label("month")
+        query = (
+            select(month, column, func.count())
+            .join(Case, Case.referral_id == Referral.id)
+            .where(*self.live.referrals(), self._registered())
+            .group_by(month, column)
+        )
+        return _nested(await grouped(self.session, query))
+
+    async def registered_states(self) -> list[tuple[str, str, str, int]]:
+        month = self.live.month(Case.created_at).label("month")
+        query = (
+            select(month, Case.state, Case.status_reason, func.count())
+            .where(*self.live.cases(), self._registered())
+            .group_by(month, Case.state, Case.status_reason)
+        )
+        return [
+            (month_key(m), state, reason or "", int(n))
+            for m, state, reason, n in await grouped(self.session, query)
+        ]
+
     async def attended(self) -> tuple[ByKey, ByKey]:
         live = self.live
         month = live.month(CaseEvent.occurred_at).label("month")
-        minutes = func.coalesce(Appointment.attended_minutes, Appointment.minutes)
-        band = duration_band(minutes).label("band")
+        band = duration_band(Appointment.attended_minutes).label("band")
         query = (
             live.events("appointment.attended")
             .join(

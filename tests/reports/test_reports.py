@@ -406,7 +406,9 @@ async def test_activity_tables_by_hand(bridge: Bridge, reporting: dict[str, str]
         "total": [1, 1, 1, 3],
     }
     durations = table(doc, "attended-by-duration")
-    assert durations["16-30 minutes"] == [1, 0, 1, 2]  # 20 spent; 30 booked, none given
+    assert durations["16-30 minutes"] == [1, 0, 0, 1]  # 20 spent
+    # 30 booked, no length given: a planned length is not an attended length.
+    assert durations["length not recorded"] == [0, 0, 1, 1]
     assert durations["46-60 minutes"] == [0, 1, 0, 1]  # 50 spent of 60 booked
     assert durations["1-15 minutes"] == [0, 0, 0, 0]
 

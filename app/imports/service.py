@@ -1,0 +1,503 @@
+"""Importing history (issue 18 part 1): referrals with the time they were received, and their
+cases' events with the time they happened, through the same rules as live traffic.
+
+Each referral of the file is loaded with its events in one transaction of its own: the referral
+by ``app.referrals.service.create_referral`` (received at its historical time), then its events
+in time order, each by ``app.cases.service.apply_event`` (no second set of rules). A line that
+is refused (the referral's or any of its events') rolls back the whole referral and is reported
+by line number, element and reason, never by value. Imported history sends nothing to
+platforms, clinical systems or subscribers unless asked (``deliver``).
+
+Idempotent: a referral already held with the same content is not made again, and an event
+already applied (its ``idempotency_key``, or for a line without one a key derived from the
+line) is not applied again, so importing the same file twice changes nothing. A job
+(app.imports.models.ImportJob, by the file's SHA-256) records how far an import got: a stopped
+import of the same file takes up where it stopped. Nothing here commits except through the
+transactions it opens, one per referral (this is a job, like the dispatcher's, not a request).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.cases import service as cases
+from app.cases.events import CaseEventIn, EventBody
+from app.cases.models import CaseEvent, Referral
+from app.config import Settings
+from app.db import Database, transaction, utcnow
+from app.directory.models import SocialPrescribingService
+from app.errors import AppError, BadRequest, NotFound, validation_location, validation_message
+from app.fhir import parsing
+from app.fhir.terminology import reason_map
+from app.fhir.transaction import unbundle
+from app.imports.models import ImportJob
+from app.imports.reader import (
+    Group,
+    Grouped,
+    LineError,
+    Place,
+    Reader,
+    Refusal,
+    group,
+    service_request_of,
+)
+from app.referrals import service as referrals
+from app.referrals.changes import content, stored_resource
+from app.referrals.intake import assess
+from app.security.auth import Principal
+from app.security.roles import Role
+
+log = logging.getLogger("spbridge.imports")
+SOURCE = "import"
+# Refused lines kept on a job (the rest are counted): enough to fix a file by, bounded.
+KEPT_REFUSALS = 1000
+_EVENT_IN: TypeAdapter[EventBody] = TypeAdapter(CaseEventIn)
+_INSTANT: TypeAdapter[dt.datetime] = TypeAdapter(AwareDatetime)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    deliver: bool = False  # send what the history causes, as live traffic would
+    # The organisation that sent the referrals (ODS code); by default each referral's requester.
+    organisation: str | None = None
+    # The service a referral goes to when its performer names none.
+    service_id: str | None = None
+    client_id: str | None = None  # the admin who asked (None from the command line)
+    name: str = ""
+
+
+@dataclass
+class Summary:
+    job_id: str
+    lines: int = 0
+    referrals: int = 0
+    created: int = 0
+    unchanged: int = 0
+    events: int = 0
+    refused: int = 0
+    done: int = 0  # referrals taken so far (made, held already, or refused)
+    resumed_at: int = 0  # referrals a stopped run of this file had taken (skipped)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+def digest_of(paths: list[Path]) -> str:
+    sha = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                sha.update(chunk)
+        sha.update(b"\x00")
+    return sha.hexdigest()
+
+
+def _from_error(name: str, line: int, error: AppError) -> Refusal:
+    issue = error.issues[0] if error.issues else None
+    where = (issue.expression if issue else None) or "(line)"
+    return Refusal(name, line, where, issue.diagnostics if issue else error.diagnostics)
+
+
+def _from_validation(name: str, line: int, root: str, exc: ValidationError) -> Refusal:
+    first = exc.errors()[0]
+    location = validation_location(first)
+    if first.get("type") != "union_tag_invalid" and location:
+        location = location[1:]  # the event type pydantic chose by ``type``: not an element
+    inside = ".".join(str(part) for part in location)
+    return Refusal(name, line, f"{root}.{inside}" if inside else root, validation_message(first))
+
+
+def _event_key(body: dict[str, Any]) -> str:
+    """A line's own idempotency key when it brings none: the same line gives the same key."""
+    return (
+        "import:" + hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:48]
+    )
+
+
+@dataclass(frozen=True)
+class _Event:
+    occurred_at: dt.datetime
+    line: int
+    key: str
+    body: EventBody
+
+
+class Loader:
+    """Loads one referral's lines at a time (its own transaction, given by the caller)."""
+
+    def __init__(self, reader: Reader, settings: Settings, options: Options) -> None:
+        self.reader = reader
+        self.settings = settings
+        self.options = options
+        self.skew = dt.timedelta(seconds=settings.clock_skew_seconds)
+        self.reasons = reason_map()
+        self.context = cases.EventContext(
+            client_id=options.client_id,
+            request_id=None,
+            correlation_id=None,
+            deliver=options.deliver,
+        )
+
+    def _refuse(self, place: Place, where: str, reason: str) -> Refused:
+        return Refused(Refusal(self.reader.name(place), place.line, where, reason))
+
+    async def _referral(
+        self, session: AsyncSession, place: Place, now: dt.datetime
+    ) -> tuple[Referral, bool]:
+        name = self.reader.name(place)
+        data = self.reader.read(place)
+        unknown = set(data) - {"received_at", "resource"}
+        if unknown:
+            raise self._refuse(place, "(line)", "a referral line has received_at and resource only")
+        try:
+            received_at = _INSTANT.validate_python(data.get("received_at")).astimezone(dt.UTC)
+        except ValidationError:
+            raise self._refuse(
+                place, "received_at", "when the referral was received, with its time zone"
+            ) from None
+        if received_at > now + self.skew:
+            raise self._refuse(place, "received_at", "received_at is in the future")
+        resource = data["resource"]
+        try:
+            if resource.get("resourceType") == "Bundle":
+                issues = parsing.r4_issues(resource)
+                if issues:
+                    raise _first(issues)
+                service_request = unbundle(resource).service_request
+            else:
+                parsing.check_r4(resource)
+                service_request = resource
+            model = parsing.parse_resource(service_request, "ServiceRequest")
+            draft = assess(
+                model,
+                now=now,
+                clock_skew=self.skew,
+                require_consent=self.settings.require_consent,
+                reason_map=self.reasons,
+            )
+            organisation = self.options.organisation or draft.requester_ods
+            if not organisation:
+                raise self._refuse(
+                    place,
+                    "ServiceRequest.requester",
+                    "the referring organisation: an ODS code on the requester, or --organisation",
+                )
+            principal = Principal(
+                client_id=self.options.client_id,
+                name="import",
+                role=Role.CLINICAL_SYSTEM,
+                organisation=organisation,
+                default_service_id=self.options.service_id,
+            )
+            intake = await referrals.create_referral(
+                session, draft, service_request, principal, self.context, received_at=received_at
+            )
+        except AppError as error:
+            raise Refused(_from_error(name, place.line, error)) from None
+        return intake.referral, intake.created
+
+    async def _held_same(self, session: AsyncSession, group: Group) -> Referral | None:
+        """The referral held already for this group's line with the same content, if any."""
+        assert group.referral is not None
+        system, value = group.key
+        query = select(Referral).where(
+            Referral.identifier_system == system, Referral.identifier_value == value
+        )
+        if self.options.organisation:
+            query = query.where(Referral.organisation == self.options.organisation)
+        held = list(await session.scalars(query.limit(2)))
+        if len(held) != 1 or held[0].purged_at is not None:
+            return None
+        resource = self.reader.read(group.referral).get("resource")
+        if not isinstance(resource, dict):
+            return None
+        service_request = service_request_of(resource)
+        if resource.get("resourceType") == "Bundle":
+            try:
+                service_request = unbundle(resource).service_request
+            except AppError:
+                return None
+        if service_request is None:
+            return None
+        if content(stored_resource(service_request)) != content(held[0].resource):
+            return None  # intake says what differs (409), as it would to the referrer
+        return held[0]
+
+    async def _held_referral(self, session: AsyncSession, group: Group) -> Referral:
+        system, value = group.key
+        query = select(Referral).where(
+            Referral.identifier_system == system, Referral.identifier_value == value
+        )
+        if self.options.organisation:
+            query = query.where(Referral.organisation == self.options.organisation)
+        held = list(await session.scalars(query.limit(2)))
+        if len(held) != 1:
+            place = group.events[0]
+            raise self._refuse(
+                place,
+                "referral",
+                "names no referral of this file or held here"
+                if not held
+                else "names a referral held for more than one organisation: give --organisation",
+            )
+        return held[0]
+
+    def _events(self, group: Group, now: dt.datetime) -> list[_Event]:
+        events: list[_Event] = []
+        for place in group.events:
+            data = self.reader.read(place)
+            body = data.get("event")
+            if not isinstance(body, dict) or set(data) - {"referral", "event"}:
+                raise self._refuse(place, "event", "an event line has referral and event only")
+            try:
+                parsed = _EVENT_IN.validate_python(body)
+            except ValidationError as exc:
+                raise Refused(
+                    _from_validation(self.reader.name(place), place.line, "event", exc)
+                ) from None
+            if parsed.occurred_at is None:
+                raise self._refuse(
+                    place, "event.occurred_at", "when it happened: required for history"
+                )
+            if parsed.occurred_at > now + self.skew:
+                raise self._refuse(place, "event.occurred_at", "occurred_at is in the future")
+            key = parsed.idempotency_key or _event_key(body)
+            events.append(_Event(parsed.occurred_at, place.line, key, parsed))
+        events.sort(key=lambda event: (event.occurred_at, event.line))
+        return events
+
+    async def load(self, session: AsyncSession, group: Group) -> tuple[bool, int]:
+        """Load ``group`` (raises Refused, after which the caller rolls back). Returns whether
+        the referral was made now and how many events were applied."""
+        if group.refusal is not None:
+            raise Refused(group.refusal)
+        now = utcnow()
+        events = self._events(group, now)  # every line checked before anything is written
+        held_referral = await self._held_same(session, group) if group.referral else None
+        if held_referral is not None:
+            referral, created = held_referral, False  # a re-run: nothing to assess again
+        elif group.referral is not None:
+            referral, created = await self._referral(session, group.referral, now)
+        else:
+            referral, created = await self._held_referral(session, group), False
+        if not events:
+            return created, 0
+        case = await cases.lock_case(session, referral.id)
+        service = await session.get(SocialPrescribingService, referral.service_id)
+        assert case is not None
+        assert service is not None
+        held: set[str | None] = (
+            set()
+            if created
+            else set(
+                await session.scalars(
+                    select(CaseEvent.idempotency_key).where(CaseEvent.case_id == case.id)
+                )
+            )
+        )
+        applied = 0
+        for event in events:
+            if event.key in held:
+                continue
+            try:
+                await cases.apply_event(
+                    session,
+                    case,
+                    referral,
+                    service,
+                    cases.NewEvent(
+                        type=event.body.type,
+                        source=SOURCE,
+                        occurred_at=event.occurred_at,
+                        data=event.body.data(),
+                        idempotency_key=event.key,
+                    ),
+                    self.context,
+                    # Recorded as of when it happened, as the seeded sandbox history is.
+                    now=max(event.occurred_at, referral.created_at),
+                )
+            except AppError as error:
+                name = self.reader.paths[group.events[0].file].name
+                raise Refused(_from_error(name, event.line, error)) from None
+            held.add(event.key)
+            applied += 1
+        return created, applied
+
+
+def _first(issues: list[Any]) -> AppError:
+    return BadRequest(issues[0].diagnostics, issues=issues)
+
+
+def _count(summary: Summary, job: ImportJob) -> None:
+    job.lines = summary.lines
+    job.referrals = summary.referrals
+    job.done = summary.done
+    job.created = summary.created
+    job.unchanged = summary.unchanged
+    job.events = summary.events
+    job.refused = summary.refused
+    job.refusals = summary.refusals[:KEPT_REFUSALS]
+    job.updated_at = utcnow()
+
+
+async def start_job(
+    session: AsyncSession, digest: str, options: Options, job_id: str | None = None
+) -> ImportJob:
+    """The job for this file: a new one, or the unfinished one of the same file (resumed)."""
+    job = None
+    if job_id is not None:
+        job = await session.get(ImportJob, job_id)
+    if job is None:
+        job = await session.scalar(
+            select(ImportJob)
+            .where(ImportJob.digest == digest, ImportJob.status.in_(("running", "stopped")))
+            .order_by(ImportJob.created_at.desc())
+            .limit(1)
+        )
+    now = utcnow()
+    if job is None:
+        job = ImportJob(
+            id=job_id or str(uuid.uuid4()),
+            digest=digest,
+            name=options.name[:200],
+            status="queued",
+            deliver=options.deliver,
+            client_id=options.client_id,
+            lines=0,
+            referrals=0,
+            done=0,
+            created=0,
+            unchanged=0,
+            events=0,
+            refused=0,
+            refusals=[],
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(job)
+    job.digest = digest
+    job.status = "running"
+    job.updated_at = now
+    return job
+
+
+async def run_import(
+    database: Database,
+    paths: list[Path],
+    settings: Settings,
+    options: Options,
+    *,
+    progress: Progress | None = None,
+    job_id: str | None = None,
+) -> Summary:
+    """Import ``paths`` (NDJSON), a referral with its events per transaction."""
+    started = time.monotonic()
+    digest = digest_of(paths)
+    async with transaction(database.write_sessions) as session:
+        job = await start_job(session, digest, options, job_id)
+        summary = Summary(job.id)
+        resume_from = job.done
+        if resume_from:
+            # A stopped run of this file: its counts stand, the referrals it took are skipped.
+            summary.created, summary.unchanged = job.created, job.unchanged
+            summary.events, summary.refused = job.events, job.refused
+            summary.refusals = list(job.refusals)
+            summary.resumed_at = summary.done = resume_from
+    grouped: Grouped = group(paths)
+    summary.lines = grouped.lines
+    summary.referrals = len(grouped.groups)
+    if not resume_from:
+        summary.refusals = [refusal.as_dict() for refusal in grouped.refusals]
+    reader = Reader(paths)
+    loader = Loader(reader, settings, options)
+    total = len(grouped.groups)
+    last_saved = time.monotonic()
+    try:
+        for index, held in enumerate(grouped.groups):
+            if index < resume_from:
+                continue
+            try:
+                async with transaction(database.write_sessions) as session:
+                    created, applied = await loader.load(session, held)
+                    after = _advanced(summary, created, applied, index + 1)
+                    if time.monotonic() - last_saved > 1.0 or index + 1 == total:
+                        # Progress kept with the referral it counts: a resume starts after it.
+                        job_row = await session.get(ImportJob, summary.job_id)
+                        if job_row is not None:
+                            _count(after, job_row)
+                        last_saved = time.monotonic()
+                summary = after
+            except (Refused, LineError) as refused:
+                summary.refused += 1
+                summary.done = index + 1
+                refusal = (
+                    refused.refusal
+                    if isinstance(refused, Refused)
+                    else Refusal(
+                        reader.name(held.referral or held.events[0]),
+                        0,
+                        refused.field,
+                        refused.reason,
+                    )
+                )
+                summary.refusals.append(refusal.as_dict())
+            if progress is not None:
+                progress(index + 1, total)
+    except BaseException as exc:
+        async with transaction(database.write_sessions) as session:
+            job_row = await session.get(ImportJob, summary.job_id)
+            if job_row is not None:
+                _count(summary, job_row)
+                job_row.status = "stopped"
+                job_row.error = type(exc).__name__
+        raise
+    finally:
+        reader.close()
+    async with transaction(database.write_sessions) as session:
+        job_row = await session.get(ImportJob, summary.job_id)
+        if job_row is not None:
+            _count(summary, job_row)
+            job_row.status = "done"
+            job_row.error = None
+            job_row.finished_at = utcnow()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _advanced(summary: Summary, created: bool, applied: int, done: int) -> Summary:
+    return replace(
+        summary,
+        created=summary.created + created,
+        unchanged=summary.unchanged + (not created),
+        events=summary.events + applied,
+        done=done,
+    )
+
+
+async def read_job(session: AsyncSession, principal: Principal, job_id: str) -> ImportJob:
+    """An import job: the installation's admin sees every one, an organisation's admin those
+    its client started."""
+    job = await session.get(ImportJob, job_id)
+    if job is None or not (principal.sees_everything or job.client_id == principal.client_id):
+        raise NotFound("No such import job")
+    return job
