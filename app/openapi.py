@@ -171,6 +171,8 @@ _FHIR_EXAMPLES_BY_TYPE = {
     "QuestionnaireResponse": "QuestionnaireResponse-swemwbs",
     "Bundle": "Bundle-searchset",
     "AuditEvent": "AuditEvent-read",
+    "HealthcareService": "HealthcareService-sandbox",
+    "Organization": "Organization-sandbox-service",
 }
 _EXAMPLE_BASE = "http://127.0.0.1:8000/fhir"  # the sandbox, where the examples were recorded
 _REFERRAL_ID = "c7bd72e0-c4ee-4438-8b55-663f8b45dda9"  # the referral of the recorded examples

@@ -349,7 +349,7 @@ def referral_resource(service_id: str = "life-rooms", **overrides: Any) -> dict[
     return resource
 
 
-def requester_of(ods_code: str, display: str = "Referring team") -> dict[str, Any]:
+def requester_of(ods_code: str, display: str = "Halton Crisis Resolution Team") -> dict[str, Any]:
     """A referral's requester: an organisation by its ODS code (one the client refers for)."""
     return {
         "type": "Organization",

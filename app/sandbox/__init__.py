@@ -39,6 +39,10 @@ SANDBOX_KEYS = {
     Role.REPORTING: ("spb_sandbox_reporting", SANDBOX_SERVICE_ORGANISATION),
     Role.ADMIN: ("spb_sandbox_admin", SANDBOX_SERVICE_ORGANISATION),
 }
+# The example referrals' requester (RW4, a Halton team): the sandbox's clinical system refers for
+# it too, as a trust's integration engine would for several organisations, so the README's and
+# the guide's examples work as written.
+SANDBOX_ACTS_FOR = {Role.CLINICAL_SYSTEM: ["RW4"]}
 # What a reset keeps: the audit trail (append-only: the database refuses deletes, and a reset is
 # itself audited) and the installation's keys (the audit pseudonym key, journey-link keys).
 KEPT_TABLES = frozenset({"signing_keys", "purge_runs"})
@@ -106,7 +110,11 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
         route.updated_at = now  # the dispatcher builds its adapter again
     for role, (key, organisation) in SANDBOX_KEYS.items():
         digest = hash_key(key)
-        if await session.scalar(select(ApiClient.id).where(ApiClient.key_hash == digest)):
+        acts_for = SANDBOX_ACTS_FOR.get(role, [])
+        held = await session.scalar(select(ApiClient).where(ApiClient.key_hash == digest))
+        if held is not None:
+            if held.acts_for != acts_for:
+                held.acts_for = acts_for
             continue
         session.add(
             ApiClient(
@@ -115,6 +123,7 @@ async def seed_session(session: AsyncSession, settings: Settings) -> None:
                 role=role.value,
                 organisation=organisation,
                 default_service_id=SANDBOX_SERVICE,
+                acts_for=acts_for,
                 key_hash=digest,
                 created_at=now,
             )

@@ -19,7 +19,7 @@ from app.fhir.resources import model_class
 from app.outbox import service as outbox
 from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
 from tests.conftest import ADMIN_KEY, Bridge, referral_resource
-from tests.support.cases import OpenCase, open_case
+from tests.support.cases import OpenCase, as_pushed_by_id, open_case
 from tests.support.delivery import dispatcher_for
 from tests.support.elemental_platform import FakePlatform, make_platform_app, serve
 from tests.support.receiver import Receiver
@@ -214,7 +214,7 @@ async def test_withdrawal_cancels_what_is_queued_and_only_the_closed_task_reache
     (closing,) = mine
     assert (closing.method, closing.path) == ("PUT", f"/fhir/Task/{case.case_id}")
     pushed = closing.json()
-    assert pushed == task
+    assert pushed == as_pushed_by_id(task)
     assert {r.path for r in clinical.requests} - {closing.path, "/fhir/metadata"} == {
         f"/fhir/Task/{other.case_id}"
     }

@@ -25,7 +25,7 @@ from app.errors import Forbidden, NotFound
 from app.security import scope
 from app.security.auth import Principal
 from app.security.roles import Role
-from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.conftest import ADMIN_KEY, Bridge, referral_resource, requester_of
 from tests.support.cases import open_case
 from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
@@ -82,7 +82,9 @@ async def other_organisation(app: Any, bridge: Bridge, route_url: str) -> Other:
         headers=ADMIN,
     )
     assert route.status_code == 200, route.text
-    referred = await bridge.refer(clinical, referral_resource(SERVICE))
+    referred = await bridge.refer(
+        clinical, referral_resource(SERVICE, requester=requester_of(TRUST))
+    )
     assert referred.status_code == 201, referred.text
     return Other(client_id, clinical, referred.json()["id"])
 

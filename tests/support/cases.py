@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from app.fhir.codes import RESOURCE_ID_SYSTEM
 from tests.conftest import Bridge, referral_resource, requester_of
 
 
@@ -76,3 +77,21 @@ async def open_case(
     )
     case_id = tasks.json()["entry"][0]["resource"]["id"]
     return OpenCase(bridge, referrer, advisor, referral_id, case_id)
+
+
+def as_pushed_by_id(resource: Any) -> Any:
+    """A resource as ``fhir_push`` writes it by PUT by id: references to what the bridge does not
+    write there (the referral, the service, its organisation) by identifier alone."""
+    if isinstance(resource, list):
+        return [as_pushed_by_id(item) for item in resource]
+    if not isinstance(resource, dict):
+        return resource
+    out = {key: as_pushed_by_id(value) for key, value in resource.items()}
+    identifier = resource.get("identifier")
+    if (
+        isinstance(resource.get("reference"), str)
+        and "/" in resource["reference"]
+        and not (isinstance(identifier, dict) and identifier.get("system") == RESOURCE_ID_SYSTEM)
+    ):
+        del out["reference"]
+    return out
