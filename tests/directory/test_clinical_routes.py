@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.task import Task
 
-from tests.conftest import ADMIN_KEY, Bridge, referral_resource
+from tests.conftest import ADMIN_KEY, Bridge, referral_resource, requester_of
 from tests.support.delivery import dispatcher_for
 from tests.support.receiver import Receiver
 
@@ -415,7 +415,7 @@ async def test_a_referral_from_another_organisation_is_not_pushed(app: Any, brid
     await bridge.service()
     route = (await put_route(bridge, "RW4", fhir_push("http://127.0.0.1:8080/fhir"))).json()
     referrer = await bridge.key("clinical-system", "RX1", default_service="life-rooms")
-    response = await bridge.refer(referrer, referral_resource())
+    response = await bridge.refer(referrer, referral_resource(requester=requester_of("RX1")))
     assert response.status_code == 201, response.text
     listed = await bridge.http.get(
         "/api/v1/deliveries", params={"destination": route["destination_id"]}, headers=ADMIN
