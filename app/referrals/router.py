@@ -83,9 +83,13 @@ _MADE = {
 }
 
 
-async def _made_headers(session: AsyncSession, referral: Referral, base: str) -> dict[str, str]:
-    """The Link to the referral's Task and its case id (one indexed read)."""
-    case_id = await session.scalar(select(Case.id).where(Case.referral_id == referral.id))
+async def _made_headers(
+    session: AsyncSession, referral: Referral, base: str, case_id: str | None = None
+) -> dict[str, str]:
+    """The Link to the referral's Task and its case id (known after a create; else one indexed
+    read)."""
+    if case_id is None:
+        case_id = await session.scalar(select(Case.id).where(Case.referral_id == referral.id))
     if case_id is None:
         return {}
     return {"Link": f'<{base}/Task/{case_id}>; rel="related"; type="Task"', "X-Case-ID": case_id}
@@ -190,7 +194,8 @@ async def create_service_request(
         else f"Already held as ServiceRequest/{referral.id}: nothing changed"
     )
     base = fhir_base(request, settings)
-    headers = {**_headers(referral, base), **await _made_headers(session, referral, base)}
+    made = await _made_headers(session, referral, base, intake.case_id)
+    headers = {**_headers(referral, base), **made}
     return write_response(request, service_request_resource(referral), status, headers, said)
 
 

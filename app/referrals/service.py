@@ -56,6 +56,7 @@ class Intake:
     referral: Referral
     created: bool
     patient: Patient | None = None
+    case_id: str | None = None  # the case (and Task) a create made
 
 
 def identifier_conflict(held: Referral) -> Conflict:
@@ -237,10 +238,10 @@ async def create_referral(
         last_updated=now,
     )
     session.add(patient)
-    await cases.open_case(
+    case = await cases.open_case(
         session, referral, service, context, versions=[history.patient_version(patient)]
     )
-    return Intake(referral, created=True, patient=patient)
+    return Intake(referral, created=True, patient=patient, case_id=case.id)
 
 
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:
