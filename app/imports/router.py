@@ -24,6 +24,7 @@ from app.errors import (
 )
 from app.imports import service
 from app.imports.schemas import ImportJobOut
+from app.security import scope
 from app.security.auth import Principal, require
 from app.security.roles import Operation
 
@@ -115,11 +116,9 @@ async def start_import(
     if content_type != NDJSON:
         raise UnsupportedMediaType(f"Send the file as {NDJSON}")
     if principal.organisation is not None:
-        if organisation not in (None, principal.organisation):
-            raise BusinessRuleViolation(
-                "An organisation's admin imports its own organisation's referrals",
-                expression="organisation",
-            )
+        # An organisation's admin imports its own organisation's referrals (403 otherwise).
+        if organisation is not None:
+            scope.require_own(principal, organisation, expression="organisation")
         organisation = principal.organisation
     path, size = await _spool(request, settings.import_max_bytes)
     if size == 0:
