@@ -233,6 +233,9 @@ async def test_a_key_that_stops_working_counts_against_the_address_again(
     database: Database = app.state.database
     async with database.write_sessions() as session, session.begin():
         await session.execute(update(ApiClient).values(revoked_at=utcnow()))
+    # Revoked behind the app's back (as by another process): once its principal cache has
+    # forgotten the key (SPBRIDGE_PRINCIPAL_CACHE_SECONDS), it is refused.
+    app.state.principals.forget_all()
     # Still counted as its client once more; the 401 makes the bridge forget the key…
     assert (await bridge.http.get(path, headers=key)).status_code == 401
     assert len(limits.known) == 1

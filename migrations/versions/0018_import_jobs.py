@@ -17,6 +17,12 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+# The report counting when this was written (app.reports.projection.MODEL_VERSION 2: appointments
+# by the month they fall in, a "length not recorded" band, the registered cohort). A database
+# holding no case has the model of every version: it is stamped with this one, as the service
+# does at start-up (app.reports.version.stamp_if_empty), so a fresh installation starts current.
+_COUNTING_WHEN_WRITTEN = 2
+
 revision: str = "0018"
 down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
@@ -51,6 +57,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_import_jobs")),
     )
     op.create_index(op.f("ix_import_jobs_digest"), "import_jobs", ["digest"], unique=False)
+    op.execute(
+        sa.text(
+            "UPDATE report_model_state SET version = :version, updated_at = CURRENT_TIMESTAMP "
+            "WHERE id = 1 AND version < :version AND rebuilding IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM cases)"
+        ).bindparams(version=_COUNTING_WHEN_WRITTEN)
+    )
 
 
 def downgrade() -> None:
