@@ -30,7 +30,7 @@ import pytest
 
 from app.security.policy import Public, Rule, route_rules
 from app.security.roles import PERMISSIONS, Role
-from tests.clients.test_authorisation import World, build_world
+from tests.clients.test_authorisation import Call, World, build_world
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge
 from tests.support.elemental_platform import signed_webhook
 
@@ -138,6 +138,10 @@ def requests_for(
     """Every way of marking one call to ``template`` by ``caller``."""
     url, _ = world.path(method, template, caller)
     call = world.call(method, template, caller)
+    if call.headers.get("Content-Type") == "application/x-ndjson":
+        # An import file (the matrix sends an empty one): marked from the document's example,
+        # with the query parameters the matrix names.
+        call = Call(params=call.params)
     base_headers = dict(call.headers)
     form = base_headers.get("Content-Type") == "application/x-www-form-urlencoded"
     if call.content is not None and form:
