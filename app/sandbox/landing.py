@@ -364,6 +364,9 @@ class Notified(BaseHTTPRequestHandler):
 HTTPServer(("127.0.0.1", int(sys.argv[1])), Notified).serve_forever()
 PY
 NOTIFIER=$!
+# The handshake comes as soon as the subscription is made: let the receiver listen first.
+until python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])))' \\
+  "$NOTIFY_PORT" 2>/dev/null; do sleep 0.1; done
 SUBSCRIPTION=$(curl -sS -X POST "$BRIDGE/fhir/Subscription" \\
   -H 'Authorization: Bearer {clinical}' \\
   -H 'Content-Type: application/fhir+json' \\
@@ -371,6 +374,14 @@ SUBSCRIPTION=$(curl -sS -X POST "$BRIDGE/fhir/Subscription" \\
 {subscription}
 EOF
 )
+# Active once its handshake has reached the receiver: only then are changes notified.
+for _ in $(seq 50); do
+  STATUS=$(curl -sS "$BRIDGE/fhir/Subscription/$SUBSCRIPTION" \\
+    -H 'Authorization: Bearer {clinical}' \\
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])')
+  [ "$STATUS" = active ] && break
+  sleep 0.2
+done
 echo "Subscription/$SUBSCRIPTION (stop the receiver with: kill $NOTIFIER)\"""",
         ),
         Example(
