@@ -1,9 +1,10 @@
 """The work after every write to a case, in the writer's transaction (DESIGN §3, §4).
 
 Every case event ends here (:func:`after_event`, called by the one domain function
-``app.cases.service.apply_event``): the outbox rows for every destination, the report queue, the
-audit trail's note of the patient reached. A writer that changes a case without an event (the
-retention purge) queues its cases for the reports with :func:`queue_for_reports`. Nothing here
+``app.cases.service.CaseWork.apply``): the outbox rows for every destination and the audit
+trail's note of the patient reached. Every piece of work on a case ends by queueing it for the
+reports (:func:`queue_for_reports`, from ``CaseWork.finish``); so does a writer that changes a
+case without an event (the retention purge). Nothing here
 is a listener: what runs after a write is what these functions call, in order.
 """
 
@@ -37,7 +38,8 @@ async def after_event(
     now: dt.datetime,
     deliver: bool = True,
 ) -> None:
-    """Queue what ``event`` must cause: deliveries, the report's recount, the audit note.
+    """Queue what ``event`` must cause: deliveries and the audit note (the report's recount is
+    queued once per case by the writer's work: ``app.cases.service.CaseWork.finish``).
     ``deliver`` False (imported history): no delivery is queued."""
     holding: set[str] = set()
     withdrawn = consent_withdrawn(case.state, case.status_reason)
@@ -77,7 +79,6 @@ async def after_event(
                 ),
                 destinations,
             )
-    await queue_for_reports(session, [case.id], now)
     trail.note([referral])
 
 

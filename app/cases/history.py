@@ -2,10 +2,10 @@
 
 A version is kept in the transaction that makes it: the one domain function keeps the Task's new
 version at every case event, the referral's when the referrer's event changed it, and those of
-the records the event made or changed (``keep_event_versions``); intake and amendment keep the
-Patient's (``keep``). Keeping is idempotent (a version already kept is left as it is), so a
-writer never needs to know whether another kept it first. Reads go through the referral's
-visibility like every other read (``app.cases.served``).
+the records the event made or changed (``event_versions``, written once per piece of work on
+the case); intake and amendment keep the Patient's (``keep``). Keeping is idempotent (a version
+already kept is left as it is), so a writer never needs to know whether another kept it first.
+Reads go through the referral's visibility like every other read (``app.cases.served``).
 """
 
 from __future__ import annotations
@@ -113,8 +113,7 @@ async def keep(session: AsyncSession, referral_id: str, versions: Iterable[Versi
     await session.execute(insert(table).on_conflict_do_nothing(), rows)
 
 
-async def keep_event_versions(
-    session: AsyncSession,
+def event_versions(
     case: Case,
     referral: Referral,
     service_name: str,
@@ -122,10 +121,9 @@ async def keep_event_versions(
     records: Sequence[Record],
     *,
     referral_changed: bool,
-    also: Sequence[Version] = (),
-) -> None:
-    """The versions a case event made: the Task's, the referral's when the event changed it, and
-    those of the records it made or changed; and ``also`` (intake's Patient), in one statement."""
+) -> list[Version]:
+    """The versions a case event made, as they are now: the Task's, the referral's when the
+    event changed it, and those of the records it made or changed (kept by ``keep``)."""
     versions = [
         Version(
             "Task",
@@ -147,5 +145,4 @@ async def keep_event_versions(
     )
     for record in records:
         versions += record_versions(record, context)
-    versions += also
-    await keep(session, referral.id, versions)
+    return versions

@@ -32,22 +32,75 @@ def _parse_instant(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
-async def _appointment(session: AsyncSession, case: Case, external_id: str) -> Appointment | None:
-    found: Appointment | None = await session.scalar(
-        select(Appointment).where(
-            Appointment.case_id == case.id, Appointment.external_id == external_id
-        )
-    )
-    return found
+class RecordStore:
+    """The records of one case as one writer sees them in its transaction.
 
+    Each kind is read from the database once, when an event first needs it (never for a case
+    made in this transaction: it has none), and the records the writer adds are kept here as
+    well, so a writer applying a referral's whole history (app.imports) reads nothing and
+    flushes nothing between its events; one event of a request reads what it needs, once."""
 
-async def _prescription(session: AsyncSession, case: Case, external_id: str) -> Prescription | None:
-    found: Prescription | None = await session.scalar(
-        select(Prescription).where(
-            Prescription.case_id == case.id, Prescription.external_id == external_id
+    def __init__(self, session: AsyncSession, case: Case, *, new: bool = False) -> None:
+        self.session = session
+        self.case = case
+        self._appointments: list[Appointment] | None = [] if new else None
+        self._prescriptions: list[Prescription] | None = [] if new else None
+        self._scores: list[WellbeingScore] | None = [] if new else None
+
+    async def appointments(self) -> list[Appointment]:
+        if self._appointments is None:
+            self._appointments = list(
+                await self.session.scalars(
+                    select(Appointment).where(Appointment.case_id == self.case.id)
+                )
+            )
+        return self._appointments
+
+    async def prescriptions(self) -> list[Prescription]:
+        if self._prescriptions is None:
+            self._prescriptions = list(
+                await self.session.scalars(
+                    select(Prescription).where(Prescription.case_id == self.case.id)
+                )
+            )
+        return self._prescriptions
+
+    async def scores(self) -> list[WellbeingScore]:
+        if self._scores is None:
+            self._scores = list(
+                await self.session.scalars(
+                    select(WellbeingScore).where(WellbeingScore.case_id == self.case.id)
+                )
+            )
+        return self._scores
+
+    async def appointment(self, external_id: str) -> Appointment | None:
+        return next((a for a in await self.appointments() if a.external_id == external_id), None)
+
+    async def prescription(self, external_id: str) -> Prescription | None:
+        return next((p for p in await self.prescriptions() if p.external_id == external_id), None)
+
+    def add(self, record: Appointment | Prescription | WellbeingScore) -> None:
+        """A new record: in the session, and here when its kind was read (a later read of a
+        kind not read yet flushes and finds it in the database)."""
+        self.session.add(record)
+        held: list[Any] | None = (
+            self._appointments
+            if isinstance(record, Appointment)
+            else self._prescriptions
+            if isinstance(record, Prescription)
+            else self._scores
         )
-    )
-    return found
+        if held is not None:
+            held.append(record)
+
+    async def all(self) -> CaseRecords:
+        """Every record of the case, each list in the order things happened (as records_of)."""
+        return CaseRecords(
+            sorted(await self.appointments(), key=lambda a: (a.booked_at, a.created_at)),
+            sorted(await self.prescriptions(), key=lambda p: (p.prescribed_at, p.created_at)),
+            sorted(await self.scores(), key=lambda s: (s.measured_at, s.created_at)),
+        )
 
 
 def _unknown(what: str, name: str) -> BusinessRuleViolation:
@@ -55,9 +108,9 @@ def _unknown(what: str, name: str) -> BusinessRuleViolation:
 
 
 async def _booked(
-    session: AsyncSession, case: Case, data: dict[str, Any], occurred_at: dt.datetime
+    store: RecordStore, case: Case, data: dict[str, Any], occurred_at: dt.datetime
 ) -> Appointment:
-    if await _appointment(session, case, data["appointment_id"]) is not None:
+    if await store.appointment(data["appointment_id"]) is not None:
         raise Conflict(
             "appointment_id is already booked on this case; move it with "
             "appointment.rescheduled or book a new one with another id",
@@ -76,12 +129,12 @@ async def _booked(
         booked_at=occurred_at,
         version_id=1,
     )
-    session.add(appointment)
+    store.add(appointment)
     return appointment
 
 
-async def _open_appointment(session: AsyncSession, case: Case, data: dict[str, Any]) -> Appointment:
-    appointment = await _appointment(session, case, data["appointment_id"])
+async def _open_appointment(store: RecordStore, data: dict[str, Any]) -> Appointment:
+    appointment = await store.appointment(data["appointment_id"])
     if appointment is None:
         raise _unknown("appointment", "appointment_id")
     if appointment.status != "booked":
@@ -95,12 +148,12 @@ async def _open_appointment(session: AsyncSession, case: Case, data: dict[str, A
 # The effect of one (already validated and allowed) event on the case and its records; the event
 # registry (app.cases.events) names each event type's effect.
 Effector = Callable[
-    [AsyncSession, Case, dict[str, Any], dt.datetime, dt.datetime], Awaitable[Effect]
+    [RecordStore, Case, dict[str, Any], dt.datetime, dt.datetime], Awaitable[Effect]
 ]
 
 
 async def register(
-    session: AsyncSession,
+    store: RecordStore,
     case: Case,
     data: dict[str, Any],
     occurred_at: dt.datetime,
@@ -113,26 +166,26 @@ async def register(
 
 
 async def book(
-    session: AsyncSession,
+    store: RecordStore,
     case: Case,
     data: dict[str, Any],
     occurred_at: dt.datetime,
     now: dt.datetime,
 ) -> Effect:
-    appointment = await _booked(session, case, data, occurred_at)
+    appointment = await _booked(store, case, data, occurred_at)
     appointment.created_at = appointment.updated_at = now
     reference = f"Appointment/{appointment.id}"
     return Effect([reference], [{"type": "appointment", "reference": reference}], [appointment])
 
 
 async def reschedule(
-    session: AsyncSession,
+    store: RecordStore,
     case: Case,
     data: dict[str, Any],
     occurred_at: dt.datetime,
     now: dt.datetime,
 ) -> Effect:
-    appointment = await _open_appointment(session, case, data)
+    appointment = await _open_appointment(store, data)
     appointment.start = _parse_instant(data["start"])
     appointment.appointment_type = data["appointment_type"]
     appointment.minutes = data["duration_minutes"]
@@ -146,13 +199,13 @@ def close_appointment(status: str) -> Effector:
     (fulfilled, noshow, cancelled), with the minutes spent or who cancelled when given."""
 
     async def effect(
-        session: AsyncSession,
+        store: RecordStore,
         case: Case,
         data: dict[str, Any],
         occurred_at: dt.datetime,
         now: dt.datetime,
     ) -> Effect:
-        appointment = await _open_appointment(session, case, data)
+        appointment = await _open_appointment(store, data)
         appointment.status = status
         if status == "fulfilled":
             appointment.attended_minutes = data.get("duration_minutes")
@@ -165,13 +218,13 @@ def close_appointment(status: str) -> Effector:
 
 
 async def prescribe(
-    session: AsyncSession,
+    store: RecordStore,
     case: Case,
     data: dict[str, Any],
     occurred_at: dt.datetime,
     now: dt.datetime,
 ) -> Effect:
-    if await _prescription(session, case, data["prescription_id"]) is not None:
+    if await store.prescription(data["prescription_id"]) is not None:
         raise Conflict(
             "prescription_id is already a prescription of this case; change it with "
             "prescription.updated",
@@ -191,7 +244,7 @@ async def prescribe(
         created_at=now,
         updated_at=now,
     )
-    session.add(prescription)
+    store.add(prescription)
     reference = f"ServiceRequest/{prescription.id}"
     return Effect(
         [reference], [{"type": "social-prescription", "reference": reference}], [prescription]
@@ -199,13 +252,13 @@ async def prescribe(
 
 
 async def change_prescription(
-    session: AsyncSession,
+    store: RecordStore,
     case: Case,
     data: dict[str, Any],
     occurred_at: dt.datetime,
     now: dt.datetime,
 ) -> Effect:
-    found = await _prescription(session, case, data["prescription_id"])
+    found = await store.prescription(data["prescription_id"])
     if found is None:
         raise _unknown("social prescription", "prescription_id")
     for name in ("status", "category", "provider", "activity"):
@@ -216,7 +269,7 @@ async def change_prescription(
 
 
 async def measure(
-    session: AsyncSession,
+    store: RecordStore,
     case: Case,
     data: dict[str, Any],
     occurred_at: dt.datetime,
@@ -237,7 +290,7 @@ async def measure(
         measured_at=occurred_at,
         created_at=now,
     )
-    session.add(score)
+    store.add(score)
     answers = f"QuestionnaireResponse/{score.questionnaire_response_id}"
     observation = f"Observation/{score.id}"
     return Effect(

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases import history, records
-from app.cases.after_write import after_event
+from app.cases.after_write import after_event, queue_for_reports
 from app.cases.events import (
     REGISTRY,
     EventBody,
@@ -96,6 +96,183 @@ def check_occurred_at(
         )
 
 
+class CaseWork:
+    """One writer's changes to one case in one transaction (DESIGN §3, issue 19).
+
+    Every event goes through :meth:`apply`, the one domain path; what the events cause that
+    belongs to the case rather than to each event is written once, by :meth:`finish`: the
+    resource versions they made (one statement) and the case's place in the report queue. A
+    request applies one event (``apply_event``); an import applies a referral's whole history
+    in one piece of work, reading nothing and flushing nothing between its events."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        case: Case,
+        referral: Referral,
+        service: SocialPrescribingService,
+        context: EventContext,
+        *,
+        new: bool = False,
+    ) -> None:
+        self.session = session
+        self.case = case
+        self.referral = referral
+        self.service = service
+        self.context = context
+        self.records = records.RecordStore(session, case, new=new)
+        # The case's events by idempotency key, when every one is known here (a new case, or
+        # after held_keys): a repeat is then found without a read.
+        self._keyed: dict[str, CaseEvent] | None = {} if new else None
+        self._versions: list[history.Version] = []
+        self._now: dt.datetime | None = None
+
+    async def held_keys(self) -> set[str]:
+        """The idempotency keys of the case's events (read once)."""
+        if self._keyed is None:
+            held = await self.session.scalars(
+                select(CaseEvent).where(
+                    CaseEvent.case_id == self.case.id, CaseEvent.idempotency_key.is_not(None)
+                )
+            )
+            self._keyed = {event.idempotency_key: event for event in held if event.idempotency_key}
+        return set(self._keyed)
+
+    async def _repeat(self, key: str) -> CaseEvent | None:
+        if self._keyed is not None:
+            return self._keyed.get(key)
+        found: CaseEvent | None = await self.session.scalar(
+            select(CaseEvent).where(
+                CaseEvent.case_id == self.case.id, CaseEvent.idempotency_key == key
+            )
+        )
+        return found
+
+    async def apply(
+        self,
+        event: NewEvent,
+        *,
+        now: dt.datetime | None = None,
+        versions: Sequence[history.Version] = (),
+    ) -> CaseEvent:
+        """Apply ``event`` to the case: 422 when its data is invalid, 409 when the state table
+        (or the case's records) refuse it. A repeat of an idempotency key returns the event
+        recorded. ``versions``: other versions the writer made with the event."""
+        session, case, referral, service = self.session, self.case, self.referral, self.service
+        if event.idempotency_key is not None:
+            existing = await self._repeat(event.idempotency_key)
+            if existing is not None:
+                return existing
+        now = now or utcnow()
+        is_new = case.last_event_seq == 0
+        declared = REGISTRY.get(event.type)
+        data = parse_event(event.type, event.data) if declared is not None else event.data
+        occurred_at = event.occurred_at or now
+        if not is_new:
+            check_occurred_at(occurred_at, referral, now, FUTURE_TOLERANCE)
+        try:
+            status = next_status(
+                None if is_new else current_status(case),
+                event.type,
+                data,
+                contacted=case.first_contact_at is not None,
+                progress_status=case.progress_status,
+            )
+        except TransitionRefused as refused:
+            state = refused.current.value if refused.current else "none"
+            allowed = ", ".join(refused.allowed) or "none (the case is closed)"
+            raise Conflict(
+                f"{refused.reason}. The case is '{state}'; events allowed now: {allowed}",
+                expression="type",
+                extensions={"current_state": state, "allowed_events": refused.allowed},
+            ) from None
+        assert declared is not None  # next_status refuses an undeclared type
+        effect = (
+            await declared.effect(self.records, case, data, occurred_at, now)
+            if declared.effect is not None
+            else records.Effect()
+        )
+
+        case.state = status.state.value
+        case.business_status = status.business_status
+        case.task_status = status.task_status
+        case.status_reason = status.status_reason
+        if status.state is CaseState.IN_PROGRESS:
+            case.progress_status = status.business_status
+        if reaches_patient(event.type, data) and (
+            case.first_contact_at is None or occurred_at < case.first_contact_at
+        ):
+            # A contact recorded late but earlier in time is still the first contact.
+            case.first_contact_at = occurred_at
+        if effect.outputs:
+            case.outputs = [*case.outputs, *effect.outputs]
+        if status.state in (CaseState.COMPLETED, CaseState.DISCHARGED):
+            # The records this event made count in the summary.
+            held = await self.records.all()
+            case.summary = discharge_summary(status.state.value, status.business_status, held)
+        if status.state in CLOSED_STATES:
+            case.closed_at = occurred_at
+        case.last_event_seq += 1
+        if not is_new:
+            case.version_id += 1
+        case.updated_at = now
+
+        record = CaseEvent(
+            id=str(uuid.uuid4()),
+            case_id=case.id,
+            seq=case.last_event_seq,
+            type=event.type,
+            occurred_at=occurred_at,
+            recorded_at=now,
+            source=event.source,
+            idempotency_key=event.idempotency_key,
+            data=data,
+            client_id=self.context.client_id,
+            request_id=self.context.request_id,
+            correlation_id=self.context.correlation_id,
+            resources=effect.resources,
+        )
+        session.add(record)
+        if event.idempotency_key is not None and self._keyed is not None:
+            self._keyed[event.idempotency_key] = record
+
+        referral_status = declared.referral_status
+        if referral_status and referral.status != referral_status:
+            referral.status = referral_status
+            referral.version_id += 1
+            referral.last_updated = now
+
+        # Each version as it is now: the Task (and what changed with it) moves on at the next.
+        self._versions += history.event_versions(
+            case,
+            referral,
+            service.name,
+            service.organisation,
+            effect.records,
+            referral_changed=declared.from_referrer,
+        )
+        self._versions += versions
+        await after_event(
+            session,
+            case=case,
+            referral=referral,
+            service_organisation=service.organisation,
+            event=record,
+            now=now,
+            deliver=self.context.deliver,
+        )
+        self._now = now
+        return record
+
+    async def finish(self) -> None:
+        """Write what the events applied so far caused once: their versions, the report queue."""
+        if self._now is None:
+            return
+        await history.keep(self.session, self.referral.id, self._versions)
+        await queue_for_reports(self.session, [self.case.id], self._now)
+        self._versions, self._now = [], None
+
+
 async def apply_event(
     session: AsyncSession,
     case: Case,
@@ -107,114 +284,11 @@ async def apply_event(
     now: dt.datetime | None = None,
     versions: Sequence[history.Version] = (),
 ) -> CaseEvent:
-    """Apply ``event`` to ``case``: 422 when its data is invalid, 409 when the state table (or
-    the case's records) refuse it. A repeat of an idempotency key returns the event recorded.
-    ``versions``: other versions the writer made with the event, kept with the event's own."""
-    if event.idempotency_key is not None:
-        existing = await session.scalar(
-            select(CaseEvent).where(
-                CaseEvent.case_id == case.id, CaseEvent.idempotency_key == event.idempotency_key
-            )
-        )
-        if existing is not None:
-            return existing
-    now = now or utcnow()
-    is_new = case.last_event_seq == 0
-    declared = REGISTRY.get(event.type)
-    data = parse_event(event.type, event.data) if declared is not None else event.data
-    occurred_at = event.occurred_at or now
-    if not is_new:
-        check_occurred_at(occurred_at, referral, now, FUTURE_TOLERANCE)
-    try:
-        status = next_status(
-            None if is_new else current_status(case),
-            event.type,
-            data,
-            contacted=case.first_contact_at is not None,
-            progress_status=case.progress_status,
-        )
-    except TransitionRefused as refused:
-        state = refused.current.value if refused.current else "none"
-        allowed = ", ".join(refused.allowed) or "none (the case is closed)"
-        raise Conflict(
-            f"{refused.reason}. The case is '{state}'; events allowed now: {allowed}",
-            expression="type",
-            extensions={"current_state": state, "allowed_events": refused.allowed},
-        ) from None
-    assert declared is not None  # next_status refuses an undeclared type
-    effect = (
-        await declared.effect(session, case, data, occurred_at, now)
-        if declared.effect is not None
-        else records.Effect()
-    )
-
-    case.state = status.state.value
-    case.business_status = status.business_status
-    case.task_status = status.task_status
-    case.status_reason = status.status_reason
-    if status.state is CaseState.IN_PROGRESS:
-        case.progress_status = status.business_status
-    if reaches_patient(event.type, data) and (
-        case.first_contact_at is None or occurred_at < case.first_contact_at
-    ):
-        # A contact recorded late but earlier in time is still the first contact.
-        case.first_contact_at = occurred_at
-    if effect.outputs:
-        case.outputs = [*case.outputs, *effect.outputs]
-    if status.state in (CaseState.COMPLETED, CaseState.DISCHARGED):
-        await session.flush()  # the records this event made count in the summary
-        held = (await records.records_of(session, [case.id]))[case.id]
-        case.summary = discharge_summary(status.state.value, status.business_status, held)
-    if status.state in CLOSED_STATES:
-        case.closed_at = occurred_at
-    case.last_event_seq += 1
-    if not is_new:
-        case.version_id += 1
-    case.updated_at = now
-
-    record = CaseEvent(
-        id=str(uuid.uuid4()),
-        case_id=case.id,
-        seq=case.last_event_seq,
-        type=event.type,
-        occurred_at=occurred_at,
-        recorded_at=now,
-        source=event.source,
-        idempotency_key=event.idempotency_key,
-        data=data,
-        client_id=context.client_id,
-        request_id=context.request_id,
-        correlation_id=context.correlation_id,
-        resources=effect.resources,
-    )
-    session.add(record)
-
-    referral_status = declared.referral_status
-    if referral_status and referral.status != referral_status:
-        referral.status = referral_status
-        referral.version_id += 1
-        referral.last_updated = now
-
-    await history.keep_event_versions(
-        session,
-        case,
-        referral,
-        service.name,
-        service.organisation,
-        effect.records,
-        referral_changed=declared.from_referrer,
-        also=versions,
-    )
-    await after_event(
-        session,
-        case=case,
-        referral=referral,
-        service_organisation=service.organisation,
-        event=record,
-        now=now,
-        deliver=context.deliver,
-    )
-    return record
+    """Apply one event to ``case`` (see :meth:`CaseWork.apply`), in the caller's transaction."""
+    work = CaseWork(session, case, referral, service, context)
+    recorded = await work.apply(event, now=now, versions=versions)
+    await work.finish()
+    return recorded
 
 
 async def open_case(
@@ -223,9 +297,12 @@ async def open_case(
     service: SocialPrescribingService,
     context: EventContext,
     versions: Sequence[history.Version] = (),
-) -> Case:
+    *,
+    finish: bool = True,
+) -> CaseWork:
     """The case for a new referral, in state ``received`` with its ``referral.received`` event
-    (``versions``: of what intake made besides, kept with the event's)."""
+    (``versions``: of what intake made besides, kept with the event's). ``finish`` False leaves
+    the work open for the caller's further events (an import's history), to finish after them."""
     case = Case(
         id=str(uuid.uuid4()),
         referral_id=referral.id,
@@ -240,16 +317,20 @@ async def open_case(
         updated_at=referral.created_at,
     )
     session.add(case)
-    await apply_event(
-        session,
-        case,
-        referral,
-        service,
+    work = CaseWork(session, case, referral, service, context, new=True)
+    await work.apply(
         NewEvent(type="referral.received", source="clinician", occurred_at=referral.created_at),
-        context,
+        # Recorded when received: for history (an import) the Task's first version is then
+        # dated before its later ones, not at the moment of the import.
+        now=referral.created_at,
         versions=versions,
     )
-    return case
+    # The case's row before any record of it: the unit of work orders tables it knows no
+    # relationship between by class name (Appointment before Case), not by foreign key.
+    await session.flush()
+    if finish:
+        await work.finish()
+    return work
 
 
 # --- the Task view of a case ---------------------------------------------------------------

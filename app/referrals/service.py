@@ -57,6 +57,9 @@ class Intake:
     created: bool
     patient: Patient | None = None
     case_id: str | None = None  # the case (and Task) a create made
+    # The work that opened that case, still open when the caller asked (finish=False) to apply
+    # more events in it: an import's history (app.cases.service.CaseWork).
+    work: cases.CaseWork | None = None
 
 
 def identifier_conflict(held: Referral) -> Conflict:
@@ -160,10 +163,12 @@ async def create_referral(
     if_none_exist: str | None = None,
     *,
     received_at: dt.datetime | None = None,
+    finish: bool = True,
 ) -> Intake:
     """Store a new referral with its case, event and outbox rows, or return the one held.
 
-    ``received_at`` is now unless the caller brings history (the sandbox's seeded cases)."""
+    ``received_at`` is now unless the caller brings history (the sandbox's seeded cases, an
+    import); ``finish`` False leaves the new case's work open for the caller's further events."""
     assert principal.organisation is not None
     check_requester(principal, draft)
     if if_none_exist:
@@ -238,10 +243,15 @@ async def create_referral(
         last_updated=now,
     )
     session.add(patient)
-    case = await cases.open_case(
-        session, referral, service, context, versions=[history.patient_version(patient)]
+    work = await cases.open_case(
+        session,
+        referral,
+        service,
+        context,
+        versions=[history.patient_version(patient)],
+        finish=finish,
     )
-    return Intake(referral, created=True, patient=patient, case_id=case.id)
+    return Intake(referral, created=True, patient=patient, case_id=work.case.id, work=work)
 
 
 async def get_referral(session: AsyncSession, principal: Principal, referral_id: str) -> Referral:

@@ -66,7 +66,7 @@ class Recorder:
             )
             session.add(referral)
             await session.flush()
-            case = await domain.open_case(session, referral, service, CONTEXT)
+            case = (await domain.open_case(session, referral, service, CONTEXT)).case
             await session.commit()
         self.cases[name] = (case.id, referral.id)
 
