@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024)
     # authoredOn may be this far ahead of our clock (the referrer's clock may drift).
     clock_skew_seconds: int = Field(default=300, ge=0)
+    # Referrals an import loads at once on PostgreSQL, each in its own transaction (SQLite has
+    # one writer: always 1). More overlaps the database's round trips with our work.
+    import_concurrency: int = Field(default=4, ge=1, le=32)
     # The address clients reach the bridge at (https://bridge.example.nhs.uk): the token
     # endpoint's audience, journey links, FHIR fullUrls and links in webhooks are built on it,
     # never on a request's Host header. Required outside sandbox mode (require_public_base_url).

@@ -18,6 +18,7 @@ transactions it opens, one per referral (this is a job, like the dispatcher's, n
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -35,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases import service as cases
 from app.cases.events import CaseEventIn, EventBody
-from app.cases.models import CaseEvent, Referral
+from app.cases.models import Referral
 from app.config import Settings
 from app.db import Database, transaction, utcnow
 from app.directory.models import SocialPrescribingService
@@ -163,7 +164,7 @@ class Loader:
 
     async def _referral(
         self, session: AsyncSession, place: Place, now: dt.datetime
-    ) -> tuple[Referral, bool]:
+    ) -> referrals.Intake:
         name = self.reader.name(place)
         data = self.reader.read(place)
         unknown = set(data) - {"received_at", "resource"}
@@ -209,12 +210,18 @@ class Loader:
                 organisation=organisation,
                 default_service_id=self.options.service_id,
             )
-            intake = await referrals.create_referral(
-                session, draft, service_request, principal, self.context, received_at=received_at
+            # Left open: the referral's history is applied in the same piece of work.
+            return await referrals.create_referral(
+                session,
+                draft,
+                service_request,
+                principal,
+                self.context,
+                received_at=received_at,
+                finish=False,
             )
         except AppError as error:
             raise Refused(_from_error(name, place.line, error)) from None
-        return intake.referral, intake.created
 
     async def _held_same(self, session: AsyncSession, group: Group) -> Referral | None:
         """The referral held already for this group's line with the same content, if any."""
@@ -286,45 +293,42 @@ class Loader:
         events.sort(key=lambda event: (event.occurred_at, event.line))
         return events
 
-    async def load(self, session: AsyncSession, group: Group) -> tuple[bool, int]:
+    async def load(
+        self, session: AsyncSession, group: Group, *, maybe_held: bool = True
+    ) -> tuple[bool, int]:
         """Load ``group`` (raises Refused, after which the caller rolls back). Returns whether
-        the referral was made now and how many events were applied."""
+        the referral was made now and how many events were applied. ``maybe_held`` False: the
+        caller knows no referral with the group's identifier was held when it looked."""
         if group.refusal is not None:
             raise Refused(group.refusal)
         now = utcnow()
         events = self._events(group, now)  # every line checked before anything is written
-        held_referral = await self._held_same(session, group) if group.referral else None
+        held_referral = (
+            await self._held_same(session, group) if group.referral and maybe_held else None
+        )
+        work: cases.CaseWork | None = None
         if held_referral is not None:
             referral, created = held_referral, False  # a re-run: nothing to assess again
         elif group.referral is not None:
-            referral, created = await self._referral(session, group.referral, now)
+            intake = await self._referral(session, group.referral, now)
+            referral, created, work = intake.referral, intake.created, intake.work
         else:
             referral, created = await self._held_referral(session, group), False
-        if not events:
-            return created, 0
-        case = await cases.lock_case(session, referral.id)
-        service = await session.get(SocialPrescribingService, referral.service_id)
-        assert case is not None
-        assert service is not None
-        held: set[str | None] = (
-            set()
-            if created
-            else set(
-                await session.scalars(
-                    select(CaseEvent.idempotency_key).where(CaseEvent.case_id == case.id)
-                )
-            )
-        )
+        if work is None:
+            if not events:
+                return created, 0
+            case = await cases.lock_case(session, referral.id)
+            service = await session.get(SocialPrescribingService, referral.service_id)
+            assert case is not None
+            assert service is not None
+            work = cases.CaseWork(session, case, referral, service, self.context)
+        held = await work.held_keys()
         applied = 0
         for event in events:
             if event.key in held:
                 continue
             try:
-                await cases.apply_event(
-                    session,
-                    case,
-                    referral,
-                    service,
+                await work.apply(
                     cases.NewEvent(
                         type=event.body.type,
                         source=SOURCE,
@@ -332,7 +336,6 @@ class Loader:
                         data=event.body.data(),
                         idempotency_key=event.key,
                     ),
-                    self.context,
                     # Recorded as of when it happened, as the seeded sandbox history is.
                     now=max(event.occurred_at, referral.created_at),
                 )
@@ -341,6 +344,7 @@ class Loader:
                 raise Refused(_from_error(name, event.line, error)) from None
             held.add(event.key)
             applied += 1
+        await work.finish()  # the versions and the report queue, once for the referral
         return created, applied
 
 
@@ -401,6 +405,43 @@ async def start_job(
     return job
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    created: bool = False
+    applied: int = 0
+    refusal: Refusal | None = None
+
+
+class _HeldKeys:
+    """Which referral identifiers of the file are held already, read for a block of groups at
+    a time (one query per block instead of one per referral). Only a hint: a referral that
+    arrives between the read and its load still meets the unique constraint at intake."""
+
+    BLOCK = 500
+
+    def __init__(self, database: Database, groups: list[Group], organisation: str | None) -> None:
+        self.database = database
+        self.groups = groups
+        self.organisation = organisation
+        self._blocks: dict[int, asyncio.Task[set[tuple[str, str]]]] = {}
+
+    async def _read(self, block: int) -> set[tuple[str, str]]:
+        keys = [g.key for g in self.groups[block * self.BLOCK : (block + 1) * self.BLOCK]]
+        query = select(Referral.identifier_system, Referral.identifier_value).where(
+            Referral.identifier_value.in_({value for _, value in keys})
+        )
+        if self.organisation:
+            query = query.where(Referral.organisation == self.organisation)
+        async with transaction(self.database.read_sessions) as session:
+            return {(system, value) for system, value in await session.execute(query)}
+
+    async def maybe_held(self, index: int) -> bool:
+        block = index // self.BLOCK
+        if block not in self._blocks:  # one read per block, awaited by every loader in it
+            self._blocks[block] = asyncio.ensure_future(self._read(block))
+        return self.groups[index].key in await self._blocks[block]
+
+
 async def run_import(
     database: Database,
     paths: list[Path],
@@ -410,7 +451,8 @@ async def run_import(
     progress: Progress | None = None,
     job_id: str | None = None,
 ) -> Summary:
-    """Import ``paths`` (NDJSON), a referral with its events per transaction."""
+    """Import ``paths`` (NDJSON), a referral with its events per transaction; on PostgreSQL
+    ``settings.import_concurrency`` referrals at a time."""
     started = time.monotonic()
     digest = digest_of(paths)
     async with transaction(database.write_sessions) as session:
@@ -430,56 +472,84 @@ async def run_import(
         summary.refusals = [refusal.as_dict() for refusal in grouped.refusals]
     reader = Reader(paths)
     loader = Loader(reader, settings, options)
+    held_keys = _HeldKeys(database, grouped.groups, options.organisation)
     total = len(grouped.groups)
+    postgresql = database.engine.dialect.name == "postgresql"
+    concurrency = settings.import_concurrency if postgresql else 1
+    # Referrals load out of order when several load at once; the job's progress (what a resume
+    # skips) is the run of referrals all taken from the start, folded in file order.
+    outcomes: dict[int, _Outcome] = {}
+    pending = iter(range(resume_from, total))
     last_saved = time.monotonic()
-    try:
-        for index, held in enumerate(grouped.groups):
-            if index < resume_from:
-                continue
-            try:
-                async with transaction(database.write_sessions) as session:
-                    created, applied = await loader.load(session, held)
-                    after = _advanced(summary, created, applied, index + 1)
-                    if time.monotonic() - last_saved > 1.0 or index + 1 == total:
-                        # Progress kept with the referral it counts: a resume starts after it.
-                        job_row = await session.get(ImportJob, summary.job_id)
-                        if job_row is not None:
-                            _count(after, job_row)
-                        last_saved = time.monotonic()
-                summary = after
-            except (Refused, LineError) as refused:
+    saving = False
+
+    async def take(index: int) -> _Outcome:
+        held = grouped.groups[index]
+        try:
+            maybe_held = held.referral is None or await held_keys.maybe_held(index)
+            async with transaction(database.write_sessions) as session:
+                created, applied = await loader.load(session, held, maybe_held=maybe_held)
+            return _Outcome(created=created, applied=applied)
+        except Refused as refused:
+            return _Outcome(refusal=refused.refusal)
+        except LineError as error:
+            place = held.referral or held.events[0]
+            return _Outcome(refusal=Refusal(reader.name(place), 0, error.field, error.reason))
+
+    def fold() -> None:
+        nonlocal summary
+        while summary.done in outcomes:
+            outcome = outcomes.pop(summary.done)
+            if outcome.refusal is not None:
                 summary.refused += 1
-                summary.done = index + 1
-                refusal = (
-                    refused.refusal
-                    if isinstance(refused, Refused)
-                    else Refusal(
-                        reader.name(held.referral or held.events[0]),
-                        0,
-                        refused.field,
-                        refused.reason,
-                    )
-                )
-                summary.refusals.append(refusal.as_dict())
+                summary.refusals.append(outcome.refusal.as_dict())
+                summary.done += 1
+            else:
+                summary = _advanced(summary, outcome.created, outcome.applied, summary.done + 1)
             if progress is not None:
-                progress(index + 1, total)
-    except BaseException as exc:
+                progress(summary.done, total)
+
+    async def save(status: str | None = None, error: str | None = None) -> None:
         async with transaction(database.write_sessions) as session:
             job_row = await session.get(ImportJob, summary.job_id)
             if job_row is not None:
                 _count(summary, job_row)
-                job_row.status = "stopped"
-                job_row.error = type(exc).__name__
+                if status is not None:
+                    job_row.status = status
+                    job_row.error = error
+                    if status == "done":
+                        job_row.finished_at = utcnow()
+
+    async def work() -> None:
+        nonlocal last_saved, saving
+        for index in pending:  # one iterator shared by the loaders: each referral taken once
+            outcomes[index] = await take(index)
+            fold()
+            if time.monotonic() - last_saved > 1.0 and not saving:
+                saving = True
+                try:
+                    await save()
+                finally:
+                    saving, last_saved = False, time.monotonic()
+
+    try:
+        if concurrency == 1:
+            await work()
+        else:
+            loaders = [asyncio.create_task(work()) for _ in range(concurrency)]
+            try:
+                await asyncio.gather(*loaders)
+            except BaseException:
+                for task in loaders:
+                    task.cancel()
+                await asyncio.gather(*loaders, return_exceptions=True)
+                raise
+    except BaseException as exc:
+        await asyncio.shield(save("stopped", type(exc).__name__))
         raise
     finally:
         reader.close()
-    async with transaction(database.write_sessions) as session:
-        job_row = await session.get(ImportJob, summary.job_id)
-        if job_row is not None:
-            _count(summary, job_row)
-            job_row.status = "done"
-            job_row.error = None
-            job_row.finished_at = utcnow()
+    await save("done")
     summary.seconds = time.monotonic() - started
     return summary
 
