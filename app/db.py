@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import JSONB
@@ -157,6 +158,10 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
     pool = pool or PoolLimits()
     kwargs: dict[str, Any] = {}
@@ -176,7 +181,9 @@ def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
             # asyncpg waits 60 s for a new connection by default: as long as the pool's wait.
             connect_args={"timeout": pool.timeout},
         )
-    engine = create_async_engine(url, **kwargs)
+    # JSON columns (resources, versions, event data) written by orjson: the stdlib encoder was
+    # a twentieth of an import's CPU. Compact text; values read back the same.
+    engine = create_async_engine(url, json_serializer=_json_text, **kwargs)
     if is_sqlite(url):
         _configure_sqlite(engine, pool.timeout)
     else:
