@@ -103,18 +103,26 @@ async def _existing(
     )
 
 
+def _insert_statement(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = Referral.__table__
+    return (
+        insert(table)
+        .on_conflict_do_nothing(index_elements=_REFERRAL_IDENTITY)
+        .returning(table.c.id)
+    )
+
+
+# Built once: values go as parameters, so SQLAlchemy neither rebuilds nor re-keys it per call.
+_INSERT = {dialect: _insert_statement(dialect) for dialect in ("postgresql", "sqlite")}
+
+
 async def _insert_new(session: AsyncSession, referral: Referral) -> bool:
     """Insert ``referral`` unless its identifier is held (False then), in one statement: no
     SELECT before it and no savepoint around it. The object joins the session as the row."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    values = {attribute.key: getattr(referral, attribute.key) for attribute in _REFERRAL_COLUMNS}
-    statement = (
-        insert(Referral)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=_REFERRAL_IDENTITY)
-        .returning(Referral.id)
-    )
-    if (await session.execute(statement)).first() is None:
+    statement = _INSERT[session.get_bind().dialect.name]
+    values = {a.columns[0].key: getattr(referral, a.key) for a in _REFERRAL_COLUMNS}
+    if (await session.execute(statement, values)).first() is None:
         return False
     make_transient_to_detached(referral)
     session.add(referral)
