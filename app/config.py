@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # Referrals an import loads at once on PostgreSQL, each in its own transaction (SQLite has
     # one writer: always 1). More overlaps the database's round trips with our work.
     import_concurrency: int = Field(default=4, ge=1, le=32)
+    # Processes sharing a large import on PostgreSQL (0: one per CPU core, at most 4).
+    import_processes: int = Field(default=0, ge=0, le=32)
     # The address clients reach the bridge at (https://bridge.example.nhs.uk): the token
     # endpoint's audience, journey links, FHIR fullUrls and links in webhooks are built on it,
     # never on a request's Host header. Required outside sandbox mode (require_public_base_url).

@@ -22,9 +22,12 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import multiprocessing
+import os
+import queue
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -442,6 +445,142 @@ class _HeldKeys:
         return self.groups[index].key in await self._blocks[block]
 
 
+class _Taker:
+    """Takes referrals of the file by index, each with its events in a transaction of its own,
+    ``concurrency`` at a time; says what came of each (``done``), in the order they finish."""
+
+    def __init__(
+        self,
+        database: Database,
+        paths: list[Path],
+        grouped: Grouped,
+        settings: Settings,
+        options: Options,
+    ) -> None:
+        self.database = database
+        self.groups = grouped.groups
+        self.reader = Reader(paths)
+        self.loader = Loader(self.reader, settings, options)
+        self.held_keys = _HeldKeys(database, grouped.groups, options.organisation)
+        postgresql = database.engine.dialect.name == "postgresql"
+        self.concurrency = settings.import_concurrency if postgresql else 1
+
+    async def take(self, index: int) -> _Outcome:
+        held = self.groups[index]
+        try:
+            maybe_held = held.referral is None or await self.held_keys.maybe_held(index)
+            async with transaction(self.database.write_sessions) as session:
+                created, applied = await self.loader.load(session, held, maybe_held=maybe_held)
+            return _Outcome(created=created, applied=applied)
+        except Refused as refused:
+            return _Outcome(refusal=refused.refusal)
+        except LineError as error:
+            place = held.referral or held.events[0]
+            return _Outcome(refusal=Refusal(self.reader.name(place), 0, error.field, error.reason))
+
+    async def run(
+        self, indices: Iterator[int], done: Callable[[int, _Outcome], Awaitable[None]]
+    ) -> None:
+        async def loader() -> None:
+            for index in indices:  # one iterator shared by the loaders: each taken once
+                await done(index, await self.take(index))
+
+        try:
+            if self.concurrency == 1:
+                await loader()
+                return
+            loaders = [asyncio.create_task(loader()) for _ in range(self.concurrency)]
+            try:
+                await asyncio.gather(*loaders)
+            except BaseException:
+                for task in loaders:
+                    task.cancel()
+                await asyncio.gather(*loaders, return_exceptions=True)
+                raise
+        finally:
+            self.reader.close()
+
+
+# A file this large (referrals left to take) on PostgreSQL is shared among processes: one
+# process's Python is the bottleneck there, not the database.
+PROCESSES_FROM = 2000
+
+
+def _processes(settings: Settings, database: Database, left: int) -> int:
+    if database.engine.dialect.name != "postgresql" or left < PROCESSES_FROM:
+        return 1
+    return settings.import_processes or min(os.cpu_count() or 1, 4)
+
+
+def _share(
+    settings: Settings,
+    paths: list[Path],
+    options: Options,
+    indices: range,
+    outcomes: Any,  # multiprocessing queue: (index, _Outcome), then (None, None) when done
+) -> None:
+    """A child process's share of a large import (started by ``run_import``)."""
+
+    async def run() -> None:
+        database = Database.from_settings(settings)
+        try:
+            taker = _Taker(database, paths, group(paths), settings, options)
+
+            async def done(index: int, outcome: _Outcome) -> None:
+                outcomes.put((index, outcome))
+
+            await taker.run(iter(indices), done)
+        finally:
+            await database.dispose()
+
+    asyncio.run(run())
+    outcomes.put((None, None))
+
+
+async def _in_processes(
+    count: int,
+    settings: Settings,
+    paths: list[Path],
+    options: Options,
+    first: int,
+    total: int,
+    done: Callable[[int, _Outcome], Awaitable[None]],
+) -> None:
+    """Take referrals ``first``..``total`` in ``count`` child processes (each a stride of the
+    file, each loading ``import_concurrency`` at a time), handing each outcome to ``done``."""
+    context = multiprocessing.get_context("spawn")  # never fork a process holding a loop
+    outcomes = context.Queue()
+    children = [
+        context.Process(
+            target=_share,
+            args=(settings, paths, options, range(first + k, total, count), outcomes),
+            daemon=True,
+        )
+        for k in range(count)
+    ]
+    for child in children:
+        child.start()
+    try:
+        finished = 0
+        while finished < count:
+            try:
+                index, outcome = await asyncio.to_thread(outcomes.get, True, 1.0)
+            except queue.Empty:
+                if any(c.exitcode not in (None, 0) for c in children):
+                    raise RuntimeError("an import process stopped") from None
+                continue
+            if index is None:
+                finished += 1
+            else:
+                await done(index, outcome)
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join(5)
+        outcomes.close()
+
+
 async def run_import(
     database: Database,
     paths: list[Path],
@@ -452,7 +591,8 @@ async def run_import(
     job_id: str | None = None,
 ) -> Summary:
     """Import ``paths`` (NDJSON), a referral with its events per transaction; on PostgreSQL
-    ``settings.import_concurrency`` referrals at a time."""
+    ``settings.import_concurrency`` referrals at a time, and a large file in several processes
+    (``settings.import_processes``)."""
     started = time.monotonic()
     digest = digest_of(paths)
     async with transaction(database.write_sessions) as session:
@@ -470,31 +610,12 @@ async def run_import(
     summary.referrals = len(grouped.groups)
     if not resume_from:
         summary.refusals = [refusal.as_dict() for refusal in grouped.refusals]
-    reader = Reader(paths)
-    loader = Loader(reader, settings, options)
-    held_keys = _HeldKeys(database, grouped.groups, options.organisation)
     total = len(grouped.groups)
-    postgresql = database.engine.dialect.name == "postgresql"
-    concurrency = settings.import_concurrency if postgresql else 1
-    # Referrals load out of order when several load at once; the job's progress (what a resume
-    # skips) is the run of referrals all taken from the start, folded in file order.
+    # Referrals finish out of order when several load at once; the job's progress (what a
+    # resume skips) is the run of referrals all taken from the start, folded in file order.
     outcomes: dict[int, _Outcome] = {}
-    pending = iter(range(resume_from, total))
     last_saved = time.monotonic()
     saving = False
-
-    async def take(index: int) -> _Outcome:
-        held = grouped.groups[index]
-        try:
-            maybe_held = held.referral is None or await held_keys.maybe_held(index)
-            async with transaction(database.write_sessions) as session:
-                created, applied = await loader.load(session, held, maybe_held=maybe_held)
-            return _Outcome(created=created, applied=applied)
-        except Refused as refused:
-            return _Outcome(refusal=refused.refusal)
-        except LineError as error:
-            place = held.referral or held.events[0]
-            return _Outcome(refusal=Refusal(reader.name(place), 0, error.field, error.reason))
 
     def fold() -> None:
         nonlocal summary
@@ -520,35 +641,27 @@ async def run_import(
                     if status == "done":
                         job_row.finished_at = utcnow()
 
-    async def work() -> None:
+    async def done(index: int, outcome: _Outcome) -> None:
         nonlocal last_saved, saving
-        for index in pending:  # one iterator shared by the loaders: each referral taken once
-            outcomes[index] = await take(index)
-            fold()
-            if time.monotonic() - last_saved > 1.0 and not saving:
-                saving = True
-                try:
-                    await save()
-                finally:
-                    saving, last_saved = False, time.monotonic()
-
-    try:
-        if concurrency == 1:
-            await work()
-        else:
-            loaders = [asyncio.create_task(work()) for _ in range(concurrency)]
+        outcomes[index] = outcome
+        fold()
+        if time.monotonic() - last_saved > 1.0 and not saving:
+            saving = True
             try:
-                await asyncio.gather(*loaders)
-            except BaseException:
-                for task in loaders:
-                    task.cancel()
-                await asyncio.gather(*loaders, return_exceptions=True)
-                raise
+                await save()
+            finally:
+                saving, last_saved = False, time.monotonic()
+
+    processes = _processes(settings, database, total - resume_from)
+    try:
+        if processes > 1:
+            await _in_processes(processes, settings, paths, options, resume_from, total, done)
+        else:
+            taker = _Taker(database, paths, grouped, settings, options)
+            await taker.run(iter(range(resume_from, total)), done)
     except BaseException as exc:
         await asyncio.shield(save("stopped", type(exc).__name__))
         raise
-    finally:
-        reader.close()
     await save("done")
     summary.seconds = time.monotonic() - started
     return summary

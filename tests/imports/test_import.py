@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from app.cases.models import Case, CaseEvent, Referral
 from app.db import transaction
+from app.imports import service as import_service
 from app.imports.models import ImportJob
 from app.imports.service import Options, run_import
 from app.outbox.models import Delivery
@@ -237,6 +238,45 @@ async def test_loaders_at_once_stop_and_resume(app: Any, bridge: Bridge, tmp_pat
     for n in range(24):
         events = await _events(app, f"P-{n:02d}")
         assert len(events) == (0 if n in refused else 3), n
+
+
+async def test_a_large_file_is_shared_among_processes(
+    app: Any, bridge: Bridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a large file is loaded by child processes, each a stride of it; the result is
+    the same as in one process (refusals in file order, every referral whole)."""
+    if app.state.database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer: a file is loaded in one process")
+    await bridge.service()
+    lines: list[dict[str, Any]] = []
+    for n in range(12):
+        value = f"M-{n:02d}"
+        lines.append(referral_line(value, f"2022-09-{n + 2:02d}T09:00:00"))
+        lines.append(event_line(value, "case.accepted", f"2022-09-{n + 3:02d}T09:00:00"))
+        if n % 4 == 1:  # refused whole: dated before its referral
+            lines.append(
+                event_line(value, "contact.attempted", "2022-09-01T09:00:00", outcome="reached")
+            )
+    path = write(tmp_path / "large.ndjson", lines)
+    monkeypatch.setattr(import_service, "PROCESSES_FROM", 4)
+    settings = app.state.settings.model_copy(update={"import_processes": 2})
+    seen: list[int] = []
+
+    summary = await run_import(
+        app.state.database,
+        [path],
+        settings,
+        Options(),
+        progress=lambda done, _total: seen.append(done),
+    )
+
+    refused = [n for n in range(12) if n % 4 == 1]
+    assert (summary.created, summary.refused, summary.events) == (9, 3, 9)
+    assert [r["field"] for r in summary.refusals] == ["occurred_at"] * 3
+    assert [r["line"] for r in summary.refusals] == sorted(r["line"] for r in summary.refusals)
+    assert seen == list(range(1, 13))  # progress in file order
+    for n in range(12):
+        assert len(await _events(app, f"M-{n:02d}")) == (0 if n in refused else 2), n
 
 
 async def test_the_admin_api_imports_in_the_background(
