@@ -418,7 +418,7 @@ class ContactAttempted(EventBody):
     leads_to=progress("appointment-booked"),
     effect=records.book,
     journey=lambda data, narrator: (f"Appointment booked: {_booking(data, narrator)}", None),
-    counted=Counted(2, "Appointments scheduled"),
+    counted=Counted(2, "Appointments booked (by the month they were booked)"),
 )
 class AppointmentBooked(EventBody):
     type: Literal["appointment.booked"]
