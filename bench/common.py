@@ -444,3 +444,13 @@ def record(text: str) -> None:
         RESULTS.write_text("# Benchmark results\n")
     with RESULTS.open("a") as out:
         out.write("\n" + text)
+
+
+def publish(text: str, to_results: bool) -> int:
+    """Print a run's report and, with ``--record``, append it to RESULTS.md; the exit status."""
+    print()
+    print(text)
+    if to_results:
+        record(text)
+        print(f"recorded in {RESULTS.relative_to(ROOT)}")
+    return 0

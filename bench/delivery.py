@@ -53,8 +53,6 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
-    RESULTS,
-    ROOT,
     SPBRIDGE,
     Connection,
     Process,
@@ -71,8 +69,8 @@ from bench.common import (
     no_gc_pauses,
     percentile,
     pg_admin,
+    publish,
     query,
-    record,
     recreate_database,
     set_up_bridge,
     sqlalchemy_url,
@@ -937,12 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         drop_databases(args.pg, ctx.databases)
 
     text = report(args, info, started, latency, drains)
-    print()
-    print(text)
-    if args.record:
-        record(text)
-        print(f"recorded in {RESULTS.relative_to(ROOT)}")
-    return 0
+    return publish(text, args.record)
 
 
 if __name__ == "__main__":

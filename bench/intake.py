@@ -49,7 +49,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
-    RESULTS,
     ROOT,
     SPBRIDGE,
     Connection,
@@ -67,7 +66,7 @@ from bench.common import (
     machine,
     no_gc_pauses,
     percentile,
-    record,
+    publish,
     recreate_database,
     rss_bytes,
     set_up_bridge,
@@ -730,12 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         drop_databases(args.pg, pg_databases)
 
     text = report(parts, args, info, started)
-    print()
-    print(text)
-    if args.record:
-        record(text)
-        print(f"recorded in {RESULTS.relative_to(ROOT)}")
-    return 0
+    return publish(text, args.record)
 
 
 if __name__ == "__main__":

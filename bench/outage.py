@@ -55,8 +55,6 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     EXAMPLE,
-    RESULTS,
-    ROOT,
     SERVICE_ID,
     bridge_env,
     command_line,
@@ -66,7 +64,7 @@ from bench.common import (
     machine,
     percentile,
     pg_admin,
-    record,
+    publish,
     set_up_bridge,
     start_serve,
 )
@@ -589,12 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         asyncio.run(pg_admin(args.pg, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)'))
     text = report(args, info, started, run, kept, logs, webhooks)
-    print()
-    print(text)
-    if args.record:
-        record(text)
-        print(f"recorded in {RESULTS.relative_to(ROOT)}")
-    return 0
+    return publish(text, args.record)
 
 
 if __name__ == "__main__":
