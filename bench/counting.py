@@ -6,8 +6,10 @@ so each database is counted where the statements really go:
 - PostgreSQL, on the wire: :class:`WireCounter` is a TCP proxy on 127.0.0.1 in front of the
   server, which the process under count reaches instead of PostgreSQL (``ssl=disable``: TLS
   would hide the protocol). It reads the frontend protocol's message types from the client's
-  side: every Sync (``S``, the end of an extended-protocol exchange) and every simple Query
-  (``Q``) is one round trip; every Execute (``E``) and Query is one statement; Parse (``P``)
+  side: every Sync (``S``, the end of an extended-protocol exchange), Flush (``H``, which
+  asyncpg sends to have a statement's description back before it binds it) and simple Query
+  (``Q``) is one round trip, the client waiting for the answer; every Execute (``E``) and Query
+  is one statement (an executemany sends an Execute a row, in one round trip); Parse (``P``)
   says how many statements were prepared anew. Pre-ping, BEGIN, COMMIT and ROLLBACK count as
   whatever they are on the wire.
 - SQLite has no wire: the process runs under this module as a wrapper,
@@ -58,7 +60,7 @@ class WireCounter:
     def snapshot(self) -> dict[str, float]:
         m = self.messages
         return {
-            "round trips": float(m["S"] + m["Q"]),
+            "round trips": float(m["S"] + m["H"] + m["Q"]),
             "statements": float(m["E"] + m["Q"]),
             "prepared": float(m["P"]),
         }

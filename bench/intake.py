@@ -565,7 +565,7 @@ def part_lines(part: Part, args: argparse.Namespace) -> list[str]:
     )
     lines.append(f"- Stored (warm-up and a first check request included): {stored}")
     how = (
-        "on the wire (a counting proxy in front of PostgreSQL: round trips = Sync + Query "
+        "on the wire (a counting proxy in front of PostgreSQL: round trips = Sync + Flush + Query "
         "messages, statements = Execute + Query, prepared = Parse)"
         if pg
         else "by SQLAlchemy listeners in the server's process (statements sent through a cursor, "
