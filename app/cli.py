@@ -6,6 +6,8 @@ import asyncio
 import gc
 import json
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -538,6 +540,55 @@ reports_cli = typer.Typer(help="The report read model.")
 cli.add_typer(reports_cli, name="reports")
 
 
+@contextmanager
+def _progress(title: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback ``step(done, total)`` for a long command, shown on stderr.
+
+    On a terminal a bar, shown from the first step on (so that a refusal before it is one clear
+    line) and its clock started then; in logs and pipes a line at each tenth of the way.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    shown = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = shown.add_task(title, total=None, start=False)
+    tenths = [-1]
+
+    def step(done: int, total: int) -> None:
+        if not console.is_terminal:
+            tenth = done * 10 // max(total, 1)
+            if tenth > tenths[0]:
+                tenths[0] = tenth
+                typer.echo(f"{title}: {done}/{total} {unit}", err=True)
+            return
+        if not shown.live.is_started:
+            shown.start()
+            shown.start_task(task)
+        shown.update(task, completed=done, total=total)
+
+    try:
+        yield step
+    finally:
+        if shown.live.is_started:
+            shown.stop()
+
+
 @reports_cli.command("rebuild")
 def reports_rebuild(
     batch: Annotated[
@@ -557,53 +608,12 @@ def reports_rebuild(
     model existed). Safe while the service runs: a batch at a time, under the report queue's
     rules, so reports stay exact; a stopped rebuild resumes where it got to. Progress on stderr.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from app.operations.commands import fail, run
     from app.reports.rebuild import NewerModel, Rebuilt, rebuild
 
     async def rebuilding(database: Database) -> Rebuilt:
-        console = Console(stderr=True)
-        title = "rebuilding the report read model"
-        shown = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        task = shown.add_task(title, total=None, start=False)
-        tenths = [-1]
-
-        def step(done: int, total: int) -> None:
-            if not console.is_terminal:
-                # Logs and pipes: a line at each tenth of the way.
-                tenth = done * 10 // max(total, 1)
-                if tenth > tenths[0]:
-                    tenths[0] = tenth
-                    typer.echo(f"{title}: {done}/{total} cases", err=True)
-                return
-            # Shown from the first batch on: a refusal before it is one clear line.
-            if not shown.live.is_started:
-                shown.start()
-                shown.start_task(task)
-            shown.update(task, completed=done, total=total)
-
-        try:
+        with _progress("rebuilding the report read model", "cases") as step:
             return await rebuild(database, batch=batch, restart=restart, progress=step)
-        finally:
-            if shown.live.is_started:
-                shown.stop()
 
     try:
         result = run(rebuilding)
@@ -653,16 +663,6 @@ def import_history(
     nothing; a stopped import of the same file takes up where it stopped. Progress on stderr;
     a summary at the end. Exit status 1 when a line was refused.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from app.imports.service import Options, Summary, run_import
     from app.operations.commands import run
 
@@ -675,36 +675,8 @@ def import_history(
     )
 
     async def importing(database: Database) -> Summary:
-        console = Console(stderr=True)
-        title = "importing referrals"
-        shown = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        task = shown.add_task(title, total=None)
-        tenths = [-1]
-
-        def step(done: int, total: int) -> None:
-            if not console.is_terminal:
-                tenth = done * 10 // max(total, 1)
-                if tenth > tenths[0]:
-                    tenths[0] = tenth
-                    typer.echo(f"{title}: {done}/{total} referrals", err=True)
-                return
-            if not shown.live.is_started:
-                shown.start()
-            shown.update(task, completed=done, total=total)
-
-        try:
+        with _progress("importing referrals", "referrals") as step:
             return await run_import(database, list(files), settings, options, progress=step)
-        finally:
-            if shown.live.is_started:
-                shown.stop()
 
     summary = run(importing)
     if as_json:

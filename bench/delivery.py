@@ -36,134 +36,57 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import itertools
 import math
 import os
-import platform
 import secrets
-import shlex
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
 
 import asyncpg
-import httpx
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "fhir" / "examples" / "ServiceRequest-social-prescribing-referral.json"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-SERVICE_ID = "life-rooms"
-PATH = "/fhir/ServiceRequest"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (
+    SPBRIDGE,
+    Connection,
+    Process,
+    Referrals,
+    asyncpg_dsn,
+    bridge_env,
+    command_line,
+    cpu_seconds,
+    drop_databases,
+    free_port,
+    kill_live,
+    loop_factory,
+    machine,
+    no_gc_pauses,
+    percentile,
+    pg_admin,
+    publish,
+    query,
+    recreate_database,
+    set_up_bridge,
+    sqlalchemy_url,
+    start_serve,
+    stop_on_sigterm,
+)
+from bench.common import fmt as _fmt
+
 HOOK_PATH = "/hooks/spbridge"
-ID_MARK = "@@IDENTIFIER@@"
 P99_TARGET_MS = 500.0
 TARGET_RATE = 50.0  # referrals/s at which the p99 target holds
 DRAIN_TARGET = 300.0  # deliveries/s
 DRAIN_TARGET_WORKERS = 2
-# uvicorn closes a keep-alive connection idle for 5 s: reuse none idle for longer than this.
-MAX_IDLE_S = 3.0
-SPBRIDGE = str(Path(sys.executable).parent / "spbridge")
 
 
-# --- the load generator (as in bench/intake.py, but keeping the answer's body) --------------
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection; just enough protocol for these POSTs."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.reusable = True
-        self.last_used = time.perf_counter()
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
-
-    def close(self) -> None:
-        self.reusable = False
-        self.writer.close()
-
-    async def _line(self) -> bytes:
-        line = await self.reader.readline()
-        if not line:
-            raise ConnectionError("the server closed the connection")
-        return line
-
-    async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        self.writer.write(head + body)
-        status = int((await self._line()).split(None, 2)[1])
-        length = 0
-        chunked = False
-        while (line := await self._line()) not in (b"\r\n", b"\n"):
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection" and b"close" in value.lower():
-                self.reusable = False
-        content = b""
-        if chunked:
-            parts = []
-            while True:
-                size = int((await self._line()).split(b";", 1)[0], 16)
-                parts.append((await self.reader.readexactly(size + 2))[:size])
-                if size == 0:
-                    break
-            content = b"".join(parts)
-        elif length:
-            content = await self.reader.readexactly(length)
-        self.last_used = time.perf_counter()
-        return status, content
-
-    def fresh(self) -> bool:
-        """Whether the server can be expected to have kept this idle connection open."""
-        idle = time.perf_counter() - self.last_used
-        return self.reusable and idle < MAX_IDLE_S and not self.reader.at_eof()
-
-
-@dataclass
-class Referrer:
-    """The clinical system: makes each referral, with an identifier no other one has."""
-
-    host: str
-    port: int
-    api_key: str
-    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
-    _serial: Iterator[int] = field(default_factory=itertools.count)
-
-    def __post_init__(self) -> None:
-        resource = orjson.loads(EXAMPLE.read_bytes())
-        resource["performer"] = [{"reference": f"HealthcareService/{SERVICE_ID}"}]
-        resource["identifier"][0]["value"] = ID_MARK
-        self._before, self._after = orjson.dumps(resource).split(ID_MARK.encode())
-
-    def request(self) -> tuple[bytes, bytes]:
-        identifier = f"BENCH-DLV-{self.nonce}-{next(self._serial):09d}".encode()
-        body = self._before + identifier + self._after
-        head = (
-            f"POST {PATH} HTTP/1.1\r\n"
-            f"Host: {self.host}:{self.port}\r\n"
-            "Content-Type: application/fhir+json\r\n"
-            "Accept: application/fhir+json\r\n"
-            f"Authorization: Bearer {self.api_key}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        return head, body
+# --- the load generator ---------------------------------------------------------------------
 
 
 @dataclass
@@ -173,7 +96,7 @@ class Answer:
     connection: Connection | None  # to reuse, when it may be
 
 
-async def refer(referrer: Referrer, connection: Connection | None, limit: float) -> Answer:
+async def refer(referrer: Referrals, connection: Connection | None, limit: float) -> Answer:
     """POST one referral."""
     head, body = referrer.request()
     try:
@@ -284,186 +207,15 @@ class Receiver:
 # --- processes and databases -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def asyncpg_dsn(pg: str, database: str) -> str:
-    return f"postgresql://{pg}/{database}"
-
-
-def sqlalchemy_url(pg: str, database: str) -> str:
-    return f"postgresql+asyncpg://{pg}/{database}"
-
-
-async def pg_admin(pg: str, *statements: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(pg, "postgres"))
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-async def recreate_database(pg: str, name: str) -> None:
-    await pg_admin(
-        pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
+def delivery_env(pg: str, database: str, admin_key: str, extra: dict[str, str]) -> dict[str, str]:
+    return bridge_env(
+        sqlalchemy_url(pg, database),
+        admin_key,
+        {"SPBRIDGE_ALLOWED_OUTBOUND_HOSTS": "127.0.0.1", **extra},
     )
 
 
-def drop_databases(pg: str, names: list[str]) -> None:
-    """Synchronous, so that it also runs after the event loop has gone (errors, signals)."""
-    if names:
-        asyncio.run(pg_admin(pg, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in names)))
-
-
-async def query(pg: str, database: str, sql: str) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(asyncpg_dsn(pg, database))
-    try:
-        return list(await connection.fetch(sql))
-    finally:
-        await connection.close()
-
-
-def _open_log(path: Path) -> TextIO:
-    return path.open("a")
-
-
-def _spawn(command: list[str], env: dict[str, str], log: TextIO) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-
-class Process:
-    """A process this script started (`spbridge serve` or `spbridge worker`), logging to a file."""
-
-    def __init__(
-        self, name: str, command: list[str], env: dict[str, str], log_dir: Path, port: int = 0
-    ) -> None:
-        self.name = name
-        self.port = port
-        self.log_path = log_dir / f"{name}.log"
-        self._log = _open_log(self.log_path)
-        self.process = _spawn(command, env, self._log)
-        self.pid = self.process.pid
-        LIVE.append(self)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def wait_ready(self, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(timeout=1) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.base_url}/healthz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"{self.name} was not ready within {within:g} s")
-
-    async def stop(self, signum: int = signal.SIGTERM, within: float = 30.0) -> int:
-        """Ask it to stop (it finishes or releases what it holds) and wait; kill it if it won't.
-
-        The wait runs in a thread: the event loop goes on serving the receiver meanwhile, which
-        a worker finishing its round may still be sending to."""
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self.process.wait, within)
-        return self.kill()
-
-    def kill(self) -> int:
-        """Synchronous backstop: SIGTERM, then SIGKILL after a few seconds."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        if not self._log.closed:
-            self._log.close()
-        if self in LIVE:
-            LIVE.remove(self)
-        return self.process.returncode
-
-    def tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-LIVE: list[Process] = []  # every process started and not yet known to be stopped
-
-
-def bridge_env(pg: str, database: str, admin_key: str, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPBRIDGE_")}
-    env["SPBRIDGE_DATABASE_URL"] = sqlalchemy_url(pg, database)
-    env["SPBRIDGE_ADMIN_API_KEY"] = admin_key
-    # The load comes from one key and one address, far past the per-client limits.
-    env["SPBRIDGE_RATE_LIMIT_PER_MINUTE"] = "0"
-    env["SPBRIDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE"] = "0"
-    env["SPBRIDGE_ALLOWED_OUTBOUND_HOSTS"] = "127.0.0.1"
-    env["SPBRIDGE_PUBLIC_BASE_URL"] = "https://bridge.bench.example"  # required outside sandbox
-    env.update(extra)
-    return env
-
-
-def start_serve(env: dict[str, str], log_dir: Path, name: str) -> Process:
-    port = free_port()
-    command = [SPBRIDGE, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return Process(name, command, env, log_dir, port)
-
-
-async def set_up_bridge(bridge: Process, admin_key: str, hook_url: str) -> str:
-    """A service, a clinical-system client and an admin subscription; the client's API key."""
-    admin = {"Authorization": f"Bearer {admin_key}"}
-    async with httpx.AsyncClient(base_url=bridge.base_url, headers=admin, timeout=10) as client:
-
-        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-            response = await client.post(path, json=body)
-            if response.status_code != 201:
-                raise RuntimeError(f"POST {path}: {response.status_code} {response.text[:500]}")
-            answer: dict[str, Any] = response.json()
-            return answer
-
-        await post(
-            "/api/v1/services",
-            {"id": SERVICE_ID, "name": "Life Rooms", "organisation": "LR001", "adapter": "local"},
-        )
-        rio = await post(
-            "/api/v1/clients",
-            {
-                "name": "rio",
-                "role": "clinical-system",
-                "organisation": "RW4",
-                "default_service": SERVICE_ID,
-            },
-        )
-        subscription = await post(
-            "/api/v1/subscriptions", {"url": hook_url, "description": "bench worklist"}
-        )
-        if not str(subscription.get("secret", "")).startswith("whsec_"):
-            raise RuntimeError("the subscription came back without a signing secret")
-        return str(rio["api_key"])
-
-
 # --- CPU accounting (Linux /proc) --------------------------------------------------------------
-
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
 def postgres_cpu() -> dict[int, float]:
@@ -556,14 +308,7 @@ class Sent:
     referral_id: str | None
 
 
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-async def open_loop(referrer: Referrer, rate: float, duration: float, limit: float) -> list[Sent]:
+async def open_loop(referrer: Referrals, rate: float, duration: float, limit: float) -> list[Sent]:
     """``rate`` referrals a second on a fixed timetable, whatever the answers take."""
     sent: list[Sent] = []
     idle: list[Connection] = []
@@ -658,12 +403,12 @@ async def run_latency(args: argparse.Namespace, ctx: Context) -> LatencyResult:
     await recreate_database(args.pg, database)
     receiver = Receiver(free_port())
     await receiver.start()
-    env = bridge_env(args.pg, database, ctx.admin_key, ctx.extra_env)
+    env = delivery_env(args.pg, database, ctx.admin_key, ctx.extra_env)
     bridge = start_serve(env, ctx.log_dir, "latency-serve")
     try:
         await bridge.wait_ready()
-        api_key = await set_up_bridge(bridge, ctx.admin_key, receiver.url)
-        referrer = Referrer("127.0.0.1", bridge.port, api_key)
+        api_key = await set_up_bridge(bridge.base_url, ctx.admin_key, receiver.url)
+        referrer = Referrals("127.0.0.1", bridge.port, api_key, "BENCH-DLV")
         # One referral first, so that a misconfiguration fails fast and clearly.
         answer = await refer(referrer, None, args.timeout)
         if answer.connection is not None:
@@ -759,7 +504,7 @@ class DrainResult:
 
 
 async def make_backlog(
-    referrer: Referrer, count: int, concurrency: int, limit: float
+    referrer: Referrals, count: int, concurrency: int, limit: float
 ) -> tuple[int, Counter[str]]:
     """``count`` referrals from ``concurrency`` clients; how many were answered 201."""
     budget = itertools.count()
@@ -791,13 +536,13 @@ async def run_drain(args: argparse.Namespace, ctx: Context, workers: int) -> Dra
     ctx.databases.append(database)
     await recreate_database(args.pg, database)
     receiver = Receiver(free_port())  # chosen now, listening only once the backlog is made
-    env = bridge_env(args.pg, database, ctx.admin_key, ctx.extra_env)
+    env = delivery_env(args.pg, database, ctx.admin_key, ctx.extra_env)
     serve_env = dict(env, SPBRIDGE_RUN_DISPATCHER="false")
     bridge = start_serve(serve_env, ctx.log_dir, f"drain{workers}-serve")
     try:
         await bridge.wait_ready()
-        api_key = await set_up_bridge(bridge, ctx.admin_key, receiver.url)
-        referrer = Referrer("127.0.0.1", bridge.port, api_key)
+        api_key = await set_up_bridge(bridge.base_url, ctx.admin_key, receiver.url)
+        referrer = Referrals("127.0.0.1", bridge.port, api_key, "BENCH-DLV")
         print(f"{tag} making {args.backlog} referrals, receiver down", flush=True)
         began = time.perf_counter()
         created, make_errors = await make_backlog(
@@ -928,55 +673,6 @@ async def run_drain(args: argparse.Namespace, ctx: Context, workers: int) -> Dra
 
 
 # --- reporting -------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)))
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "nproc": nproc,
-        "cpu": cpu,
-        "memory": memory,
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)",
-        "commit": commit,
-    }
-
-
-def command_line() -> str:
-    executable = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        executable = executable.relative_to(Path.cwd())
-    return shlex.join([str(executable), *sys.argv])
-
-
-def _fmt(value: float, digits: int = 1) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _counts(counts: dict[str, int] | Counter[str]) -> str:
@@ -1130,13 +826,6 @@ def report(
     return "\n".join(lines)
 
 
-def record(text: str) -> None:
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a") as out:
-        out.write("\n" + text)
-
-
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -1211,31 +900,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def no_gc_pauses() -> Iterator[None]:
-    """Keep this process's own garbage collections out of the latencies it measures."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
-
-
-def _use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _stop_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop everything
-
-
 async def run(
     args: argparse.Namespace, ctx: Context
 ) -> tuple[LatencyResult | None, list[DrainResult]]:
@@ -1252,7 +916,7 @@ async def run(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop_on_sigterm()
     started = dt.datetime.now(dt.UTC)
     info = machine()
     info["postgresql"] = str(asyncio.run(query(args.pg, "postgres", "SHOW server_version"))[0][0])
@@ -1263,22 +927,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="spbridge-bench-delivery-") as log_dir:
             ctx.log_dir = Path(log_dir)
             try:
-                with asyncio.Runner(loop_factory=_use_uvloop()) as runner, no_gc_pauses():
+                with asyncio.Runner(loop_factory=loop_factory()) as runner, no_gc_pauses():
                     latency, drains = runner.run(run(args, ctx))
             finally:
-                for process in list(LIVE):  # only after an error or a signal
-                    print(f"stopping {process.name}", file=sys.stderr)
-                    process.kill()
+                kill_live()  # only after an error or a signal
     finally:
         drop_databases(args.pg, ctx.databases)
 
     text = report(args, info, started, latency, drains)
-    print()
-    print(text)
-    if args.record:
-        record(text)
-        print(f"recorded in {RESULTS.relative_to(ROOT)}")
-    return 0
+    return publish(text, args.record)
 
 
 if __name__ == "__main__":

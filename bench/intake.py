@@ -1,160 +1,103 @@
-"""Intake benchmark: POST ServiceRequest to `spbridge serve` on PostgreSQL, against a floor.
+"""Intake benchmark: POST ServiceRequest to `spbridge serve` against a floor, on PostgreSQL and on
+SQLite, in the same run.
 
 The floor (bench/floor_app.py) is a bare FastAPI endpoint that only parses the body with
-fhir.resources and inserts it as one row. Both run as one uvicorn process on this host, each on
-a fresh PostgreSQL database made for the run and dropped after it. This process is the load
-generator (its own event loop, a minimal keep-alive HTTP/1.1 client so that it takes as little
-of the machine's CPU as it can). For each server, after a warm-up:
+fhir.resources and inserts it as one row. For each database in ``--databases`` (PostgreSQL and
+SQLite by default), the bridge and a floor on that same database run as one uvicorn process each,
+on databases made for the run and dropped after it. This process is the load generator (its own
+event loop, a minimal keep-alive HTTP/1.1 client, so that it takes as little of the machine's CPU
+as it can). After a warm-up of each, the two are measured in turn, variants alternated (closed
+loop: bridge then floor; open loop: floor then bridge; each ``--rounds`` times):
 
 - closed loop: ``--concurrency`` connections each sending the next request as soon as the
-  last is answered, for ``--duration`` seconds: throughput, p50, p99;
-- open loop: ``--rate`` requests a second on a fixed timetable for ``--duration`` seconds,
+  last is answered, for ``--seconds`` seconds: throughput, p50, p99;
+- open loop: ``--rate`` requests a second on a fixed timetable for ``--seconds`` seconds,
   latency measured from each request's scheduled send time (no coordinated omission).
 
-Targets (the issue): bridge p99 under 50 ms at 100 requests/s, and bridge closed-loop
-throughput at least half the floor's. ``--record`` appends the run to bench/RESULTS.md.
+For each phase also the server's CPU time per referral (user + system of its process, from
+/proc/<pid>/stat before and after), and after the load its resident memory (VmRSS). Then, with
+the timed servers stopped, a counting pass (``--count`` referrals one at a time, after a warm-up)
+against a fresh process of each variant counts the database statements per referral
+(bench/counting.py says how: on the wire for PostgreSQL, by SQLAlchemy listeners in the server's
+process for SQLite), less what the same process does idle over as long.
 
-    .venv/bin/python bench/intake.py [--duration 20] [--concurrency 16] [--rate 100] [--record]
+Targets (issue 19): bridge throughput >= 0.5 x the floor's on each database; <= 6 round trips
+per referral on PostgreSQL; <= 5 ms server CPU per referral; open loop at 100/s p99 < 50 ms on
+PostgreSQL and < 100 ms on SQLite with no error; RSS < 250 MB. ``--record`` appends the run to
+bench/RESULTS.md.
+
+    .venv/bin/python bench/intake.py [--seconds 30] [--databases postgresql,sqlite] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import gc
 import itertools
 import math
 import os
-import platform
 import secrets
-import shlex
 import signal
-import socket
-import subprocess
+import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
 
-import asyncpg
-import httpx
-import orjson
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (
+    ROOT,
+    SPBRIDGE,
+    Connection,
+    Process,
+    Referrals,
+    bridge_env,
+    command_line,
+    cpu_seconds,
+    drop_databases,
+    fetch_value,
+    fmt,
+    free_port,
+    kill_live,
+    loop_factory,
+    machine,
+    no_gc_pauses,
+    percentile,
+    publish,
+    recreate_database,
+    rss_bytes,
+    set_up_bridge,
+    sqlalchemy_url,
+    stop_on_sigterm,
+)
+from bench.counting import WireCounter, read_counts
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "fhir" / "examples" / "ServiceRequest-social-prescribing-referral.json"
-RESULTS = ROOT / "bench" / "RESULTS.md"
 FLOOR_APP = ROOT / "bench" / "floor_app.py"
-SERVICE_ID = "life-rooms"
-PATH = "/fhir/ServiceRequest"
-ID_MARK = "@@IDENTIFIER@@"
-P99_TARGET_MS = 50.0
-RATIO_TARGET = 0.5
+COUNTING = ROOT / "bench" / "counting.py"
+DATABASES = ("postgresql", "sqlite")
+TITLES = {"postgresql": "PostgreSQL", "sqlite": "SQLite"}
+VARIANTS = ("bridge", "floor")
+CLOSED, OPEN = "closed loop", "open loop"
 WARM_UP = "warm-up"
-# uvicorn closes a keep-alive connection idle for 5 s: reuse none idle for longer than this.
-MAX_IDLE_S = 3.0
+RATIO_TARGET = 0.5
+P99_TARGET_MS = {"postgresql": 50.0, "sqlite": 100.0}
+ROUND_TRIPS_TARGET = 6.0
+CPU_TARGET_MS = 5.0
+RSS_TARGET_MB = 250.0
+IDLE_S = 3.0  # the counting pass's idle window, to take background work out of the count
 
 
-# --- the load generator --------------------------------------------------------------------
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection; just enough protocol for these POSTs."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.reusable = True
-        self.last_used = time.perf_counter()
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
-
-    def close(self) -> None:
-        self.reusable = False
-        self.writer.close()
-
-    async def _line(self) -> bytes:
-        line = await self.reader.readline()
-        if not line:
-            raise ConnectionError("the server closed the connection")
-        return line
-
-    async def post(self, head: bytes, body: bytes) -> int:
-        self.writer.write(head + body)
-        status = int((await self._line()).split(None, 2)[1])
-        length = 0
-        chunked = False
-        while (line := await self._line()) not in (b"\r\n", b"\n"):
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection" and b"close" in value.lower():
-                self.reusable = False
-        if chunked:
-            while True:
-                size = int((await self._line()).split(b";", 1)[0], 16)
-                await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-        elif length:
-            await self.reader.readexactly(length)
-        self.last_used = time.perf_counter()
-        return status
-
-    def fresh(self) -> bool:
-        """Whether the server can be expected to have kept this idle connection open."""
-        idle = time.perf_counter() - self.last_used
-        return self.reusable and idle < MAX_IDLE_S and not self.reader.at_eof()
-
-
-@dataclass
-class Target:
-    """A server under test and how to make each (unique) request to it."""
-
-    name: str
-    host: str
-    port: int
-    api_key: str
-    pid: int | None = None  # the server's, to read the CPU time it spends
-    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
-    _serial: Iterator[int] = field(default_factory=itertools.count)
-
-    def __post_init__(self) -> None:
-        resource = orjson.loads(EXAMPLE.read_bytes())
-        resource["performer"] = [{"reference": f"HealthcareService/{SERVICE_ID}"}]
-        resource["identifier"][0]["value"] = ID_MARK
-        self._before, self._after = orjson.dumps(resource).split(ID_MARK.encode())
-
-    def request(self) -> tuple[bytes, bytes]:
-        """Head and body of the next request, with an identifier no other request has."""
-        identifier = f"BENCH-{self.name}-{self.nonce}-{next(self._serial):09d}".encode()
-        body = self._before + identifier + self._after
-        head = (
-            f"POST {PATH} HTTP/1.1\r\n"
-            f"Host: {self.host}:{self.port}\r\n"
-            "Content-Type: application/fhir+json\r\n"
-            "Accept: application/fhir+json\r\n"
-            f"Authorization: Bearer {self.api_key}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        return head, body
+# --- the load ------------------------------------------------------------------------------
 
 
 @dataclass
 class Phase:
-    target: str
-    name: str
+    database: str
+    variant: str
+    name: str  # WARM_UP, CLOSED or OPEN
     elapsed: float = 0.0
     server_cpu: float = math.nan  # seconds of CPU the server process used during the phase
     latencies: list[float] = field(default_factory=list)  # seconds, 2xx answers only
@@ -182,39 +125,48 @@ class Phase:
         return self.server_cpu / self.sent * 1000 if self.sent else math.nan
 
     def percentile_ms(self, p: float) -> float:
-        if not self.latencies:
-            return math.nan
-        ordered = sorted(self.latencies)
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] * 1000
+        return percentile(self.latencies, p) * 1000
 
     def record(self, outcome: int | str, latency: float) -> None:
         self.outcomes[str(outcome)] += 1
         if isinstance(outcome, int) and 200 <= outcome < 300:
             self.latencies.append(latency)
 
+    @classmethod
+    def merged(cls, phases: list[Phase]) -> Phase:
+        """The phases of one variant and kind over every round, as one."""
+        first = phases[0]
+        whole = cls(first.database, first.variant, first.name, server_cpu=0.0)
+        for p in phases:
+            whole.elapsed += p.elapsed
+            whole.server_cpu += p.server_cpu
+            whole.latencies += p.latencies
+            whole.outcomes += p.outcomes
+        return whole
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    if pid is None:
-        return math.nan
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+@dataclass
+class Variant:
+    """A server under test: the bridge or the floor, on one database."""
+
+    database: str
+    name: str
+    server: Process
+    referrals: Referrals
+    rss_after: float = math.nan  # bytes, after the load
 
 
 async def _send(
-    target: Target, connection: Connection | None, request_timeout: float
+    referrals: Referrals, connection: Connection | None, request_timeout: float
 ) -> tuple[int | str, Connection | None]:
     """One request; the connection to reuse after it (None when it must not be)."""
-    head, body = target.request()
+    head, body = referrals.request()
     try:
         if connection is None:
             connection = await asyncio.wait_for(
-                Connection.open(target.host, target.port), request_timeout
+                Connection.open(referrals.host, referrals.port), request_timeout
             )
-        status = await asyncio.wait_for(connection.post(head, body), request_timeout)
+        status, _ = await asyncio.wait_for(connection.post(head, body), request_timeout)
     except TimeoutError:
         outcome: int | str = "timeout"
     except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
@@ -229,26 +181,21 @@ async def _send(
 
 
 async def closed_loop(
-    target: Target,
-    phase_name: str,
-    concurrency: int,
-    duration: float,
-    cap: int,
-    request_timeout: float,
+    variant: Variant, name: str, concurrency: int, duration: float, args: argparse.Namespace
 ) -> Phase:
     """``concurrency`` clients, each sending its next request when the last is answered."""
-    phase = Phase(target.name, phase_name)
+    phase = Phase(variant.database, variant.name, name)
     budget = itertools.count()
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = cpu_seconds(variant.server.pid)
     start = time.perf_counter()
     deadline = start + duration
 
     async def client() -> None:
         connection: Connection | None = None
         try:
-            while time.perf_counter() < deadline and next(budget) < cap:
+            while time.perf_counter() < deadline and next(budget) < args.max_requests:
                 sent = time.perf_counter()
-                outcome, connection = await _send(target, connection, request_timeout)
+                outcome, connection = await _send(variant.referrals, connection, args.timeout)
                 phase.record(outcome, time.perf_counter() - sent)
         finally:
             if connection is not None:
@@ -256,17 +203,15 @@ async def closed_loop(
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     phase.elapsed = time.perf_counter() - start
-    phase.server_cpu = cpu_seconds(target.pid) - cpu_before
+    phase.server_cpu = cpu_seconds(variant.server.pid) - cpu_before
     return phase
 
 
-async def open_loop(
-    target: Target, phase_name: str, rate: float, duration: float, cap: int, request_timeout: float
-) -> Phase:
-    """``rate`` requests a second on a fixed timetable, whatever the answers take."""
-    phase = Phase(target.name, phase_name)
+async def open_loop(variant: Variant, args: argparse.Namespace) -> Phase:
+    """``--rate`` requests a second on a fixed timetable, whatever the answers take."""
+    phase = Phase(variant.database, variant.name, OPEN)
     idle: list[Connection] = []
-    count = min(cap, int(rate * duration))
+    count = min(args.max_requests, int(args.rate * args.seconds))
 
     def idle_connection() -> Connection | None:
         while idle:
@@ -277,16 +222,16 @@ async def open_loop(
         return None
 
     async def one(scheduled: float) -> None:
-        outcome, connection = await _send(target, idle_connection(), request_timeout)
+        outcome, connection = await _send(variant.referrals, idle_connection(), args.timeout)
         phase.record(outcome, time.perf_counter() - scheduled)
         if connection is not None:
             idle.append(connection)
 
     tasks: set[asyncio.Task[None]] = set()
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = cpu_seconds(variant.server.pid)
     start = time.perf_counter() + 0.01
     for i in range(count):
-        scheduled = start + i / rate
+        scheduled = start + i / args.rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -295,122 +240,107 @@ async def open_loop(
         task.add_done_callback(tasks.discard)
     if tasks:
         # Each request times out on its own (connect, then answer); this is a backstop.
-        _done, pending = await asyncio.wait(set(tasks), timeout=2 * request_timeout + 1)
+        _done, pending = await asyncio.wait(set(tasks), timeout=2 * args.timeout + 1)
         for task in pending:
             task.cancel()
             phase.outcomes["unanswered"] += 1
     phase.elapsed = time.perf_counter() - start
-    phase.server_cpu = cpu_seconds(target.pid) - cpu_before
+    phase.server_cpu = cpu_seconds(variant.server.pid) - cpu_before
     for connection in idle:
         connection.close()
     return phase
 
 
-@contextlib.contextmanager
-def no_gc_pauses() -> Iterator[None]:
-    """Keep the load generator's own garbage collections out of the latencies it measures."""
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.unfreeze()
-
-
-async def run_load(targets: list[Target], args: argparse.Namespace) -> list[Phase]:
+async def run_load(variants: list[Variant], args: argparse.Namespace) -> list[Phase]:
+    """Warm-ups, then the phases, the variants alternated (ABBA within a round)."""
     phases = []
-    for target in targets:
-        print(f"[{target.name}] warm-up {args.warmup:g} s", flush=True)
-        phases.append(
-            await closed_loop(
-                target, WARM_UP, args.concurrency, args.warmup, args.max_requests, args.timeout
+    for v in variants:
+        print(f"[{v.database} {v.name}] warm-up {args.warmup:g} s", flush=True)
+        phases.append(await closed_loop(v, WARM_UP, args.concurrency, args.warmup, args))
+    for round_ in range(args.rounds):
+        order = variants if round_ % 2 == 0 else variants[::-1]
+        for v in order:
+            await asyncio.sleep(1)
+            print(
+                f"[{v.database} {v.name}] closed loop, concurrency {args.concurrency}, "
+                f"{args.seconds:g} s",
+                flush=True,
             )
-        )
-        await asyncio.sleep(1)
-        print(
-            f"[{target.name}] closed loop, concurrency {args.concurrency}, {args.duration:g} s",
-            flush=True,
-        )
-        phases.append(
-            await closed_loop(
-                target,
-                f"closed loop, concurrency {args.concurrency}",
-                args.concurrency,
-                args.duration,
-                args.max_requests,
-                args.timeout,
+            phases.append(await closed_loop(v, CLOSED, args.concurrency, args.seconds, args))
+        for v in order[::-1]:
+            await asyncio.sleep(1)
+            print(
+                f"[{v.database} {v.name}] open loop, {args.rate:g}/s, {args.seconds:g} s",
+                flush=True,
             )
-        )
-        await asyncio.sleep(1)
-        print(f"[{target.name}] open loop, {args.rate:g} req/s, {args.duration:g} s", flush=True)
-        phases.append(
-            await open_loop(
-                target,
-                f"open loop, {args.rate:g} req/s",
-                args.rate,
-                args.duration,
-                args.max_requests,
-                args.timeout,
-            )
-        )
+            phases.append(await open_loop(v, args))
     return phases
+
+
+async def one_at_a_time(referrals: Referrals, count: int, request_timeout: float) -> Counter[str]:
+    """``count`` referrals, each sent when the last is answered; their outcomes."""
+    outcomes: Counter[str] = Counter()
+    connection: Connection | None = None
+    for _ in range(count):
+        outcome, connection = await _send(referrals, connection, request_timeout)
+        outcomes[str(outcome)] += 1
+    if connection is not None:
+        connection.close()
+    return outcomes
+
+
+async def check_one(variant: Variant, request_timeout: float) -> None:
+    """One request before the load, so that a misconfiguration fails fast and clearly."""
+    outcomes = await one_at_a_time(variant.referrals, 1, request_timeout)
+    if outcomes != Counter({"201": 1}):
+        raise RuntimeError(f"{variant.name}: a first referral was answered {dict(outcomes)}")
 
 
 # --- servers and databases -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class Run:
+    """What one database's part needs to start its servers."""
+
+    database: str
+    pg: str
+    admin_key: str
+    log_dir: Path
+    names: dict[str, str]  # variant -> PostgreSQL database name or SQLite file
+    pg_databases: list[str]  # made for the run, to drop at the end
+
+    def url(self, variant: str, pg: str | None = None) -> str:
+        if self.database == "sqlite":
+            return f"sqlite+aiosqlite:///{self.names[variant]}"
+        return sqlalchemy_url(pg or self.pg, self.names[variant])
 
 
-def asyncpg_dsn(pg: str, database: str) -> str:
-    return f"postgresql://{pg}/{database}"
-
-
-def sqlalchemy_url(pg: str, database: str) -> str:
-    return f"postgresql+asyncpg://{pg}/{database}"
-
-
-async def _admin(pg: str, *statements: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(pg, "postgres"))
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-def recreate_database(pg: str, name: str) -> None:
-    asyncio.run(
-        _admin(pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
-    )
-
-
-def drop_database(pg: str, name: str) -> None:
-    asyncio.run(_admin(pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _fetch_value(pg: str, database: str, query: str) -> Any:
-    connection = await asyncpg.connect(asyncpg_dsn(pg, database))
-    try:
-        return await connection.fetchval(query)
-    finally:
-        await connection.close()
-
-
-def fetch_value(pg: str, database: str, query: str) -> Any:
-    return asyncio.run(_fetch_value(pg, database, query))
+def start(run: Run, variant: str, url: str, label: str, counts: Path | None = None) -> Process:
+    """The bridge (`spbridge serve`) or the floor on ``url``; under bench/counting.py given
+    ``counts``."""
+    port = free_port()
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    if variant == "bridge":
+        env = bridge_env(
+            url, run.admin_key, {"SPBRIDGE_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
+        )
+        command = [SPBRIDGE, "serve", *where]
+        counted = [sys.executable, str(COUNTING), str(counts), "spbridge", "serve", *where]
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPBRIDGE_")}
+        env["FLOOR_DATABASE_URL"] = url
+        command = [sys.executable, str(FLOOR_APP), *where]
+        counted = [sys.executable, str(COUNTING), str(counts), str(FLOOR_APP), *where]
+    name = f"{run.database}-{variant}-{label}"
+    return Process(name, counted if counts else command, env, run.log_dir, port)
 
 
 @dataclass
 class Stored:
     rows: int  # rows in the server's table after the run
     created: int  # 201 answers: the first check request's, the warm-up's and the phases'
-    sessions: int  # PostgreSQL sessions (connections) the server opened
+    sessions: int | None  # PostgreSQL sessions (connections) the server opened
 
 
 ROW_COUNTS = {
@@ -419,275 +349,307 @@ ROW_COUNTS = {
 }
 
 
-def stored_rows(pg: str, database: str, name: str, phases: list[Phase]) -> Stored:
-    return Stored(
-        rows=fetch_value(pg, database, ROW_COUNTS[name]),
-        created=1 + sum(p.outcomes.get("201", 0) for p in phases if p.target == name),
-        sessions=fetch_value(
-            pg,
-            database,
-            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
-        ),
+async def stored_rows(run: Run, variant: str, phases: list[Phase]) -> Stored:
+    created = 1 + sum(p.outcomes.get("201", 0) for p in phases if p.variant == variant)
+    if run.database == "sqlite":
+        with sqlite3.connect(run.names[variant]) as connection:
+            rows = connection.execute(ROW_COUNTS[variant]).fetchone()[0]
+        return Stored(int(rows), created, None)
+    name = run.names[variant]
+    sessions = await fetch_value(
+        run.pg, name, "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return Stored(int(await fetch_value(run.pg, name, ROW_COUNTS[variant])), created, sessions)
+
+
+# --- counting statements -------------------------------------------------------------------
+
+
+@dataclass
+class Counted:
+    referrals: int  # answered 201 in the counted window
+    outcomes: Counter[str]
+    seconds: float  # the counted window
+    window: dict[str, float]  # each measure over the window
+    idle_per_s: dict[str, float]  # each measure a second, the same process idle
+
+    def per_referral(self, measure: str) -> float:
+        net = self.window[measure] - self.idle_per_s[measure] * self.seconds
+        return net / self.referrals if self.referrals else math.nan
+
+    def raw_per_referral(self, measure: str) -> float:
+        return self.window[measure] / self.referrals if self.referrals else math.nan
+
+
+async def count_statements(
+    run: Run, variant: str, api_key: str, args: argparse.Namespace
+) -> Counted:
+    """A fresh process of the variant, counted (see bench/counting.py): a warm-up, an idle
+    window, then ``--count`` referrals one at a time."""
+    counter: WireCounter | None = None
+    counts_file = run.log_dir / f"{run.database}-{variant}-counts.json"
+    if run.database == "postgresql":
+        host, _, port = run.pg.rpartition("@")[2].partition(":")
+        counter = WireCounter(host, int(port or 5432))
+        await counter.start()
+        user = run.pg.rpartition("@")[0]
+        url = run.url(variant, f"{user}@127.0.0.1:{counter.port}") + "?ssl=disable"
+        server = start(run, variant, url, "counted")
+    else:
+        server = start(run, variant, run.url(variant), "counted", counts_file)
+
+    async def snapshot() -> dict[str, float]:
+        if counter is not None:
+            return counter.snapshot()
+        counts = await read_counts(server.pid, counts_file)
+        return {
+            "statements": counts["statements"] + counts["commits"] + counts["rollbacks"],
+            "commits": counts["commits"],
+        }
+
+    try:
+        await server.wait_ready()
+        referrals = Referrals("127.0.0.1", server.port, api_key, f"COUNT-{variant}")
+        print(f"[{run.database} {variant}] counting statements over {args.count}", flush=True)
+        await one_at_a_time(referrals, 20, args.timeout)  # prepared statements, caches
+        await asyncio.sleep(1)
+        before_idle = await snapshot()
+        await asyncio.sleep(IDLE_S)
+        before = await snapshot()
+        began = time.perf_counter()
+        outcomes = await one_at_a_time(referrals, args.count, args.timeout)
+        seconds = time.perf_counter() - began
+        after = await snapshot()
+    except BaseException:
+        print(f"--- end of the {server.name} log ---\n{server.tail()}", file=sys.stderr)
+        raise
+    finally:
+        await server.stop(signal.SIGINT, 15)
+        if counter is not None:
+            await counter.stop()
+    if counter is not None and counter.unreadable:
+        raise RuntimeError("a connection to PostgreSQL asked for TLS: its messages were not read")
+    return Counted(
+        referrals=outcomes.get("201", 0),
+        outcomes=outcomes,
+        seconds=seconds,
+        window={k: after[k] - before[k] for k in after},
+        idle_per_s={k: (before[k] - before_idle[k]) / IDLE_S for k in after},
     )
 
 
-class Server:
-    """A server process this script started, with its output in a log file."""
-
-    def __init__(
-        self, name: str, command: list[str], env: dict[str, str], port: int, log_dir: Path
-    ):
-        self.name = name
-        self.port = port
-        self.log_path = log_dir / f"{name}.log"
-        self._log: TextIO = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode} at start-up")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} was not ready within {timeout:g} s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self._log.close()
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+# --- one database --------------------------------------------------------------------------
 
 
-def start_bridge(pg: str, database: str, admin_key: str, log_dir: Path) -> Server:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPBRIDGE_")}
-    env["SPBRIDGE_DATABASE_URL"] = sqlalchemy_url(pg, database)
-    env["SPBRIDGE_ADMIN_API_KEY"] = admin_key
-    # The load comes from one key and one address, far past the per-client limits.
-    env["SPBRIDGE_RATE_LIMIT_PER_MINUTE"] = "0"
-    env["SPBRIDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE"] = "0"
-    port = free_port()
-    env["SPBRIDGE_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"  # required outside sandbox
-    spbridge = str(Path(sys.executable).parent / "spbridge")
-    command = [spbridge, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return Server("bridge", command, env, port, log_dir)
+@dataclass
+class Part:
+    database: str
+    version: str
+    phases: list[Phase]
+    rss: dict[str, float]  # bytes
+    stored: dict[str, Stored]
+    counted: dict[str, Counted]
 
 
-def start_floor(pg: str, database: str, log_dir: Path) -> Server:
-    env = dict(os.environ, FLOOR_DATABASE_URL=sqlalchemy_url(pg, database))
-    port = free_port()
-    command = [sys.executable, str(FLOOR_APP), "--host", "127.0.0.1", "--port", str(port)]
-    return Server("floor", command, env, port, log_dir)
-
-
-def set_up_bridge(bridge: Server, admin_key: str) -> str:
-    """The target service and a clinical-system client; the client's API key."""
-    admin = {"Authorization": f"Bearer {admin_key}"}
-    with httpx.Client(base_url=bridge.base_url, headers=admin, timeout=10) as client:
-        service = {
-            "id": SERVICE_ID,
-            "name": "Life Rooms",
-            "organisation": "LR001",
-            "adapter": "local",
-        }
-        response = client.post("/api/v1/services", json=service)
-        if response.status_code != 201:
-            raise RuntimeError(f"creating the service: {response.status_code} {response.text}")
-        rio = {
-            "name": "rio",
-            "role": "clinical-system",
-            "organisation": "RW4",
-            "default_service": SERVICE_ID,
-        }
-        response = client.post("/api/v1/clients", json=rio)
-        if response.status_code != 201:
-            raise RuntimeError(f"creating the client: {response.status_code} {response.text}")
-        return str(response.json()["api_key"])
-
-
-def check_one(target: Target) -> None:
-    """One request before the load, so that a misconfiguration fails fast and clearly."""
-    head, body = target.request()
-
-    async def post() -> int:
-        connection = await Connection.open(target.host, target.port)
-        try:
-            return await asyncio.wait_for(connection.post(head, body), 10)
-        finally:
-            connection.close()
-
-    status = asyncio.run(post())
-    if status != 201:
-        raise RuntimeError(f"{target.name}: a first referral was answered {status}, not 201")
+async def run_database(
+    database: str, args: argparse.Namespace, admin_key: str, log_dir: Path, pg_databases: list[str]
+) -> Part:
+    if database == "postgresql":
+        names = {v: f"{args.database}_{v}" for v in VARIANTS}
+        for name in names.values():
+            pg_databases.append(name)
+            await recreate_database(args.pg, name)
+        version = str(await fetch_value(args.pg, "postgres", "SHOW server_version"))
+    else:
+        names = {v: str(log_dir / f"{v}.db") for v in VARIANTS}
+        version = sqlite3.sqlite_version
+    run = Run(database, args.pg, admin_key, log_dir, names, pg_databases)
+    servers = {v: start(run, v, run.url(v), "timed") for v in VARIANTS}
+    try:
+        for server in servers.values():
+            await server.wait_ready()
+        api_key = await set_up_bridge(servers["bridge"].base_url, admin_key)
+        variants = [
+            Variant(database, v, s, Referrals("127.0.0.1", s.port, api_key, f"BENCH-{v}"))
+            for v, s in servers.items()
+        ]
+        for variant in variants:
+            await check_one(variant, args.timeout)
+        phases = await run_load(variants, args)
+        rss = {v: rss_bytes(s.pid) for v, s in servers.items()}
+    except BaseException:
+        for server in servers.values():
+            print(f"--- end of the {server.name} log ---\n{server.tail()}", file=sys.stderr)
+        raise
+    finally:
+        for server in servers.values():
+            await server.stop(signal.SIGINT, 15)
+    # Read once the servers are gone, so that every PostgreSQL session has been counted.
+    stored = {v: await stored_rows(run, v, phases) for v in VARIANTS}
+    counted = {}
+    if args.count:
+        for v in VARIANTS:
+            counted[v] = await count_statements(run, v, api_key, args)
+    return Part(database, version, phases, rss, stored, counted)
 
 
 # --- reporting -----------------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)))
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "nproc": nproc,
-        "cpu": cpu,
-        "memory": memory,
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)",
-        "commit": commit,
-    }
+def _merged(part: Part, variant: str, kind: str) -> Phase:
+    return Phase.merged([p for p in part.phases if p.variant == variant and p.name == kind])
 
 
-def command_line() -> str:
-    executable = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        executable = executable.relative_to(Path.cwd())
-    return shlex.join([str(executable), *sys.argv])
+def _ratio(a: float, b: float, digits: int = 2) -> str:
+    return fmt(a / b, digits) if b and not math.isnan(a) and not math.isnan(b) else "n/a"
 
 
-def _fmt(value: float, digits: int = 1) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**NOT met**"
 
 
-def _outcomes(phase: Phase) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in sorted(phase.outcomes.items()))
-
-
-def table(phases: list[Phase]) -> list[str]:
-    rows = [
-        "| server | phase | requests | 2xx | non-2xx / errors | throughput (2xx/s) "
-        "| p50 (ms) | p99 (ms) | max (ms) | server CPU (ms/request) |",
+def part_lines(part: Part, args: argparse.Namespace) -> list[str]:
+    title = TITLES[part.database]
+    lines = [
+        f"### {title} {part.version}",
+        "",
+        "| variant | phase | requests | 2xx | non-2xx / errors | throughput (2xx/s) "
+        "| p50 (ms) | p99 (ms) | max (ms) | server CPU (ms/referral) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for p in phases:
+    for p in part.phases:
         if p.name == WARM_UP:
             continue
-        rows.append(
-            f"| {p.target} | {p.name} | {p.sent} | {p.ok} | {p.errors} | {p.throughput:.1f} | "
-            + " | ".join(_fmt(p.percentile_ms(q)) for q in (50, 99, 100))
-            + f" | {_fmt(p.server_cpu_ms, 2)} |"
+        name = CLOSED + f", concurrency {args.concurrency}" if p.name == CLOSED else p.name
+        if p.name == OPEN:
+            name += f", {args.rate:g}/s"
+        lines.append(
+            f"| {p.variant} | {name} | {p.sent} | {p.ok} | {p.errors} | {p.throughput:.1f} | "
+            + " | ".join(fmt(p.percentile_ms(q)) for q in (50, 99, 100))
+            + f" | {fmt(p.server_cpu_ms, 2)} |"
         )
-    return rows
+    closed = {v: _merged(part, v, CLOSED) for v in VARIANTS}
+    open_ = {v: _merged(part, v, OPEN) for v in VARIANTS}
+    pg = part.database == "postgresql"
+    counted = part.counted
+    measures = ["round trips", "statements", "prepared"] if pg else ["statements", "commits"]
 
+    def per(v: str, m: str) -> float:
+        return counted[v].per_referral(m) if v in counted else math.nan
 
-@dataclass
-class Verdict:
-    ratio: float
-    p99_ms: float
-    p99_met: bool
-    ratio_met: bool
-    lines: list[str]
-
-
-def verdict(phases: list[Phase], rate: float) -> Verdict:
-    by = {(p.target, p.name.split(",")[0]): p for p in phases}
-    bridge_closed, floor_closed = by["bridge", "closed loop"], by["floor", "closed loop"]
-    bridge_open = by["bridge", "open loop"]
-    ratio = (
-        bridge_closed.throughput / floor_closed.throughput if floor_closed.throughput else math.nan
-    )
-    p99 = bridge_open.percentile_ms(99)
-    p99_met = p99 < P99_TARGET_MS and bridge_open.errors == 0
-    ratio_met = ratio >= RATIO_TARGET and bridge_closed.errors == 0
-    lines = [
-        f"- Throughput ratio bridge/floor (closed loop): **{ratio:.2f}** "
-        f"({bridge_closed.throughput:.1f} / {floor_closed.throughput:.1f} req/s)",
-        f"- Target p99 < {P99_TARGET_MS:g} ms at {rate:g} req/s (bridge): "
-        f"**{'met' if p99_met else 'NOT met'}** (p99 {_fmt(p99)} ms, "
-        f"{bridge_open.errors} non-2xx/errors)",
-        f"- Target bridge throughput >= {RATIO_TARGET:g} x floor: "
-        f"**{'met' if ratio_met else 'NOT met'}** (ratio {ratio:.2f}, "
-        f"{bridge_closed.errors} non-2xx/errors)",
+    rows = [
+        ("closed-loop throughput (2xx/s)", {v: closed[v].throughput for v in VARIANTS}, 1),
+        ("closed-loop server CPU (ms/referral)", {v: closed[v].server_cpu_ms for v in VARIANTS}, 2),
+        ("open-loop server CPU (ms/referral)", {v: open_[v].server_cpu_ms for v in VARIANTS}, 2),
+        ("open-loop p50 (ms)", {v: open_[v].percentile_ms(50) for v in VARIANTS}, 1),
+        ("open-loop p99 (ms)", {v: open_[v].percentile_ms(99) for v in VARIANTS}, 1),
+        ("open-loop non-2xx / errors", {v: float(open_[v].errors) for v in VARIANTS}, 0),
+        *((f"{m} per referral", {v: per(v, m) for v in VARIANTS}, 2) for m in measures),
+        ("RSS after the load (MB)", {v: part.rss[v] / 2**20 for v in VARIANTS}, 0),
     ]
-    for p in phases:
-        if p.errors:
-            lines.append(f"- {p.target}, {p.name}: outcomes {_outcomes(p)}")
-    return Verdict(ratio, p99, p99_met, ratio_met, lines)
-
-
-def record(text: str) -> None:
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Intake benchmark results\n\n"
-            "Appended by `bench/intake.py --record`; newest last. See the script's docstring for "
-            "what each phase measures.\n"
+    lines += [
+        "",
+        "| per variant | bridge | floor | bridge / floor |",
+        "| --- | ---: | ---: | ---: |",
+        *(
+            f"| {label} | {fmt(values['bridge'], d)} | {fmt(values['floor'], d)} | "
+            f"{_ratio(values['bridge'], values['floor'])} |"
+            for label, values, d in rows
+        ),
+        "",
+    ]
+    stored = "; ".join(
+        f"{v}: {s.rows} rows for {s.created} answers 201"
+        + (f", over {s.sessions} PostgreSQL sessions opened" if s.sessions is not None else "")
+        for v, s in part.stored.items()
+    )
+    lines.append(f"- Stored (warm-up and a first check request included): {stored}")
+    how = (
+        "on the wire (a counting proxy in front of PostgreSQL: round trips = Sync + Flush + Query "
+        "messages, statements = Execute + Query, prepared = Parse)"
+        if pg
+        else "by SQLAlchemy listeners in the server's process (statements sent through a cursor, "
+        "BEGIN IMMEDIATE included, plus COMMITs and ROLLBACKs)"
+    )
+    for v, c in counted.items():
+        lines.append(
+            f"- Counted ({v}): {how}; {c.referrals} referrals answered 201 one at a time in "
+            f"{c.seconds:.1f} s"
+            + (
+                ""
+                if c.outcomes == Counter({"201": c.referrals})
+                else f" (outcomes {dict(c.outcomes)})"
+            )
+            + "; over that window before taking out idle work: "
+            + ", ".join(f"{m} {fmt(c.raw_per_referral(m), 2)}" for m in measures)
+            + f" per referral; idle ({IDLE_S:g} s before): "
+            + ", ".join(f"{m} {fmt(c.idle_per_s[m], 1)}/s" for m in measures)
         )
-    with RESULTS.open("a") as out:
-        out.write("\n" + text)
+    ratio = (
+        closed["bridge"].throughput / closed["floor"].throughput
+        if closed["floor"].throughput
+        else math.nan
+    )
+    p99 = open_["bridge"].percentile_ms(99)
+    cpu = closed["bridge"].server_cpu_ms
+    rss = part.rss["bridge"] / 2**20
+    lines += [
+        f"- Target bridge throughput >= {RATIO_TARGET:g} x floor ({title}): "
+        f"{_met(ratio >= RATIO_TARGET and closed['bridge'].errors == 0)} "
+        f"(ratio {fmt(ratio, 2)}, {closed['bridge'].errors} non-2xx/errors)",
+        f"- Target open loop p99 < {P99_TARGET_MS[part.database]:g} ms at {args.rate:g}/s, "
+        f"0 errors ({title}): "
+        + (
+            f"{_met(p99 < P99_TARGET_MS[part.database] and open_['bridge'].errors == 0)} "
+            f"(p99 {fmt(p99)} ms, {open_['bridge'].errors} non-2xx/errors)"
+            if args.rate == 100
+            else f"not assessed (run at {args.rate:g}/s)"
+        ),
+        f"- Target server CPU <= {CPU_TARGET_MS:g} ms per referral (closed loop): "
+        f"{_met(cpu <= CPU_TARGET_MS)} ({fmt(cpu, 2)} ms)",
+        f"- Target RSS < {RSS_TARGET_MB:g} MB: {_met(rss < RSS_TARGET_MB)} ({fmt(rss, 0)} MB)",
+    ]
+    if pg and "bridge" in counted:
+        trips = counted["bridge"].per_referral("round trips")
+        lines.append(
+            f"- Target <= {ROUND_TRIPS_TARGET:g} round trips per referral: "
+            f"{_met(trips <= ROUND_TRIPS_TARGET)} ({fmt(trips, 2)})"
+        )
+    for p in part.phases:
+        if p.errors:
+            lines.append(
+                f"- {p.variant}, {p.name}: outcomes "
+                + ", ".join(f"{k}: {n}" for k, n in sorted(p.outcomes.items()))
+            )
+    lines.append("")
+    return lines
 
 
 def report(
-    phases: list[Phase],
-    args: argparse.Namespace,
-    info: dict[str, str],
-    started: dt.datetime,
-    stored: dict[str, Stored],
+    parts: list[Part], args: argparse.Namespace, info: dict[str, str], started: dt.datetime
 ) -> str:
-    result = verdict(phases, args.rate)
-    stored_line = "; ".join(
-        f"{name}: {st.rows} rows for {st.created} answers 201, over {st.sessions} PostgreSQL "
-        "sessions opened"
-        for name, st in stored.items()
-    )
     lines = [
-        f"## {started:%Y-%m-%d %H:%M} UTC",
+        f"## Intake (`bench/intake.py`), {started:%Y-%m-%d %H:%M} UTC",
         "",
         f"- Command: `{command_line()}`",
-        f"- Machine: {info['nproc']} CPUs (nproc), {info['cpu']}, {info['memory']} RAM, "
-        f"{info['os']}; Python {info['python']}; PostgreSQL {info['postgresql']}; "
-        f"load average before the run {info['load']}",
-        "- Layout: bridge (`spbridge serve`) and floor (`bench/floor_app.py`) one uvicorn process "
-        "each, PostgreSQL and this load generator all on the same host; nothing pinned",
+        f"- Machine: {info['nproc']} CPUs, {info['cpu']}, {info['memory']} RAM, {info['os']}; "
+        f"Python {info['python']}; load average before the run {info['load']}",
         f"- Commit: {info['commit']}",
-        f"- Load: warm-up {args.warmup:g} s, then {args.duration:g} s per phase; "
-        f"request timeout {args.timeout:g} s; latency of 2xx answers only, open loop measured "
-        "from the scheduled send time",
-        f"- Stored (warm-up and a first check request included): {stored_line}",
-        "",
-        *table(phases),
-        "",
-        *result.lines,
+        "- Layout: bridge (`spbridge serve`, default settings but no rate limits) and floor "
+        "(`bench/floor_app.py`) one uvicorn process each on the same database, the database "
+        "and this load generator all on the same host; nothing pinned; one database at a time",
+        f"- Load: per variant a warm-up of {args.warmup:g} s, then {args.rounds} round(s) of "
+        f"closed loop ({args.concurrency} clients) and open loop ({args.rate:g} referrals/s), "
+        f"{args.seconds:g} s each, the variants alternated (closed: bridge, floor; open: floor, "
+        f"bridge; reversed each round); request timeout {args.timeout:g} s; latency of 2xx "
+        "answers only, open loop from the scheduled send time; server CPU from /proc/<pid>/stat "
+        "per referral sent; RSS (VmRSS) after the load; statements counted afterwards over "
+        f"{args.count} referrals one at a time against a fresh process of each variant, less "
+        "that process's idle rate",
         "",
     ]
+    for part in parts:
+        lines += part_lines(part, args)
     return "\n".join(lines)
 
 
@@ -696,93 +658,78 @@ def report(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="POST ServiceRequest at the bridge and at a bare floor endpoint; compare.",
+        description="POST ServiceRequest at the bridge and at a bare floor, on PostgreSQL and "
+        "SQLite; compare."
     )
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase (20)")
+    parser.add_argument(
+        "--seconds", "--duration", type=float, default=30.0, help="seconds per phase (30)"
+    )
+    parser.add_argument(
+        "--databases",
+        default=",".join(DATABASES),
+        help="comma-separated, of postgresql and sqlite (both)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the phases (1)")
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (16)")
-    parser.add_argument("--rate", type=float, default=100.0, help="open-loop requests/s (100)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per server (3)")
+    parser.add_argument("--rate", type=float, default=100.0, help="open-loop referrals/s (100)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up s per variant (3)")
+    parser.add_argument("--count", type=int, default=200, help="referrals counted; 0: none (200)")
     parser.add_argument("--max-requests", type=int, default=100_000, help="cap per phase (100000)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout s (10)")
     parser.add_argument(
         "--pg", default="postgres@127.0.0.1:5432", help="PostgreSQL user@host:port (trust auth)"
     )
-    parser.add_argument("--database", default="spbridge_bench", help="bridge database (made anew)")
+    parser.add_argument(
+        "--database", default="spbridge_bench", help="PostgreSQL database name prefix (made anew)"
+    )
+    parser.add_argument(
+        "--logs", help="keep the servers' logs (and SQLite's files) in this folder (not kept)"
+    )
+    parser.add_argument("--label", help="commit label for the report (default: git describe)")
     parser.add_argument(
         "--record", action="store_true", help="append the results to bench/RESULTS.md"
     )
     args = parser.parse_args(argv)
-    if args.duration <= 0 or args.concurrency < 1 or args.rate <= 0 or args.max_requests < 1:
-        parser.error("duration, concurrency, rate and max-requests must be positive")
+    args.database_list = [d.strip() for d in args.databases.split(",") if d.strip()]
+    if not args.database_list or any(d not in DATABASES for d in args.database_list):
+        parser.error("--databases: postgresql, sqlite or both, comma-separated")
+    if min(args.seconds, args.concurrency, args.rate, args.max_requests, args.rounds) <= 0:
+        parser.error("seconds, concurrency, rate, rounds and max-requests must be positive")
+    if args.count < 0:
+        parser.error("--count must not be negative")
     return args
 
 
-def _use_uvloop() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _stop_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
+async def run_all(
+    args: argparse.Namespace, admin_key: str, log_dir: Path, pg_databases: list[str]
+) -> list[Part]:
+    parts = []
+    for database in args.database_list:
+        parts.append(await run_database(database, args, admin_key, log_dir, pg_databases))
+    return parts
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    stop_on_sigterm()
     started = dt.datetime.now(dt.UTC)
-    bridge_db, floor_db = args.database, f"{args.database}_floor"
+    info = machine(args.label)
     admin_key = "bench-admin-" + secrets.token_urlsafe(16)
-    info = machine()
-    info["postgresql"] = fetch_value(args.pg, "postgres", "SHOW server_version")
-    loop_factory = _use_uvloop()
-
-    servers: list[Server] = []
+    pg_databases: list[str] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="spbridge-bench-") as log_dir:
+        with tempfile.TemporaryDirectory(prefix="spbridge-bench-intake-") as temporary:
+            log_dir = args.logs or temporary  # SQLite's databases too
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
             try:
-                recreate_database(args.pg, bridge_db)
-                recreate_database(args.pg, floor_db)
-                bridge = start_bridge(args.pg, bridge_db, admin_key, Path(log_dir))
-                servers.append(bridge)
-                floor = start_floor(args.pg, floor_db, Path(log_dir))
-                servers.append(floor)
-                bridge.wait_ready()
-                floor.wait_ready()
-                api_key = set_up_bridge(bridge, admin_key)
-                targets = [
-                    Target("bridge", "127.0.0.1", bridge.port, api_key, bridge.process.pid),
-                    Target("floor", "127.0.0.1", floor.port, api_key, floor.process.pid),
-                ]
-                for target in targets:
-                    check_one(target)
-                with asyncio.Runner(loop_factory=loop_factory) as runner, no_gc_pauses():
-                    phases = runner.run(run_load(targets, args))
-            except BaseException:
-                for server in servers:
-                    print(f"--- end of the {server.name} log ---\n{server.tail()}", file=sys.stderr)
-                raise
+                with asyncio.Runner(loop_factory=loop_factory()) as runner, no_gc_pauses():
+                    parts = runner.run(run_all(args, admin_key, Path(log_dir), pg_databases))
             finally:
-                for server in servers:
-                    server.stop()
-        # Read once the servers are gone, so that every session has been counted.
-        stored = {
-            "bridge": stored_rows(args.pg, bridge_db, "bridge", phases),
-            "floor": stored_rows(args.pg, floor_db, "floor", phases),
-        }
+                kill_live()  # only after an error or a signal
     finally:
-        drop_database(args.pg, bridge_db)
-        drop_database(args.pg, floor_db)
+        drop_databases(args.pg, pg_databases)
 
-    text = report(phases, args, info, started, stored)
-    print()
-    print(text)
-    if args.record:
-        record(text)
-        print(f"recorded in {RESULTS.relative_to(ROOT)}")
-    return 0
+    text = report(parts, args, info, started)
+    return publish(text, args.record)
 
 
 if __name__ == "__main__":

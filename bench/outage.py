@@ -38,13 +38,8 @@ import datetime as dt
 import faulthandler
 import itertools
 import math
-import os
-import platform
 import secrets
-import shlex
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,19 +47,29 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import asyncpg
 import httpx
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.support.dbproxy import DatabaseProxy  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (
+    EXAMPLE,
+    SERVICE_ID,
+    bridge_env,
+    command_line,
+    cpu_seconds,
+    fmt,
+    free_port,
+    machine,
+    percentile,
+    pg_admin,
+    publish,
+    set_up_bridge,
+    start_serve,
+)
+from tests.support.dbproxy import DatabaseProxy
 
-EXAMPLE = ROOT / "fhir" / "examples" / "ServiceRequest-social-prescribing-referral.json"
-RESULTS = ROOT / "bench" / "RESULTS.md"
-SERVICE_ID = "life-rooms"
 IDENTIFIER_SYSTEM = "https://rio.example.nhs.uk/Id/referral"
 PHASES = ("before", "during", "after")
 
@@ -78,15 +83,6 @@ class Answer:
     latency: float
     request_id: bool = False
     retry_after: bool = False
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -320,76 +316,6 @@ class WebhookReceiver:
 # --- the server and its database ------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def admin(pg: str, *statements: str) -> None:
-    connection = await asyncpg.connect(f"postgresql://{pg}/postgres")
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-class Server:
-    def __init__(self, env: dict[str, str], port: int, log_dir: Path) -> None:
-        self.port = port
-        self.log_path = log_dir / "bridge.log"
-        self._log: TextIO = self.log_path.open("w")
-        spbridge = str(Path(sys.executable).parent / "spbridge")
-        command = [spbridge, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        self.process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the bridge exited with {self.process.returncode}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.base_url}/healthz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"the bridge was not ready within {timeout:g} s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        self._log.close()
-
-
-async def set_up(base_url: str, admin_key: str, webhooks: str) -> str:
-    headers = {"Authorization": f"Bearer {admin_key}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
-        response = await client.post("/api/v1/subscriptions", json={"url": webhooks})
-        if response.status_code != 201:
-            raise RuntimeError(f"subscribing: {response.status_code} {response.text}")
-        service = {"id": SERVICE_ID, "name": "Life Rooms", "organisation": "LR001"}
-        response = await client.post("/api/v1/services", json={**service, "adapter": "local"})
-        if response.status_code != 201:
-            raise RuntimeError(f"creating the service: {response.status_code} {response.text}")
-        rio = {"name": "rio", "role": "clinical-system", "organisation": "RW4"}
-        response = await client.post("/api/v1/clients", json={**rio, "default_service": SERVICE_ID})
-        if response.status_code != 201:
-            raise RuntimeError(f"creating the client: {response.status_code} {response.text}")
-        return str(response.json()["api_key"])
-
-
 @dataclass
 class Stored:
     acknowledged: int
@@ -465,44 +391,8 @@ def read_logs(path: Path) -> Logs:
 # --- reporting -----------------------------------------------------------------------------
 
 
-def machine(label: str | None) -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    commit = label
-    if commit is None:
-        try:
-            commit = subprocess.run(
-                ["git", "describe", "--always", "--dirty"],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min)",
-        "commit": commit,
-    }
-
-
-def _percentile(values: list[float], p: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
 def _fmt(value: float, digits: int = 0) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return fmt(value, digits)
 
 
 def answers_table(run: Run, phases: tuple[str, ...]) -> list[str]:
@@ -519,7 +409,7 @@ def answers_table(run: Run, phases: tuple[str, ...]) -> list[str]:
             f"| {phase} | {len(mine)} | "
             + " | ".join(str(count.get(s, 0)) for s in statuses)
             + " | "
-            + " | ".join(_fmt(_percentile(latencies, p)) for p in (50, 99, 100))
+            + " | ".join(_fmt(percentile(latencies, p)) for p in (50, 99, 100))
             + " |"
         )
     return rows
@@ -569,10 +459,7 @@ def report(
     no_id = sum(1 for a in run.answers if a.outcome.isdigit() and not a.request_id)
     no_retry = sum(1 for a in run.answers if a.outcome == "503" and not a.retry_after)
     five_hundreds = sum(1 for a in run.answers if a.outcome == "500")
-    executable = Path(sys.executable)
-    with contextlib.suppress(ValueError):
-        executable = executable.relative_to(Path.cwd())
-    command = shlex.join([str(executable), *sys.argv])
+    command = command_line()
     lines = [
         f"## {started:%Y-%m-%d %H:%M} UTC — database outage under load (`bench/outage.py`)",
         "",
@@ -608,8 +495,8 @@ def report(
         *activity_table(run, phases),
         "",
         f"- Idle in transaction, for how long when sampled: p50 "
-        f"{_fmt(_percentile(run.idle_ms, 50))} ms, p99 {_fmt(_percentile(run.idle_ms, 99))} ms, "
-        f"max {_fmt(_percentile(run.idle_ms, 100))} ms; after which statement: "
+        f"{_fmt(percentile(run.idle_ms, 50))} ms, p99 {_fmt(percentile(run.idle_ms, 99))} ms, "
+        f"max {_fmt(percentile(run.idle_ms, 100))} ms; after which statement: "
         + (
             "; ".join(f"`{q}` {n}" for q, n in run.idle_after.most_common(6))
             if run.idle_after
@@ -657,25 +544,24 @@ async def main_async(
     await receiver.start()
     admin_key = "bench-admin-" + secrets.token_urlsafe(16)
     user = args.pg.rpartition("@")[0]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPBRIDGE_")}
-    env.update(
-        SPBRIDGE_DATABASE_URL=f"postgresql+asyncpg://{user}@127.0.0.1:{proxy.port}/{args.database}",
-        SPBRIDGE_ADMIN_API_KEY=admin_key,
-        SPBRIDGE_RATE_LIMIT_PER_MINUTE="0",
-        SPBRIDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE="0",
-        SPBRIDGE_ALLOWED_OUTBOUND_HOSTS="127.0.0.1",
-        SPBRIDGE_DATABASE_POOL_SIZE=str(args.pool_size),
-        SPBRIDGE_DATABASE_POOL_MAX_OVERFLOW=str(args.max_overflow),
-        SPBRIDGE_DATABASE_POOL_TIMEOUT=str(args.pool_timeout),
+    env = bridge_env(
+        f"postgresql+asyncpg://{user}@127.0.0.1:{proxy.port}/{args.database}",
+        admin_key,
+        {
+            "SPBRIDGE_ALLOWED_OUTBOUND_HOSTS": "127.0.0.1",
+            "SPBRIDGE_DATABASE_POOL_SIZE": str(args.pool_size),
+            "SPBRIDGE_DATABASE_POOL_MAX_OVERFLOW": str(args.max_overflow),
+            "SPBRIDGE_DATABASE_POOL_TIMEOUT": str(args.pool_timeout),
+        },
     )
-    server = Server(env, free_port(), log_dir)
+    server = start_serve(env, log_dir, "bridge")
     try:
         await server.wait_ready()
-        api_key = await set_up(server.base_url, admin_key, receiver.url)
-        run = await load(args, server.base_url, api_key, proxy, server.process.pid)
+        api_key = await set_up_bridge(server.base_url, admin_key, receiver.url)
+        run = await load(args, server.base_url, api_key, proxy, server.pid)
         kept = await stored(args.pg, args.database, run, args.settle)
     finally:
-        await asyncio.to_thread(server.stop)
+        await server.stop(signal.SIGINT)
         await proxy.stop()
         await receiver.stop()
     connection = await asyncpg.connect(f"postgresql://{args.pg}/postgres")
@@ -691,23 +577,17 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: where is it stuck?
     started = dt.datetime.now(dt.UTC)
     info = machine(args.label)
-    asyncio.run(admin(args.pg, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)'))
-    asyncio.run(admin(args.pg, f'CREATE DATABASE "{args.database}"'))
+    asyncio.run(pg_admin(args.pg, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)'))
+    asyncio.run(pg_admin(args.pg, f'CREATE DATABASE "{args.database}"'))
     try:
         with tempfile.TemporaryDirectory(prefix="spbridge-outage-") as log_dir:
             run, kept, logs, webhooks, info["postgresql"] = asyncio.run(
                 main_async(args, Path(log_dir))
             )
     finally:
-        asyncio.run(admin(args.pg, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)'))
+        asyncio.run(pg_admin(args.pg, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)'))
     text = report(args, info, started, run, kept, logs, webhooks)
-    print()
-    print(text)
-    if args.record:
-        with RESULTS.open("a") as out:
-            out.write("\n" + text)
-        print(f"recorded in {RESULTS.relative_to(ROOT)}")
-    return 0
+    return publish(text, args.record)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +25,8 @@ import typer.main
 from app import sandbox
 from app.cli import cli
 from app.config import Settings
+from tests.support.processes import SPBRIDGE, serving
 from tests.support.receiver import free_port
-
-SPBRIDGE = Path(sys.executable).parent / "spbridge"
 
 
 class Cli:
@@ -319,36 +315,9 @@ def served(tmp_path: Path) -> Iterator[tuple[Cli, str]]:
     assert run("migrate").returncode == 0
     asyncio.run(sandbox.seed_async(Settings(database_url=run.url, sandbox=True)))
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603
-        [str(SPBRIDGE), "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=run.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "spbridge serve exited"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "spbridge serve did not start"
-            time.sleep(0.2)
+    with serving([str(SPBRIDGE), "serve", "--port", str(port)], base, cwd=tmp_path, env=run.env()):
         yield run, base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 def test_the_server_reads_sandbox_mode_the_same_way(served: tuple[Cli, str]) -> None:

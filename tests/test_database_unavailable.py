@@ -29,7 +29,6 @@ from app.cases.models import ReportPendingCase
 from app.db import FailedRounds, create_engine, unavailability
 from app.delivery.dispatcher import Dispatcher
 from app.delivery.senders import standard_senders
-from app.logs import QUIET_LOGGERS, configure_logging
 from app.main import create_app
 from app.reports.drainer import ReportDrainer
 from tests.conftest import (
@@ -43,6 +42,7 @@ from tests.conftest import (
     row_counts,
 )
 from tests.support.dbproxy import DatabaseProxy
+from tests.support.logs import captured_logs
 from tests.support.receiver import Receiver, wait_for
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -51,29 +51,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 @pytest.fixture
 def logged() -> Iterator[io.StringIO]:
     """Everything logged, as the JSON lines `spbridge serve` writes (put back afterwards)."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    touched = [*QUIET_LOGGERS, "uvicorn", "uvicorn.error", "uvicorn.access"]
-    saved = {
-        name: (logger.level, list(logger.handlers), logger.propagate)
-        for name in touched
-        for logger in [logging.getLogger(name)]
-    }
-    configure_logging("INFO", stream)
-    try:
+    with captured_logs("INFO") as stream:
         yield stream
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        for name, (old_level, old_handlers, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.setLevel(old_level)
-            logger.handlers[:] = old_handlers
-            logger.propagate = propagate
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.support.processes import serving
 from tests.support.receiver import Receiver
 
 README = ROOT / "README.md"
@@ -88,35 +88,20 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (first,) = [line for line in blocks(README, "sh")[0].splitlines() if "serve" in line]
     assert first == ".venv/bin/spbridge serve --sandbox"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPBRIDGE_")}
-    log = (where / "serve.log").open("w")
-    process = subprocess.Popen(  # noqa: S603
-        ["bash", "-c", first],  # noqa: S607
-        cwd=where,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (where / "serve.log").read_text()
-            try:
-                if httpx.get(f"{BRIDGE}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the README's sandbox did not start"
-            time.sleep(0.2)
+    with (
+        (where / "serve.log").open("w") as log,
+        serving(
+            ["bash", "-c", first],
+            BRIDGE,
+            cwd=where,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            within=90,
+            group=True,
+        ),  # fmt: skip
+    ):
         yield where
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -23,10 +23,11 @@ import httpx
 import orjson
 import pytest
 
-from app.logs import QUIET_LOGGERS, JsonFormatter, configure_logging
+from app.logs import JsonFormatter
 from app.requestids import correlation_id_var, request_id_var
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource
 from tests.support.delivery import dispatcher_for
+from tests.support.logs import captured_logs
 from tests.support.receiver import Receiver
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -116,31 +117,9 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
-    """Everything logged, as the JSON lines `spbridge serve` writes; the logging set-up is put
-    back afterwards."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    touched = [*QUIET_LOGGERS, "uvicorn", "uvicorn.error", "uvicorn.access"]
-    saved = {
-        name: (logger.level, list(logger.handlers), logger.propagate)
-        for name in touched
-        for logger in [logging.getLogger(name)]
-    }
-    configure_logging("DEBUG", stream)
-    try:
+    """Everything logged, down to DEBUG, as the JSON lines `spbridge serve` writes."""
+    with captured_logs("DEBUG") as stream:
         yield stream
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
-        for name, (old_level, old_handlers, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.setLevel(old_level)
-            logger.handlers[:] = old_handlers
-            logger.propagate = propagate
 
 
 def leaks(text: str) -> list[str]:

@@ -25,6 +25,11 @@ def test_the_command_imports_reports_and_is_a_no_op_the_second_time(
     assert first.exit_code == 0, first.stderr
     assert "2 made, 0 held already, 0 refused; 5 events applied" in first.stdout
     assert "nothing sent downstream" in first.stdout
+    # Not a terminal: progress as lines on stderr, a referral at a time here (2 of them).
+    assert first.stderr.splitlines() == [
+        "importing referrals: 1/2 referrals",
+        "importing referrals: 2/2 referrals",
+    ]
     again = spbridge("import", str(path))
     assert again.exit_code == 0, again.stderr
     assert "0 made, 2 held already, 0 refused; 0 events applied" in again.stdout

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,9 +19,9 @@ import httpx
 import pytest
 
 from adapters.simulator.journeys import ACTIVE, plan
+from tests.support.processes import SPBRIDGE, serving
 from tests.support.receiver import free_port
 
-SPBRIDGE = Path(sys.executable).parent / "spbridge"
 SEED = 5
 CLINICAL = {"Authorization": "Bearer spb_sandbox_clinical_system"}
 
@@ -37,36 +36,14 @@ def bridge(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
     }
     env.pop("SPBRIDGE_ADMIN_API_KEY", None)
     command = [str(SPBRIDGE), "serve", "--sandbox", "--port", str(port), "--seed", str(SEED)]
-    printed = (tmp_path / "stdout.txt").open("w")
-    process = subprocess.Popen(  # noqa: S603 (our own entry point)
-        [*command, "--clock-speed", "300"],
-        cwd=tmp_path,
-        env=env,
-        stdout=printed,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "spbridge serve --sandbox exited"
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "spbridge serve --sandbox did not start"
-            time.sleep(0.2)
+    with (
+        (tmp_path / "stdout.txt").open("w") as printed,
+        serving(
+            [*command, "--clock-speed", "300"], base_url, cwd=tmp_path, env=env, stdout=printed
+        ) as process,
+    ):
         yield base_url, process, tmp_path / "stdout.txt"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        printed.close()
 
 
 def examples(page: str) -> dict[str, str]:
