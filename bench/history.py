@@ -22,11 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import platform
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +42,7 @@ from app.db import Database, transaction  # noqa: E402
 from app.directory.models import SocialPrescribingService  # noqa: E402
 from app.imports.service import Options, loading_processes, run_import  # noqa: E402
 from app.migrate import upgrade_async  # noqa: E402
+from bench import common  # noqa: E402
 
 SERVICE = "life-rooms"
 SYSTEM = "https://rio.example-trust.nhs.uk/Id/referral"
@@ -245,39 +242,19 @@ def write(path: Path, referrals: int, per_referral: float) -> tuple[int, int]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    seen = common.machine()
     return (
-        f"{os.cpu_count()} x {cpu}, {memory:.0f} GiB, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}; load average before the "
-        f"run {load} (1/5/15 min; the machine is shared with other work)"
+        f"{seen['nproc']} x {seen['cpu']}, {seen['memory']}, {seen['os']}, Python "
+        f"{seen['python']}; load average before the run {seen['load']} (the machine is shared "
+        "with other work)"
     )
 
 
 async def fresh_database(backend: str, pg: str, name: str, folder: Path) -> str:
     if backend == "sqlite":
         return f"sqlite+aiosqlite:///{folder / 'bench.db'}"
-    admin = await asyncpg.connect(f"postgresql://{pg}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return f"postgresql+asyncpg://{pg}/{name}"
-
-
-async def drop(pg: str, name: str) -> None:
-    admin = await asyncpg.connect(f"postgresql://{pg}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await common.recreate_database(pg, name)
+    return common.sqlalchemy_url(pg, name)
 
 
 def _cpu() -> float:
@@ -285,16 +262,6 @@ def _cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def head() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    ).stdout.strip()
 
 
 async def main() -> None:
@@ -345,8 +312,10 @@ async def main() -> None:
                 await database.dispose()
         finally:
             if args.backend == "postgresql":
-                await drop(args.pg, args.database)
-    commit = head()
+                await common.pg_admin(
+                    args.pg, f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)'
+                )
+    commit = common.git_head()
     loading = (
         f"{processes} loading process(es), {settings.import_concurrency} referrals at once in each"
         if args.backend == "postgresql"
@@ -366,8 +335,7 @@ async def main() -> None:
     )
     print(text)
     if args.record:
-        with (ROOT / "bench" / "RESULTS.md").open("a", encoding="utf-8") as results:
-            results.write(text)
+        common.record(text.lstrip("\n"))
 
 
 if __name__ == "__main__":
