@@ -20,9 +20,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.cases.models import Appointment, Case, Patient, Prescription, Referral, ResourceVersion
-from app.cases.views import (
+from app.cases.models import (
+    Appointment,
+    Case,
+    Patient,
+    Prescription,
     Record,
+    Referral,
+    ResourceVersion,
+)
+from app.cases.views import (
     patient_resource,
     record_resource,
     record_version,

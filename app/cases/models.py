@@ -228,6 +228,10 @@ class WellbeingScore(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+# A record a case keeps besides its events, each the source of a FHIR resource.
+Record = Appointment | Prescription | WellbeingScore
+
+
 class ReportPendingCase(Base):
     """A case written since the reports' read model last took it in: every writer queues the
     cases it changed here (app.cases.after_write; one small insert, on no shared row), and

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cases import wellbeing
-from app.cases.models import Appointment, Case, Prescription, WellbeingScore
+from app.cases.models import Appointment, Case, Prescription, Record, WellbeingScore
 from app.errors import BusinessRuleViolation, Conflict
 
 
@@ -47,31 +47,22 @@ class RecordStore:
         self._prescriptions: list[Prescription] | None = [] if new else None
         self._scores: list[WellbeingScore] | None = [] if new else None
 
+    async def _read(self, model: type[Record]) -> list[Any]:
+        return list(await self.session.scalars(select(model).where(model.case_id == self.case.id)))
+
     async def appointments(self) -> list[Appointment]:
         if self._appointments is None:
-            self._appointments = list(
-                await self.session.scalars(
-                    select(Appointment).where(Appointment.case_id == self.case.id)
-                )
-            )
+            self._appointments = await self._read(Appointment)
         return self._appointments
 
     async def prescriptions(self) -> list[Prescription]:
         if self._prescriptions is None:
-            self._prescriptions = list(
-                await self.session.scalars(
-                    select(Prescription).where(Prescription.case_id == self.case.id)
-                )
-            )
+            self._prescriptions = await self._read(Prescription)
         return self._prescriptions
 
     async def scores(self) -> list[WellbeingScore]:
         if self._scores is None:
-            self._scores = list(
-                await self.session.scalars(
-                    select(WellbeingScore).where(WellbeingScore.case_id == self.case.id)
-                )
-            )
+            self._scores = await self._read(WellbeingScore)
         return self._scores
 
     async def appointment(self, external_id: str) -> Appointment | None:

@@ -12,7 +12,15 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
-from app.cases.models import Appointment, Case, CaseEvent, Prescription, Referral, WellbeingScore
+from app.cases.models import (
+    Appointment,
+    Case,
+    CaseEvent,
+    Prescription,
+    Record,
+    Referral,
+    WellbeingScore,
+)
 from app.cases.views import record_resource, record_version, task_view
 from app.cases.views import (
     service_request_resource as service_request_resource,  # where the dispatcher reads it
@@ -30,8 +38,6 @@ from app.fhir.case_resources import (
 from app.fhir.task import instant, task_resource
 from app.security import scope
 from app.security.auth import Principal
-
-Record = Appointment | Prescription | WellbeingScore
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.cases.models import Appointment, Case, Patient, Prescription, Referral, WellbeingScore
+from app.cases.models import (
+    Appointment,
+    Case,
+    Patient,
+    Prescription,
+    Record,
+    Referral,
+    WellbeingScore,
+)
 from app.cases.states import consent_withdrawn
 from app.fhir.case_resources import (
     CaseContext,
@@ -17,8 +25,6 @@ from app.fhir.case_resources import (
     questionnaire_response_resource,
 )
 from app.fhir.task import TaskView, instant
-
-Record = Appointment | Prescription | WellbeingScore
 
 
 def service_request_resource(referral: Referral) -> dict[str, Any]:
