@@ -20,6 +20,7 @@ from app.imports.service import Options, run_import
 from app.outbox.models import Delivery
 from tests.conftest import Bridge, row_counts
 from tests.imports.lines import event_line, referral_line, write
+from tests.support.cases import open_case
 
 
 def history() -> list[dict[str, Any]]:
@@ -277,6 +278,36 @@ async def test_a_large_file_is_shared_among_processes(
     assert seen == list(range(1, 13))  # progress in file order
     for n in range(12):
         assert len(await _events(app, f"M-{n:02d}")) == (0 if n in refused else 2), n
+
+
+async def test_an_import_runs_beside_advisor_work(app: Any, bridge: Bridge, tmp_path: Path) -> None:
+    """An import and an advisor recording events at the same time: neither waits on the other
+    for long (one short transaction per referral), both land whole."""
+    case = await open_case(bridge)
+    await case.record({"type": "case.accepted"})
+    lines: list[dict[str, Any]] = []
+    for n in range(30):
+        value = f"B-{n:02d}"
+        lines.append(referral_line(value, "2022-09-05T09:00:00"))
+        lines.append(event_line(value, "case.accepted", "2022-09-06T09:00:00"))
+        lines.append(
+            event_line(value, "contact.attempted", "2022-09-07T09:00:00", outcome="reached")
+        )
+    path = write(tmp_path / "beside.ndjson", lines)
+    importing = asyncio.create_task(_import(app, path))
+    answers, importing_then = [], []
+    for _ in range(12):
+        answers.append(
+            (await case.post({"type": "contact.attempted", "outcome": "no-answer"})).status_code
+        )
+        importing_then.append(not importing.done())
+    summary = await asyncio.wait_for(importing, 120)
+
+    assert answers == [201] * 12
+    assert importing_then[0], "the advisor's first event was recorded while the import ran"
+    assert (summary.created, summary.events, summary.refused) == (30, 60, 0)
+    detail = (await case.detail()).json()
+    assert [e["type"] for e in detail["events"]].count("contact.attempted") == 12
 
 
 async def test_the_admin_api_imports_in_the_background(
