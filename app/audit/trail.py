@@ -239,41 +239,45 @@ async def write_record(
     pseudonyms = _pseudonyms(key, patients)
     # Plain INSERTs, not ORM objects: the record is written on every patient-data request, and
     # the unit of work would cost more than the statements (nothing reads these objects back).
-    await session.execute(
-        insert(AuditRecord).values(
-            id=record_id,
-            recorded_at=now or utcnow(),
-            source=source,
-            client_id=client_id,
-            agent_name=agent_name[:200],
-            role=role,
-            organisation=organisation,
-            action=audited.action,
-            interaction=audited.interaction,
-            method=method,
-            route=route,
-            resource_type=audited.resource_type,
-            resource_id=resource_id[:64] if resource_id else None,
-            outcome=outcome,
-            status=status,
-            request_id=request_ids[0],
-            correlation_id=request_ids[1],
-        )
+    record = insert(AuditRecord).values(
+        id=record_id,
+        recorded_at=now or utcnow(),
+        source=source,
+        client_id=client_id,
+        agent_name=agent_name[:200],
+        role=role,
+        organisation=organisation,
+        action=audited.action,
+        interaction=audited.interaction,
+        method=method,
+        route=route,
+        resource_type=audited.resource_type,
+        resource_id=resource_id[:64] if resource_id else None,
+        outcome=outcome,
+        status=status,
+        request_id=request_ids[0],
+        correlation_id=request_ids[1],
     )
-    if pseudonyms:
-        referral_ids = [None if ident.startswith(_BY_NUMBER) else ident for ident in patients]
-        await session.execute(
-            insert(AuditedPatient),
-            [
-                {
-                    "audit_event_id": record_id,
-                    "position": position,
-                    "patient": patient,
-                    "referral_id": referral_ids[position],
-                }
-                for position, patient in enumerate(pseudonyms)
-            ],
-        )
+    if not pseudonyms:
+        await session.execute(record)
+        return record_id
+    referral_ids = [None if ident.startswith(_BY_NUMBER) else ident for ident in patients]
+    noted = [
+        {
+            "audit_event_id": record_id,
+            "position": position,
+            "patient": patient,
+            "referral_id": referral_ids[position],
+        }
+        for position, patient in enumerate(pseudonyms)
+    ]
+    if session.get_bind().dialect.name == "postgresql":
+        # One round trip: the record's insert a data-modifying CTE of its patients' (their
+        # foreign key is checked at the statement's end, when the record is there).
+        await session.execute(insert(AuditedPatient).values(noted).add_cte(record.cte("record")))
+    else:
+        await session.execute(record)
+        await session.execute(insert(AuditedPatient), noted)
     return record_id
 
 

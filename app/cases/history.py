@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,10 +96,9 @@ def record_versions(record: Record, context: CaseContext) -> list[Version]:
     ]
 
 
-async def keep(session: AsyncSession, referral_id: str, versions: Iterable[Version]) -> None:
-    """Keep these versions of resources of one referral (one statement; those already kept stay
-    as they were)."""
-    rows = [
+def rows(referral_id: str, versions: Iterable[Version]) -> list[dict[str, Any]]:
+    """The resource_versions rows of these versions of one referral's resources."""
+    return [
         {
             "resource_type": v.resource_type,
             "resource_id": v.resource_id,
@@ -111,13 +109,19 @@ async def keep(session: AsyncSession, referral_id: str, versions: Iterable[Versi
         }
         for v in versions
     ]
-    if not rows:
-        return
-    table = ResourceVersion.__table__
-    assert isinstance(table, Table)
-    dialect = session.get_bind().dialect.name
+
+
+def keeping(dialect: str) -> Any:
+    """The insert that keeps versions: those already kept stay as they were."""
     insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(insert(table).on_conflict_do_nothing(), rows)
+    return insert(ResourceVersion.__table__).on_conflict_do_nothing()
+
+
+async def keep(session: AsyncSession, referral_id: str, versions: Iterable[Version]) -> None:
+    """Keep these versions of resources of one referral (one statement)."""
+    kept = rows(referral_id, versions)
+    if kept:
+        await session.execute(keeping(session.get_bind().dialect.name), kept)
 
 
 def event_versions(

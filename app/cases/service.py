@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases import history, records
-from app.cases.after_write import after_event, queue_for_reports
+from app.cases.after_write import after_event, keep_and_queue
 from app.cases.events import (
     REGISTRY,
     EventBody,
@@ -268,8 +268,9 @@ class CaseWork:
         """Write what the events applied so far caused once: their versions, the report queue."""
         if self._now is None:
             return
-        await history.keep(self.session, self.referral.id, self._versions)
-        await queue_for_reports(self.session, [self.case.id], self._now)
+        await keep_and_queue(
+            self.session, self.referral.id, self._versions, self.case.id, self._now
+        )
         self._versions, self._now = [], None
 
 

@@ -13,7 +13,9 @@ from tests.conftest import Bridge
 from tests.support.cases import open_case
 
 # With an appointment booked and attended in between: the records are read once per event.
-CEILING = 12
+# SQLite has no data-modifying CTE: the versions and the report queue, and the audit record and
+# its patients, are two statements each there.
+CEILING = {"postgresql": 10, "sqlite": 12}
 
 
 async def test_a_case_event_takes_at_most_the_ceiling_of_round_trips(
@@ -53,4 +55,4 @@ async def test_a_case_event_takes_at_most_the_ceiling_of_round_trips(
         event.remove(engine, "begin", began)
         event.remove(engine, "commit", committed)
     assert trips[-1] == "COMMIT"
-    assert len(trips) <= CEILING, "\n".join(trips)
+    assert len(trips) <= CEILING[backend], "\n".join(trips)

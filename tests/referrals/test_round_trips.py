@@ -15,7 +15,9 @@ from sqlalchemy import event
 
 from tests.conftest import FHIR_JSON, Bridge, referral_resource
 
-CEILING = 12
+# SQLite has no data-modifying CTE: the versions and the report queue, and the audit record and
+# its patients, are two statements each there.
+CEILING = {"postgresql": 10, "sqlite": 12}
 
 
 async def _refer(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
@@ -57,4 +59,4 @@ async def test_a_referral_takes_at_most_the_ceiling_of_round_trips(
         event.remove(engine, "begin", began)
         event.remove(engine, "commit", committed)
     assert trips[-1] == "COMMIT"
-    assert len(trips) <= CEILING, "\n".join(trips)
+    assert len(trips) <= CEILING[backend], "\n".join(trips)
