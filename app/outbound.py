@@ -16,8 +16,10 @@ hop of a redirect be, should one ever be followed (none is: adapters.base.send).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -187,13 +189,19 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         await self.backend.sleep(seconds)
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context (the CA bundle loaded once, 25 ms) for every transport of the process."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def guarded_transport(settings: Settings, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     """httpx's transport with its connection pool opening connections through the guard."""
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    transport = httpx.AsyncHTTPTransport(verify=_tls_context(), limits=limits, trust_env=False)
     # httpx takes no network backend; its pool is replaced by the same pool with ours
-    # (tests/test_outbound_policy.py fails should an httpx release stop honouring it).
+    # (tests/delivery/test_outbound_policy.py fails should an httpx release stop honouring it).
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+        ssl_context=_tls_context(),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
