@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 import uuid
 from typing import Any
 
@@ -656,6 +657,9 @@ async def test_html_page(bridge: Bridge, reporting: dict[str, str]) -> None:
     assert page.count("<table>") == sum(
         len(s["tables"]) for s in (await report(bridge, reporting))["sections"]
     )
+    # Every element id once: a section and its first table share a name in the JSON.
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), sorted(i for i in set(ids) if ids.count(i) > 1)
 
 
 async def test_figures_survive_the_retention_purge(
