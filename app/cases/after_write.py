@@ -21,12 +21,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
 from app.cases import history
-from app.cases.models import Case, CaseEvent, Referral, ReportPendingCase
+from app.cases.models import (
+    Appointment,
+    Case,
+    CaseEvent,
+    Patient,
+    Prescription,
+    Referral,
+    ReportPendingCase,
+    WellbeingScore,
+)
 from app.cases.states import consent_withdrawn
+from app.db import execute_with_new
 from app.outbox import service as outbox
 from app.outbox import topics
+from app.outbox.models import Delivery
 
 _BATCH = 1000
+# What a piece of work makes with every key set (no relationship to fill in): written whole in
+# the work's last statement on PostgreSQL (app.db.execute_with_new).
+_WRITTEN_WHOLE = (Appointment, Case, CaseEvent, Delivery, Patient, Prescription, WellbeingScore)
 
 
 async def after_event(
@@ -50,13 +64,14 @@ async def after_event(
         # cancellation to a platform that may hold the case.
         holding = await outbox.stop_for_withdrawal(session, referral.id, now)
     if deliver:
-        destinations = await outbox.destinations_for(
-            session,
-            service_id=referral.service_id,
-            referrer=referral.organisation,
-            provider=service_organisation,
-            requester=referral.requester_ods,
-        )
+        with session.no_autoflush:  # the directory only: what this work made stays unwritten
+            destinations = await outbox.destinations_for(
+                session,
+                service_id=referral.service_id,
+                referrer=referral.organisation,
+                provider=service_organisation,
+                requester=referral.requester_ods,
+            )
         outbox.enqueue(
             session, destinations, case, event, withdrawn=withdrawn, platforms_holding=holding
         )
@@ -116,9 +131,9 @@ async def keep_and_queue(
     now: dt.datetime,
 ) -> None:
     """What a piece of work on a case writes once, at its end: the resource versions its events
-    made (app.cases.history) and the case's place in the report queue. One statement on
-    PostgreSQL (the versions' insert a data-modifying CTE of the queue's: a round trip saved on
-    every write to a case), two on SQLite, which has no such CTE."""
+    made (app.cases.history), the case's place in the report queue, and on PostgreSQL the rows
+    it made: one statement there (data-modifying CTEs), where SQLite, which has none, takes the
+    unit of work's inserts and two statements."""
     kept = history.rows(referral_id, versions)
     if session.get_bind().dialect.name != "postgresql" or not kept or len(kept) > _BATCH:
         await history.keep(session, referral_id, versions)
@@ -129,4 +144,6 @@ async def keep_and_queue(
         .values(case_id=case_id, noted_at=now)
         .add_cte(history.keeping("postgresql").values(kept).cte("kept"))
     )
-    await session.execute(statement)
+    # And the rows the work made (a new case, its events, records, deliveries) in the same
+    # statement: intake writes its referral's whole case in one round trip.
+    await execute_with_new(session, statement, _WRITTEN_WHOLE)
