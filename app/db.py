@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+from app.caches import CACHES, DESTINATIONS, SERVICES, Remembered
 from app.config import Settings
 
 NAMING_CONVENTION = {
@@ -207,21 +208,37 @@ class Database:
     engine: AsyncEngine
     write_sessions: async_sessionmaker[AsyncSession]
     read_sessions: async_sessionmaker[AsyncSession]
+    # The process's caches (app.caches), carried by every session made here. Principals join
+    # them when the app starts (its cache is the app's); services and destination sets are here.
+    caches: dict[str, Remembered[Any, Any]]
 
     @classmethod
-    def from_url(cls, url: str, pool: PoolLimits | None = None) -> Database:
+    def from_url(
+        cls, url: str, pool: PoolLimits | None = None, directory_cache_seconds: float = 5.0
+    ) -> Database:
         engine = create_engine(url, pool)
+        caches: dict[str, Remembered[Any, Any]] = {
+            SERVICES: Remembered(directory_cache_seconds),
+            DESTINATIONS: Remembered(directory_cache_seconds),
+        }
+        # The makers copy this dict's entries into each session's info (the same cache objects).
+        info = {CACHES: caches}
         return cls(
             engine=engine,
-            write_sessions=async_sessionmaker(engine, expire_on_commit=False),
+            write_sessions=async_sessionmaker(engine, expire_on_commit=False, info=info),
             read_sessions=async_sessionmaker(
-                engine.execution_options(read_only=True), expire_on_commit=False
+                engine.execution_options(read_only=True), expire_on_commit=False, info=info
             ),
+            caches=caches,
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls.from_url(settings.database_url, PoolLimits.from_settings(settings))
+        return cls.from_url(
+            settings.database_url,
+            PoolLimits.from_settings(settings),
+            settings.directory_cache_seconds,
+        )
 
     async def dispose(self) -> None:
         await self.engine.dispose()
