@@ -11,6 +11,7 @@ when my transaction commits" (:func:`on_commit`), whoever made the session.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
@@ -27,6 +28,7 @@ PRINCIPALS = "principals"
 SERVICES = "services"
 DESTINATIONS = "destinations"
 
+_log = logging.getLogger("spbridge.caches")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -91,7 +93,12 @@ def _run_on_commit(session: Session) -> None:
     if session.in_nested_transaction() or not session.info.get(_ON_COMMIT):
         return
     for callback in session.info.pop(_ON_COMMIT):
-        callback()
+        try:
+            callback()
+        except Exception:
+            # The change is committed: its writer must not see a failure, nor the next
+            # callback be skipped.
+            _log.exception("an after-commit callback failed")
 
 
 @event.listens_for(Session, "after_transaction_end")

@@ -235,3 +235,20 @@ async def test_the_hook_runs_on_commit_only(app: Any, bridge: Bridge) -> None:
         await session.get(Referral, "none")
         await session.commit()
     assert ran == ["committed"]
+
+
+async def test_a_failing_callback_neither_fails_the_commit_nor_stops_the_others(
+    app: Any, bridge: Bridge
+) -> None:
+    database: Database = app.state.database
+    ran: list[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("a callback's bug")
+
+    async with database.write_sessions() as session:
+        on_commit(session, fails)
+        on_commit(session, lambda: ran.append("second"))
+        await session.get(Referral, "none")
+        await session.commit()
+    assert ran == ["second"]
