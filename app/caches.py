@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, object_session
 
 # Where a session carries its process's caches (a dict name -> Remembered, shared by every
 # session of one database) and the callbacks to run when its transaction commits.
 CACHES = "spbridge.caches"
+# The PostgreSQL channel on which a commit names the caches it changed, for other processes.
+CHANGES = "spbridge_caches"
 _ON_COMMIT = "spbridge.on_commit"
 # The caches' names.
 PRINCIPALS = "principals"
@@ -101,6 +103,20 @@ def _run_on_commit(session: Session) -> None:
             _log.exception("an after-commit callback failed")
 
 
+@event.listens_for(Session, "before_commit")
+def _tell_other_processes(session: Session) -> None:
+    # On PostgreSQL the other processes following CHANGES (app.db.Database.follow_changes) are
+    # told which caches to forget, in the transaction: only if it commits, as it commits.
+    if session.in_nested_transaction():
+        return
+    names = sorted({c.name for c in _pending(session) if isinstance(c, _Forget)})
+    if names and session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_notify(:channel, :names)"),
+            {"channel": CHANGES, "names": " ".join(names)},
+        )
+
+
 @event.listens_for(Session, "after_transaction_end")
 def _drop_on_end(session: Session, transaction: SessionTransaction) -> None:
     # After a commit the list is already gone; after a rollback or close nothing changed.
@@ -124,9 +140,10 @@ def cache_of(session: _HasInfo, name: str) -> Remembered[Any, Any] | None:
 class _Forget:
     """A callback emptying one cache (marked so :func:`cache_of` knows the session changed it)."""
 
-    __slots__ = ("forgets",)
+    __slots__ = ("forgets", "name")
 
-    def __init__(self, cache: Remembered[Any, Any]) -> None:
+    def __init__(self, name: str, cache: Remembered[Any, Any]) -> None:
+        self.name = name
         self.forgets = cache
 
     def __call__(self) -> None:
@@ -145,7 +162,7 @@ def forget_on_commit(session: _HasInfo, *names: str) -> None:
         cache = caches.get(name)
         if cache is None or any(getattr(c, "forgets", None) is cache for c in _pending(session)):
             continue
-        on_commit(session, _Forget(cache))
+        on_commit(session, _Forget(name, cache))
 
 
 # Mapped classes whose rows caches hold (see :func:`watch`), and the caches each one feeds.

@@ -5,12 +5,14 @@ The schema is made only by Alembic migrations (``migrations/``); nothing here cr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
-from app.caches import CACHES, DESTINATIONS, SERVICES, Remembered
+from app.caches import CACHES, CHANGES, DESTINATIONS, SERVICES, Remembered
 from app.config import Settings
 
 NAMING_CONVENTION = {
@@ -38,6 +41,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+_log = logging.getLogger("spbridge.db")
 
 # Set in session.info by code that wrote outbox rows: the request wakes the dispatcher on commit.
 ENQUEUED = "spbridge.enqueued"
@@ -211,6 +216,9 @@ class Database:
     # The process's caches (app.caches), carried by every session made here. Principals join
     # them when the app starts (its cache is the app's); services and destination sets are here.
     caches: dict[str, Remembered[Any, Any]]
+    _follower: asyncio.Task[None] | None = None
+    # Set while other processes' changes are followed (follow_changes is listening).
+    following: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def from_url(
@@ -240,7 +248,59 @@ class Database:
             settings.directory_cache_seconds,
         )
 
+    async def follow_changes(self, retry: float = 1.0) -> None:
+        """PostgreSQL: forget what other processes changed as soon as they commit it (they
+        NOTIFY the caches they changed, app.caches.CHANGES), not only after the caches' time
+        bound, which stays the limit while the listening connection is down. Nothing on SQLite.
+        A process that serves or works calls this once; :meth:`dispose` stops it."""
+        if is_sqlite(str(self.engine.url)) or self._follower is not None:
+            return
+        self._follower = asyncio.create_task(self._follow(retry), name="cache-changes")
+
+    async def _follow(self, retry: float) -> None:
+        # Its own connection, outside the pool: it is held for the life of the process.
+        engine = create_async_engine(self.engine.url, poolclass=NullPool)
+
+        def changed(_connection: Any, _pid: int, _channel: str, names: str) -> None:
+            for name in names.split():
+                cache = self.caches.get(name)
+                if cache is not None:
+                    cache.forget_all()
+
+        try:
+            while True:
+                try:
+                    async with engine.connect() as connection:
+                        listening = (await connection.get_raw_connection()).driver_connection
+                        assert listening is not None
+                        await listening.add_listener(CHANGES, changed)
+                        # What changed while nobody listened is unknown: forget it all.
+                        for cache in self.caches.values():
+                            cache.forget_all()
+                        closed = asyncio.Event()
+                        listening.add_termination_listener(lambda _c, ended=closed: ended.set())
+                        self.following.set()
+                        try:
+                            if not listening.is_closed():
+                                await closed.wait()
+                        finally:
+                            self.following.clear()
+                except (OSError, sa_exc.SQLAlchemyError) as exc:
+                    _log.warning("not following cache changes: %s", _type_name(exc))
+                await asyncio.sleep(retry)
+        finally:
+            await engine.dispose()
+
+    async def stop_following(self) -> None:
+        """From here other processes' changes count after the caches' time bound only."""
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
+
     async def dispose(self) -> None:
+        await self.stop_following()
         await self.engine.dispose()
 
 

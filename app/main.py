@@ -179,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The app's principal cache joins the database's, so a change to a client made through
         # any of its sessions empties it on commit (app.caches.forget_on_commit).
         database.caches[PRINCIPALS] = application.state.principals
+        await database.follow_changes()  # and other processes' changes, on PostgreSQL
         http = outbound_client(settings)
         application.state.database = database
         application.state.http = http

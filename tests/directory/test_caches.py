@@ -5,6 +5,7 @@ another process within SPBRIDGE_DIRECTORY_CACHE_SECONDS. On both databases."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Iterator
@@ -186,9 +187,11 @@ async def test_a_change_by_another_process_counts_within_the_bound(
     app: Any, bridge: Bridge, database_url: str
 ) -> None:
     """A second Database on the same database stands for another process: its change reaches
-    this one when the remembered set is older than the bound, not before."""
+    this one when the remembered set is older than the bound, not before (on PostgreSQL, when
+    this process is not following changes: the bound is what is left when it cannot)."""
     await bridge.service()
     database: Database = app.state.database
+    await database.stop_following()
     clock = Clock()
     database.caches[DESTINATIONS] = Remembered(5, clock)
     database.caches[SERVICES] = Remembered(5, clock)
@@ -252,3 +255,41 @@ async def test_a_failing_callback_neither_fails_the_commit_nor_stops_the_others(
         await session.get(Referral, "none")
         await session.commit()
     assert ran == ["second"]
+
+
+async def test_on_postgresql_another_process_s_change_counts_at_once(
+    app: Any, bridge: Bridge, database_url: str, backend: str
+) -> None:
+    """The process follows changes (a commit NOTIFYs the caches it changed): no waiting out the
+    bound. On SQLite there is nothing to follow and the bound is the limit."""
+    await bridge.service()
+    database: Database = app.state.database
+    if backend == "sqlite":
+        await database.follow_changes()
+        assert not database.following.is_set()
+        return
+    await asyncio.wait_for(database.following.wait(), 10)
+    clock = Clock()  # frozen: the bound never passes
+    database.caches[DESTINATIONS] = Remembered(5, clock)
+    database.caches[SERVICES] = Remembered(5, clock)
+    assert await _lookup(database) == []
+    async with database.read_sessions() as session:
+        await service_by_id(session, "life-rooms")
+    other = Database.from_url(database_url)
+    try:
+        async with other.write_sessions() as session, session.begin():
+            added = _destination()
+            session.add(added)
+            service = await session.get(SocialPrescribingService, "life-rooms")
+            assert service is not None
+            service.name = "Renamed elsewhere"
+    finally:
+        await other.dispose()
+    for _ in range(100):  # the notification arrives on its own connection: at most 2 s
+        if database.caches[DESTINATIONS].get(None) is None:
+            break
+        await asyncio.sleep(0.02)
+    assert await _lookup(database) == [added.id]
+    async with database.read_sessions() as session:
+        service = await service_by_id(session, "life-rooms")
+        assert service is not None and service.name == "Renamed elsewhere"

@@ -66,6 +66,8 @@ async def test_a_revocation_by_another_process_counts_within_the_bound(
     clock = Clock()
     other.state.principals = PrincipalCache(5, clock)
     async with other.router.lifespan_context(other):
+        # Not following changes (PostgreSQL's notifications): the bound is what is left.
+        await other.state.database.stop_following()
         transport = httpx.ASGITransport(app=other)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             assert (await http.get("/api/v1/services", headers=clinical)).status_code == 200
