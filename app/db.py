@@ -256,10 +256,19 @@ class Database:
         if is_sqlite(str(self.engine.url)) or self._follower is not None:
             return
         self._follower = asyncio.create_task(self._follow(retry), name="cache-changes")
+        # Wait (briefly) for it to listen: it forgets everything when it starts, which had
+        # better come before the first request than after it filled the caches.
+        started = asyncio.ensure_future(self.following.wait())
+        await asyncio.wait(
+            {started, self._follower}, timeout=5, return_when=asyncio.FIRST_COMPLETED
+        )
+        started.cancel()
 
     async def _follow(self, retry: float) -> None:
         # Its own connection, outside the pool: it is held for the life of the process.
-        engine = create_async_engine(self.engine.url, poolclass=NullPool)
+        engine = create_async_engine(
+            self.engine.url, poolclass=NullPool, connect_args={"timeout": 10}
+        )
 
         def changed(_connection: Any, _pid: int, _channel: str, names: str) -> None:
             for name in names.split():
@@ -267,6 +276,7 @@ class Database:
                 if cache is not None:
                     cache.forget_all()
 
+        rounds = FailedRounds(_log, "not following other processes' cache changes")
         try:
             while True:
                 try:
@@ -274,6 +284,7 @@ class Database:
                         listening = (await connection.get_raw_connection()).driver_connection
                         assert listening is not None
                         await listening.add_listener(CHANGES, changed)
+                        rounds.succeeded()
                         # What changed while nobody listened is unknown: forget it all.
                         for cache in self.caches.values():
                             cache.forget_all()
@@ -285,9 +296,10 @@ class Database:
                                 await closed.wait()
                         finally:
                             self.following.clear()
-                except (OSError, sa_exc.SQLAlchemyError) as exc:
-                    _log.warning("not following cache changes: %s", _type_name(exc))
-                await asyncio.sleep(retry)
+                    pause = retry
+                except Exception as exc:  # logged, and tried again: the time bounds still hold
+                    pause = rounds.failed(exc) * retry
+                await asyncio.sleep(pause)
         finally:
             await engine.dispose()
 
