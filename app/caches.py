@@ -2,11 +2,13 @@
 and the hook that makes a change to it count at once in this process.
 
 A cache is a :class:`Remembered`: entries kept for ``ttl`` seconds, emptied by
-:func:`forget_on_commit` when a transaction that changed the data commits. Another process is
-not told: its change counts here within ``ttl``. The caches of a process hang on its database
-(app.db.Database), and every session it makes carries them in ``session.info``, so code holding
-only a session finds them (:func:`cache_of`) and code changing the data can say "forget this
-when my transaction commits" (:func:`on_commit`), whoever made the session.
+:func:`forget_on_commit` when a transaction that changed the data commits. Another process
+learns of it on PostgreSQL as it commits (the commit NOTIFYs :data:`CHANGES`; serving and working
+processes listen, app.db.Database.follow_changes), else within ``ttl``. The caches of a process
+hang on its database (app.db.Database), and every session it makes carries them in
+``session.info``, so code holding only a session finds them (:func:`cache_of`) and code
+changing the data can say "forget this when my transaction commits" (:func:`on_commit`),
+whoever made the session.
 """
 
 from __future__ import annotations

@@ -50,8 +50,9 @@ class PrincipalCache(Remembered[str, Principal]):
     """Who a key or a token's client is, remembered for ``ttl`` seconds: a request then needs no
     query to authenticate. A change to clients in this process (revoked, a new organisation to
     act for) takes effect at once: :func:`forget_on_commit` empties the cache when its
-    transaction commits. Another process (a CLI command, another server) is not told: its change
-    takes effect here within ``ttl``. A key we do not know is never remembered."""
+    transaction commits. A change by another process (a CLI command, another server) takes
+    effect here as it commits on PostgreSQL (app.caches.CHANGES), else within ``ttl``. A key we do
+    not know is never remembered."""
 
 
 def forget_on_commit(session: AsyncSession) -> None:
