@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     # database every request). A client revoked or changed by this process counts at once;
     # changed by another (the CLI, another server), within this many seconds.
     principal_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # How long a process remembers services and which destinations a referral goes to (0:
+    # read every time). A change made by this process counts at once; by another, at once on
+    # PostgreSQL while this process listens for changes (app.db.Database.follow_changes), else
+    # within this.
+    directory_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     require_consent: bool = True
     # Delays in seconds between delivery attempts; the last repeats until retry_max_age.
     retry_schedule: Annotated[list[float], NoDecode] = Field(

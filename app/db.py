@@ -5,12 +5,14 @@ The schema is made only by Alembic migrations (``migrations/``); nothing here cr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, make_transient_to_detached
+from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from app.caches import CACHES, CHANGES, DESTINATIONS, SERVICES, Remembered
 from app.config import Settings
 
 NAMING_CONVENTION = {
@@ -39,6 +43,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+_log = logging.getLogger("spbridge.db")
 
 # Set in session.info by code that wrote outbox rows: the request wakes the dispatcher on commit.
 ENQUEUED = "spbridge.enqueued"
@@ -215,23 +221,106 @@ class Database:
     engine: AsyncEngine
     write_sessions: async_sessionmaker[AsyncSession]
     read_sessions: async_sessionmaker[AsyncSession]
+    # The process's caches (app.caches), carried by every session made here. Principals join
+    # them when the app starts (its cache is the app's); services and destination sets are here.
+    caches: dict[str, Remembered[Any, Any]]
+    _follower: asyncio.Task[None] | None = None
+    # Set while other processes' changes are followed (follow_changes is listening).
+    following: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def from_url(cls, url: str, pool: PoolLimits | None = None) -> Database:
+    def from_url(
+        cls, url: str, pool: PoolLimits | None = None, directory_cache_seconds: float = 5.0
+    ) -> Database:
         engine = create_engine(url, pool)
+        caches: dict[str, Remembered[Any, Any]] = {
+            SERVICES: Remembered(directory_cache_seconds),
+            DESTINATIONS: Remembered(directory_cache_seconds),
+        }
+        # The makers copy this dict's entries into each session's info (the same cache objects).
+        info = {CACHES: caches}
         return cls(
             engine=engine,
-            write_sessions=async_sessionmaker(engine, expire_on_commit=False),
+            write_sessions=async_sessionmaker(engine, expire_on_commit=False, info=info),
             read_sessions=async_sessionmaker(
-                engine.execution_options(read_only=True), expire_on_commit=False
+                engine.execution_options(read_only=True), expire_on_commit=False, info=info
             ),
+            caches=caches,
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls.from_url(settings.database_url, PoolLimits.from_settings(settings))
+        return cls.from_url(
+            settings.database_url,
+            PoolLimits.from_settings(settings),
+            settings.directory_cache_seconds,
+        )
+
+    async def follow_changes(self, retry: float = 1.0) -> None:
+        """PostgreSQL: forget what other processes changed as soon as they commit it (they
+        NOTIFY the caches they changed, app.caches.CHANGES), not only after the caches' time
+        bound, which stays the limit while the listening connection is down. Nothing on SQLite.
+        A process that serves or works calls this once; :meth:`dispose` stops it."""
+        if is_sqlite(str(self.engine.url)) or self._follower is not None:
+            return
+        self._follower = asyncio.create_task(self._follow(retry), name="cache-changes")
+        # Wait (briefly) for it to listen: it forgets everything when it starts, which had
+        # better come before the first request than after it filled the caches.
+        started = asyncio.ensure_future(self.following.wait())
+        await asyncio.wait(
+            {started, self._follower}, timeout=5, return_when=asyncio.FIRST_COMPLETED
+        )
+        started.cancel()
+
+    async def _follow(self, retry: float) -> None:
+        # Its own connection, outside the pool: it is held for the life of the process.
+        engine = create_async_engine(
+            self.engine.url, poolclass=NullPool, connect_args={"timeout": 10}
+        )
+
+        def changed(_connection: Any, _pid: int, _channel: str, names: str) -> None:
+            for name in names.split():
+                cache = self.caches.get(name)
+                if cache is not None:
+                    cache.forget_all()
+
+        rounds = FailedRounds(_log, "not following other processes' cache changes")
+        try:
+            while True:
+                try:
+                    async with engine.connect() as connection:
+                        listening = (await connection.get_raw_connection()).driver_connection
+                        assert listening is not None
+                        await listening.add_listener(CHANGES, changed)
+                        rounds.succeeded()
+                        # What changed while nobody listened is unknown: forget it all.
+                        for cache in self.caches.values():
+                            cache.forget_all()
+                        closed = asyncio.Event()
+                        listening.add_termination_listener(lambda _c, ended=closed: ended.set())
+                        self.following.set()
+                        try:
+                            if not listening.is_closed():
+                                await closed.wait()
+                        finally:
+                            self.following.clear()
+                    pause = retry
+                except Exception as exc:  # logged, and tried again: the time bounds still hold
+                    pause = rounds.failed(exc) * retry
+                await asyncio.sleep(pause)
+        finally:
+            await engine.dispose()
+
+    async def stop_following(self) -> None:
+        """From here other processes' changes count after the caches' time bound only."""
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
 
     async def dispose(self) -> None:
+        await self.stop_following()
         await self.engine.dispose()
 
 

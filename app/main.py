@@ -17,6 +17,7 @@ import app as package
 from app.audit.trail import AuditMiddleware
 from app.auditevents.router import router as audit_router
 from app.bars.router import router as bars_router
+from app.caches import PRINCIPALS
 from app.cases.router import api_router as cases_router
 from app.cases.router import router as task_router
 from app.clients.router import router as clients_router
@@ -175,6 +176,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # first referral's request.
         prepare_r4_validation()
         database = Database.from_settings(settings)
+        # The app's principal cache joins the database's, so a change to a client made through
+        # any of its sessions empties it on commit (app.caches.forget_on_commit).
+        database.caches[PRINCIPALS] = application.state.principals
+        await database.follow_changes()  # and other processes' changes, on PostgreSQL
         http = outbound_client(settings)
         application.state.database = database
         application.state.http = http

@@ -46,6 +46,7 @@ class Background:
 async def run_worker(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then finish or release the deliveries in flight."""
     database = Database.from_settings(settings)
+    await database.follow_changes()  # caches forget other processes' changes (PostgreSQL)
     http = outbound_client(settings)
     await check_report_model(database)
     background = Background(database, settings, http)

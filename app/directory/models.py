@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy import Boolean, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app import caches
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
 
 
@@ -38,3 +39,20 @@ class SocialPrescribingService(Base):
     # poll is due (also a lease, so one process polls a service at a time).
     poll_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)
     poll_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+# Services are remembered (app.directory.service.service_by_id): a change in this process counts
+# at once. The reconciliation's poll columns, rewritten at every poll, are not what is read.
+caches.watch(
+    SocialPrescribingService,
+    (
+        "name",
+        "organisation",
+        "adapter",
+        "_retired_adapter_config",
+        "delivers",
+        "first_contact_target_days",
+        "support_window_days",
+    ),
+    caches.SERVICES,
+)

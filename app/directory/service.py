@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import uuid
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 
 from adapters import registry
 from adapters.base import Adapter, AdapterConfig, AdapterError, AdapterKind, ClinicalAdapter
+from app import caches
 from app.config import Settings
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
@@ -114,6 +118,47 @@ async def list_services(session: AsyncSession) -> list[SocialPrescribingService]
             select(SocialPrescribingService).order_by(SocialPrescribingService.id)
         )
     )
+
+
+# The columns a remembered service holds: all of them. Its poll columns may be as old as the
+# cache (the reconciliation, their one reader, reads the row itself).
+_SERVICE_COLUMNS = tuple(a.key for a in inspect(SocialPrescribingService).column_attrs)
+
+
+def _copy(value: Any) -> Any:
+    """A JSON column's value is mutable: each holder gets its own."""
+    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+
+
+async def service_by_id(session: AsyncSession, service_id: str) -> SocialPrescribingService | None:
+    """The service, as ``session.get`` gives it, but with no query while the process remembers
+    it (app.caches, ``SERVICES``; a change to a service empties it when it commits).
+
+    What is remembered is a tuple of the columns' values; each session gets its own instance,
+    attached to it as if loaded, so nothing is shared between sessions but immutable values."""
+    present = session.identity_map.get(identity_key(SocialPrescribingService, service_id))
+    if isinstance(present, SocialPrescribingService):
+        return present
+    cache = caches.cache_of(session, caches.SERVICES)
+    if cache is None:
+        return await session.get(SocialPrescribingService, service_id)
+    values: tuple[Any, ...] | None = cache.get(service_id)
+    if values is None:
+        generation = cache.generation
+        service = await session.get(SocialPrescribingService, service_id)
+        if service is not None:
+            cache.put(
+                service_id,
+                tuple(_copy(getattr(service, key)) for key in _SERVICE_COLUMNS),
+                generation,
+            )
+        return service
+    service = SocialPrescribingService(
+        **{key: _copy(value) for key, value in zip(_SERVICE_COLUMNS, values, strict=True)}
+    )
+    make_transient_to_detached(service)  # as if loaded: no change to flush
+    session.add(service)
+    return service
 
 
 async def get_service(session: AsyncSession, service_id: str) -> SocialPrescribingService:

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app import caches
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
 
 
@@ -66,6 +67,15 @@ class Destination(Base):
         ):
             secrets.append(self.previous_secret)
         return secrets
+
+
+# The sets of destinations a referral goes to are remembered (app.outbox.service.destinations_for):
+# what decides them, changed in this process, counts at once (its circuit and secrets do not).
+caches.watch(
+    Destination,
+    ("active", "kind", "service_id", "organisation", "event_types"),
+    caches.DESTINATIONS,
+)
 
 
 class Delivery(Base):

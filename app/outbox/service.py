@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import caches
 from app.db import ENQUEUED
 from app.outbox import payloads
 from app.outbox.models import Delivery, DeliveryAttempt, Destination, DestinationKind
@@ -51,6 +55,80 @@ class RecordedEvent(Protocol):
     def correlation_id(self) -> str | None: ...
 
 
+@dataclass(frozen=True)
+class Target:
+    """What queueing reads of a destination: a snapshot, shared by every session of the process
+    (app.caches), never an ORM instance."""
+
+    id: str
+    kind: str
+    service_id: str | None
+    organisation: str | None
+    event_types: tuple[str, ...]
+
+
+_TARGET_COLUMNS = (
+    Destination.id,
+    Destination.kind,
+    Destination.service_id,
+    Destination.organisation,
+    Destination.event_types,
+)
+
+
+@dataclass(frozen=True)
+class _ActiveDestinations:
+    """Every active destination, indexed as destinations_for looks them up: one cached value for
+    the process, so a referral to any service from any organisation needs no query."""
+
+    platform: Mapping[str, tuple[Target, ...]]  # by service
+    clinical: Mapping[str, tuple[Target, ...]]  # by organisation
+    rest_hook: Mapping[str | None, tuple[Target, ...]]  # by organisation (None: an admin's)
+    webhook: Mapping[tuple[str | None, str | None], tuple[Target, ...]]  # (service, organisation)
+
+    @classmethod
+    def of(cls, targets: Iterable[Target]) -> _ActiveDestinations:
+        platform: dict[str, list[Target]] = defaultdict(list)
+        clinical: dict[str, list[Target]] = defaultdict(list)
+        rest_hook: dict[str | None, list[Target]] = defaultdict(list)
+        webhook: dict[tuple[str | None, str | None], list[Target]] = defaultdict(list)
+        for target in targets:
+            if target.kind == DestinationKind.PLATFORM and target.service_id is not None:
+                platform[target.service_id].append(target)
+            elif target.kind == DestinationKind.CLINICAL and target.organisation is not None:
+                clinical[target.organisation].append(target)
+            elif target.kind == DestinationKind.REST_HOOK:
+                rest_hook[target.organisation].append(target)
+            elif target.kind == DestinationKind.WEBHOOK:
+                webhook[(target.service_id, target.organisation)].append(target)
+        return cls(
+            platform={k: tuple(v) for k, v in platform.items()},
+            clinical={k: tuple(v) for k, v in clinical.items()},
+            rest_hook={k: tuple(v) for k, v in rest_hook.items()},
+            webhook={k: tuple(v) for k, v in webhook.items()},
+        )
+
+    def interested(
+        self, service_id: str, clinical_organisation: str, seeing: tuple[str | None, ...]
+    ) -> list[Target]:
+        found = [*self.platform.get(service_id, ()), *self.clinical.get(clinical_organisation, ())]
+        for organisation in seeing:
+            found.extend(self.rest_hook.get(organisation, ()))
+            for service in (None, service_id):
+                found.extend(self.webhook.get((service, organisation), ()))
+        return found
+
+
+def _target(row: Any) -> Target:
+    return Target(
+        id=row.id,
+        kind=row.kind,
+        service_id=row.service_id,
+        organisation=row.organisation,
+        event_types=tuple(row.event_types or ()),
+    )
+
+
 async def destinations_for(
     session: AsyncSession,
     *,
@@ -58,14 +136,31 @@ async def destinations_for(
     referrer: str,
     provider: str,
     requester: str | None = None,
-) -> list[Destination]:
+) -> list[Target]:
     """Active destinations interested in a referral's case: its service's platform, the
     clinical route of its requester's organisation (``requester``, the ODS code of
     ServiceRequest.requester; else the referring client's organisation), and the webhook and
     FHIR subscriptions that may see it (those of the referring or the providing organisation,
-    and the admins')."""
-    rows = await session.scalars(
-        select(Destination).where(
+    and the admins').
+
+    The process remembers every active destination (app.caches, ``DESTINATIONS``): no query
+    while it does. A change to destinations empties it when it commits (app.outbox.models)."""
+    clinical_organisation = requester or referrer
+    # A subscription sees what its owner's organisation may see; an admin's (None) all.
+    seeing = (None, referrer) if referrer == provider else (None, referrer, provider)
+    cache = caches.cache_of(session, caches.DESTINATIONS)
+    if cache is not None and cache.ttl > 0:
+        active: _ActiveDestinations | None = cache.get(None)
+        if active is None:
+            generation = cache.generation
+            rows = await session.execute(
+                select(*_TARGET_COLUMNS).where(Destination.active.is_(True))
+            )
+            active = _ActiveDestinations.of(_target(row) for row in rows)
+            cache.put(None, active, generation)
+        return active.interested(service_id, clinical_organisation, seeing)
+    rows = await session.execute(
+        select(*_TARGET_COLUMNS).where(
             Destination.active.is_(True),
             or_(
                 and_(
@@ -74,7 +169,7 @@ async def destinations_for(
                 ),
                 and_(
                     Destination.kind == DestinationKind.CLINICAL,
-                    Destination.organisation == (requester or referrer),
+                    Destination.organisation == clinical_organisation,
                 ),
                 and_(
                     # FHIR Subscriptions (app.outbox.topics): their filters are theirs to apply.
@@ -90,7 +185,6 @@ async def destinations_for(
                         Destination.service_id.is_(None),
                         Destination.service_id == service_id,
                     ),
-                    # A subscription sees what its owner's organisation may see; an admin's all.
                     or_(
                         Destination.organisation.is_(None),
                         Destination.organisation.in_([referrer, provider]),
@@ -99,10 +193,10 @@ async def destinations_for(
             ),
         )
     )
-    return list(rows)
+    return [_target(row) for row in rows]
 
 
-def _wants(destination: Destination, event_type: str) -> bool:
+def _wants(destination: Target, event_type: str) -> bool:
     return not destination.event_types or event_type in destination.event_types
 
 
@@ -163,7 +257,7 @@ async def stop_for_withdrawal(
 
 def enqueue(
     session: AsyncSession,
-    destinations: list[Destination],
+    destinations: Sequence[Target],
     case: ChangedCase,
     event: RecordedEvent,
     *,

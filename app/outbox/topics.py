@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import ENQUEUED
 from app.fhir.codes import CANONICAL_BASE
 from app.outbox.models import Delivery, Destination, DestinationKind, TopicSubscription
+from app.outbox.service import Target
 
 TOPIC_ID = "referral-task-changed"
 TOPIC_URL = f"{CANONICAL_BASE}/SubscriptionTopic/{TOPIC_ID}"
@@ -86,9 +87,7 @@ async def _next_number(session: AsyncSession, subscription_id: str) -> int:
     return number
 
 
-async def notify(
-    session: AsyncSession, change: TaskChange, destinations: Sequence[Destination]
-) -> int:
+async def notify(session: AsyncSession, change: TaskChange, destinations: Sequence[Target]) -> int:
     """Queue a notification for every active subscription among ``destinations`` (those that
     may see the referral: app.outbox.service.destinations_for) whose filters match. Returns how
     many were queued; reads nothing when there is no subscription."""

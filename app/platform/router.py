@@ -13,7 +13,7 @@ from adapters.base import InboundRefused
 from app.audit import trail
 from app.db import utcnow
 from app.dependencies import AppSettings, WriteSession
-from app.directory.models import SocialPrescribingService
+from app.directory.service import service_by_id
 from app.errors import BusinessRuleViolation, NotFound, Unauthorized, api_error_responses
 from app.fhir.parsing import read_body
 from app.platform.service import apply_message, platform_adapter
@@ -46,7 +46,7 @@ async def receive_platform_event(
 ) -> InboundResult:
     trail.set_agent(f"platform of service {service_id}"[:200])
     body = await read_body(request, settings.max_body_bytes)
-    service = await session.get(SocialPrescribingService, service_id)
+    service = await service_by_id(session, service_id)
     if service is None or service.adapter != adapter:
         raise NotFound("No such platform endpoint")
     platform = await platform_adapter(session, service)

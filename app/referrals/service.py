@@ -21,6 +21,7 @@ from app.cases.states import CLOSED_STATES, CaseState
 from app.cases.visibility import visible_referral, visible_to
 from app.db import utcnow
 from app.directory.models import SocialPrescribingService
+from app.directory.service import service_by_id
 from app.errors import (
     BadRequest,
     BusinessRuleViolation,
@@ -141,7 +142,7 @@ async def _target_service(
             issue_code="required",
             expression="ServiceRequest.performer",
         )
-    service = await session.get(SocialPrescribingService, service_id)
+    service = await service_by_id(session, service_id)
     if service is None:
         raise BusinessRuleViolation(
             "performer names no social prescribing service known here",
@@ -412,7 +413,7 @@ async def _apply(
             f"The referral cannot be {what}: its case is already closed ('{case.state}')",
             expression="ServiceRequest.status" if cancel else "ServiceRequest",
         )
-    service = await session.get(SocialPrescribingService, referral.service_id)
+    service = await service_by_id(session, referral.service_id)
     assert service is not None
     if not cancel:
         # The referral's new version, kept with the event (app.cases.history).

@@ -7,14 +7,15 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import caches
+from app.caches import Remembered
 from app.dependencies import get_now, installation_keys, read_session, write_session
 from app.errors import Forbidden, Unauthorized
 from app.keys import KeyPurpose
@@ -45,58 +46,19 @@ class Principal:
         return self.role is Role.ADMIN and self.organisation is None
 
 
-class PrincipalCache:
+class PrincipalCache(Remembered[str, Principal]):
     """Who a key or a token's client is, remembered for ``ttl`` seconds: a request then needs no
     query to authenticate. A change to clients in this process (revoked, a new organisation to
     act for) takes effect at once: :func:`forget_on_commit` empties the cache when its
-    transaction commits. Another process (a CLI command, another server) is not told: its change
-    takes effect here within ``ttl``. A key we do not know is never remembered."""
-
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl
-        self._clock = clock
-        self._entries: dict[str, tuple[float, Principal]] = {}
-        # Bumped by every forget: a lookup that read the database before a change committed
-        # must not store what it read after the cache was emptied for that change.
-        self._generation = 0
-
-    @property
-    def generation(self) -> int:
-        return self._generation
-
-    def get(self, key: str) -> Principal | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= self._clock():
-            del self._entries[key]
-            return None
-        return entry[1]
-
-    def put(self, key: str, principal: Principal, generation: int) -> None:
-        if self.ttl > 0 and generation == self._generation:
-            self._entries[key] = (self._clock() + self.ttl, principal)
-
-    def forget_all(self) -> None:
-        self._generation += 1
-        self._entries.clear()
-
-
-# Where authenticate leaves the app's cache on the request's session, for forget_on_commit.
-_CACHE_OF_SESSION = "spbridge.principal_cache"
+    transaction commits. A change by another process (a CLI command, another server) takes
+    effect here as it commits on PostgreSQL (app.caches.CHANGES), else within ``ttl``. A key we do
+    not know is never remembered."""
 
 
 def forget_on_commit(session: AsyncSession) -> None:
     """Called by code that changes an API client: the cache of this process is emptied once the
-    change commits (not before, or a request racing it could cache the old state again)."""
-    cache = session.info.get(_CACHE_OF_SESSION)
-    if isinstance(cache, PrincipalCache):
-        cache.forget_all()  # and again on commit: a lookup between the two will not be kept
-
-        def _forget(_session: object) -> None:
-            cache.forget_all()
-
-        event.listen(session.sync_session, "after_commit", _forget, once=True)
+    change commits (app.caches: the session carries the cache, whoever made it)."""
+    caches.forget_on_commit(session, caches.PRINCIPALS)
 
 
 def new_api_key() -> str:
@@ -157,18 +119,15 @@ async def _by_access_token(
     return dataclasses.replace(principal, scopes=verified.scopes)
 
 
-def _cache(request: Request, session: AsyncSession) -> PrincipalCache:
+def _cache(request: Request) -> PrincipalCache:
     cache: PrincipalCache = request.app.state.principals
-    session.info[_CACHE_OF_SESSION] = cache
     return cache
 
 
 async def authenticate(request: Request, session: AsyncSession) -> Principal:
     token = _bearer(request)
     digest = hash_key(token)
-    # Every request that may change a client is authenticated first: from here its session
-    # knows which cache forget_on_commit must empty.
-    cache = _cache(request, session)
+    cache = _cache(request)
     admin_hash: str | None = request.app.state.admin_key_hash
     if admin_hash is not None and hmac.compare_digest(digest, admin_hash):
         return Principal(client_id=None, name="bootstrap admin", role=Role.ADMIN, organisation=None)

@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app import caches
 from app.db import Base, JSONDoc, UTCDateTime, utcnow
 
 
@@ -41,6 +42,15 @@ class ApiClient(Base):
     previous_public_key_expires_at: Mapped[dt.datetime | None] = mapped_column(
         UTCDateTime(), nullable=True
     )
+
+
+# Who a key is, is remembered (app.security.auth.PrincipalCache): what a principal is made of,
+# changed in this process, counts at once, whatever code changed it.
+caches.watch(
+    ApiClient,
+    ("name", "role", "organisation", "acts_for", "default_service_id", "key_hash", "revoked_at"),
+    caches.PRINCIPALS,
+)
 
 
 class OAuthJti(Base):

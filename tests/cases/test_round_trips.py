@@ -15,7 +15,7 @@ from tests.support.cases import open_case
 # With an appointment booked and attended in between: the records are read once per event.
 # SQLite has no data-modifying CTE: the versions and the report queue, and the audit record and
 # its patients, are two statements each there.
-CEILING = {"postgresql": 9, "sqlite": 12}
+CEILING = {"postgresql": 8, "sqlite": 11}
 
 
 async def test_a_case_event_takes_at_most_the_ceiling_of_round_trips(

@@ -7,10 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from sqlalchemy import event
+from sqlalchemy import event, select
 
+from app.clients import service as clients
+from app.db import utcnow
 from app.main import create_app
 from app.security.auth import Principal, PrincipalCache
+from app.security.models import ApiClient
 from app.security.roles import Role
 from tests.conftest import ADMIN_KEY, Bridge, make_settings
 
@@ -63,6 +66,8 @@ async def test_a_revocation_by_another_process_counts_within_the_bound(
     clock = Clock()
     other.state.principals = PrincipalCache(5, clock)
     async with other.router.lifespan_context(other):
+        # Not following changes (PostgreSQL's notifications): the bound is what is left.
+        await other.state.database.stop_following()
         transport = httpx.ASGITransport(app=other)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             assert (await http.get("/api/v1/services", headers=clinical)).status_code == 200
@@ -95,3 +100,21 @@ def test_no_cache_when_the_bound_is_zero() -> None:
     cache = PrincipalCache(0, Clock())
     cache.put("key", Principal("c", "n", Role.ADVISOR, "LR001"), cache.generation)
     assert cache.get("key") is None
+
+
+async def test_a_change_outside_a_request_counts_at_once(
+    app: Any, client: httpx.AsyncClient, bridge: Bridge
+) -> None:
+    """The cache is emptied through the session's after-commit hook (app.caches): a session no
+    request authenticated on (a command run in the process, a background job) empties it too."""
+    await bridge.service()
+    clinical = await bridge.key("clinical-system", "RW4")
+    assert (await client.get("/api/v1/services", headers=clinical)).status_code == 200
+    admin = Principal(client_id=None, name="admin", role=Role.ADMIN, organisation=None)
+    database = app.state.database
+    async with database.write_sessions() as session, session.begin():
+        (client_id,) = await session.scalars(
+            select(ApiClient.id).where(ApiClient.role == "clinical-system")
+        )
+        await clients.revoke(session, admin, client_id, utcnow())
+    assert (await client.get("/api/v1/services", headers=clinical)).status_code == 401
