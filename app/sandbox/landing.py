@@ -220,7 +220,8 @@ class Hook(BaseHTTPRequestHandler):
             self.send_response(401)  # not signed with our secret, or too old: refused
             self.end_headers()
             return
-        print("verified", ident, body.decode(), flush=True)
+        # One write per line (print writes its end apart): another receiver shares the terminal.
+        sys.stdout.write(" ".join(("verified", ident, body.decode())) + "\\n")
         self.send_response(204)
         self.end_headers()
 
@@ -351,9 +352,9 @@ class Notified(BaseHTTPRequestHandler):
         for part in events:
             number = next(q["valueString"] for q in part if q["name"] == "event-number")
             focus = next(q["valueReference"]["reference"] for q in part if q["name"] == "focus")
-            print("notified", kind, number, focus, flush=True)
+            sys.stdout.write(" ".join(("notified", kind, number, focus)) + "\\n")
         if not events:
-            print("notified", kind, flush=True)
+            sys.stdout.write("notified " + kind + "\\n")
         self.send_response(200)
         self.end_headers()
 
