@@ -186,6 +186,9 @@ class Appointment(Base):
     version_id: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Never loaded: it tells the unit of work a case's row goes in before its records' (it
+    # orders tables it knows no relationship between by class name, Appointment before Case).
+    case: Mapped[Case] = relationship(lazy="raise", viewonly=False)
 
 
 class Prescription(Base):
@@ -207,6 +210,9 @@ class Prescription(Base):
     version_id: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Never loaded: it tells the unit of work a case's row goes in before its records' (it
+    # orders tables it knows no relationship between by class name, Appointment before Case).
+    case: Mapped[Case] = relationship(lazy="raise", viewonly=False)
 
 
 class WellbeingScore(Base):
@@ -226,6 +232,9 @@ class WellbeingScore(Base):
     metric_score: Mapped[float] = mapped_column(Float)
     measured_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Never loaded: it tells the unit of work a case's row goes in before its records' (it
+    # orders tables it knows no relationship between by class name, Appointment before Case).
+    case: Mapped[Case] = relationship(lazy="raise", viewonly=False)
 
 
 # A record a case keeps besides its events, each the source of a FHIR resource.

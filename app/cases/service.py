@@ -326,11 +326,6 @@ async def open_case(
         now=referral.created_at,
         versions=versions,
     )
-    if session.get_bind().dialect.name != "postgresql":
-        # The case's row before any record of it: the unit of work orders tables it knows no
-        # relationship between by class name (Appointment before Case), not by foreign key.
-        # PostgreSQL writes the work's new rows in one statement (checked at its end) instead.
-        await session.flush()
     if finish:
         await work.finish()
     return work
