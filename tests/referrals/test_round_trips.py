@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import event
 
 from tests.conftest import FHIR_JSON, Bridge, referral_resource
+from tests.support.round_trips import counted
 
 # One warm intake on PostgreSQL: BEGIN; INSERT referrals (ON CONFLICT DO NOTHING RETURNING: is it
 # new?); one statement writing the case, its first event, the patient, the resource versions and
@@ -40,31 +40,11 @@ async def test_a_referral_takes_at_most_the_ceiling_of_round_trips(
     await bridge.service()
     referrer = await bridge.key("clinical-system", "RW4", default_service="life-rooms")
     await _refer(client, referrer)  # keys made, pool warm: as in a running service
-    engine = app.state.database.engine.sync_engine
-    trips: list[str] = []
-    statements: list[str] = []
-
-    def sent(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        trips.append(" ".join(statement.split()[:3]))
-        statements.append(statement)
-
-    def began(_conn: Any) -> None:
-        if backend == "postgresql":  # SQLite's BEGIN IMMEDIATE is a statement, counted above
-            trips.append("BEGIN")
-
-    def committed(_conn: Any) -> None:
-        trips.append("COMMIT")
-
-    event.listen(engine, "before_cursor_execute", sent)
-    event.listen(engine, "begin", began)
-    event.listen(engine, "commit", committed)
-    try:
+    with counted(app, backend) as seen:
         await _refer(client, referrer)
-    finally:
-        event.remove(engine, "before_cursor_execute", sent)
-        event.remove(engine, "begin", began)
-        event.remove(engine, "commit", committed)
-    assert trips[-1] == "COMMIT"
-    assert len(trips) <= CEILING[backend], "\n".join(trips)
+    assert seen.trips[-1] == "COMMIT"
+    assert len(seen.trips) <= CEILING[backend], "\n".join(seen.trips)
     # Warm, the directory costs nothing: no read of services or destinations.
-    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")], statements
+    assert not [s for s in seen.statements if s.lstrip().upper().startswith("SELECT")], (
+        seen.statements
+    )
