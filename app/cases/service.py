@@ -124,6 +124,7 @@ class CaseWork:
         # The case's events by idempotency key, when every one is known here (a new case, or
         # after held_keys): a repeat is then found without a read.
         self._keyed: dict[str, CaseEvent] | None = {} if new else None
+        self._seen: dict[str, CaseEvent | None] = {}  # keys looked up one by one, and found
         self._versions: list[history.Version] = []
         self._now: dt.datetime | None = None
 
@@ -138,15 +139,18 @@ class CaseWork:
             self._keyed = {event.idempotency_key: event for event in held if event.idempotency_key}
         return set(self._keyed)
 
-    async def _repeat(self, key: str) -> CaseEvent | None:
+    async def repeat(self, key: str) -> CaseEvent | None:
+        """The event recorded on the case with this idempotency key, if any (each key read once:
+        a caller that checks a repeat itself and then applies costs one read, not two)."""
         if self._keyed is not None:
             return self._keyed.get(key)
-        found: CaseEvent | None = await self.session.scalar(
-            select(CaseEvent).where(
-                CaseEvent.case_id == self.case.id, CaseEvent.idempotency_key == key
+        if key not in self._seen:
+            self._seen[key] = await self.session.scalar(
+                select(CaseEvent).where(
+                    CaseEvent.case_id == self.case.id, CaseEvent.idempotency_key == key
+                )
             )
-        )
-        return found
+        return self._seen[key]
 
     async def apply(
         self,
@@ -160,7 +164,7 @@ class CaseWork:
         recorded. ``versions``: other versions the writer made with the event."""
         session, case, referral, service = self.session, self.case, self.referral, self.service
         if event.idempotency_key is not None:
-            existing = await self._repeat(event.idempotency_key)
+            existing = await self.repeat(event.idempotency_key)
             if existing is not None:
                 return existing
         now = now or utcnow()
@@ -233,8 +237,8 @@ class CaseWork:
             resources=effect.resources,
         )
         session.add(record)
-        if event.idempotency_key is not None and self._keyed is not None:
-            self._keyed[event.idempotency_key] = record
+        if event.idempotency_key is not None:
+            (self._keyed if self._keyed is not None else self._seen)[event.idempotency_key] = record
 
         referral_status = declared.referral_status
         if referral_status and referral.status != referral_status:
@@ -423,12 +427,9 @@ async def record_event(
             expression="case_id",
         )
     data = event.data()
+    work = CaseWork(session, case, referral, service, context)
     if event.idempotency_key is not None:
-        held = await session.scalar(
-            select(CaseEvent).where(
-                CaseEvent.case_id == case.id, CaseEvent.idempotency_key == event.idempotency_key
-            )
-        )
+        held = await work.repeat(event.idempotency_key)
         if held is not None:
             if held.type != event.type or held.data != parse_event(event.type, data):
                 raise Conflict(
@@ -436,11 +437,7 @@ async def record_event(
                     expression="idempotency_key",
                 )
             return held, case, False
-    recorded = await apply_event(
-        session,
-        case,
-        referral,
-        service,
+    recorded = await work.apply(
         NewEvent(
             type=event.type,
             source=_source(principal),
@@ -448,9 +445,9 @@ async def record_event(
             data=data,
             idempotency_key=event.idempotency_key,
         ),
-        context,
         now=now,
     )
+    await work.finish()
     await session.flush()
     return recorded, case, True
 
