@@ -87,11 +87,7 @@ class RecordStore:
 
     async def all(self) -> CaseRecords:
         """Every record of the case, each list in the order things happened (as records_of)."""
-        return CaseRecords(
-            sorted(await self.appointments(), key=lambda a: (a.booked_at, a.created_at)),
-            sorted(await self.prescriptions(), key=lambda p: (p.prescribed_at, p.created_at)),
-            sorted(await self.scores(), key=lambda s: (s.measured_at, s.created_at)),
-        )
+        return in_order(await self.appointments(), await self.prescriptions(), await self.scores())
 
 
 def _unknown(what: str, name: str) -> BusinessRuleViolation:
@@ -306,28 +302,33 @@ class CaseRecords:
     scores: list[WellbeingScore]
 
 
+def in_order(
+    appointments: list[Appointment], prescriptions: list[Prescription], scores: list[WellbeingScore]
+) -> CaseRecords:
+    """A case's records, each list in the order things happened."""
+    return CaseRecords(
+        sorted(appointments, key=lambda a: (a.booked_at, a.created_at)),
+        sorted(prescriptions, key=lambda p: (p.prescribed_at, p.created_at)),
+        sorted(scores, key=lambda s: (s.measured_at, s.created_at)),
+    )
+
+
 async def records_of(session: AsyncSession, case_ids: list[str]) -> dict[str, CaseRecords]:
     """Every record of these cases, each list in the order things happened."""
-    appointments = await session.scalars(
-        select(Appointment)
-        .where(Appointment.case_id.in_(case_ids))
-        .order_by(Appointment.booked_at, Appointment.created_at)
-    )
-    prescriptions = await session.scalars(
-        select(Prescription)
-        .where(Prescription.case_id.in_(case_ids))
-        .order_by(Prescription.prescribed_at, Prescription.created_at)
-    )
-    scores = await session.scalars(
-        select(WellbeingScore)
-        .where(WellbeingScore.case_id.in_(case_ids))
-        .order_by(WellbeingScore.measured_at, WellbeingScore.created_at)
-    )
     out = {case_id: CaseRecords([], [], []) for case_id in case_ids}
-    for appointment in appointments:
+    for appointment in await session.scalars(
+        select(Appointment).where(Appointment.case_id.in_(case_ids))
+    ):
         out[appointment.case_id].appointments.append(appointment)
-    for prescription in prescriptions:
+    for prescription in await session.scalars(
+        select(Prescription).where(Prescription.case_id.in_(case_ids))
+    ):
         out[prescription.case_id].prescriptions.append(prescription)
-    for score in scores:
+    for score in await session.scalars(
+        select(WellbeingScore).where(WellbeingScore.case_id.in_(case_ids))
+    ):
         out[score.case_id].scores.append(score)
-    return out
+    return {
+        case_id: in_order(held.appointments, held.prescriptions, held.scores)
+        for case_id, held in out.items()
+    }
