@@ -135,8 +135,10 @@ async def keep_and_queue(
     it made: one statement there (data-modifying CTEs), where SQLite, which has none, takes the
     unit of work's inserts and two statements."""
     kept = history.rows(referral_id, versions)
-    if session.get_bind().dialect.name != "postgresql" or not kept or len(kept) > _BATCH:
-        await history.keep(session, referral_id, versions)
+    dialect = session.get_bind().dialect.name
+    if dialect != "postgresql" or not kept or len(kept) > _BATCH:
+        if kept:
+            await session.execute(history.keeping(dialect), kept)
         await queue_for_reports(session, [case_id], now)
         return
     statement = (
