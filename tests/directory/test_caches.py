@@ -93,6 +93,27 @@ def _destination(organisation: str | None = "RW4") -> Destination:
     )
 
 
+async def _remember_then_change_elsewhere(database: Database, url: str, clock: Clock) -> str:
+    """The caches filled here (no destination; the service by its first name), then another
+    process adds a destination (its id returned) and renames the service."""
+    database.caches[DESTINATIONS] = Remembered(5, clock)
+    database.caches[SERVICES] = Remembered(5, clock)
+    assert await _lookup(database) == []
+    async with database.read_sessions() as session:
+        await service_by_id(session, "life-rooms")
+    other = Database.from_url(url)
+    try:
+        async with other.write_sessions() as session, session.begin():
+            added = _destination()
+            session.add(added)
+            service = await session.get(SocialPrescribingService, "life-rooms")
+            assert service is not None
+            service.name = "Renamed elsewhere"
+    finally:
+        await other.dispose()
+    return added.id
+
+
 async def test_a_warm_lookup_costs_no_query(app: Any, bridge: Bridge) -> None:
     await bridge.service()
     database: Database = app.state.database
@@ -193,28 +214,14 @@ async def test_a_change_by_another_process_counts_within_the_bound(
     database: Database = app.state.database
     await database.stop_following()
     clock = Clock()
-    database.caches[DESTINATIONS] = Remembered(5, clock)
-    database.caches[SERVICES] = Remembered(5, clock)
-    assert await _lookup(database) == []
-    async with database.read_sessions() as session:
-        await service_by_id(session, "life-rooms")
-    other = Database.from_url(database_url)
-    try:
-        async with other.write_sessions() as session, session.begin():
-            added = _destination()
-            session.add(added)
-            service = await session.get(SocialPrescribingService, "life-rooms")
-            assert service is not None
-            service.name = "Renamed elsewhere"
-    finally:
-        await other.dispose()
+    added_id = await _remember_then_change_elsewhere(database, database_url, clock)
     clock.now += 4.9  # within the bound: still the set remembered before
     assert await _lookup(database) == []
     async with database.read_sessions() as session:
         service = await service_by_id(session, "life-rooms")
         assert service is not None and service.name == "Service life-rooms"
     clock.now += 0.2  # past it: read again
-    assert await _lookup(database) == [added.id]
+    assert await _lookup(database) == [added_id]
     async with database.read_sessions() as session:
         service = await service_by_id(session, "life-rooms")
         assert service is not None and service.name == "Renamed elsewhere"
@@ -270,26 +277,12 @@ async def test_on_postgresql_another_process_s_change_counts_at_once(
         return
     await asyncio.wait_for(database.following.wait(), 10)
     clock = Clock()  # frozen: the bound never passes
-    database.caches[DESTINATIONS] = Remembered(5, clock)
-    database.caches[SERVICES] = Remembered(5, clock)
-    assert await _lookup(database) == []
-    async with database.read_sessions() as session:
-        await service_by_id(session, "life-rooms")
-    other = Database.from_url(database_url)
-    try:
-        async with other.write_sessions() as session, session.begin():
-            added = _destination()
-            session.add(added)
-            service = await session.get(SocialPrescribingService, "life-rooms")
-            assert service is not None
-            service.name = "Renamed elsewhere"
-    finally:
-        await other.dispose()
+    added_id = await _remember_then_change_elsewhere(database, database_url, clock)
     for _ in range(100):  # the notification arrives on its own connection: at most 2 s
         if database.caches[DESTINATIONS].get(None) is None:
             break
         await asyncio.sleep(0.02)
-    assert await _lookup(database) == [added.id]
+    assert await _lookup(database) == [added_id]
     async with database.read_sessions() as session:
         service = await service_by_id(session, "life-rooms")
         assert service is not None and service.name == "Renamed elsewhere"
