@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import app.models  # noqa: F401  (every table mapped: the reset empties them in dependency order)
@@ -183,7 +183,14 @@ async def reset(session: AsyncSession, settings: Settings) -> dict[str, int]:
     simulator.forget_all()
     removed: dict[str, int] = {}
     tables = {table.name: table for table in Base.metadata.sorted_tables}
-    for name in _wiped_tables():
+    wiped = _wiped_tables()
+    if session.get_bind().dialect.name == "postgresql":
+        # No other writer between our deletes (the in-process dispatcher recording an attempt
+        # of a delivery about to go broke the foreign key: a 500). Parents first, the order
+        # writers take them in, so a writer holding one finishes instead of deadlocking.
+        names = ", ".join(f'"{name}"' for name in reversed(wiped))
+        await session.execute(text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
+    for name in wiped:
         result = await session.execute(delete(tables[name]))
         removed[name] = int(getattr(result, "rowcount", 0) or 0)
     # The rows are gone under the session's feet (the caller's own client among them): forget
