@@ -26,6 +26,9 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, object_
 CACHES = "spbridge.caches"
 # The PostgreSQL channel on which a commit names the caches it changed, for other processes.
 CHANGES = "spbridge_caches"
+# Where a session carries the token naming its process on CHANGES: a process has forgotten its
+# own changes as it committed them, and must not forget again what it has read since.
+SENDER = "spbridge.sender"
 _ON_COMMIT = "spbridge.on_commit"
 # The caches' names.
 PRINCIPALS = "principals"
@@ -114,9 +117,21 @@ def _tell_other_processes(session: Session) -> None:
     names = sorted({c.name for c in _pending(session) if isinstance(c, _Forget)})
     if names and session.get_bind().dialect.name == "postgresql":
         session.execute(
-            text("SELECT pg_notify(:channel, :names)"),
-            {"channel": CHANGES, "names": " ".join(names)},
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANGES, "payload": change_notice(session.info.get(SENDER), names)},
         )
+
+
+def change_notice(sender: str | None, names: Iterable[str]) -> str:
+    """What a commit says on CHANGES: who sent it (``-`` for a session of no process's
+    database), then the names of the caches it changed."""
+    return " ".join([sender or "-", *names])
+
+
+def heard(sender: str, notice: str) -> list[str]:
+    """The caches to forget on hearing ``notice``: none when this process sent it."""
+    said_by, *names = notice.split()
+    return [] if said_by == sender else names
 
 
 @event.listens_for(Session, "after_transaction_end")

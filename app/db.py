@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, make_transient_to_detached
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
-from app.caches import CACHES, CHANGES, DESTINATIONS, SERVICES, Remembered
+from app.caches import CACHES, CHANGES, DESTINATIONS, SENDER, SERVICES, Remembered, heard
 from app.config import Settings
 
 NAMING_CONVENTION = {
@@ -224,6 +225,8 @@ class Database:
     # The process's caches (app.caches), carried by every session made here. Principals join
     # them when the app starts (its cache is the app's); services and destination sets are here.
     caches: dict[str, Remembered[Any, Any]]
+    # Names this process on app.caches.CHANGES, so that it ignores its own notices.
+    sender: str = field(default_factory=lambda: uuid.uuid4().hex)
     _follower: asyncio.Task[None] | None = None
     # Set while other processes' changes are followed (follow_changes is listening).
     following: asyncio.Event = field(default_factory=asyncio.Event)
@@ -238,9 +241,11 @@ class Database:
             DESTINATIONS: Remembered(directory_cache_seconds),
         }
         # The makers copy this dict's entries into each session's info (the same cache objects).
-        info = {CACHES: caches}
+        sender = uuid.uuid4().hex
+        info = {CACHES: caches, SENDER: sender}
         return cls(
             engine=engine,
+            sender=sender,
             write_sessions=async_sessionmaker(engine, expire_on_commit=False, info=info),
             read_sessions=async_sessionmaker(
                 engine.execution_options(read_only=True), expire_on_commit=False, info=info
@@ -278,8 +283,10 @@ class Database:
             self.engine.url, poolclass=NullPool, connect_args={"timeout": 10}
         )
 
-        def changed(_connection: Any, _pid: int, _channel: str, names: str) -> None:
-            for name in names.split():
+        def changed(_connection: Any, _pid: int, _channel: str, notice: str) -> None:
+            # This process forgot its own changes as it committed them; a second forget, once
+            # the notice comes round, would only drop what it has read since.
+            for name in heard(self.sender, notice):
                 cache = self.caches.get(name)
                 if cache is not None:
                     cache.forget_all()
