@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import sqlite3
 import uuid
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, DateTime, MetaData, event, inspect
+from sqlalchemy import JSON, DateTime, MetaData, Table, bindparam, event, func, inspect, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -503,10 +504,46 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
 transaction = asynccontextmanager(session_scope)
 
 
-# A larger piece of work (an import's history) has a statement of its own shape each time, and
-# compiling it cost more CPU than the unit of work's cached inserts saved (bench/history.py:
-# 14.2 s against 11.6 s for 1,000 referrals of 10 events); a request's work repeats its shape.
+# A larger piece of work (an import's history) is left to the unit of work, whose executemany
+# batches its many rows; a request's work is what one round trip saves most on.
 FOLDED_AT_MOST = 12
+
+
+@functools.lru_cache(maxsize=256)
+def inserted_rows(
+    table: Table, name: str, columns: tuple[str, ...], *, skip_existing: bool = False
+) -> Any:
+    """PostgreSQL: ``INSERT INTO table (columns) SELECT unnest(:name_column), …``, the rows
+    given as one array per column (:func:`rows_parameters`), made once per shape.
+
+    SQLAlchemy caches no compiled multi-row ``VALUES`` (its cache key would hold every row), so
+    such a statement was compiled afresh on each request: about half of intake's CPU. This one's
+    SQL is the same whatever the number of rows, so it is compiled once per process."""
+    # One dimension: a JSON value that is a list is one element, not an inner array.
+    unnested = [
+        func.unnest(
+            bindparam(f"{name}_{key}", type_=ARRAY(table.c[key].type, dimensions=1))
+        ).label(key)
+        for key in columns
+    ]
+    statement = pg_insert(table).from_select(list(columns), select(*unnested))
+    return statement.on_conflict_do_nothing() if skip_existing else statement
+
+
+def rows_parameters(
+    name: str, columns: tuple[str, ...], rows: list[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """The parameters of ``inserted_rows(…, name, columns)`` for these rows."""
+    return {f"{name}_{key}": [row[key] for row in rows] for key in columns}
+
+
+@functools.lru_cache(maxsize=256)
+def _folded(statement: Any, shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> Any:
+    # The statement with one data-modifying CTE per table of new rows: one per shape.
+    for table, columns in shape:
+        name = f"new_{table.name}"
+        statement = statement.add_cte(inserted_rows(table, name, columns).cte(name))
+    return statement
 
 
 def _insert_row(obj: Any) -> dict[str, Any] | None:
@@ -533,10 +570,14 @@ def _insert_row(obj: Any) -> dict[str, Any] | None:
 
 
 async def execute_with_new(
-    session: AsyncSession, statement: Any, foldable: tuple[type[Any], ...]
+    session: AsyncSession,
+    statement: Any,
+    parameters: dict[str, Any],
+    foldable: tuple[type[Any], ...],
 ) -> None:
-    """Execute ``statement`` (PostgreSQL) with the session's new objects inserted in it, as
-    data-modifying CTEs: one round trip where the unit of work would make one per table.
+    """Execute ``statement`` (PostgreSQL; made once, its values in ``parameters``) with the
+    session's new objects inserted in it, as data-modifying CTEs: one round trip where the unit
+    of work would make one per table, and SQL compiled once per shape (:func:`inserted_rows`).
 
     Foreign keys are checked at the statement's end, so the order of the inserts is free. Only
     objects of the ``foldable`` classes (written with every key they need, no relationship to
@@ -545,20 +586,22 @@ async def execute_with_new(
     autoflush), as before."""
     new = list(session.new)
     if len(new) > FOLDED_AT_MOST:
-        await session.execute(statement)
+        await session.execute(statement, parameters)
         return
-    rows: dict[Any, list[dict[str, Any]]] = {}
+    rows: dict[Table, list[dict[str, Any]]] = {}
     for obj in new:
         row = _insert_row(obj) if isinstance(obj, foldable) else None
         if row is None:
-            await session.execute(statement)
+            await session.execute(statement, parameters)
             return
         rows.setdefault(inspect(obj).mapper.local_table, []).append(row)
-    for table, values in rows.items():
-        statement = statement.add_cte(pg_insert(table).values(values).cte(f"new_{table.name}"))
+    shape = tuple(sorted(((t, tuple(r[0])) for t, r in rows.items()), key=lambda s: s[0].name))
+    folded = dict(parameters)
+    for table, columns in shape:
+        folded.update(rows_parameters(f"new_{table.name}", columns, rows[table]))
     for obj in new:
         session.expunge(obj)
-    await session.execute(statement)
+    await session.execute(_folded(statement, shape), folded)
     for obj in new:  # in the session as the rows they now are
         make_transient_to_detached(obj)
         session.add(obj)

@@ -21,6 +21,7 @@ with its stack.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections.abc import Iterable
@@ -28,12 +29,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import insert
+from sqlalchemy import Table, bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit.models import AuditedPatient, AuditRecord
-from app.db import Database, unavailability, utcnow
+from app.db import Database, inserted_rows, rows_parameters, unavailability, utcnow
 from app.errors import (
     DATABASE_UNAVAILABLE,
     AppError,
@@ -239,25 +240,26 @@ async def write_record(
     pseudonyms = _pseudonyms(key, patients)
     # Plain INSERTs, not ORM objects: the record is written on every patient-data request, and
     # the unit of work would cost more than the statements (nothing reads these objects back).
-    record = insert(AuditRecord).values(
-        id=record_id,
-        recorded_at=now or utcnow(),
-        source=source,
-        client_id=client_id,
-        agent_name=agent_name[:200],
-        role=role,
-        organisation=organisation,
-        action=audited.action,
-        interaction=audited.interaction,
-        method=method,
-        route=route,
-        resource_type=audited.resource_type,
-        resource_id=resource_id[:64] if resource_id else None,
-        outcome=outcome,
-        status=status,
-        request_id=request_ids[0],
-        correlation_id=request_ids[1],
-    )
+    record_values: dict[str, Any] = {
+        "id": record_id,
+        "recorded_at": now or utcnow(),
+        "source": source,
+        "client_id": client_id,
+        "agent_name": agent_name[:200],
+        "role": role,
+        "organisation": organisation,
+        "action": audited.action,
+        "interaction": audited.interaction,
+        "method": method,
+        "route": route,
+        "resource_type": audited.resource_type,
+        "resource_id": resource_id[:64] if resource_id else None,
+        "outcome": outcome,
+        "status": status,
+        "request_id": request_ids[0],
+        "correlation_id": request_ids[1],
+    }
+    record = insert(AuditRecord).values(record_values)
     if not pseudonyms:
         await session.execute(record)
         return record_id
@@ -272,13 +274,31 @@ async def write_record(
         for position, patient in enumerate(pseudonyms)
     ]
     if session.get_bind().dialect.name == "postgresql":
-        # One round trip: the record's insert a data-modifying CTE of its patients' (their
-        # foreign key is checked at the statement's end, when the record is there).
-        await session.execute(insert(AuditedPatient).values(noted).add_cte(record.cte("record")))
+        # Both made once (app.db.inserted_rows): a multi-row VALUES would be compiled each time.
+        await session.execute(
+            _recorded_with_patients(),
+            {**record_values, **rows_parameters("noted", _NOTED, noted)},
+        )
     else:
         await session.execute(record)
         await session.execute(insert(AuditedPatient), noted)
     return record_id
+
+
+# The columns of an audited patient's row, as write_record gives them.
+_NOTED = ("audit_event_id", "position", "patient", "referral_id")
+
+
+@functools.cache
+def _recorded_with_patients() -> Any:
+    # PostgreSQL, one round trip made once: the record's insert a data-modifying CTE of its
+    # patients' (their foreign key is checked at the statement's end, when the record is there).
+    records = AuditRecord.__table__
+    patients = AuditedPatient.__table__
+    assert isinstance(records, Table)
+    assert isinstance(patients, Table)
+    record = insert(records).values({c.key: bindparam(c.key) for c in records.columns})
+    return inserted_rows(patients, "noted", _NOTED).add_cte(record.cte("record"))
 
 
 def _agent(asgi_scope: Scope, audit: AuditScope) -> tuple[str | None, str, str | None, str | None]:

@@ -11,10 +11,11 @@ is a listener: what runs after a write is what these functions call, in order.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,10 +30,11 @@ from app.cases.models import (
     Prescription,
     Referral,
     ReportPendingCase,
+    ResourceVersion,
     WellbeingScore,
 )
 from app.cases.states import consent_withdrawn
-from app.db import execute_with_new
+from app.db import execute_with_new, inserted_rows, rows_parameters
 from app.outbox import service as outbox
 from app.outbox import topics
 from app.outbox.models import Delivery
@@ -141,11 +143,22 @@ async def keep_and_queue(
             await session.execute(history.keeping(dialect), kept)
         await queue_for_reports(session, [case_id], now)
         return
-    statement = (
-        _queueing("postgresql")
-        .values(case_id=case_id, noted_at=now)
-        .add_cte(history.keeping("postgresql").values(kept).cte("kept"))
-    )
+    parameters = {"case_id": case_id, "noted_at": now}
+    parameters.update(rows_parameters("kept", _KEPT, kept))
     # And the rows the work made (a new case, its events, records, deliveries) in the same
     # statement: intake writes its referral's whole case in one round trip.
-    await execute_with_new(session, statement, _WRITTEN_WHOLE)
+    await execute_with_new(session, _keeping_and_queueing(), parameters, _WRITTEN_WHOLE)
+
+
+_KEPT = history.COLUMNS
+
+
+@functools.cache
+def _keeping_and_queueing() -> Any:
+    # PostgreSQL: the versions kept and the case queued, one statement made once (app.db).
+    versions = ResourceVersion.__table__
+    assert isinstance(versions, Table)
+    queued = _queueing("postgresql").values(
+        case_id=bindparam("case_id"), noted_at=bindparam("noted_at")
+    )
+    return queued.add_cte(inserted_rows(versions, "kept", _KEPT, skip_existing=True).cte("kept"))

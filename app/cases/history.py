@@ -96,6 +96,10 @@ def record_versions(record: Record, context: CaseContext) -> list[Version]:
     ]
 
 
+# The columns of a kept version's row, in the order ``rows`` gives them.
+COLUMNS = ("resource_type", "resource_id", "version_id", "referral_id", "last_updated", "resource")
+
+
 def rows(referral_id: str, versions: Iterable[Version]) -> list[dict[str, Any]]:
     """The resource_versions rows of these versions of one referral's resources."""
     return [
