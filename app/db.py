@@ -56,6 +56,13 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def table_of(model: type[Base]) -> Table:
+    """The table a model class is mapped to (typed: ``__table__`` is only a FromClause)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
 
@@ -521,9 +528,9 @@ def inserted_rows(
     SQL is the same whatever the number of rows, so it is compiled once per process."""
     # One dimension: a JSON value that is a list is one element, not an inner array.
     unnested = [
-        func.unnest(
-            bindparam(f"{name}_{key}", type_=ARRAY(table.c[key].type, dimensions=1))
-        ).label(key)
+        func.unnest(bindparam(f"{name}_{key}", type_=ARRAY(table.c[key].type, dimensions=1))).label(
+            key
+        )
         for key in columns
     ]
     statement = pg_insert(table).from_select(list(columns), select(*unnested))

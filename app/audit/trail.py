@@ -29,12 +29,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import bindparam, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit.models import AuditedPatient, AuditRecord
-from app.db import Database, inserted_rows, rows_parameters, unavailability, utcnow
+from app.db import (
+    Database,
+    inserted_rows,
+    rows_parameters,
+    table_of,
+    unavailability,
+    utcnow,
+)
 from app.errors import (
     DATABASE_UNAVAILABLE,
     AppError,
@@ -259,9 +266,8 @@ async def write_record(
         "request_id": request_ids[0],
         "correlation_id": request_ids[1],
     }
-    record = insert(AuditRecord).values(record_values)
     if not pseudonyms:
-        await session.execute(record)
+        await session.execute(_RECORDS, record_values)
         return record_id
     referral_ids = [None if ident.startswith(_BY_NUMBER) else ident for ident in patients]
     noted = [
@@ -280,23 +286,23 @@ async def write_record(
             {**record_values, **rows_parameters("noted", _NOTED, noted)},
         )
     else:
-        await session.execute(record)
-        await session.execute(insert(AuditedPatient), noted)
+        await session.execute(_RECORDS, record_values)
+        await session.execute(_PATIENTS, noted)
     return record_id
 
 
 # The columns of an audited patient's row, as write_record gives them.
 _NOTED = ("audit_event_id", "position", "patient", "referral_id")
+# Made once, the values given at execution (Core inserts of the tables: no ORM bulk path).
+_RECORDS = insert(table_of(AuditRecord))
+_PATIENTS = insert(table_of(AuditedPatient))
 
 
 @functools.cache
 def _recorded_with_patients() -> Any:
     # PostgreSQL, one round trip made once: the record's insert a data-modifying CTE of its
     # patients' (their foreign key is checked at the statement's end, when the record is there).
-    records = AuditRecord.__table__
-    patients = AuditedPatient.__table__
-    assert isinstance(records, Table)
-    assert isinstance(patients, Table)
+    records, patients = table_of(AuditRecord), table_of(AuditedPatient)
     record = insert(records).values({c.key: bindparam(c.key) for c in records.columns})
     return inserted_rows(patients, "noted", _NOTED).add_cte(record.cte("record"))
 

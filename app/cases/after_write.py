@@ -15,7 +15,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,7 +34,7 @@ from app.cases.models import (
     WellbeingScore,
 )
 from app.cases.states import consent_withdrawn
-from app.db import execute_with_new, inserted_rows, rows_parameters
+from app.db import execute_with_new, inserted_rows, rows_parameters, table_of
 from app.outbox import service as outbox
 from app.outbox import topics
 from app.outbox.models import Delivery
@@ -101,8 +101,7 @@ async def after_event(
 
 
 def _queueing(dialect: str) -> Any:
-    table = ReportPendingCase.__table__
-    assert isinstance(table, Table)
+    table = table_of(ReportPendingCase)
     insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
     return insert(table).on_conflict_do_update(
         index_elements=["case_id"], set_={"noted_at": table.c.noted_at}
@@ -156,8 +155,7 @@ _KEPT = history.COLUMNS
 @functools.cache
 def _keeping_and_queueing() -> Any:
     # PostgreSQL: the versions kept and the case queued, one statement made once (app.db).
-    versions = ResourceVersion.__table__
-    assert isinstance(versions, Table)
+    versions = table_of(ResourceVersion)
     queued = _queueing("postgresql").values(
         case_id=bindparam("case_id"), noted_at=bindparam("noted_at")
     )

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import String, Table, Text, any_, bindparam, case, cast, delete, select
+from sqlalchemy import String, Text, any_, bindparam, case, cast, delete, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -49,6 +49,7 @@ from app.cases.models import (
     WellbeingScore,
 )
 from app.cases.wellbeing import MEANINGFUL_CHANGE
+from app.db import table_of
 from app.fhir.equality import equality_items
 from app.reports.models import ReportCaseFact, ReportCount
 from app.reports.period import Period
@@ -571,8 +572,7 @@ def _add_counts(executor: Executor, deltas: dict[tuple[str, str, str], int]) -> 
                     "n": n,
                 }
             )
-    table = ReportCount.__table__
-    assert isinstance(table, Table)
+    table = table_of(ReportCount)
     if not rows:
         return
     statement = _insert_of(executor)(table)
@@ -634,8 +634,7 @@ def refresh(
             pending[(service_id, team, key)] -= int(n)
         executor.execute(delete(ReportCaseFact).where(ReportCaseFact.case_id == case_id))
     if facts:
-        table = ReportCaseFact.__table__
-        assert isinstance(table, Table)
+        table = table_of(ReportCaseFact)
         statement = _insert_of(executor)(table)
         statement = statement.on_conflict_do_update(
             index_elements=["case_id"],

@@ -19,14 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app.cases.after_write import queue_for_reports
 from app.cases.models import Case
-from app.db import Database, transaction, utcnow
+from app.db import Database, table_of, transaction, utcnow
 from app.reports import projection, version
 from app.reports.models import ReportCount, ReportModelState
 
@@ -106,8 +106,7 @@ def end(executor: Executor) -> bool:
     if rebuilding != projection.MODEL_VERSION:
         return False
     # Counters a change of counting emptied (a measure gone or keyed anew).
-    table = ReportCount.__table__
-    assert isinstance(table, Table)
+    table = table_of(ReportCount)
     executor.execute(delete(table).where(table.c.n == 0))
     version.finish(executor, projection.MODEL_VERSION)
     return True

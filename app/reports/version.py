@@ -16,7 +16,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app.cases.models import Case
-from app.db import Database, transaction, utcnow
+from app.db import Database, table_of, transaction, utcnow
 from app.reports import projection
 from app.reports.models import ReportModelState
 
@@ -99,8 +99,7 @@ async def state(session: AsyncSession) -> ModelState:
 
 def record(executor: Executor, **values: object) -> None:
     """Set columns of the one state row, making it if it is missing."""
-    table = ReportModelState.__table__
-    assert isinstance(table, Table)
+    table = table_of(ReportModelState)
     bind = executor.get_bind() if isinstance(executor, Session) else executor
     insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
     values = {"updated_at": utcnow(), **values}
@@ -122,8 +121,7 @@ def stamp_if_empty(executor: Executor) -> ModelState:
 
 def finish(executor: Executor, version: int) -> None:
     """A rebuild to ``version`` has taken every case in."""
-    table = ReportModelState.__table__
-    assert isinstance(table, Table)
+    table = table_of(ReportModelState)
     executor.execute(
         update(table)
         .where(table.c.id == 1)
