@@ -1,10 +1,12 @@
 """The intake benchmark's floor: the least a FHIR intake endpoint could do.
 
 One POST endpoint that reads the body, validates it with fhir.resources (R4B ServiceRequest),
-inserts it as one row and answers 201. Same stack as the bridge (FastAPI, uvicorn with its
-access log, SQLAlchemy async, one process), none of its rules. On PostgreSQL (asyncpg, pre-ping)
-the row is JSONB, and its pool holds the bridge's most connections (10 + 10 overflow) as 20 kept
-open, so that the floor does not reconnect under load: it is the best this stack does. On SQLite
+writes one referral row and one outbox row in one transaction (BEGIN, two INSERTs, COMMIT: the
+floor issue 19 defines) and answers 201. Same stack as the bridge (FastAPI, uvicorn with its
+access log, SQLAlchemy async, one process), none of its rules. On PostgreSQL (asyncpg, no
+pre-ping, as the bridge) the row is JSONB, and its pool holds the bridge's most connections
+(10 + 10 overflow) as 20 kept open, so that the floor does not reconnect under load: it is the
+best this stack does. On SQLite
 (aiosqlite) the row is JSON text, with the bridge's settings (WAL, ``synchronous=NORMAL``, a busy
 timeout, the write lock taken by ``BEGIN IMMEDIATE``), so that each is measured against a floor
 on the same database.
@@ -40,17 +42,33 @@ POOL_SIZE = 20  # the bridge's default pool (10) plus its overflow (10), all kep
 SQLITE_BUSY_MS = 3000  # the bridge's: its default pool timeout (SPBRIDGE_DATABASE_POOL_TIMEOUT)
 
 _CREATE = {
-    "postgresql": text(
-        "CREATE TABLE IF NOT EXISTS service_requests ("
-        " id bigserial PRIMARY KEY,"
-        " resource jsonb NOT NULL,"
-        " created_at timestamptz NOT NULL DEFAULT now())"
+    "postgresql": (
+        text(
+            "CREATE TABLE IF NOT EXISTS service_requests ("
+            " id bigserial PRIMARY KEY,"
+            " resource jsonb NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        ),
+        text(
+            "CREATE TABLE IF NOT EXISTS outbox ("
+            " id bigserial PRIMARY KEY,"
+            " service_request_id bigint NOT NULL REFERENCES service_requests (id),"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        ),
     ),
-    "sqlite": text(
-        "CREATE TABLE IF NOT EXISTS service_requests ("
-        " id INTEGER PRIMARY KEY,"
-        " resource TEXT NOT NULL,"
-        " created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+    "sqlite": (
+        text(
+            "CREATE TABLE IF NOT EXISTS service_requests ("
+            " id INTEGER PRIMARY KEY,"
+            " resource TEXT NOT NULL,"
+            " created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        ),
+        text(
+            "CREATE TABLE IF NOT EXISTS outbox ("
+            " id INTEGER PRIMARY KEY,"
+            " service_request_id INTEGER NOT NULL REFERENCES service_requests (id),"
+            " created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        ),
     ),
 }
 _INSERT = {
@@ -59,6 +77,7 @@ _INSERT = {
     ),
     "sqlite": text("INSERT INTO service_requests (resource) VALUES (:resource) RETURNING id"),
 }
+_OUTBOX = text("INSERT INTO outbox (service_request_id) VALUES (:service_request_id)")
 
 
 def _sqlite_as_the_bridge(engine: AsyncEngine) -> None:
@@ -84,15 +103,14 @@ def create_app(database_url: str) -> FastAPI:
         engine: AsyncEngine = create_async_engine(database_url, pool_size=POOL_SIZE, max_overflow=0)
         _sqlite_as_the_bridge(engine)
     else:
-        engine = create_async_engine(
-            database_url, pool_size=POOL_SIZE, max_overflow=0, pool_pre_ping=True
-        )
+        engine = create_async_engine(database_url, pool_size=POOL_SIZE, max_overflow=0)
     create, insert = _CREATE[backend], _INSERT[backend]
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with engine.begin() as connection:
-            await connection.execute(create)
+            for statement in create:
+                await connection.execute(statement)
         try:
             yield
         finally:
@@ -113,6 +131,7 @@ def create_app(database_url: str) -> FastAPI:
             return Response(b'{"resourceType":"OperationOutcome"}', status_code=400)
         async with engine.begin() as connection:
             row_id = (await connection.execute(insert, {"resource": body.decode()})).scalar_one()
+            await connection.execute(_OUTBOX, {"service_request_id": row_id})
         return Response(
             orjson.dumps({"resourceType": "ServiceRequest", "id": str(row_id)}),
             status_code=201,

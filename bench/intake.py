@@ -2,9 +2,10 @@
 SQLite, in the same run.
 
 The floor (bench/floor_app.py) is a bare FastAPI endpoint that only parses the body with
-fhir.resources and inserts it as one row. For each database in ``--databases`` (PostgreSQL and
-SQLite by default), the bridge and a floor on that same database run as one uvicorn process each,
-on databases made for the run and dropped after it. This process is the load generator (its own
+fhir.resources and inserts one referral row and one outbox row (issue 19's floor). For each
+database in ``--databases`` (PostgreSQL and SQLite by default), the bridge and a floor on that
+same database run as one uvicorn process each, on databases made for the run and dropped after
+it. This process is the load generator (its own
 event loop, a minimal keep-alive HTTP/1.1 client, so that it takes as little of the machine's CPU
 as it can). After a warm-up of each, the two are measured in turn, variants alternated (closed
 loop: bridge then floor; open loop: floor then bridge; each ``--rounds`` times):
