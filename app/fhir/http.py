@@ -99,7 +99,7 @@ def check_format_parameter(wanted: str | None) -> None:
         )
 
 
-def check_format(request: Request) -> None:
+async def check_format(request: Request) -> None:
     """406 when the client asks (``_format`` or ``Accept``) only for formats we do not serve."""
     check_format_parameter(request.query_params.get("_format"))
     accept = request.headers.get("accept")
