@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, make_transient_to_detached
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import await_
 
 from app.caches import CACHES, CHANGES, DESTINATIONS, SENDER, SERVICES, Remembered, heard
 from app.config import Settings
@@ -131,7 +132,8 @@ class PoolLimits:
     """How many connections a process keeps and opens, and how long a request waits for one.
 
     ``timeout`` bounds every wait for the database's attention: a free connection from the pool,
-    a new connection to be opened (PostgreSQL), and SQLite's write lock (its busy timeout). A wait
+    a new connection to be opened (PostgreSQL), and on SQLite a writer's turn at its process's
+    write gate and the write lock between processes (its busy timeout). A wait
     that runs out is :func:`unavailability` "pool_timeout" or "locked": the request is answered 503
     quickly instead of hanging. The defaults suit the command line; the server and workers take
     theirs from the settings (``SPBRIDGE_DATABASE_POOL_*``, :meth:`from_settings`)."""
@@ -151,6 +153,10 @@ class PoolLimits:
         )
 
 
+# In a pooled SQLite connection's info while it holds its process's write gate.
+_WRITING = "spbridge.writing"
+
+
 def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
     """WAL, a busy timeout and write transactions that take the lock up front (DESIGN §10)."""
     busy_ms = max(1, round(busy_timeout * 1000))
@@ -166,12 +172,40 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    # One writer at a time in this process, the others queued in turn. Left to SQLite's lock, a
+    # waiting writer sleeps and retries (1, 2, 5, … 100 ms between tries), which under
+    # concurrent requests put intake's p99 past a second (bench/intake.py); the busy timeout
+    # still governs writers in other processes (a CLI import, a worker).
+    gate = asyncio.Lock()
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get("read_only"):
             conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        if not conn.info.get(_WRITING):
+            if gate.locked():
+                try:
+                    await_(asyncio.wait_for(gate.acquire(), busy_timeout))
+                except TimeoutError:
+                    raise sa_exc.TimeoutError(
+                        f"this process's other writers held the database for {busy_timeout:g} s"
+                    ) from None
+            else:
+                await_(gate.acquire())
+            # Held until the connection goes back to the pool: a session gives it back as its
+            # transaction ends, right after the COMMIT or ROLLBACK.
+            conn.info[_WRITING] = True
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _release(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
+        if record is not None and record.info.pop(_WRITING, False):
+            gate.release()
+
+    # Every way a connection leaves its user: returned, invalidated (the transaction is gone
+    # with it), closed or detached.
+    for name in ("checkin", "invalidate", "soft_invalidate", "close", "detach"):
+        event.listen(engine.sync_engine, name, _release)
 
 
 def _json_text(value: Any) -> str:

@@ -1,0 +1,116 @@
+"""SQLite: a process's writers take turns at its write gate (app.db), one at a time, instead of
+meeting SQLite's lock, whose waiting writer sleeps and retries; the gate is given back however a
+transaction ends, and a writer that waits longer than the pool's timeout is told the database is
+unavailable (a 503), as one that waits for a pooled connection is."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from app.db import Database, PoolLimits, transaction, unavailability
+from app.migrate import upgrade_async
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated SQLite database whose connections never wait on SQLite's own lock (a busy
+    timeout of 0): a writer that met the lock would fail at once with "database is locked"."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'writers.db'}"
+    await upgrade_async(url)
+    db = Database.from_url(url, PoolLimits(size=4, max_overflow=0, timeout=5))
+
+    @event.listens_for(db.engine.sync_engine, "connect")
+    def _no_busy_wait(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=0")
+        cursor.close()
+
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+async def _write(db: Database, name: str, seen: list[str], hold: float = 0.0) -> None:
+    async with transaction(db.write_sessions) as session:
+        await session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the write lock is taken
+        seen.append(f"{name} writing")
+        await asyncio.sleep(hold)
+        seen.append(f"{name} done")
+
+
+async def _fail_mid_transaction(db: Database) -> None:
+    async with transaction(db.write_sessions) as session:
+        await session.execute(text("SELECT 1"))
+        raise RuntimeError("a bug mid-transaction: rolled back")
+
+
+async def test_writers_take_turns_in_order(database: Database) -> None:
+    seen: list[str] = []
+    first = asyncio.create_task(_write(database, "first", seen, hold=0.2))
+    await asyncio.sleep(0.05)
+    others = [asyncio.create_task(_write(database, f"w{i}", seen)) for i in range(3)]
+    await asyncio.gather(first, *others)
+    # One at a time (each writer's steps together), the first before the rest; the others in
+    # the order they reached the gate (their connections may open in any order).
+    assert seen[:2] == ["first writing", "first done"]
+    pairs = [seen[i : i + 2] for i in range(2, len(seen), 2)]
+    assert sorted(pairs) == [[f"w{i} writing", f"w{i} done"] for i in range(3)]
+
+
+async def test_the_gate_is_given_back_however_a_transaction_ends(database: Database) -> None:
+    seen: list[str] = []
+    with pytest.raises(RuntimeError):
+        await _fail_mid_transaction(database)
+    await asyncio.wait_for(_write(database, "after a rollback", seen), 2)
+
+    async with database.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))  # written, then the connection is lost
+        await connection.invalidate()
+    await asyncio.wait_for(_write(database, "after an invalidation", seen), 2)
+
+    session = database.write_sessions()
+    await session.execute(text("SELECT 1"))
+    await session.close()  # closed without a commit
+    await asyncio.wait_for(_write(database, "after a close", seen), 2)
+    assert seen == [
+        f"after {how} {step}"
+        for how in ("a rollback", "an invalidation", "a close")
+        for step in ("writing", "done")
+    ]
+
+
+async def test_a_connection_keeps_its_turn_between_its_own_transactions(
+    database: Database,
+) -> None:
+    async with database.engine.connect() as connection:
+        for _ in range(2):  # the second BEGIN must not wait for the gate it holds
+            async with connection.begin():
+                await connection.execute(text("SELECT 1"))
+
+
+async def test_a_writer_waiting_past_the_timeout_is_told_the_database_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'slow.db'}"
+    await upgrade_async(url)
+    db = Database.from_url(url, PoolLimits(size=4, max_overflow=0, timeout=0.2))
+    try:
+        holding = asyncio.create_task(_write(db, "slow", [], hold=1.0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoolTimeout) as caught:
+            await _write(db, "late", [])
+        found = unavailability(caught.value)
+        assert found is not None
+        assert found.reason == "pool_timeout"
+        await holding
+        await _write(db, "next", [])  # the gate works on after a timeout
+    finally:
+        await db.dispose()
