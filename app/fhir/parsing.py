@@ -23,7 +23,7 @@ from app.errors import (
     validation_message,
 )
 from app.fhir.resources import model_class
-from app.fhir.validation import check_reference_targets, validate_resource
+from app.fhir.validation import validate_resource
 
 ACCEPTED_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json"})
 
@@ -220,7 +220,8 @@ def r4_issues(data: dict[str, Any], root: str | None = None) -> list[Issue]:
     (codes of required bindings, unknown elements), FHIR JSON's rules (no empty arrays, objects
     or strings, no nulls, no modifierExtension we do not understand: none) and the resource
     types each reference may name (app.fhir.validation). Located by FHIRPath, never quoting."""
-    issues = validate_resource(data, root=root) + check_reference_targets(data, root=root)
+    # One walk for the rules and the references: intake validates every referral.
+    issues = validate_resource(data, root=root, references=True)
     return [replace(issue, details="invalid-resource") for issue in issues[:20]]
 
 

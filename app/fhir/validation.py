@@ -513,8 +513,11 @@ def _reference_issues(
 # --- the API ------------------------------------------------------------------------------------
 
 
-def validate_resource(resource: Mapping[str, Any], *, root: str | None = None) -> list[Issue]:
-    """Problems with a resource as R4 (the schema and FHIR's rules); [] when it is valid.
+def validate_resource(
+    resource: Mapping[str, Any], *, root: str | None = None, references: bool = False
+) -> list[Issue]:
+    """Problems with a resource as R4 (the schema and FHIR's rules, and with ``references``
+    the reference targets, in the same walk as the rules); [] when it is valid.
 
     ``root`` names the resource in expressions (default: its resourceType), e.g.
     ``Bundle.entry[0].resource`` for a resource taken out of a Bundle.
@@ -523,7 +526,7 @@ def validate_resource(resource: Mapping[str, Any], *, root: str | None = None) -
     schema = _schema_issues(resource, where)
     for nested, path in _nested(resource, where):
         schema.extend(_nested_schema_issues(nested, path))
-    rules = _rule_issues(resource, where, rules=True, references=False)
+    rules = _rule_issues(resource, where, rules=True, references=references)
     # A null or empty value also fails the schema: say it once, the plainer way.
     said = {issue.expression for issue in rules}
     return [issue for issue in schema if issue.expression not in said] + rules
