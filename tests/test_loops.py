@@ -7,6 +7,7 @@ started by the loop's own rules (more work, a wake-up, an error pause), never by
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
@@ -23,11 +24,13 @@ class Steps:
     def __init__(self, *script: str) -> None:
         self.script = list(script)  # per run: "idle", "more", "raise", "wake", "slow"
         self.runs = 0
+        self.times: list[float] = []  # when each run began (the event loop's clock)
         self.ran = asyncio.Event()
         self.loop: Loop | None = None
 
     async def __call__(self) -> bool:
         self.runs += 1
+        self.times.append(asyncio.get_running_loop().time())
         self.ran.set()
         action = self.script.pop(0) if self.script else "idle"
         if action == "raise":
@@ -48,8 +51,8 @@ class Steps:
         await asyncio.wait_for(reached(), timeout=10)
 
 
-def loop_of(steps: Steps, **options: float) -> Loop:
-    loop = Loop("test", steps, interval=HOUR, log=log, failure="test round failed", **options)
+def loop_of(steps: Steps, *, interval: float = HOUR, **options: float) -> Loop:
+    loop = Loop("test", steps, interval=interval, log=log, failure="test round failed", **options)
     steps.loop = loop
     return loop
 
@@ -139,3 +142,41 @@ async def test_stop_before_start_and_twice_is_harmless() -> None:
     await loop.stop()
     await loop.stop()
     assert not loop.running
+
+
+async def test_an_idle_loop_waits_longer_each_time_until_woken() -> None:
+    """Steps that find nothing double the pause (0.1, 0.2, 0.4, 0.8 s …); a wake-up runs a step
+    at once and the pauses start again from the interval. Only lower bounds are timed (a pause
+    is never shorter than asked), and the reset is told apart by a 30-fold margin."""
+    times: list[float] = []
+    steps = Steps()
+    loop = Loop("test", steps, interval=0.1, idle_cap=HOUR, log=log, failure="test round failed")
+    steps.loop = loop
+
+    async def noted() -> bool:
+        times.append(asyncio.get_running_loop().time())
+        return await Steps.__call__(steps)
+
+    loop._step = noted
+    loop.start()
+    try:
+        await steps.until(5)
+        gaps = [later - earlier for earlier, later in itertools.pairwise(steps.times)]
+        assert all(g >= want for g, want in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=True)), gaps
+        loop.wake()  # mid-way through a 1.6 s pause
+        await steps.until(6)
+        # Without the reset the next pause would be 3.2 s, with it 0.1 s.
+        await asyncio.wait_for(steps.until(7), timeout=2.0)
+    finally:
+        await loop.stop()
+
+
+async def test_without_an_idle_cap_the_pause_stays_the_interval() -> None:
+    steps = Steps()
+    loop = loop_of(steps, interval=0.05)
+    loop.start()
+    try:
+        # Six steps well within the time a doubling pause would take (0.05 … 1.6 s: 3.15 s).
+        await asyncio.wait_for(steps.until(6), timeout=2.5)
+    finally:
+        await loop.stop()
