@@ -2,7 +2,8 @@
 events, versions and the report queue written once) leaves exactly what the same events leave
 applied one piece of work each (as requests apply them): the same case, events, records and
 resource versions. The one domain path (app.cases.service.CaseWork) decides both; this checks
-that how it writes does not change what it means. Both databases."""
+that how it writes does not change what it means; and on PostgreSQL, that the rows folded into
+the work's last statement are the rows the unit of work writes. Both databases."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import select
 
+from app import db
 from app.cases.models import (
     Appointment,
     Case,
@@ -182,7 +185,7 @@ async def _import(app: Any, path: Path) -> Any:
 
 
 async def test_one_piece_of_work_leaves_what_one_event_at_a_time_leaves(
-    app: Any, bridge: Bridge, tmp_path: Path
+    app: Any, bridge: Bridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await bridge.service()
     received = "2022-09-05T09:00:00"
@@ -198,6 +201,13 @@ async def test_one_piece_of_work_leaves_what_one_event_at_a_time_leaves(
     for index, line in enumerate(in_order):
         single = await _import(app, write(tmp_path / f"event-{index}.ndjson", [line]))
         assert single.events == 1
+    # Whole again, its rows left to the unit of work (on PostgreSQL they are otherwise folded
+    # into the work's last statement: app.db.execute_with_new).
+    monkeypatch.setattr(db, "FOLDED_AT_MOST", 0)
+    await _import(
+        app, write(tmp_path / "unfolded.ndjson", [referral_line("W-3", received), *history("W-3")])
+    )
     whole_text = await _snapshot(app, "W-1")
     assert '"summary":"Social prescribing support completed' in whole_text
     assert whole_text == await _snapshot(app, "W-2")
+    assert whole_text == await _snapshot(app, "W-3")
