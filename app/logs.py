@@ -171,13 +171,27 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes, not what it was when logging
+    was set up: a command run with its output captured (a test's CLI runner) closes that
+    stream, and the process's later records must not fail on it."""
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> logging.Handler:
     """Send every log record to ``stream`` (stderr) as JSON; returns the handler installed.
 
     Replaces the root logger's handlers. Uvicorn's loggers keep no handlers of their own, so their
     records come here too (run uvicorn with ``log_config=None`` and ``access_log=False``).
     """
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -23,7 +23,7 @@ import httpx
 import orjson
 import pytest
 
-from app.logs import JsonFormatter
+from app.logs import JsonFormatter, configure_logging
 from app.requestids import correlation_id_var, request_id_var
 from tests.conftest import ADMIN_KEY, FHIR_JSON, Bridge, referral_resource
 from tests.support.delivery import dispatcher_for
@@ -525,3 +525,24 @@ async def test_requests_refused_before_routing_are_logged_with_their_route(
         ("/fhir/ServiceRequest/{referral_id}", 429, "bootstrap-admin"),
     ]
     assert not leaks(captured.getvalue())
+
+
+def test_the_log_follows_stderr_after_the_stream_it_began_with_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A command run with its output captured (as a CLI runner does) set logging up on a stream
+    it then closed; a later record (a server thread's) goes to stderr as it is now, not to the
+    closed stream (which printed a logging error for every request, as CI's output showed)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    first, now = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging("INFO")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", now)
+        logging.getLogger("spbridge.test").info("after the first stream closed")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert json.loads(now.getvalue())["message"] == "after the first stream closed"
