@@ -228,9 +228,13 @@ async def test_loaders_at_once_stop_and_resume(app: Any, bridge: Bridge, tmp_pat
     async with transaction(app.state.database.read_sessions) as session:
         job = await session.scalar(select(ImportJob))
         assert job is not None
-        assert (job.status, job.done) == ("stopped", 10)
+        # Referrals other loaders finished before the stop reached them are folded in too when
+        # they follow on: the run taken from the start is 10 or more (seen: 13 in CI).
+        assert job.status == "stopped"
+        assert 10 <= job.done < 24, job.done
 
     resumed = await run_import(app.state.database, [path], settings, Options())
+    assert resumed.resumed_at == job.done
 
     refused = [n for n in range(24) if n % 5 == 0]
     assert resumed.refused == len(refused)
