@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, DateTime, MetaData, Table, bindparam, event, func, inspect, select
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert as sqlalchemy_insert
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
@@ -612,6 +613,32 @@ def _insert_row(obj: Any) -> dict[str, Any] | None:
     return row
 
 
+def _new_rows(
+    session: AsyncSession, foldable: tuple[type[Any], ...]
+) -> tuple[list[Any], dict[Table, list[dict[str, Any]]]] | None:
+    """The session's new objects and their rows by table, or None when they must be left to the
+    unit of work: one not of the ``foldable`` classes (written with every key they need, no
+    relationship to fill in), one whose key the database makes, or more than
+    ``FOLDED_AT_MOST`` of them."""
+    new = list(session.new)
+    if len(new) > FOLDED_AT_MOST:
+        return None
+    rows: dict[Table, list[dict[str, Any]]] = {}
+    for obj in new:
+        row = _insert_row(obj) if isinstance(obj, foldable) else None
+        if row is None:
+            return None
+        rows.setdefault(inspect(obj).mapper.local_table, []).append(row)
+    return new, rows
+
+
+def _written(session: AsyncSession, new: list[Any]) -> None:
+    # The objects, written by a statement of ours, join the session as the rows they now are.
+    for obj in new:
+        make_transient_to_detached(obj)
+        session.add(obj)
+
+
 async def execute_with_new(
     session: AsyncSession,
     statement: Any,
@@ -621,23 +648,14 @@ async def execute_with_new(
     """Execute ``statement`` (PostgreSQL; made once, its values in ``parameters``) with the
     session's new objects inserted in it, as data-modifying CTEs: one round trip where the unit
     of work would make one per table, and SQL compiled once per shape (:func:`inserted_rows`).
-
-    Foreign keys are checked at the statement's end, so the order of the inserts is free. Only
-    objects of the ``foldable`` classes (written with every key they need, no relationship to
-    fill in) are taken; any other new object, one whose key the database makes, or more than
-    ``FOLDED_AT_MOST`` of them, leaves them all to the unit of work (the statement's own
-    autoflush), as before."""
-    new = list(session.new)
-    if len(new) > FOLDED_AT_MOST:
+    Foreign keys are checked at the statement's end, so the order of the inserts is free.
+    Objects that cannot be folded (:func:`_new_rows`) are left to the unit of work (the
+    statement's own autoflush)."""
+    found = _new_rows(session, foldable)
+    if found is None:
         await session.execute(statement, parameters)
         return
-    rows: dict[Table, list[dict[str, Any]]] = {}
-    for obj in new:
-        row = _insert_row(obj) if isinstance(obj, foldable) else None
-        if row is None:
-            await session.execute(statement, parameters)
-            return
-        rows.setdefault(inspect(obj).mapper.local_table, []).append(row)
+    new, rows = found
     shape = tuple(sorted(((t, tuple(r[0])) for t, r in rows.items()), key=lambda s: s[0].name))
     folded = dict(parameters)
     for table, columns in shape:
@@ -645,6 +663,26 @@ async def execute_with_new(
     for obj in new:
         session.expunge(obj)
     await session.execute(_folded(statement, shape), folded)
-    for obj in new:  # in the session as the rows they now are
-        make_transient_to_detached(obj)
-        session.add(obj)
+    _written(session, new)
+
+
+async def insert_new(session: AsyncSession, foldable: tuple[type[Any], ...]) -> None:
+    """Insert the session's new objects with one Core INSERT per table, parents first, where the
+    unit of work's flush would spend more of its CPU on bookkeeping than on the statements
+    (SQLite, which has no data-modifying CTE). Objects that cannot be taken so
+    (:func:`_new_rows`) are left to the unit of work, as before."""
+    found = _new_rows(session, foldable)
+    if found is None or not found[0]:
+        return
+    new, rows = found
+    for obj in new:
+        session.expunge(obj)
+    for table in Base.metadata.sorted_tables:  # parents before children: keys checked at once
+        if table in rows:
+            await session.execute(_plain_insert(table), rows[table])
+    _written(session, new)
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_insert(table: Table) -> Any:
+    return sqlalchemy_insert(table)

@@ -34,7 +34,7 @@ from app.cases.models import (
     WellbeingScore,
 )
 from app.cases.states import consent_withdrawn
-from app.db import execute_with_new, inserted_rows, rows_parameters, table_of
+from app.db import execute_with_new, insert_new, inserted_rows, rows_parameters, table_of
 from app.outbox import service as outbox
 from app.outbox import topics
 from app.outbox.models import Delivery
@@ -133,11 +133,12 @@ async def keep_and_queue(
 ) -> None:
     """What a piece of work on a case writes once, at its end: the resource versions its events
     made (app.cases.history), the case's place in the report queue, and on PostgreSQL the rows
-    it made: one statement there (data-modifying CTEs), where SQLite, which has none, takes the
-    unit of work's inserts and two statements."""
+    it made: one statement there (data-modifying CTEs), where SQLite, which has none, takes one
+    insert per table (app.db.insert_new) and two statements."""
     kept = history.rows(referral_id, versions)
     dialect = session.get_bind().dialect.name
     if dialect != "postgresql" or not kept or len(kept) > _BATCH:
+        await insert_new(session, _WRITTEN_WHOLE)
         if kept:
             await session.execute(history.keeping(dialect), kept)
         await queue_for_reports(session, [case_id], now)
