@@ -179,21 +179,24 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
     # still governs writers in other processes (a CLI import, a worker).
     gate = asyncio.Lock()
 
+    async def _take_turn() -> None:
+        # At once when no writer holds the gate or waits for it; else in turn, as long as the
+        # pool's timeout at most (a free-looking gate with writers waiting is theirs first).
+        try:
+            async with asyncio.timeout(busy_timeout):
+                await gate.acquire()
+        except TimeoutError:
+            raise sa_exc.TimeoutError(
+                f"this process's other writers held the database for {busy_timeout:g} s"
+            ) from None
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get("read_only"):
             conn.exec_driver_sql("BEGIN")
             return
         if not conn.info.get(_WRITING):
-            if gate.locked():
-                try:
-                    await_(asyncio.wait_for(gate.acquire(), busy_timeout))
-                except TimeoutError:
-                    raise sa_exc.TimeoutError(
-                        f"this process's other writers held the database for {busy_timeout:g} s"
-                    ) from None
-            else:
-                await_(gate.acquire())
+            await_(_take_turn())
             # Held until the connection goes back to the pool: a session gives it back as its
             # transaction ends, right after the COMMIT or ROLLBACK.
             conn.info[_WRITING] = True
