@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
@@ -79,6 +79,17 @@ async def lock_case(session: AsyncSession, referral_id: str) -> Case | None:
     return await session.scalar(
         select(Case).where(Case.referral_id == referral_id).with_for_update()
     )
+
+
+async def all_recorded(session: AsyncSession, referral_id: str, keys: set[str]) -> bool:
+    """Whether the referral's case holds an event under every one of these idempotency keys: a
+    repeat with nothing to apply, seen without taking the case's lock (what is recorded stays)."""
+    found = await session.scalar(
+        select(func.count(CaseEvent.id))
+        .join(Case, CaseEvent.case_id == Case.id)
+        .where(Case.referral_id == referral_id, CaseEvent.idempotency_key.in_(keys))
+    )
+    return found == len(keys)
 
 
 def check_occurred_at(

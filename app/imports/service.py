@@ -320,6 +320,8 @@ class Loader:
         if work is None:
             if not events:
                 return created, 0
+            if await cases.all_recorded(session, referral.id, {event.key for event in events}):
+                return created, 0  # a re-run: every event is recorded already
             case = await cases.lock_case(session, referral.id)
             service = await session.get(SocialPrescribingService, referral.service_id)
             assert case is not None

@@ -158,6 +158,25 @@ async def test_running_the_same_file_again_changes_nothing(
     assert counts == after_first
 
 
+async def test_a_file_extended_later_applies_only_what_is_new(
+    app: Any, bridge: Bridge, tmp_path: Path
+) -> None:
+    """A held referral whose events are all recorded is passed over without its case's lock;
+    one with a new event in the file (the same file, extended) gets that event, and only it."""
+    await bridge.service()
+    await _import(app, write(tmp_path / "history.ndjson", history()))
+    h1, h2 = await _events(app, "H-1"), await _events(app, "H-2")
+    extended = [
+        *history(),
+        event_line("H-2", "contact.attempted", "2022-10-05T09:30:00", outcome="reached"),
+    ]
+    again = await _import(app, write(tmp_path / "extended.ndjson", extended))
+
+    assert (again.created, again.unchanged, again.events, again.refused) == (0, 2, 1, 0)
+    assert [t for t, _ in await _events(app, "H-2")] == [*(t for t, _ in h2), "contact.attempted"]
+    assert await _events(app, "H-1") == h1
+
+
 async def test_a_stopped_import_resumes(app: Any, bridge: Bridge, tmp_path: Path) -> None:
     await bridge.service()
     path = write(tmp_path / "history.ndjson", history())
