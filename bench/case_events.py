@@ -46,6 +46,7 @@ from bench.common import (
     set_up_bridge,
     sqlalchemy_url,
     start_serve,
+    stop_on_sigterm,
 )
 
 EVENTS: list[dict[str, Any]] = [
@@ -214,7 +215,9 @@ def main() -> int:
     parser.add_argument("--pg", default="postgres@127.0.0.1:5432", help="user@host:port")
     parser.add_argument("--database", default="spbridge_bench_events", help="name prefix")
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
-    return asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    stop_on_sigterm()
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
