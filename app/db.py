@@ -271,8 +271,9 @@ class Database:
     # The process's caches (app.caches), carried by every session made here. Principals join
     # them when the app starts (its cache is the app's); services and destination sets are here.
     caches: dict[str, Remembered[Any, Any]]
-    # Names this process on app.caches.CHANGES, so that it ignores its own notices.
-    sender: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Names this process on app.caches.CHANGES, so that it ignores its own notices (the
+    # sessions carry it too: app.caches.SENDER).
+    sender: str
     _follower: asyncio.Task[None] | None = None
     # Set while other processes' changes are followed (follow_changes is listening).
     following: asyncio.Event = field(default_factory=asyncio.Event)
