@@ -282,7 +282,7 @@ async def write_record(
     if session.get_bind().dialect.name == "postgresql":
         # Both made once (app.db.inserted_rows): a multi-row VALUES would be compiled each time.
         await session.execute(
-            _recorded_with_patients(),
+            _recorded_with_patients(tuple(record_values)),
             {**record_values, **rows_parameters("noted", _NOTED, noted)},
         )
     else:
@@ -298,12 +298,13 @@ _RECORDS = insert(table_of(AuditRecord))
 _PATIENTS = insert(table_of(AuditedPatient))
 
 
-@functools.cache
-def _recorded_with_patients() -> Any:
-    # PostgreSQL, one round trip made once: the record's insert a data-modifying CTE of its
-    # patients' (their foreign key is checked at the statement's end, when the record is there).
+@functools.lru_cache(maxsize=8)
+def _recorded_with_patients(columns: tuple[str, ...]) -> Any:
+    # PostgreSQL, one round trip made once: the record's insert (the columns write_record
+    # gives, the rest at their defaults) a data-modifying CTE of its patients' (their foreign
+    # key is checked at the statement's end, when the record is there).
     records, patients = table_of(AuditRecord), table_of(AuditedPatient)
-    record = insert(records).values({c.key: bindparam(c.key) for c in records.columns})
+    record = insert(records).values({key: bindparam(key) for key in columns})
     return inserted_rows(patients, "noted", _NOTED).add_cte(record.cte("record"))
 
 
