@@ -42,7 +42,7 @@ from app.cases.events import CaseEventIn, EventBody
 from app.cases.models import Referral
 from app.config import Settings
 from app.db import Database, transaction, utcnow
-from app.directory.models import SocialPrescribingService
+from app.directory.service import service_by_id
 from app.errors import AppError, BadRequest, NotFound, validation_location, validation_message
 from app.fhir import parsing
 from app.fhir.terminology import reason_map
@@ -323,7 +323,7 @@ class Loader:
             if await cases.all_recorded(session, referral.id, {event.key for event in events}):
                 return created, 0  # a re-run: every event is recorded already
             case = await cases.lock_case(session, referral.id)
-            service = await session.get(SocialPrescribingService, referral.service_id)
+            service = await service_by_id(session, referral.service_id)
             assert case is not None
             assert service is not None
             work = cases.CaseWork(session, case, referral, service, self.context)
