@@ -71,6 +71,13 @@ async def _lookup(database: Database) -> list[str]:
     return sorted(d.id for d in found)
 
 
+async def _service_name(database: Database) -> str | None:
+    """The service's name as this process's lookup gives it (remembered or read)."""
+    async with database.read_sessions() as session:
+        service = await service_by_id(session, "life-rooms")
+    return None if service is None else service.name
+
+
 async def _refer(bridge: Bridge, referrer: dict[str, str]) -> str:
     response = await bridge.refer(referrer, referral_resource())
     assert response.status_code == 201, response.text
@@ -189,9 +196,7 @@ async def test_a_service_renamed_here_shows_at_once(app: Any, bridge: Bridge) ->
         service = await session.get(SocialPrescribingService, "life-rooms")
         assert service is not None
         service.name = "The Life Rooms"
-    async with database.read_sessions() as session:
-        service = await service_by_id(session, "life-rooms")
-        assert service is not None and service.name == "The Life Rooms"
+    assert await _service_name(database) == "The Life Rooms"
 
 
 async def test_a_rollback_neither_forgets_nor_leaks(app: Any, bridge: Bridge) -> None:
@@ -226,14 +231,10 @@ async def test_a_change_by_another_process_counts_within_the_bound(
     added_id = await _remember_then_change_elsewhere(database, database_url, clock)
     clock.now += 4.9  # within the bound: still the set remembered before
     assert await _lookup(database) == []
-    async with database.read_sessions() as session:
-        service = await service_by_id(session, "life-rooms")
-        assert service is not None and service.name == "Service life-rooms"
+    assert await _service_name(database) == "Service life-rooms"
     clock.now += 0.2  # past it: read again
     assert await _lookup(database) == [added_id]
-    async with database.read_sessions() as session:
-        service = await service_by_id(session, "life-rooms")
-        assert service is not None and service.name == "Renamed elsewhere"
+    assert await _service_name(database) == "Renamed elsewhere"
 
 
 async def test_the_hook_runs_on_commit_only(app: Any, bridge: Bridge) -> None:
@@ -292,9 +293,7 @@ async def test_on_postgresql_another_process_s_change_counts_at_once(
             break
         await asyncio.sleep(0.02)
     assert await _lookup(database) == [added_id]
-    async with database.read_sessions() as session:
-        service = await service_by_id(session, "life-rooms")
-        assert service is not None and service.name == "Renamed elsewhere"
+    assert await _service_name(database) == "Renamed elsewhere"
 
 
 def test_a_process_ignores_its_own_notice() -> None:
