@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event, select, text, update
 
 from app.caches import (
@@ -306,14 +307,13 @@ def test_a_process_ignores_its_own_notice() -> None:
     assert heard(mine, change_notice(None, [DESTINATIONS])) == [DESTINATIONS]
 
 
+@pytest.mark.postgresql_only
 async def test_on_postgresql_its_own_notice_comes_round_and_empties_nothing(
-    app: Any, bridge: Bridge, database_url: str, backend: str
+    app: Any, bridge: Bridge, database_url: str
 ) -> None:
     """The notice of this process's own commit may come round after it has read again (the
     notice is sent here as its commit would send it, after the read, as happens under load).
     Another process, following too, stands witness that the notice was delivered."""
-    if backend == "sqlite":
-        return
     await bridge.service()
     database: Database = app.state.database
     await asyncio.wait_for(database.following.wait(), 10)
