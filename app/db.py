@@ -66,6 +66,9 @@ _log = logging.getLogger("spbridge.db")
 
 # Set in session.info by code that wrote outbox rows: the request wakes the dispatcher on commit.
 ENQUEUED = "spbridge.enqueued"
+# In session.info: rows (by table) a writer gave to be written with the work's new rows
+# (fold_rows), in the same statement on PostgreSQL.
+FOLDED = "spbridge.folded"
 
 
 class Base(DeclarativeBase):
@@ -554,6 +557,7 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
     async with factory() as session:
         try:
             yield session
+            await write_folded(session)
             await session.commit()
         except BaseException:
             await session.rollback()
@@ -592,7 +596,7 @@ def inserted_rows(
 
 
 def _element(item: Any, place: int, column_type: Any) -> Any:
-    index = literal_column(str(place))  # in the SQL, not a parameter
+    index: Any = literal_column(str(place))  # in the SQL, not a parameter
     if isinstance(column_type, JSON):
         # The value itself: a JSON null stays one, as the column's type has it.
         return item.op("->", return_type=JSONB)(index)
@@ -619,7 +623,10 @@ def rows_parameters(
 ) -> dict[str, str]:
     """The parameter of ``inserted_rows(…, name, columns)`` for these rows."""
     values = [[row[key] for key in columns] for row in rows]
-    return {name: orjson.dumps(values, default=_json_instant, option=_ROWS_JSON).decode()}
+    try:
+        return {name: orjson.dumps(values, default=_json_instant, option=_ROWS_JSON).decode()}
+    except orjson.JSONEncodeError as exc:
+        raise (exc.__cause__ or exc) from None  # ours says what was wrong; orjson's only where
 
 
 @functools.lru_cache(maxsize=256)
@@ -654,13 +661,29 @@ def _insert_row(obj: Any) -> dict[str, Any] | None:
     return row
 
 
+def fold_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` (each with the same keys, the rest at their defaults) with the session's
+    next write of its new objects (:func:`execute_with_new`, :func:`insert_new`): in the same
+    statement on PostgreSQL, with no round trip of their own. What no such write takes is
+    written before the commit (:func:`write_folded`)."""
+    session.info.setdefault(FOLDED, {}).setdefault(table, []).extend(rows)
+
+
+async def write_folded(session: AsyncSession) -> None:
+    """Insert what :func:`fold_rows` left unwritten, parents first (nothing, usually)."""
+    folded: dict[Table, list[dict[str, Any]]] = session.info.pop(FOLDED, {})
+    order = _parents_first()
+    for table in sorted(folded, key=order.__getitem__):
+        await session.execute(_plain_insert(table), folded[table])
+
+
 def _new_rows(
     session: AsyncSession, foldable: tuple[type[Any], ...]
 ) -> tuple[list[Any], dict[Table, list[dict[str, Any]]]] | None:
-    """The session's new objects and their rows by table, or None when they must be left to the
-    unit of work: one not of the ``foldable`` classes (written with every key they need, no
-    relationship to fill in), one whose key the database makes, or more than
-    ``FOLDED_AT_MOST`` of them."""
+    """The session's new objects and the rows to insert by table (theirs, and those given to
+    :func:`fold_rows`), or None when the objects must be left to the unit of work: one not of
+    the ``foldable`` classes (written with every key they need, no relationship to fill in),
+    one whose key the database makes, or more than ``FOLDED_AT_MOST`` of them."""
     new = list(session.new)
     if len(new) > FOLDED_AT_MOST:
         return None
@@ -670,6 +693,8 @@ def _new_rows(
         if row is None:
             return None
         rows.setdefault(inspect(obj).mapper.local_table, []).append(row)
+    for table, given in session.info.pop(FOLDED, {}).items():
+        rows.setdefault(table, []).extend(given)
     return new, rows
 
 
@@ -694,6 +719,7 @@ async def execute_with_new(
     statement's own autoflush)."""
     found = _new_rows(session, foldable)
     if found is None:
+        await write_folded(session)
         await session.execute(statement, parameters)
         return
     new, rows = found
@@ -713,7 +739,8 @@ async def insert_new(session: AsyncSession, foldable: tuple[type[Any], ...]) -> 
     (SQLite, which has no data-modifying CTE). Objects that cannot be taken so
     (:func:`_new_rows`) are left to the unit of work, as before."""
     found = _new_rows(session, foldable)
-    if found is None or not found[0]:
+    if found is None:
+        await write_folded(session)
         return
     new, rows = found
     for obj in new:

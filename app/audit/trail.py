@@ -24,7 +24,7 @@ import datetime as dt
 import functools
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.audit.models import AuditedPatient, AuditRecord
 from app.db import (
     Database,
+    fold_rows,
     inserted_rows,
     rows_parameters,
     table_of,
@@ -239,9 +240,11 @@ async def write_record(
     route: str | None = None,
     request_ids: tuple[str | None, str | None] = (None, None),
     now: dt.datetime | None = None,
+    fold: bool = False,
 ) -> str:
     """Write one audit record (and its patients) in ``session``'s transaction; never commits.
-    ``agent`` is (client id, name, role, organisation)."""
+    ``agent`` is (client id, name, role, organisation). ``fold``: with the rows the session's
+    work writes next (app.db.fold_rows), in its statement on PostgreSQL."""
     client_id, agent_name, role, organisation = agent
     record_id = str(uuid.uuid4())
     pseudonyms = _pseudonyms(key, patients)
@@ -266,7 +269,9 @@ async def write_record(
         "request_id": request_ids[0],
         "correlation_id": request_ids[1],
     }
-    if not pseudonyms:
+    if fold:
+        fold_rows(session, table_of(AuditRecord), [record_values])
+    elif not pseudonyms:
         await session.execute(_RECORDS, record_values)
         return record_id
     referral_ids = [None if ident.startswith(_BY_NUMBER) else ident for ident in patients]
@@ -279,7 +284,10 @@ async def write_record(
         }
         for position, patient in enumerate(pseudonyms)
     ]
-    if session.get_bind().dialect.name == "postgresql":
+    if fold:
+        if noted:
+            fold_rows(session, table_of(AuditedPatient), noted)
+    elif session.get_bind().dialect.name == "postgresql":
         # Both made once (app.db.inserted_rows): a multi-row VALUES would be compiled each time.
         await session.execute(
             _recorded_with_patients(tuple(record_values)),
@@ -326,7 +334,9 @@ def _agent(asgi_scope: Scope, audit: AuditScope) -> tuple[str | None, str, str |
     return None, "unauthenticated caller", None, None
 
 
-async def _record(session: AsyncSession, asgi_scope: Scope, audit: AuditScope, status: int) -> None:
+async def _record(
+    session: AsyncSession, asgi_scope: Scope, audit: AuditScope, status: int, *, fold: bool = False
+) -> None:
     state = asgi_scope.get("state") or {}
     key = await installation_pseudonym_key(asgi_scope["app"].state, session)
     await write_record(
@@ -343,6 +353,7 @@ async def _record(session: AsyncSession, asgi_scope: Scope, audit: AuditScope, s
         method=audit.method,
         route=audit.route,
         request_ids=(state.get("request_id"), state.get("correlation_id")),
+        fold=fold,
     )
 
 
@@ -361,12 +372,39 @@ async def stage(asgi_scope: Scope, session: AsyncSession, default_status: int) -
     except Exception as exc:
         if unavailability(exc) is not None:
             raise  # the database is unavailable: answered by the ErrorBoundary, as any request
-        log.exception("the audit record could not be written; the change is rolled back")
-        raise AuditUnavailable(
-            "The request could not be recorded in the audit trail, so it was not carried out; "
-            "try again shortly"
-        ) from exc
+        raise _not_recorded(exc) from exc
     audit.written = True
+
+
+async def fold(
+    asgi_scope: Scope, session: AsyncSession, status: int, write: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``write``, the work's last write, with the request's record among the rows it
+    writes (app.db.fold_rows): in its statement on PostgreSQL, no round trip of its own. For a
+    writer that knows its answer before that write (intake); :func:`stage` then has nothing
+    left to do. That write failing is the record failing too, and is answered as such."""
+    audit = scope_of(asgi_scope)
+    if audit is None or audit.written:
+        await write()
+        return
+    try:
+        await _record(session, asgi_scope, audit, audit.status or status, fold=True)
+        await write()
+    except Exception as exc:
+        if unavailability(exc) is not None:
+            raise
+        raise _not_recorded(exc) from exc
+    audit.written = True
+
+
+def _not_recorded(exc: Exception) -> AuditUnavailable:
+    """The answer to the request's record not written (other than for the database being
+    unavailable, answered as every request is), its cause logged."""
+    log.error("the audit record could not be written; the change is rolled back", exc_info=exc)
+    return AuditUnavailable(
+        "The request could not be recorded in the audit trail, so it was not carried out; "
+        "try again shortly"
+    )
 
 
 def begin(asgi_scope: Scope) -> AuditScope | None:

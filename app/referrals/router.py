@@ -182,12 +182,21 @@ async def create_service_request(
     data, model = _read_resource(request, body, "ServiceRequest")
     draft = _assess(model, settings)
     intake = await service.create_referral(
-        session, draft, data, principal, event_context(request, principal), if_none_exist
+        session,
+        draft,
+        data,
+        principal,
+        event_context(request, principal),
+        if_none_exist,
+        finish=False,
     )
     referral = intake.referral
     trail.note([referral])
     status = 201 if intake.created else 200
     trail.set_status(status)
+    if intake.work is not None:
+        # The answer is known: the audit record goes in the new case's one statement.
+        await trail.fold(request.scope, session, status, intake.work.finish)
     said = (
         f"Referral accepted as ServiceRequest/{referral.id}"
         if intake.created

@@ -1,0 +1,127 @@
+"""Rows given to ``app.db.fold_rows`` are written with the work's next write of its new rows (in
+its one statement on PostgreSQL, as the audit record of a referral is), or before the commit
+when no such write comes: never lost. The rows' one JSON parameter (app.db.rows_parameters)
+keeps UTCDateTime's rule and each column's own checks. Both databases unless marked."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, literal_column, select
+from sqlalchemy import exc as sa_exc
+
+from app.audit.models import AuditRecord
+from app.db import (
+    Database,
+    execute_with_new,
+    fold_rows,
+    insert_new,
+    rows_parameters,
+    table_of,
+    transaction,
+)
+from tests.conftest import empty_database
+
+WHEN = dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
+
+
+def record(record_id: str, **overrides: Any) -> dict[str, Any]:
+    """An audit record's row as app.audit.trail.write_record gives it."""
+    row: dict[str, Any] = {
+        "id": record_id,
+        "recorded_at": WHEN,
+        "source": "api",
+        "client_id": None,
+        "agent_name": "a test",
+        "role": None,
+        "organisation": "RW4",
+        "action": "C",
+        "interaction": "create",
+        "method": "POST",
+        "route": "/fhir/ServiceRequest",
+        "resource_type": "ServiceRequest",
+        "resource_id": None,
+        "outcome": "0",
+        "status": 201,
+        "request_id": None,
+        "correlation_id": None,
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    await empty_database(database_url)
+    database = Database.from_url(database_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def held(database: Database) -> list[tuple[str, dt.datetime, int | None, str | None]]:
+    async with transaction(database.read_sessions) as session:
+        rows = await session.execute(
+            select(
+                AuditRecord.id, AuditRecord.recorded_at, AuditRecord.status, AuditRecord.client_id
+            ).order_by(AuditRecord.id)
+        )
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+async def test_folded_rows_no_write_took_are_written_before_the_commit(
+    database: Database,
+) -> None:
+    async with transaction(database.write_sessions) as session:
+        fold_rows(session, table_of(AuditRecord), [record("r1"), record("r2", status=None)])
+    assert await held(database) == [("r1", WHEN, 201, None), ("r2", WHEN, None, None)]
+
+
+async def test_folded_rows_go_in_the_works_write_of_its_new_rows(
+    database: Database, backend: str
+) -> None:
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        async with transaction(database.write_sessions) as session:
+            fold_rows(session, table_of(AuditRecord), [record("r1", client_id="c")])
+            if backend == "postgresql":
+                # Any statement: the rows go in it as a data-modifying CTE.
+                await execute_with_new(session, select(literal_column("1")), {}, ())
+                assert len(statements) == 1 and "INSERT INTO audit_events" in statements[0]
+            else:
+                await insert_new(session, ())
+                written = [s.split("(")[0].strip() for s in statements if "BEGIN" not in s]
+                assert written == ["INSERT INTO audit_events"]
+            statements.clear()
+        assert not [s for s in statements if "audit_events" in s]  # not written twice
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert await held(database) == [("r1", WHEN, 201, "c")]
+
+
+def test_a_naive_datetime_is_refused_as_the_column_refuses_it() -> None:
+    naive = record("r1", recorded_at=WHEN.replace(tzinfo=None))
+    with pytest.raises(ValueError, match="naive datetime"):
+        rows_parameters("noted", tuple(naive), [naive])
+
+
+@pytest.mark.postgresql_only
+async def test_a_value_too_long_for_its_column_is_refused_not_cut_short(
+    database: Database, backend: str
+) -> None:
+    async with transaction(database.write_sessions) as session:
+        fold_rows(session, table_of(AuditRecord), [record("r1", role="x" * 33)])
+        with pytest.raises(sa_exc.DBAPIError, match="too long"):
+            await execute_with_new(session, select(literal_column("1")), {}, ())
+        await session.rollback()
+    assert await held(database) == []
