@@ -12,6 +12,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_state
 
 from app.cases import history
 from app.cases import search as case_search
@@ -47,7 +48,9 @@ from app.security.auth import Principal
 
 __all__ = ["stored_resource"]
 
-_REFERRAL_COLUMNS = inspect(Referral).column_attrs
+# Each column's attribute and column keys, and how instances are made (as the loader does).
+_REFERRAL_KEYS = tuple((a.key, a.columns[0].key) for a in inspect(Referral).column_attrs)
+_REFERRALS = inspect(Referral).class_manager
 # The unique constraint on a referral's identity: the organisation that sent it, and its identifier.
 _REFERRAL_IDENTITY = ["organisation", "identifier_system", "identifier_value"]
 
@@ -118,16 +121,19 @@ def _insert_statement(dialect: str) -> Any:
 _INSERT = {dialect: _insert_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-async def _insert_new(session: AsyncSession, referral: Referral) -> bool:
-    """Insert ``referral`` unless its identifier is held (False then), in one statement: no
-    SELECT before it and no savepoint around it. The object joins the session as the row."""
+async def _insert_new(session: AsyncSession, values: dict[str, Any]) -> Referral | None:
+    """Insert the referral of ``values`` (every column's, by attribute) unless its identifier is
+    held (None then), in one statement: no SELECT before it and no savepoint around it. The
+    referral joins the session as the row, made as the loader makes one (no attribute events)."""
     statement = _INSERT[session.get_bind().dialect.name]
-    values = {a.columns[0].key: getattr(referral, a.key) for a in _REFERRAL_COLUMNS}
-    if (await session.execute(statement, values)).first() is None:
-        return False
+    row = {column: values[key] for key, column in _REFERRAL_KEYS}
+    if (await session.execute(statement, row)).first() is None:
+        return None
+    referral = _REFERRALS.new_instance()
+    instance_state(referral).dict.update(values)
     make_transient_to_detached(referral)
     session.add(referral)
-    return True
+    return referral
 
 
 async def _target_service(
@@ -202,7 +208,10 @@ async def create_referral(
         return _repeat(held, raw)
 
     now = received_at or dt.datetime.now(dt.UTC)
-    referral = Referral(
+    # Every column given (None where the referral has none): one insert statement, whatever
+    # the referral holds.
+    values: dict[str, Any] = dict.fromkeys(key for key, _column in _REFERRAL_KEYS)
+    values.update(
         id=str(uuid.uuid4()),
         organisation=principal.organisation,
         identifier_system=draft.identifier_system,
@@ -239,7 +248,8 @@ async def create_referral(
     )
     # The unique constraint decides between repeats, concurrent or not (DESIGN §10), in the
     # insert itself: no row comes back for a held identifier, which then answers as held.
-    if not await _insert_new(session, referral):
+    referral = await _insert_new(session, values)
+    if referral is None:
         held = await _existing(session, principal.organisation, draft)
         assert held is not None  # the conflicting row commits before ours can be refused
         return _repeat(held, raw)
