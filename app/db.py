@@ -12,7 +12,7 @@ import functools
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -733,22 +733,91 @@ async def execute_with_new(
     _written(session, new)
 
 
-async def insert_new(session: AsyncSession, foldable: tuple[type[Any], ...]) -> None:
+async def insert_new(
+    session: AsyncSession,
+    foldable: tuple[type[Any], ...],
+    then: Sequence[tuple[Any, list[dict[str, Any]]]] = (),
+) -> None:
     """Insert the session's new objects with one Core INSERT per table, parents first, where the
     unit of work's flush would spend more of its CPU on bookkeeping than on the statements
-    (SQLite, which has no data-modifying CTE). Objects that cannot be taken so
-    (:func:`_new_rows`) are left to the unit of work, as before."""
+    (SQLite, which has no data-modifying CTE), then the statements of ``then`` (each with its
+    rows), all in one visit to SQLite's thread (:func:`write_batches`). Objects that cannot be
+    taken so (:func:`_new_rows`) are left to the unit of work, as before."""
     found = _new_rows(session, foldable)
     if found is None:
         await write_folded(session)
+        await write_batches(session, then)
         return
     new, rows = found
     for obj in new:
         session.expunge(obj)
     order = _parents_first()  # keys are checked at once: parents before children
-    for table in sorted(rows, key=order.__getitem__):
-        await session.execute(_plain_insert(table), rows[table])
+    inserts = [(_plain_insert(table), rows[table]) for table in sorted(rows, key=order.__getitem__)]
+    await write_batches(session, [*inserts, *then])
     _written(session, new)
+
+
+async def write_batches(
+    session: AsyncSession, batches: Sequence[tuple[Any, list[dict[str, Any]]]]
+) -> None:
+    """Execute each statement (an INSERT made once) with its rows, in order, in the session's
+    transaction. On SQLite all in one call in the connection's thread: through SQLAlchemy each
+    costs several calls there (a cursor, the statement, closing it: about 0.2 ms of CPU, against
+    a few µs for SQLite's own work), and intake writes eight. Elsewhere, each as usual."""
+    batches = [(statement, rows) for statement, rows in batches if rows]
+    if not batches:
+        return
+    if session.get_bind().dialect.name != "sqlite":
+        for statement, rows in batches:
+            await session.execute(statement, rows)
+        return
+    if session.sync_session.autoflush:
+        await session.flush()  # as session.execute would: the statements see what it holds
+    connection = await session.connection()  # the write transaction begun if it was not
+    sync = connection.sync_connection
+    assert sync is not None
+    prepared = []
+    for statement, rows in batches:
+        sql, names, processors = _sqlite_statement(sync.dialect, statement, tuple(rows[0]))
+        parameters = [
+            tuple(
+                value if process is None else process(value)
+                for value, process in zip((row[name] for name in names), processors, strict=True)
+            )
+            for row in rows
+        ]
+        # The engine's listeners see each statement, as they would any other.
+        sync.dispatch.before_cursor_execute(sync, None, sql, parameters, None, True)
+        prepared.append((sql, parameters))
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    failed: list[str] = []
+
+    def run() -> None:  # in aiosqlite's thread, the connection's own
+        for sql, parameters in prepared:
+            failed[:] = [sql]
+            driver._conn.executemany(sql, parameters)
+
+    try:
+        await driver._execute(run)  # aiosqlite's one way to run a function in that thread
+    except sqlite3.Error as exc:
+        raise sa_exc.DBAPIError.instance(
+            failed[0] if failed else None, None, exc, sqlite3.Error, dialect=sync.dialect
+        ) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_statement(
+    dialect: Any, statement: Any, keys: tuple[str, ...]
+) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    # The SQL of ``statement`` for rows of these keys, its parameters' order and each one's
+    # type processing (None: the value as it is), worked out once per shape.
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    names = tuple(compiled.positiontup or ())
+    processors = tuple(
+        compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+    )
+    return str(compiled), names, processors
 
 
 @functools.cache

@@ -100,6 +100,7 @@ async def after_event(
     trail.note([referral])
 
 
+@functools.cache
 def _queueing(dialect: str) -> Any:
     table = table_of(ReportPendingCase)
     insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
@@ -134,14 +135,13 @@ async def keep_and_queue(
     """What a piece of work on a case writes once, at its end: the resource versions its events
     made (app.cases.history), the case's place in the report queue, and on PostgreSQL the rows
     it made: one statement there (data-modifying CTEs), where SQLite, which has none, takes one
-    insert per table (app.db.insert_new) and two statements."""
+    insert per table and two statements, in one visit to its thread (app.db.insert_new)."""
     kept = history.rows(referral_id, versions)
     dialect = session.get_bind().dialect.name
     if dialect != "postgresql" or not kept or len(kept) > _BATCH:
-        await insert_new(session, _WRITTEN_WHOLE)
-        if kept:
-            await session.execute(history.keeping(dialect), kept)
-        await queue_for_reports(session, [case_id], now)
+        queued = [{"case_id": case_id, "noted_at": now}]
+        then = [(history.keeping(dialect), kept), (_queueing(dialect), queued)]
+        await insert_new(session, _WRITTEN_WHOLE, then)
         return
     parameters = {"case_id": case_id, "noted_at": now}
     parameters.update(rows_parameters("kept", _KEPT, kept))

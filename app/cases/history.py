@@ -11,6 +11,7 @@ Reads go through the referral's visibility like every other read (``app.cases.se
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,7 @@ def rows(referral_id: str, versions: Iterable[Version]) -> list[dict[str, Any]]:
     ]
 
 
+@functools.cache
 def keeping(dialect: str) -> Any:
     """The insert that keeps versions: those already kept stay as they were."""
     insert: Any = pg_insert if dialect == "postgresql" else sqlite_insert
