@@ -596,11 +596,12 @@ def inserted_rows(
 
 
 def _element(item: Any, place: int, column_type: Any) -> Any:
-    index: Any = literal_column(str(place))  # in the SQL, not a parameter
+    # The index in the SQL, not a parameter; JSONB's own operators, not custom ones, which are
+    # slow to hash each time SQLAlchemy looks the statement up in its cache of compiled SQL.
+    element = item[literal_column(str(place))]
     if isinstance(column_type, JSON):
-        # The value itself: a JSON null stays one, as the column's type has it.
-        return item.op("->", return_type=JSONB)(index)
-    text = item.op("->>", return_type=Text)(index)
+        return element  # the value itself: a JSON null stays one, as the column's type has it
+    text = element.astext
     # A string is inserted as text: the column's own assignment checks its length (a CAST to
     # VARCHAR(n) would cut it short instead).
     return text if isinstance(column_type, String) else cast(text, column_type)
