@@ -209,15 +209,16 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
+        # One call in the connection's thread (app.db.write_batches says why), not a cursor's.
         if conn.get_execution_options().get("read_only"):
-            conn.exec_driver_sql("BEGIN")
+            await_(_in_sqlite_thread(conn, [("BEGIN", [()])]))
             return
         if not conn.info.get(_WRITING):
             await_(_take_turn())
             # Held until the connection goes back to the pool: a session gives it back as its
             # transaction ends, right after the COMMIT or ROLLBACK.
             conn.info[_WRITING] = True
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        await_(_in_sqlite_thread(conn, [("BEGIN IMMEDIATE", [()])]))
 
     def _release(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
         if record is not None and record.info.pop(_WRITING, False):
@@ -787,17 +788,26 @@ async def write_batches(
             )
             for row in rows
         ]
-        # The engine's listeners see each statement, as they would any other.
-        sync.dispatch.before_cursor_execute(sync, None, sql, parameters, None, True)
         prepared.append((sql, parameters))
-    driver: Any = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None
+    await _in_sqlite_thread(sync, prepared)
+
+
+async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    """Run each statement with each of its parameter tuples in one call in the thread of the
+    SQLAlchemy connection ``sync`` (aiosqlite's), its errors wrapped as SQLAlchemy wraps them.
+    The engine's listeners see each statement before it runs, as they would any other."""
+    for sql, parameters in statements:
+        sync.dispatch.before_cursor_execute(sync, None, sql, parameters, None, True)
+    driver: Any = sync.connection.driver_connection
     failed: list[str] = []
 
     def run() -> None:  # in aiosqlite's thread, the connection's own
-        for sql, parameters in prepared:
+        for sql, parameters in statements:
             failed[:] = [sql]
-            driver._conn.executemany(sql, parameters)
+            if len(parameters) == 1:
+                driver._conn.execute(sql, parameters[0])  # BEGIN too (executemany takes DML only)
+            else:
+                driver._conn.executemany(sql, parameters)
 
     try:
         await driver._execute(run)  # aiosqlite's one way to run a function in that thread
