@@ -773,44 +773,72 @@ async def write_batches(
         for statement, rows in batches:
             await session.execute(statement, rows)
         return
+    sync = await _sqlite_writing(session)
+    await _in_sqlite_thread(
+        sync, [_sqlite_parameters(sync, statement, rows) for statement, rows in batches]
+    )
+
+
+async def inserted(session: AsyncSession, statement: Any, row: dict[str, Any]) -> bool:
+    """Whether ``statement`` (an INSERT … ON CONFLICT DO NOTHING RETURNING …, made once)
+    inserted ``row``: on SQLite in one call in the connection's thread (:func:`write_batches`
+    says why), elsewhere as usual."""
+    if session.get_bind().dialect.name != "sqlite":
+        return (await session.execute(statement, row)).first() is not None
+    sync = await _sqlite_writing(session)
+    return bool(await _in_sqlite_thread(sync, [_sqlite_parameters(sync, statement, [row])]))
+
+
+async def _sqlite_writing(session: AsyncSession) -> Any:
+    # The session's connection, its write transaction begun, and the session's pending objects
+    # written first, as session.execute would (autoflush): the statements see what it holds.
     if session.sync_session.autoflush:
-        await session.flush()  # as session.execute would: the statements see what it holds
-    connection = await session.connection()  # the write transaction begun if it was not
-    sync = connection.sync_connection
-    assert sync is not None
-    prepared = []
-    for statement, rows in batches:
-        sql, names, processors = _sqlite_statement(sync.dialect, statement, tuple(rows[0]))
-        parameters = [
-            tuple(
-                value if process is None else process(value)
-                for value, process in zip((row[name] for name in names), processors, strict=True)
-            )
-            for row in rows
-        ]
-        prepared.append((sql, parameters))
-    await _in_sqlite_thread(sync, prepared)
+        await session.flush()
+    connection = await session.connection()
+    return connection.sync_connection
 
 
-async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+def _sqlite_parameters(
+    sync: Any, statement: Any, rows: list[dict[str, Any]]
+) -> tuple[str, list[tuple[Any, ...]]]:
+    # The statement's SQL for these rows and each row's parameters, as SQLAlchemy would bind
+    # them (each column type's processing).
+    sql, names, processors = _sqlite_statement(sync.dialect, statement, tuple(rows[0]))
+    return sql, [
+        tuple(
+            value if process is None else process(value)
+            for value, process in zip((row[name] for name in names), processors, strict=True)
+        )
+        for row in rows
+    ]
+
+
+async def _in_sqlite_thread(
+    sync: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]
+) -> list[Any]:
     """Run each statement with each of its parameter tuples in one call in the thread of the
-    SQLAlchemy connection ``sync`` (aiosqlite's), its errors wrapped as SQLAlchemy wraps them.
-    The engine's listeners see each statement before it runs, as they would any other."""
+    SQLAlchemy connection ``sync`` (aiosqlite's), its errors wrapped as SQLAlchemy wraps them;
+    the rows the last one gave, run once (RETURNING). The engine's listeners see each
+    statement before it runs, as they would any other."""
     for sql, parameters in statements:
         sync.dispatch.before_cursor_execute(sync, None, sql, parameters, None, True)
     driver: Any = sync.connection.driver_connection
     failed: list[str] = []
 
-    def run() -> None:  # in aiosqlite's thread, the connection's own
+    def run() -> list[Any]:  # in aiosqlite's thread, the connection's own
+        rows: list[Any] = []
         for sql, parameters in statements:
             failed[:] = [sql]
-            if len(parameters) == 1:
-                driver._conn.execute(sql, parameters[0])  # BEGIN too (executemany takes DML only)
+            if len(parameters) == 1:  # BEGIN too: executemany takes DML only
+                rows = driver._conn.execute(sql, parameters[0]).fetchall()
             else:
                 driver._conn.executemany(sql, parameters)
+                rows = []
+        return rows
 
     try:
-        await driver._execute(run)  # aiosqlite's one way to run a function in that thread
+        # aiosqlite's one way to run a function in that thread
+        return await driver._execute(run)  # type: ignore[no-any-return]
     except sqlite3.Error as exc:
         raise sa_exc.DBAPIError.instance(
             failed[0] if failed else None, None, exc, sqlite3.Error, dialect=sync.dialect
