@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -479,8 +480,12 @@ async def record_case_event(
     now: Now,
     principal: Annotated[Principal, Depends(require(Operation.CASE_EVENT_RECORD, writes=True))],
 ) -> RecordedEvent:
+    async def finish_with(finish: Callable[[], Awaitable[None]]) -> None:
+        # Applied now: answered 201, its audit record written with the case's changes.
+        await trail.fold(request.scope, session, 201, finish)
+
     recorded, case, applied = await service.record_event(
-        session, principal, case_id, event, event_context(request, principal), now
+        session, principal, case_id, event, event_context(request, principal), now, finish_with
     )
     if not applied:
         response.status_code = 200

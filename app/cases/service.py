@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,9 +416,11 @@ async def record_event(
     event: EventBody,
     context: EventContext,
     now: dt.datetime,
+    finish_with: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = None,
 ) -> tuple[CaseEvent, Case, bool]:
     """An advisor's or platform client's event, through the one domain function. Returns the
-    event, the case after it, and whether it was applied now (False: an idempotent repeat)."""
+    event, the case after it, and whether it was applied now (False: an idempotent repeat).
+    ``finish_with`` runs the work's last write (the request's audit record joins it there)."""
     case, referral, service = await visible_case(session, principal, case_id, lock=True)
     if not runs_service(principal, service):
         raise Forbidden("Only the organisation that runs the service records events on its cases")
@@ -458,7 +460,7 @@ async def record_event(
         ),
         now=now,
     )
-    await work.finish()
+    await (work.finish() if finish_with is None else finish_with(work.finish))
     await session.flush()
     return recorded, case, True
 
