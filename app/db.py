@@ -6,6 +6,7 @@ The schema is made only by Alembic migrations (``migrations/``); nothing here cr
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import functools
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import orjson
 from sqlalchemy import (
     JSON,
@@ -38,6 +40,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert as sqlalchemy_insert
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -48,7 +55,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, make_transient_to_detached
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
-from sqlalchemy.util import await_
+from sqlalchemy.util import EMPTY_DICT, await_
 
 from app.caches import CACHES, CHANGES, DESTINATIONS, SENDER, SERVICES, Remembered, heard
 from app.config import Settings
@@ -234,6 +241,94 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+class _OneCallCursor(AsyncAdapt_aiosqlite_cursor):
+    """SQLAlchemy's aiosqlite cursor, each statement in one call in the connection's thread:
+    cursor, execute, rows and close together. SQLAlchemy's own makes three or four calls (an
+    aiosqlite cursor, the statement, its rows, closing it), each a hop between threads that cost
+    more of the process's CPU than SQLite's own work (app.db.write_batches)."""
+
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
+
+    def __init__(self, adapt_connection: Any) -> None:  # no aiosqlite cursor: one per statement
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+        self._description: Any = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
+
+    @property
+    def description(self) -> Any:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return 1  # sqlite3's
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        pass
+
+    def execute(self, operation: Any, parameters: Any = None) -> Any:
+        if parameters is None:
+            self._run(lambda cursor: cursor.execute(operation))
+        else:
+            self._run(lambda cursor: cursor.execute(operation, parameters))
+
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        self._run(lambda cursor: cursor.executemany(operation, seq_of_parameters))
+
+    def _run(self, call: Any) -> None:
+        connection = self._connection
+
+        def work() -> tuple[Any, int, Any, list[Any]]:  # in the connection's thread
+            cursor = connection._conn.cursor()
+            try:
+                call(cursor)
+                rows = cursor.fetchall() if cursor.description else []
+                return cursor.description, cursor.rowcount, cursor.lastrowid, rows
+            finally:
+                cursor.close()
+
+        async def in_turn() -> tuple[Any, int, Any, list[Any]]:
+            async with self._adapt_connection._execute_mutex:
+                return await connection._execute(work)  # type: ignore[no-any-return]
+
+        try:
+            self._description, self._rowcount, self._lastrowid, rows = await_(in_turn())
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+        self._rows = collections.deque(rows)
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    async def _async_soft_close(self) -> None:
+        return  # nothing held open between calls
+
+
+class _OneCallConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = _OneCallCursor
+
+
+class _OneCallDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """SQLAlchemy's aiosqlite DBAPI module, its connections making :class:`_OneCallCursor`."""
+
+    def connect(self, *arg: Any, **kw: Any) -> AsyncAdapt_aiosqlite_connection:
+        adapted = super().connect(*arg, **kw)
+        return _OneCallConnection(self, adapted._connection)
+
+
 def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
     pool = pool or PoolLimits()
     kwargs: dict[str, Any] = {}
@@ -255,6 +350,8 @@ def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
         )
     # JSON columns (resources, versions, event data) written by orjson: the stdlib encoder was
     # a twentieth of an import's CPU. Compact text; values read back the same.
+    if is_sqlite(url):
+        kwargs["module"] = _OneCallDBAPI(aiosqlite, sqlite3)
     engine = create_async_engine(url, json_serializer=_json_text, **kwargs)
     if is_sqlite(url):
         _configure_sqlite(engine, pool.timeout)
