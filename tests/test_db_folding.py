@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, literal_column, select
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import literal_column, select
 
 from app.audit.models import AuditRecord
 from app.db import (
@@ -24,6 +24,7 @@ from app.db import (
     transaction,
 )
 from tests.conftest import empty_database
+from tests.support.round_trips import statements_sent
 
 WHEN = dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.UTC)
 
@@ -84,14 +85,7 @@ async def test_folded_rows_no_write_took_are_written_before_the_commit(
 async def test_folded_rows_go_in_the_works_write_of_its_new_rows(
     database: Database, backend: str
 ) -> None:
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    engine = database.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
+    with statements_sent(database) as statements:
         async with transaction(database.write_sessions) as session:
             fold_rows(session, table_of(AuditRecord), [record("r1", client_id="c")])
             if backend == "postgresql":
@@ -104,8 +98,6 @@ async def test_folded_rows_go_in_the_works_write_of_its_new_rows(
                 assert written == ["INSERT INTO audit_events"]
             statements.clear()
         assert not [s for s in statements if "audit_events" in s]  # not written twice
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
     assert await held(database) == [("r1", WHEN, 201, "c")]
 
 

@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import select, text, update
 
 from app.caches import (
     CHANGES,
@@ -33,6 +31,7 @@ from app.directory.service import service_by_id
 from app.outbox.models import Delivery, Destination, DestinationKind
 from app.outbox.service import destinations_for
 from tests.conftest import Bridge, referral_resource
+from tests.support.round_trips import statements_sent
 
 PUBLIC = "https://93.184.216.34/hooks"  # a public IP literal: no DNS needed
 
@@ -43,21 +42,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@contextmanager
-def statements_sent(database: Database) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        sent.append(statement)
-
-    engine = database.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def _reads(sent: list[str], table: str) -> list[str]:

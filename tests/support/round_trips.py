@@ -19,6 +19,22 @@ class Trips:
 
 
 @contextmanager
+def statements_sent(database: Any) -> Iterator[list[str]]:
+    """Every statement ``database``'s engine sends while the block runs, whole."""
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
 def counted(app: Any, backend: str) -> Iterator[Trips]:
     """Round trips of ``app``'s engine while the block runs: every statement the driver sends,
     and BEGIN (asyncpg sends it on its own; SQLite's BEGIN IMMEDIATE is a statement) and
