@@ -176,6 +176,21 @@ def _wiped_tables() -> list[str]:
     ]
 
 
+# The report tables in the order the drainer takes them (app/reports/projection.py).
+_REPORT_TABLES = (
+    "report_pending_cases",
+    "report_case_facts",
+    "report_counts",
+    "report_model_state",
+)
+
+
+def lock_order(wiped: list[str]) -> list[str]:
+    """The wiped tables (children first) in the order a reset locks them (see :func:`reset`)."""
+    parents_first = [name for name in reversed(wiped) if name not in _REPORT_TABLES]
+    return parents_first + [name for name in _REPORT_TABLES if name in wiped]
+
+
 async def reset(session: AsyncSession, settings: Settings) -> dict[str, int]:
     """Empty every table of sandbox data and seed again, in the caller's transaction. Old
     journeys stop (the simulated platforms forget their cases); the fixed keys work as before.
@@ -186,9 +201,11 @@ async def reset(session: AsyncSession, settings: Settings) -> dict[str, int]:
     wiped = _wiped_tables()
     if session.get_bind().dialect.name == "postgresql":
         # No other writer between our deletes (the in-process dispatcher recording an attempt
-        # of a delivery about to go broke the foreign key: a 500). Parents first, the order
-        # writers take them in, so a writer holding one finishes instead of deadlocking.
-        names = ", ".join(f'"{name}"' for name in reversed(wiped))
+        # of a delivery about to go broke the foreign key: a 500). In the order writers take
+        # them, so a writer holding one finishes instead of deadlocking: parents first, and the
+        # report tables last, as every piece of work queues its case for the reports at its end
+        # (app/cases/after_write.py) and the drainer takes the queue before the counters.
+        names = ", ".join(f'"{name}"' for name in lock_order(wiped))
         await session.execute(text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
     for name in wiped:
         result = await session.execute(delete(tables[name]))

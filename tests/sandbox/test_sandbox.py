@@ -325,3 +325,17 @@ async def test_the_landing_page_shows_the_clients_keys_patients_and_examples(
         assert f"<code>{case.identifier}</code>" in text
     # The examples point at this server (the test client's base URL).
     assert "BRIDGE=http://testserver\n" in text
+
+
+def test_a_reset_locks_the_tables_in_the_order_writers_take_them() -> None:
+    """Parents before children, and the report tables after every table a piece of work writes
+    before it queues its case for the reports (at its end): a writer holding one finishes rather
+    than deadlocking with a reset (seen in CI: the reset had the queue, a writer its case)."""
+    wiped = sandbox._wiped_tables()
+    order = sandbox.lock_order(wiped)
+    place = {name: position for position, name in enumerate(order)}
+    assert sorted(order) == sorted(wiped)
+    assert place["referrals"] < place["cases"] < place["case_events"] < place["deliveries"]
+    written_before = ("referrals", "cases", "patients", "resource_versions", "deliveries")
+    assert place["report_pending_cases"] > max(place[name] for name in written_before)
+    assert place["report_pending_cases"] < place["report_case_facts"] < place["report_counts"]
