@@ -13,7 +13,7 @@ import functools
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,16 +216,15 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # One call in the connection's thread (app.db.write_batches says why), not a cursor's.
         if conn.get_execution_options().get("read_only"):
-            await_(_in_sqlite_thread(conn, [("BEGIN", [()])]))
+            conn.exec_driver_sql("BEGIN")
             return
         if not conn.info.get(_WRITING):
             await_(_take_turn())
             # Held until the connection goes back to the pool: a session gives it back as its
             # transaction ends, right after the COMMIT or ROLLBACK.
             conn.info[_WRITING] = True
-        await_(_in_sqlite_thread(conn, [("BEGIN IMMEDIATE", [()])]))
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def _release(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
         if record is not None and record.info.pop(_WRITING, False):
@@ -771,9 +770,7 @@ def fold_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -
 async def write_folded(session: AsyncSession) -> None:
     """Insert what :func:`fold_rows` left unwritten, parents first (nothing, usually)."""
     folded: dict[Table, list[dict[str, Any]]] = session.info.pop(FOLDED, {})
-    order = _parents_first()
-    for table in sorted(folded, key=order.__getitem__):
-        await session.execute(_plain_insert(table), folded[table])
+    await write_batches(session, _inserts(folded))
 
 
 def _new_rows(
@@ -822,7 +819,7 @@ async def execute_with_new(
         await session.execute(statement, parameters)
         return
     new, rows = found
-    shape = tuple(sorted(((t, tuple(r[0])) for t, r in rows.items()), key=lambda s: s[0].name))
+    shape = tuple((table, tuple(rows[table][0])) for table in _in_key_order(rows))
     folded = dict(parameters)
     for table, columns in shape:
         folded.update(rows_parameters(f"new_{table.name}", columns, rows[table]))
@@ -850,9 +847,7 @@ async def insert_new(
     new, rows = found
     for obj in new:
         session.expunge(obj)
-    order = _parents_first()  # keys are checked at once: parents before children
-    inserts = [(_plain_insert(table), rows[table]) for table in sorted(rows, key=order.__getitem__)]
-    await write_batches(session, [*inserts, *then])
+    await write_batches(session, [*_inserts(rows), *then])
     _written(session, new)
 
 
@@ -874,16 +869,6 @@ async def write_batches(
     await _in_sqlite_thread(
         sync, [_sqlite_parameters(sync, statement, rows) for statement, rows in batches]
     )
-
-
-async def inserted(session: AsyncSession, statement: Any, row: dict[str, Any]) -> bool:
-    """Whether ``statement`` (an INSERT … ON CONFLICT DO NOTHING RETURNING …, made once)
-    inserted ``row``: on SQLite in one call in the connection's thread (:func:`write_batches`
-    says why), elsewhere as usual."""
-    if session.get_bind().dialect.name != "sqlite":
-        return (await session.execute(statement, row)).first() is not None
-    sync = await _sqlite_writing(session)
-    return bool(await _in_sqlite_thread(sync, [_sqlite_parameters(sync, statement, [row])]))
 
 
 async def _sqlite_writing(session: AsyncSession) -> Any:
@@ -910,32 +895,22 @@ def _sqlite_parameters(
     ]
 
 
-async def _in_sqlite_thread(
-    sync: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]
-) -> list[Any]:
-    """Run each statement with each of its parameter tuples in one call in the thread of the
-    SQLAlchemy connection ``sync`` (aiosqlite's), its errors wrapped as SQLAlchemy wraps them;
-    the rows the last one gave, run once (RETURNING). The engine's listeners see each
-    statement before it runs, as they would any other."""
+async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    """Run each statement with its parameter tuples in one call in the thread of the
+    SQLAlchemy connection ``sync`` (aiosqlite's), its errors wrapped as SQLAlchemy wraps them.
+    The engine's listeners see each statement before it runs, as they would any other."""
     for sql, parameters in statements:
         sync.dispatch.before_cursor_execute(sync, None, sql, parameters, None, True)
     driver: Any = sync.connection.driver_connection
     failed: list[str] = []
 
-    def run() -> list[Any]:  # in aiosqlite's thread, the connection's own
-        rows: list[Any] = []
+    def run() -> None:  # in aiosqlite's thread, the connection's own
         for sql, parameters in statements:
             failed[:] = [sql]
-            if len(parameters) == 1:  # BEGIN too: executemany takes DML only
-                rows = driver._conn.execute(sql, parameters[0]).fetchall()
-            else:
-                driver._conn.executemany(sql, parameters)
-                rows = []
-        return rows
+            driver._conn.executemany(sql, parameters)
 
     try:
-        # aiosqlite's one way to run a function in that thread
-        return await driver._execute(run)  # type: ignore[no-any-return]
+        await driver._execute(run)  # aiosqlite's one way to run a function in that thread
     except sqlite3.Error as exc:
         raise sa_exc.DBAPIError.instance(
             failed[0] if failed else None, None, exc, sqlite3.Error, dialect=sync.dialect
@@ -954,6 +929,18 @@ def _sqlite_statement(
         compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
     )
     return str(compiled), names, processors
+
+
+def _inserts(rows: dict[Table, list[dict[str, Any]]]) -> list[tuple[Any, list[dict[str, Any]]]]:
+    # Each table's plain insert with its rows, parents first: SQLite checks keys at once.
+    return [(_plain_insert(table), rows[table]) for table in _in_key_order(rows)]
+
+
+def _in_key_order(tables: Iterable[Table]) -> list[Table]:
+    """Parents before children: the order every writer takes tables in (and a sandbox reset
+    locks them in), whether each is a statement of its own or a CTE of one statement."""
+    order = _parents_first()
+    return sorted(tables, key=order.__getitem__)
 
 
 @functools.cache

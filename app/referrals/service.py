@@ -20,7 +20,7 @@ from app.cases import service as cases
 from app.cases.models import Patient, Referral
 from app.cases.states import CLOSED_STATES, CaseState
 from app.cases.visibility import visible_referral, visible_to
-from app.db import inserted, table_of, utcnow
+from app.db import table_of, utcnow
 from app.directory.models import SocialPrescribingService
 from app.directory.service import service_by_id
 from app.errors import (
@@ -126,9 +126,8 @@ async def _insert_new(session: AsyncSession, values: dict[str, Any]) -> Referral
     held (None then), in one statement: no SELECT before it and no savepoint around it. The
     referral joins the session as the row, made as the loader makes one (no attribute events)."""
     statement = _INSERT[session.get_bind().dialect.name]
-    if not await inserted(
-        session, statement, {column: values[key] for key, column in _REFERRAL_KEYS}
-    ):
+    row = {column: values[key] for key, column in _REFERRAL_KEYS}
+    if (await session.execute(statement, row)).first() is None:
         return None
     referral = _REFERRALS.new_instance()
     instance_state(referral).dict.update(values)
