@@ -269,11 +269,6 @@ async def write_record(
         "request_id": request_ids[0],
         "correlation_id": request_ids[1],
     }
-    if fold:
-        fold_rows(session, table_of(AuditRecord), [record_values])
-    elif not pseudonyms:
-        await session.execute(_RECORDS, record_values)
-        return record_id
     referral_ids = [None if ident.startswith(_BY_NUMBER) else ident for ident in patients]
     noted = [
         {
@@ -285,8 +280,11 @@ async def write_record(
         for position, patient in enumerate(pseudonyms)
     ]
     if fold:
+        fold_rows(session, table_of(AuditRecord), [record_values])
         if noted:
             fold_rows(session, table_of(AuditedPatient), noted)
+    elif not noted:
+        await session.execute(_RECORDS, record_values)
     elif session.get_bind().dialect.name == "postgresql":
         # Both made once (app.db.inserted_rows): a multi-row VALUES would be compiled each time.
         await session.execute(
@@ -367,12 +365,7 @@ async def stage(asgi_scope: Scope, session: AsyncSession, default_status: int) -
     audit = scope_of(asgi_scope)
     if audit is None or audit.written:
         return
-    try:
-        await _record(session, asgi_scope, audit, audit.status or default_status)
-    except Exception as exc:
-        if unavailability(exc) is not None:
-            raise  # the database is unavailable: answered by the ErrorBoundary, as any request
-        raise _not_recorded(exc) from exc
+    await _recording(_record(session, asgi_scope, audit, audit.status or default_status))
     audit.written = True
 
 
@@ -387,24 +380,28 @@ async def fold(
     if audit is None or audit.written:
         await write()
         return
-    try:
+
+    async def recorded_and_written() -> None:
         await _record(session, asgi_scope, audit, audit.status or status, fold=True)
         await write()
-    except Exception as exc:
-        if unavailability(exc) is not None:
-            raise
-        raise _not_recorded(exc) from exc
+
+    await _recording(recorded_and_written())
     audit.written = True
 
 
-def _not_recorded(exc: Exception) -> AuditUnavailable:
-    """The answer to the request's record not written (other than for the database being
-    unavailable, answered as every request is), its cause logged."""
-    log.error("the audit record could not be written; the change is rolled back", exc_info=exc)
-    return AuditUnavailable(
-        "The request could not be recorded in the audit trail, so it was not carried out; "
-        "try again shortly"
-    )
+async def _recording(writing: Awaitable[None]) -> None:
+    """Await what writes the request's record; when it fails, 503 with the cause logged (the
+    database being unavailable is answered by the ErrorBoundary, as for every request)."""
+    try:
+        await writing
+    except Exception as exc:
+        if unavailability(exc) is not None:
+            raise
+        log.error("the audit record could not be written; the change is rolled back", exc_info=exc)
+        raise AuditUnavailable(
+            "The request could not be recorded in the audit trail, so it was not carried out; "
+            "try again shortly"
+        ) from exc
 
 
 def begin(asgi_scope: Scope) -> AuditScope | None:
