@@ -14,8 +14,10 @@ is compiled once (fastjsonschema), on first use.
   ``Parameters.parameter.resource``) are validated as their own type;
 - FHIR's rules the schema cannot express: no empty arrays, objects or strings, no nulls
   (JSON representation §2.6.2), required primitive elements present (as a value or an
-  ``_element``), and no ``modifierExtension`` at all: we understand none, and a resource with a
-  modifier extension its reader does not understand must be refused.
+  ``_element``), days the calendar has (not 30 February), at most one type of each choice
+  element (``occurrenceDateTime`` or ``occurrencePeriod``, not both), and no
+  ``modifierExtension`` at all: we understand none, and a resource with a modifier extension its
+  reader does not understand must be refused.
 
 ``check_reference_targets`` checks that every Reference points at a resource type R4 allows for
 its element (``Observation.performer`` may not be a HealthcareService), that a literal reference
@@ -27,6 +29,7 @@ Every issue names the element with a FHIRPath-like expression (``Patient.telecom
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import re
 from collections import deque
@@ -62,6 +65,9 @@ _NESTED_RESOURCE = {
     "required": ["resourceType"],
 }
 _RESOURCE_LIST = "ResourceList"
+_XHTML = {"type": "string"}
+# The schema's patterns allow any day from 01 to 31 in any month.
+_DATED = frozenset({"date", "dateTime", "instant"})
 _LITERAL_REFERENCE = re.compile(
     r"(?:^|/)(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
     r"(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
@@ -81,6 +87,7 @@ _JSON_TYPE_NAMES = {
 class _Property:
     definition: str | None  # the schema definition of the element's type; None for primitives
     is_resource: bool  # holds a resource (contained, Bundle.entry.resource, …)
+    dated: bool = False  # a date, dateTime or instant: its day must be one the calendar has
 
 
 @dataclass
@@ -90,6 +97,7 @@ class _R4:
     reference_targets: dict[str, dict[str, tuple[str, ...]]]
     required_primitives: dict[str, tuple[str, ...]]
     required_codes: dict[str, dict[str, tuple[str, ...]]]
+    choices: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]  # definition → (element, names)
     primitive_names: dict[str, str]  # a primitive's pattern → its name, for messages
     shapes: dict[str, dict[str, _Property]] = field(default_factory=dict)
 
@@ -106,7 +114,7 @@ class _R4:
                 elif child is not None and "properties" in self.definitions[child]:
                     known[name] = _Property(child, is_resource=False)
                 else:  # a primitive
-                    known[name] = _Property(None, is_resource=False)
+                    known[name] = _Property(None, is_resource=False, dated=child in _DATED)
             self.shapes[definition] = known
         return known
 
@@ -133,6 +141,10 @@ def _r4() -> _R4:
         required_codes={
             definition: {name: tuple(codes) for name, codes in names.items()}
             for definition, names in elements["requiredCodes"].items()
+        },
+        choices={
+            definition: tuple((name, tuple(names)) for name, names in groups.items())
+            for definition, groups in elements["choices"].items()
         },
         primitive_names=primitive_names,
     )
@@ -171,7 +183,8 @@ def _validator(resource_type: str) -> Callable[[Any], Any]:
     """
     r4 = _r4()
     integers = {r4.definitions[name]["pattern"]: spec for name, spec in _INTEGER_TYPES.items()}
-    patched = {**r4.definitions, _RESOURCE_LIST: _NESTED_RESOURCE}
+    # HL7's schema gives xhtml (Narrative.div) no type at all: a number would pass.
+    patched = {**r4.definitions, _RESOURCE_LIST: _NESTED_RESOURCE, "xhtml": _XHTML}
     reached: dict[str, Any] = {}
     todo = [resource_type]
     while todo:
@@ -182,10 +195,12 @@ def _validator(resource_type: str) -> Callable[[Any], Any]:
         for element, codes in r4.required_codes.get(name, {}).items():
             # In place of the $ref to "code" (draft 6 ignores whatever stands beside a $ref).
             properties = reached[name]["properties"]
+            # A string first: a number is refused as the wrong type, not as an unknown code.
+            code = {"type": "string", "enum": list(codes)}
             if properties[element].get("type") == "array":
-                properties[element] = {"type": "array", "items": {"enum": list(codes)}}
+                properties[element] = {"type": "array", "items": code}
             else:
-                properties[element] = {"enum": list(codes)}
+                properties[element] = code
         todo.extend(_refs(reached[name]) - reached.keys())
     schema = {
         "$schema": "http://json-schema.org/draft-06/schema#",
@@ -243,12 +258,14 @@ def _schema_issue(resource: Mapping[str, Any], root: str, message: str) -> list[
     rule = parsed["rule"]
     if node is None and _paired_null(parent, parsed["path"]):
         return []  # the schema refuses [null, …] lined up with an _element array; FHIR allows it
-    if rule.startswith("not contain") and isinstance(node, dict) and definition:
-        shape = r4.shape(definition)
-        # Element names, not values; cut short all the same.
-        unknown = [f"{where}.{key:.64}" for key in node if key not in shape]
-        if unknown:
-            return [Issue("structure", f"{path} is not an element of R4", path) for path in unknown]
+    # An unknown element is located at its parent, never named: the name is the client's (T7).
+    if (
+        rule.startswith("not contain")
+        and isinstance(node, dict)
+        and definition
+        and any(key not in r4.shape(definition) for key in node)
+    ):
+        return [Issue("structure", f"{where} has an element not defined in R4", where)]
     if rule.startswith("contain") and isinstance(node, dict) and definition:
         required = r4.definitions[definition].get("required", [])
         missing = [f"{where}.{key}" for key in required if key not in node]
@@ -374,6 +391,7 @@ def _rule_issues(
                     issues.append(
                         Issue("required", f"{where}.{name} is required", f"{where}.{name}")
                     )
+            issues.extend(_choice_issues(node, r4.choices.get(node_definition or "", ()), where))
         targets = r4.reference_targets.get(node_definition or "", {}) if references else {}
         for key, value in node.items():
             path = f"{where}.{key}"
@@ -388,6 +406,8 @@ def _rule_issues(
                 continue
             else:
                 items = [(value, path)]
+            if rules and prop is not None and prop.dated:
+                issues.extend(_calendar_issues(items))
             for item, item_path in items:
                 if not isinstance(item, dict):
                     continue
@@ -430,6 +450,35 @@ def _context_of(resource: Mapping[str, Any], outer: _Context | None) -> _Context
                 if isinstance(url, str) and isinstance(held, str):
                     full_urls[url] = held
     return _Context(contained, full_urls)
+
+
+def _calendar_issues(items: list[tuple[Any, str]]) -> list[Issue]:
+    issues = []
+    for value, path in items:
+        if isinstance(value, str) and len(value) >= 10:
+            try:
+                dt.date.fromisoformat(value[:10])
+            except ValueError:
+                issues.append(Issue("value", f"{path} is not a day the calendar has", path))
+    return issues
+
+
+def _choice_issues(
+    node: Mapping[str, Any], choices: tuple[tuple[str, tuple[str, ...]], ...], where: str
+) -> list[Issue]:
+    issues = []
+    for element, names in choices:
+        given = [name for name in names if name in node or f"_{name}" in node]
+        if len(given) > 1:
+            issues.append(
+                Issue(
+                    "structure",
+                    f"{where} gives {element}[x] as {len(given)} types "
+                    f"({', '.join(given)}): give one",
+                    f"{where}.{given[1]}",
+                )
+            )
+    return issues
 
 
 def _array_issues(node: Mapping[str, Any], key: str, value: list[Any], path: str) -> list[Issue]:

@@ -75,7 +75,7 @@ REFUSED = [
     pytest.param(
         "bars/service_request/id/GET-success.json",
         400,
-        [("value", "ServiceRequest.basedOn"), ("structure", "ServiceRequest")],
+        [("structure", "ServiceRequest.basedOn"), ("structure", "ServiceRequest")],
         # basedOn is an object; PatientInstruction is no element (located at its parent: T7)
         id="bars-servicerequest-read",
     ),

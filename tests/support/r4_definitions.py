@@ -15,6 +15,10 @@ StructureDefinitions what the schema cannot say:
 - ``requiredCodes``: the codes of ``code`` elements with a required binding that HL7's schema
   does not enumerate (it leaves out value sets shared between resources, such as
   ``ServiceRequest.status``), where the value set is whole R4 code systems or listed codes.
+- ``choices``: the JSON names of each choice element (``occurrence[x]``: ``occurrenceDateTime``,
+  ``occurrencePeriod``, …), keyed by the schema definition that holds it and the element's name
+  without ``[x]``: the schema lists each as an element of its own, so it cannot say that a
+  resource may give only one of them.
 
 Run ``python -m tests.support.r4_definitions`` after changing the Medplum version in
 tests/support/fhir_server/package.json (then ``npm ci`` there); tests/fhir/test_r4_definitions.py
@@ -164,7 +168,8 @@ def _locate(schema: dict[str, Any], path: str) -> tuple[str, str] | None:
 
 
 def element_tables(schema: dict[str, Any]) -> dict[str, Any]:
-    """Reference targets and required primitives, from the R4 StructureDefinitions."""
+    """Reference targets, required primitives and codes, and choice elements, from the R4
+    StructureDefinitions."""
     resource_types = set(schema["discriminator"]["mapping"])
     structure_definitions = [
         sd
@@ -177,6 +182,7 @@ def element_tables(schema: dict[str, Any]) -> dict[str, Any]:
     targets: dict[str, dict[str, list[str]]] = {}
     required: dict[str, list[str]] = {}
     codes: dict[str, dict[str, list[str]]] = {}
+    choices: dict[str, dict[str, list[str]]] = {}
     expand = _expander()
     for sd in structure_definitions:
         if sd["kind"] == "resource" and sd["id"] not in resource_types:
@@ -188,6 +194,11 @@ def element_tables(schema: dict[str, Any]) -> dict[str, Any]:
             definition, name = located
             properties = schema["definitions"][definition].get("properties", {})
             types = element.get("type", [])
+            if name.endswith("[x]"):
+                names = [name[:-3] + t["code"][0].upper() + t["code"][1:] for t in types]
+                present = sorted(n for n in set(names) if n in properties)
+                if len(present) > 1:
+                    choices.setdefault(definition, {})[name[:-3]] = present
             for item in types:
                 code = item["code"]
                 json_name = name[:-3] + code[0].upper() + code[1:] if name.endswith("[x]") else name
@@ -226,6 +237,7 @@ def element_tables(schema: dict[str, Any]) -> dict[str, Any]:
         "referenceTargets": {d: dict(sorted(t.items())) for d, t in sorted(targets.items())},
         "requiredPrimitives": {d: sorted(set(p)) for d, p in sorted(required.items())},
         "requiredCodes": {d: dict(sorted(c.items())) for d, c in sorted(codes.items())},
+        "choices": {d: dict(sorted(c.items())) for d, c in sorted(choices.items())},
     }
 
 
