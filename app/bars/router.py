@@ -99,9 +99,8 @@ async def process_message(
     try:
         draft = None
         if not service.cancels(message):
-            model = parsing.parse_resource(message.service_request, "ServiceRequest")
             draft = assess(
-                model,
+                message.service_request,
                 now=dt.datetime.now(dt.UTC),
                 clock_skew=dt.timedelta(seconds=settings.clock_skew_seconds),
                 require_consent=settings.require_consent,

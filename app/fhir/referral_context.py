@@ -38,15 +38,16 @@ class CodeMap:
     by_code: dict[tuple[str, str], str]  # (source system, source code) -> our code
     by_text: dict[str, str]  # normalised text -> our code
 
-    def map_concept(self, concept: Any) -> str | None:
-        """Our code for an R4B CodeableConcept, or None when nothing in it maps."""
-        codings = list(getattr(concept, "coding", None) or [])
+    def map_concept(self, concept: dict[str, Any]) -> str | None:
+        """Our code for a CodeableConcept (R4 JSON), or None when nothing in it maps."""
+        codings: list[dict[str, Any]] = concept.get("coding") or []
         for coding in codings:
-            if coding.system and coding.code:
-                found = self.by_code.get((coding.system, coding.code))
+            system, code = coding.get("system"), coding.get("code")
+            if system and code:
+                found = self.by_code.get((system, code))
                 if found:
                     return found
-        texts = [getattr(concept, "text", None), *(c.display for c in codings)]
+        texts = [concept.get("text"), *(c.get("display") for c in codings)]
         for text in texts:
             if text:
                 found = self.by_text.get(normalise_text(text))
@@ -101,15 +102,15 @@ class ReferralContext:
     unit: str  # individual | team
 
 
-def _extension_concepts(sr: Any, url: str) -> list[Any]:
+def _extension_concepts(sr: dict[str, Any], url: str) -> list[dict[str, Any]]:
     return [
-        e.valueCodeableConcept
-        for e in sr.extension or []
-        if e.url == url and e.valueCodeableConcept is not None
+        e["valueCodeableConcept"]
+        for e in sr.get("extension") or []
+        if e.get("url") == url and "valueCodeableConcept" in e
     ]
 
 
-def _first_mapped(code_map: CodeMap, concepts: list[Any]) -> str | None:
+def _first_mapped(code_map: CodeMap, concepts: list[dict[str, Any]]) -> str | None:
     for concept in concepts:
         found = code_map.map_concept(concept)
         if found:
@@ -118,26 +119,32 @@ def _first_mapped(code_map: CodeMap, concepts: list[Any]) -> str | None:
 
 
 def referral_context(
-    sr: Any, *, sources: CodeMap | None = None, staff_groups: CodeMap | None = None
+    sr: dict[str, Any], *, sources: CodeMap | None = None, staff_groups: CodeMap | None = None
 ) -> ReferralContext:
-    """The source, staff group and unit a ServiceRequest (R4B model) says. The extension wins
-    over category; a referral whose requester is the patient is a self-referral."""
+    """The source, staff group and unit a ServiceRequest (R4 JSON, already valid R4) says. The
+    extension wins over category; a referral whose requester is the patient is a
+    self-referral."""
     sources = sources or referral_source_map()
     staff_groups = staff_groups or staff_group_map()
-    categories = list(sr.category or [])
+    categories: list[dict[str, Any]] = sr.get("category") or []
     source = _first_mapped(sources, _extension_concepts(sr, EXTENSION_REFERRAL_SOURCE) + categories)
-    requester = sr.requester
+    requester = sr.get("requester")
     if (
         source is None
         and requester is not None
-        and (requester.type == "Patient" or (requester.reference or "").startswith("Patient/"))
+        and (
+            requester.get("type") == "Patient"
+            or (requester.get("reference") or "").startswith("Patient/")
+        )
     ):
         source = SELF_REFERRAL
     staff_group = _first_mapped(
         staff_groups, _extension_concepts(sr, EXTENSION_STAFF_GROUP) + categories
     )
     unit = "individual"
-    for extension in sr.extension or []:
-        if extension.url == EXTENSION_REFERRAL_UNIT and extension.valueCode in REFERRAL_UNITS:
-            unit = extension.valueCode
+    for extension in sr.get("extension") or []:
+        if extension.get("url") == EXTENSION_REFERRAL_UNIT and extension.get("valueCode") in (
+            REFERRAL_UNITS
+        ):
+            unit = extension["valueCode"]
     return ReferralContext(source=source, staff_group=staff_group, unit=unit)

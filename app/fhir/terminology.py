@@ -40,30 +40,30 @@ class ReasonMap:
             return self.by_text.get(normalise_text(text))
         return None
 
-    def map_reason(self, concept: Any) -> dict[str, Any]:
-        """One reasonCode (an R4B CodeableConcept) as a stored reason."""
-        codings = list(concept.coding or [])
+    def map_reason(self, concept: dict[str, Any]) -> dict[str, Any]:
+        """One reasonCode (a CodeableConcept as R4 JSON, already valid R4) as a stored reason."""
+        codings: list[dict[str, Any]] = concept.get("coding") or []
         domain = None
         for coding in codings:
-            domain = self.domain_for(coding.system, coding.code)
+            domain = self.domain_for(coding.get("system"), coding.get("code"))
             if domain:
                 break
         if domain is None:
-            domain = self.domain_for_text(concept.text)
+            domain = self.domain_for_text(concept.get("text"))
         if domain is None:
             for coding in codings:
-                domain = self.domain_for_text(coding.display)
+                domain = self.domain_for_text(coding.get("display"))
                 if domain:
                     break
-        first = codings[0] if codings else None
+        first = codings[0] if codings else {}
         return {
             "domain": domain,
             "domain_display": self.domains.get(domain) if domain else None,
             "mapped": domain is not None,
-            "system": first.system if first else None,
-            "code": first.code if first else None,
-            "display": first.display if first else None,
-            "text": concept.text,
+            "system": first.get("system"),
+            "code": first.get("code"),
+            "display": first.get("display"),
+            "text": concept.get("text"),
         }
 
 

@@ -191,9 +191,8 @@ class Loader:
             else:
                 parsing.check_r4(resource)
                 service_request = resource
-            model = parsing.parse_resource(service_request, "ServiceRequest")
             draft = assess(
-                model,
+                service_request,
                 now=now,
                 clock_skew=self.skew,
                 require_consent=self.settings.require_consent,

@@ -1,7 +1,10 @@
 """The business rules a new referral must meet, and what we keep of it (issue: intake core).
 
-``assess`` reads a structurally valid ServiceRequest (bundled resources already contained)
-and returns the referral to store, or raises one 422 listing every rule it breaks.
+``assess`` reads a ServiceRequest as R4 JSON, already valid R4 (bundled resources already
+contained), and returns the referral to store, or raises one 422 listing every rule it breaks.
+It reads the JSON itself, not a model of it: the R4 validation intake runs anyway checks every
+element's type and form, and parsing the referral into the fhir.resources models as well cost
+about a tenth of intake's CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from app.fhir.referral_context import referral_context
 from app.fhir.terminology import ReasonMap
 
 ALLOWED_INTENTS = ("order", "original-order")
-# Required bindings the R4B models do not check.
+# Required bindings this checks itself (with its own message).
 PRIORITIES = ("routine", "urgent", "asap", "stat")
 GENDERS = ("male", "female", "other", "unknown")
 MAX_IDENTIFIER_LENGTH = 255
@@ -93,12 +96,28 @@ class _Rules:
         self.issues.append(Issue(code, diagnostics, expression))
 
 
-def _contained(sr: Any) -> dict[str, Any]:
-    return {res.id: res for res in (sr.contained or []) if getattr(res, "id", None)}
+Resource = dict[str, Any]
+
+
+def _contained(sr: Resource) -> dict[str, Resource]:
+    return {res["id"]: res for res in sr.get("contained") or [] if "id" in res}
 
 
 def _local(reference: str | None) -> str | None:
     return reference[1:] if reference and reference.startswith("#") else None
+
+
+def _date_time(value: str) -> dt.datetime | dt.date | str:
+    """A FHIR dateTime (valid R4) as its value: an instant, a date, or a partial date ('2023',
+    '2023-01') as it is; a time Python cannot hold (a leap second) also stays text."""
+    if "T" in value:
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if len(value) == 10:
+        return dt.date.fromisoformat(value)
+    return value
 
 
 def _earliest_instant(value: Any) -> dt.datetime | None:
@@ -118,52 +137,60 @@ def _earliest_instant(value: Any) -> dt.datetime | None:
     return None
 
 
-def _patient_details(draft: ReferralDraft, patient: Any) -> None:
-    names = patient.name or []
+def _patient_details(draft: ReferralDraft, patient: Resource) -> None:
+    names: list[Resource] = patient.get("name") or []
     if names:
-        name = next((n for n in names if n.use == "official"), names[0])
+        name = next((n for n in names if n.get("use") == "official"), names[0])
         draft.patient_name = (
-            name.text or " ".join([*(name.given or []), name.family or ""]).strip() or None
+            name.get("text")
+            or " ".join([*(name.get("given") or []), name.get("family") or ""]).strip()
+            or None
         )
-    if patient.birthDate is not None:
-        draft.birth_date = str(patient.birthDate)
-    draft.gender = patient.gender
-    addresses = patient.address or []
+    draft.birth_date = patient.get("birthDate")
+    draft.gender = patient.get("gender")
+    addresses: list[Resource] = patient.get("address") or []
     if addresses:
-        address = next((a for a in addresses if a.use == "home"), addresses[0])
-        draft.postcode = address.postalCode
-    phones = [t for t in (patient.telecom or []) if t.system == "phone" and t.value]
+        address = next((a for a in addresses if a.get("use") == "home"), addresses[0])
+        draft.postcode = address.get("postalCode")
+    phones = [
+        t for t in patient.get("telecom") or [] if t.get("system") == "phone" and t.get("value")
+    ]
     if phones:
-        draft.phone = next((t.value for t in phones if t.use == "mobile"), phones[0].value)
+        draft.phone = next(
+            (t["value"] for t in phones if t.get("use") == "mobile"), phones[0]["value"]
+        )
 
 
-def _nhs_numbers(identifiers: list[Any] | None, where: str) -> list[tuple[str, str]]:
+def _nhs_numbers(identifiers: list[Resource] | None, where: str) -> list[tuple[str, str]]:
     return [
-        (i.value, f"{where}.identifier[{n}].value")
+        (i["value"], f"{where}.identifier[{n}].value")
         for n, i in enumerate(identifiers or [])
-        if i.system == NHS_NUMBER_SYSTEM and i.value
+        if i.get("system") == NHS_NUMBER_SYSTEM and i.get("value")
     ]
 
 
-def _check_patient(rules: _Rules, sr: Any, contained: dict[str, Any], draft: ReferralDraft) -> None:
-    subject = sr.subject
+def _check_patient(
+    rules: _Rules, sr: Resource, contained: dict[str, Resource], draft: ReferralDraft
+) -> None:
+    subject: Resource = sr.get("subject") or {}
     found: list[tuple[str, str]] = []
-    identifier = subject.identifier
-    if identifier is not None and identifier.system == NHS_NUMBER_SYSTEM and identifier.value:
-        found.append((identifier.value, "ServiceRequest.subject.identifier.value"))
-    local = _local(subject.reference)
+    identifier = subject.get("identifier") or {}
+    if identifier.get("system") == NHS_NUMBER_SYSTEM and identifier.get("value"):
+        found.append((identifier["value"], "ServiceRequest.subject.identifier.value"))
+    local = _local(subject.get("reference"))
     if local is not None:
         patient = contained.get(local)
-        if patient is None or patient.get_resource_type() != "Patient":
+        if patient is None or patient.get("resourceType") != "Patient":
             rules.fail(
                 "ServiceRequest.subject.reference",
                 "subject refers to a contained or bundled resource that is not a Patient",
                 "invalid",
             )
         else:
-            index = next(i for i, r in enumerate(sr.contained) if r is patient)
-            found += _nhs_numbers(patient.identifier, f"ServiceRequest.contained[{index}]")
-            if patient.gender is not None and patient.gender not in GENDERS:
+            index = next(i for i, r in enumerate(sr["contained"]) if r is patient)
+            found += _nhs_numbers(patient.get("identifier"), f"ServiceRequest.contained[{index}]")
+            gender = patient.get("gender")
+            if gender is not None and gender not in GENDERS:
                 rules.fail(
                     f"ServiceRequest.contained[{index}].gender",
                     f"gender must be one of {', '.join(GENDERS)}",
@@ -192,52 +219,64 @@ def _check_patient(rules: _Rules, sr: Any, contained: dict[str, Any], draft: Ref
 
 
 def _check_requester(
-    rules: _Rules, sr: Any, contained: dict[str, Any], draft: ReferralDraft
+    rules: _Rules, sr: Resource, contained: dict[str, Resource], draft: ReferralDraft
 ) -> None:
-    requester = sr.requester
+    requester: Resource | None = sr.get("requester")
     if requester is None:
         rules.fail("ServiceRequest.requester", "requester (who refers) is required", "required")
         return
-    draft.requester_reference = requester.reference
-    draft.requester_display = requester.display
-    if requester.identifier is not None and requester.identifier.system == ODS_ORGANISATION_SYSTEM:
-        draft.requester_ods = requester.identifier.value
-    resource = contained.get(_local(requester.reference) or "")
+    reference: str | None = requester.get("reference")
+    draft.requester_reference = reference
+    draft.requester_display = requester.get("display")
+    identifier = requester.get("identifier") or {}
+    if identifier.get("system") == ODS_ORGANISATION_SYSTEM:
+        draft.requester_ods = identifier.get("value")
+    resource = contained.get(_local(reference) or "")
     if resource is not None:
-        kind = resource.get_resource_type()
-        if kind == "PractitionerRole" and resource.organization is not None:
-            draft.referring_team = resource.organization.display
-            ods = resource.organization.identifier
-            if ods is not None and ods.system == ODS_ORGANISATION_SYSTEM:
-                draft.requester_ods = draft.requester_ods or ods.value
+        kind = resource.get("resourceType")
+        organization = resource.get("organization")
+        if kind == "PractitionerRole" and organization is not None:
+            draft.referring_team = organization.get("display")
+            ods = organization.get("identifier") or {}
+            if ods.get("system") == ODS_ORGANISATION_SYSTEM:
+                draft.requester_ods = draft.requester_ods or ods.get("value")
         elif kind in ("Organization", "CareTeam"):
-            draft.referring_team = resource.name
+            draft.referring_team = resource.get("name")
         # An Organization's or CareTeam's name is text; a Practitioner's is a list of HumanName.
-        name = getattr(resource, "name", None)
+        name = resource.get("name")
         draft.requester_display = draft.requester_display or (
             name if isinstance(name, str) else None
         )
-    elif requester.type in ("Organization", "CareTeam", "PractitionerRole") or (
-        requester.reference or ""
+    elif requester.get("type") in ("Organization", "CareTeam", "PractitionerRole") or (
+        reference or ""
     ).startswith(("Organization/", "CareTeam/", "PractitionerRole/")):
-        draft.referring_team = requester.display
+        draft.referring_team = requester.get("display")
 
 
 def _check_consent(
-    rules: _Rules, sr: Any, contained: dict[str, Any], draft: ReferralDraft, *, required: bool
+    rules: _Rules,
+    sr: Resource,
+    contained: dict[str, Resource],
+    draft: ReferralDraft,
+    *,
+    required: bool,
 ) -> None:
-    consents = {key: r for key, r in contained.items() if r.get_resource_type() == "Consent"}
-    for index, info in enumerate(sr.supportingInfo or []):
-        reference = info.reference or ""
+    consents = {key: r for key, r in contained.items() if r.get("resourceType") == "Consent"}
+    for index, info in enumerate(sr.get("supportingInfo") or []):
+        reference = info.get("reference") or ""
         local = _local(reference)
         if local is not None and local in consents:
             continue
-        if info.type == "Consent" or reference.startswith("Consent/") or "/Consent/" in reference:
+        if (
+            info.get("type") == "Consent"
+            or reference.startswith("Consent/")
+            or "/Consent/" in reference
+        ):
             draft.consent_reference = reference or f"ServiceRequest.supportingInfo[{index}]"
             return
     for key, consent in consents.items():
-        provision = consent.provision
-        if consent.status == "active" and (provision is None or provision.type != "deny"):
+        provision = consent.get("provision") or {}
+        if consent.get("status") == "active" and provision.get("type") != "deny":
             draft.consent_reference = f"#{key}"
             return
     if not required:
@@ -257,30 +296,34 @@ def _check_consent(
     )
 
 
-def _check_target(rules: _Rules, sr: Any, draft: ReferralDraft) -> None:
-    for index, performer in enumerate(sr.performer or []):
-        match = _HEALTHCARE_SERVICE.search(performer.reference or "")
+def _check_target(rules: _Rules, sr: Resource, draft: ReferralDraft) -> None:
+    for index, performer in enumerate(sr.get("performer") or []):
+        match = _HEALTHCARE_SERVICE.search(performer.get("reference") or "")
         if match:
             draft.service_id = match.group(1)
             return
-        identifier = performer.identifier
-        if identifier is not None and identifier.system == SERVICE_ID_SYSTEM:
-            if identifier.value:
-                draft.service_id = identifier.value
+        identifier = performer.get("identifier") or {}
+        if identifier.get("system") == SERVICE_ID_SYSTEM:
+            if identifier.get("value"):
+                draft.service_id = identifier["value"]
                 return
             rules.fail(
                 f"ServiceRequest.performer[{index}].identifier.value", "has no value", "required"
             )
 
 
-def _reasons(sr: Any, contained: dict[str, Any], reason_map: ReasonMap) -> list[dict[str, Any]]:
-    reasons = [reason_map.map_reason(concept) for concept in sr.reasonCode or []]
-    for reference in sr.reasonReference or []:
-        condition = contained.get(_local(reference.reference) or "")
-        if condition is None or condition.get_resource_type() != "Condition":
+def _reasons(
+    sr: Resource, contained: dict[str, Resource], reason_map: ReasonMap
+) -> list[dict[str, Any]]:
+    reasons = [reason_map.map_reason(concept) for concept in sr.get("reasonCode") or []]
+    for reference in sr.get("reasonReference") or []:
+        condition = contained.get(_local(reference.get("reference")) or "")
+        if condition is None or condition.get("resourceType") != "Condition":
             continue
         # A social-need Condition (Gravity SDOH) carries its domain in category, not code.
-        concepts = [c for c in [condition.code, *(condition.category or [])] if c is not None]
+        concepts = [
+            c for c in [condition.get("code"), *(condition.get("category") or [])] if c is not None
+        ]
         mapped = [reason_map.map_reason(c) for c in concepts]
         chosen = next((m for m in mapped if m["mapped"]), mapped[0] if mapped else None)
         if chosen is not None:
@@ -289,30 +332,36 @@ def _reasons(sr: Any, contained: dict[str, Any], reason_map: ReasonMap) -> list[
 
 
 def assess(
-    sr: Any,
+    sr: Resource,
     *,
     now: dt.datetime,
     clock_skew: dt.timedelta,
     require_consent: bool,
     reason_map: ReasonMap,
 ) -> ReferralDraft:
+    """The referral ``sr`` makes (a ServiceRequest as R4 JSON, already valid R4:
+    app.fhir.parsing.check_r4), or 422 with every rule it breaks."""
     rules = _Rules()
     contained = _contained(sr)
+    intent = sr.get("intent")
+    priority = sr.get("priority")
 
-    if sr.status != "active":
+    if sr.get("status") != "active":
         rules.fail("ServiceRequest.status", "status must be 'active' for a new referral", "value")
-    if sr.intent not in ALLOWED_INTENTS:
+    if intent not in ALLOWED_INTENTS:
         rules.fail("ServiceRequest.intent", "intent must be 'order' or 'original-order'", "value")
-    if sr.priority is not None and sr.priority not in PRIORITIES:
+    if priority is not None and priority not in PRIORITIES:
         rules.fail(
             "ServiceRequest.priority",
             f"priority must be one of {', '.join(PRIORITIES)}",
             "code-invalid",
         )
-    if sr.doNotPerform:
+    if sr.get("doNotPerform"):
         rules.fail("ServiceRequest.doNotPerform", "a referral cannot be a do-not-perform request")
 
-    identifier = next((i for i in sr.identifier or [] if i.system and i.value), None)
+    identifier = next(
+        (i for i in sr.get("identifier") or [] if i.get("system") and i.get("value")), None
+    )
     if identifier is None:
         rules.fail(
             "ServiceRequest.identifier",
@@ -320,8 +369,8 @@ def assess(
             "required",
         )
     elif (
-        len(identifier.system) > MAX_IDENTIFIER_LENGTH
-        or len(identifier.value) > MAX_IDENTIFIER_LENGTH
+        len(identifier["system"]) > MAX_IDENTIFIER_LENGTH
+        or len(identifier["value"]) > MAX_IDENTIFIER_LENGTH
     ):
         rules.fail(
             "ServiceRequest.identifier",
@@ -330,17 +379,18 @@ def assess(
         )
 
     authored_on = ""
-    if sr.authoredOn is None:
+    given: str | None = sr.get("authoredOn")
+    when = _date_time(given) if given is not None else None
+    if when is None:
         rules.fail(
             "ServiceRequest.authoredOn",
             "authoredOn (when the referral was made) is required",
             "required",
         )
     else:
-        authored_on = (
-            sr.authoredOn.isoformat() if hasattr(sr.authoredOn, "isoformat") else str(sr.authoredOn)
-        )
-        earliest = _earliest_instant(sr.authoredOn)
+        # As an instant (its offset written +00:00) or a date, as the referral has always kept it.
+        authored_on = when if isinstance(when, str) else when.isoformat()
+        earliest = _earliest_instant(when)
         if earliest is None or len(authored_on) > 40:
             rules.fail(
                 "ServiceRequest.authoredOn", "authoredOn is not a usable date and time", "value"
@@ -349,14 +399,14 @@ def assess(
             rules.fail("ServiceRequest.authoredOn", "authoredOn is in the future", "value")
 
     draft = ReferralDraft(
-        identifier_system=identifier.system if identifier else "",
-        identifier_value=identifier.value if identifier else "",
+        identifier_system=identifier["system"] if identifier else "",
+        identifier_value=identifier["value"] if identifier else "",
         service_id=None,
         nhs_number="",
         authored_on=authored_on,
-        intent=sr.intent,
-        priority=sr.priority,
-        notes="\n".join(n.text for n in sr.note or [] if n.text) or None,
+        intent=intent or "",
+        priority=priority,
+        notes="\n".join(n["text"] for n in sr.get("note") or [] if n.get("text")) or None,
     )
     _check_patient(rules, sr, contained, draft)
     _check_requester(rules, sr, contained, draft)
@@ -367,7 +417,7 @@ def assess(
     draft.referral_source = context.source
     draft.staff_group = context.staff_group
     draft.referral_unit = context.unit
-    referred = _earliest_instant(sr.authoredOn) if sr.authoredOn is not None else None
+    referred = _earliest_instant(when) if when is not None else None
     draft.age_band = age_band_on(draft.birth_date, (referred or now).date())
 
     if rules.issues:

@@ -114,23 +114,25 @@ RawBody = Annotated[bytes, Depends(_read_body)]
 
 def _read_resource(
     request: Request, body: bytes, resource_type: str, *, r4: bool = True
-) -> tuple[dict[str, Any], Any]:
-    """The body as a resource of ``resource_type``: structurally valid (the R4B models), free
-    of NUL, and (``r4``) valid R4 (HL7's R4 JSON schema, FHIR JSON's rules, reference targets:
-    app.fhir.validation), each refused with a 4xx naming the elements."""
+) -> dict[str, Any]:
+    """The body as a resource of ``resource_type``, free of NUL and valid R4 (HL7's R4 JSON
+    schema, FHIR JSON's rules, reference targets: app.fhir.validation), or only structurally
+    valid (the R4B models) when not ``r4``: a batch's entries are refused one by one. Each
+    refused with a 4xx naming the elements."""
     parsing.check_media_type(request.headers.get("content-type"))
     data = parsing.parse_json(body)
     parsing.check_resource_type(data, resource_type)
-    model = parsing.parse_resource(data, resource_type)
-    parsing.refuse_nul_characters(body, data, resource_type)
     if r4:
         parsing.check_r4(data)
-    return data, model
+    else:
+        parsing.parse_resource(data, resource_type)
+    parsing.refuse_nul_characters(body, data, resource_type)
+    return data
 
 
-def _assess(model: Any, settings: Settings) -> ReferralDraft:
+def _assess(resource: dict[str, Any], settings: Settings) -> ReferralDraft:
     return assess(
-        model,
+        resource,
         now=dt.datetime.now(dt.UTC),
         clock_skew=dt.timedelta(seconds=settings.clock_skew_seconds),
         require_consent=settings.require_consent,
@@ -179,8 +181,8 @@ async def create_service_request(
     principal: Referrer,
     if_none_exist: Annotated[str | None, Header(alias="If-None-Exist")] = None,
 ) -> Response:
-    data, model = _read_resource(request, body, "ServiceRequest")
-    draft = _assess(model, settings)
+    data = _read_resource(request, body, "ServiceRequest")
+    draft = _assess(data, settings)
     intake = await service.create_referral(
         session,
         draft,
@@ -293,8 +295,7 @@ async def _one_referral(
     resource: dict[str, Any],
     if_none_exist: str | None,
 ) -> service.Intake:
-    model = parsing.parse_resource(resource, "ServiceRequest")
-    draft = _assess(model, settings)
+    draft = _assess(resource, settings)
     return await service.create_referral(
         session, draft, resource, principal, event_context(request, principal), if_none_exist
     )
@@ -329,7 +330,7 @@ async def post_bundle(
     principal: Referrer,
 ) -> Response:
     # A batch's entries stand alone: each is refused on its own (below), not the whole batch.
-    data, _bundle = _read_resource(request, body, "Bundle", r4=False)
+    data = _read_resource(request, body, "Bundle", r4=False)
     base = fhir_base(request, settings)
     issues = parsing.r4_issues(data)
     if data.get("type") == "batch":
@@ -573,10 +574,10 @@ async def update_service_request(
     principal: Annotated[Principal, Depends(require(Operation.REFERRAL_UPDATE, writes=True))],
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> Response:
-    data, model = _read_resource(request, body, "ServiceRequest")
+    data = _read_resource(request, body, "ServiceRequest")
     # An update that keeps the referral active is assessed as a referral again (an amendment
     # must still meet every rule); a cancellation is a change of status alone.
-    draft = _assess(model, settings) if data.get("status") == "active" else None
+    draft = _assess(data, settings) if data.get("status") == "active" else None
     referral, changed = await service.update_referral(
         session, principal, referral_id, data, draft, if_match, event_context(request, principal)
     )

@@ -29,7 +29,6 @@ from app.cases import service as cases
 from app.cases.models import Case, Referral
 from app.config import Settings
 from app.directory.models import SocialPrescribingService
-from app.fhir.resources import model_class
 from app.fhir.terminology import reason_map
 from app.referrals import service as referrals
 from app.referrals.intake import assess
@@ -335,7 +334,7 @@ async def _seed_case(
     clock = simulator.SimulatedClock(received_at, simulator.REAL_TIME)
     raw = _resource(seeded, received_at, referrer_organisation)
     draft = assess(
-        model_class("ServiceRequest").model_validate(raw),
+        raw,
         now=received_at,
         clock_skew=dt.timedelta(seconds=settings.clock_skew_seconds),
         require_consent=settings.require_consent,

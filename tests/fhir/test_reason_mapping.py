@@ -1,12 +1,11 @@
-from fhir.resources.R4B.codeableconcept import CodeableConcept
-
 from app.fhir.codes import REASON_SYSTEM
 from app.fhir.terminology import load_reason_map, normalise_text, reason_map
 from tests.conftest import ROOT
 
 
-def concept(**data: object) -> CodeableConcept:
-    return CodeableConcept.model_validate(data)
+def concept(**data: object) -> dict[str, object]:
+    """A CodeableConcept as R4 JSON, as intake's assessment reads it."""
+    return data
 
 
 def test_all_22_domains_are_loaded() -> None:

@@ -204,7 +204,7 @@ REFUSALS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
         "structure",
         "ServiceRequest.contained[0].name[0]",
     ),
-    ("wrong type", referral_resource(status=5), 400, "value", "ServiceRequest.status"),
+    ("wrong type", referral_resource(status=5), 400, "structure", "ServiceRequest.status"),
     (
         # Invalid R4 (a required binding), refused by the R4 schema before any business rule.
         "unknown priority",

@@ -224,11 +224,10 @@ async def test_losing_a_race_answers_with_the_winner(
     from app.security.roles import Role
 
     resource = referral_resource()
-    model = ServiceRequest.model_validate(resource)
     import datetime as dt
 
     draft = intake.assess(
-        model,
+        resource,
         now=dt.datetime.now(dt.UTC),
         clock_skew=dt.timedelta(0),
         require_consent=True,
