@@ -481,6 +481,15 @@ class Dispatcher:
     async def _record(
         self, session: AsyncSession, results: Sequence[Result], now: dt.datetime
     ) -> None:
+        # Parents first, as every writer takes tables (and a sandbox reset locks them): the
+        # destinations before their deliveries. Locked after the deliveries, a destination could
+        # be held by a reset waiting for those deliveries: a deadlock (seen in CI).
+        await session.execute(
+            select(Destination.id)
+            .where(Destination.id.in_(sorted({r.job.destination_id for r in results})))
+            .order_by(Destination.id)
+            .with_for_update()
+        )
         by_destination: dict[str, list[Result]] = {}
         for result in results:
             by_destination.setdefault(result.job.destination_id, []).append(result)

@@ -22,6 +22,7 @@ from app.outbox.models import Delivery, DeliveryAttempt
 from tests.conftest import Bridge, referral_resource
 from tests.support.delivery import dispatcher_for, subscribe
 from tests.support.receiver import Receiver, wait_for
+from tests.support.round_trips import statements_sent
 
 
 @pytest.fixture
@@ -176,3 +177,33 @@ async def test_a_database_outage_shorter_than_the_lease_sends_nothing_twice(
     ids = webhook_ids(receiver)
     assert len(ids) == len(set(ids)) == 5, "a delivery was sent twice after the outage"
     assert sorted(a.outcome for a in await attempts(app)) == ["delivered"] * 5
+
+
+async def test_recording_a_result_locks_the_destination_before_its_delivery(
+    app: Any, bridge: Bridge
+) -> None:
+    """Parents first, as every writer (and a sandbox reset's LOCK TABLE) takes them: locked
+    after its delivery, a destination could be held by a reset waiting for that delivery, a
+    deadlock (seen in CI)."""
+    receiver = Receiver()
+    await backlog(bridge, receiver, 1)
+    await receiver.start()
+    dispatcher = dispatcher_for(app, name="worker-a")
+    try:
+        with statements_sent(app.state.database) as sent:
+            assert await dispatcher.run_once() == 1
+    finally:
+        await receiver.stop()
+    recorded = next(
+        i
+        for i, sql in enumerate(sent)
+        if "FROM deliveries" in sql and "deliveries.claimed_by = " in sql
+    )
+    destinations = [
+        i
+        for i, sql in enumerate(sent[:recorded])
+        if "FROM destinations" in sql and "ORDER BY destinations.id" in sql
+    ]
+    assert destinations, sent[:recorded]
+    # Nothing of the recording transaction before the destinations are locked.
+    assert not any("delivery_attempts" in sql for sql in sent[: destinations[-1]])
