@@ -100,6 +100,30 @@ class _R4:
     choices: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]  # definition → (element, names)
     primitive_names: dict[str, str]  # a primitive's pattern → its name, for messages
     shapes: dict[str, dict[str, _Property]] = field(default_factory=dict)
+    holding: frozenset[str] | None = None
+
+    def holds_resources(self, definition: str) -> bool:
+        """Whether a resource can be held anywhere below an element of this type (Bundle.entry
+        can; Identifier, CodeableConcept and most others cannot), so walks skip the rest."""
+        if self.holding is None:
+            # Those holding one directly, then those holding one of those, until none is added.
+            shapes = {
+                name: self.shape(name) for name, d in self.definitions.items() if "properties" in d
+            }
+            holding = {
+                name for name, shape in shapes.items() if any(p.is_resource for p in shape.values())
+            }
+            while True:
+                more = {
+                    name
+                    for name, shape in shapes.items()
+                    if name not in holding and any(p.definition in holding for p in shape.values())
+                }
+                if not more:
+                    break
+                holding |= more
+            self.holding = frozenset(holding)
+        return definition in self.holding
 
     def shape(self, definition: str) -> dict[str, _Property]:
         """The elements of a complex type or resource: name → what it holds."""
@@ -350,7 +374,10 @@ def _nested(resource: Mapping[str, Any], root: str) -> Iterator[tuple[Mapping[st
         shape = r4.shape(definition)
         for key, value in node.items():
             prop = shape.get(key)
-            if prop is None or (prop.definition is None and not prop.is_resource):
+            if prop is None or not (
+                prop.is_resource
+                or (prop.definition is not None and r4.holds_resources(prop.definition))
+            ):
                 continue
             items = value if isinstance(value, list) else [value]
             for index, item in enumerate(items):
