@@ -825,8 +825,50 @@ async def execute_with_new(
         folded.update(rows_parameters(f"new_{table.name}", columns, rows[table]))
     for obj in new:
         session.expunge(obj)
-    await session.execute(_folded(statement, shape), folded)
+    await execute_made_once(session, _folded(statement, shape), folded)
     _written(session, new)
+
+
+async def execute_made_once(
+    session: AsyncSession, statement: Any, parameters: dict[str, Any]
+) -> list[Any]:
+    """Execute ``statement`` (made once, not per request) with ``parameters`` in the session's
+    transaction and return its rows, on PostgreSQL by the driver's cursor with its SQL compiled
+    once per shape (:func:`_compiled`): SQLAlchemy's execution of a statement (its cache key,
+    execution context and result) cost more CPU than the driver's own work. As for any
+    statement: the session's pending objects are written first, the engine's listeners see it,
+    and its errors are SQLAlchemy's (a lost connection invalidated). Elsewhere, as usual."""
+    if session.get_bind().dialect.name != "postgresql":
+        result = await session.execute(statement, parameters)
+        return list(result) if result.returns_rows else []  # type: ignore[attr-defined]
+    if session.sync_session.autoflush:
+        await session.flush()
+    connection = await session.connection()
+    sync: Any = connection.sync_connection
+    sql, names, processors = _compiled(sync.dialect, statement, tuple(parameters))
+    values = tuple(
+        value if process is None else process(value)
+        for value, process in zip((parameters[name] for name in names), processors, strict=True)
+    )
+    rows: list[Any] = await connection.run_sync(_on_driver_cursor, sql, values)
+    return rows
+
+
+def _on_driver_cursor(sync: Any, sql: str, values: tuple[Any, ...]) -> list[Any]:
+    # In SQLAlchemy's greenlet, as its own execution runs: the adapted driver begins the
+    # transaction if it has not yet, and turns the driver's errors into DBAPI ones.
+    sync.dispatch.before_cursor_execute(sync, None, sql, values, None, False)
+    cursor = sync.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, values)
+        return list(cursor.fetchall()) if cursor.description else []
+    except Exception as exc:
+        # Wrapped and handled as SQLAlchemy does any statement's error (a lost connection is
+        # invalidated, not handed out again).
+        sync._handle_dbapi_exception(exc, sql, values, cursor, None)
+        raise  # not reached: the line above raises
+    finally:
+        cursor.close()
 
 
 async def insert_new(
@@ -885,7 +927,7 @@ def _sqlite_parameters(
 ) -> tuple[str, list[tuple[Any, ...]]]:
     # The statement's SQL for these rows and each row's parameters, as SQLAlchemy would bind
     # them (each column type's processing).
-    sql, names, processors = _sqlite_statement(sync.dialect, statement, tuple(rows[0]))
+    sql, names, processors = _compiled(sync.dialect, statement, tuple(rows[0]))
     return sql, [
         tuple(
             value if process is None else process(value)
@@ -918,11 +960,12 @@ async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[An
 
 
 @functools.lru_cache(maxsize=256)
-def _sqlite_statement(
+def _compiled(
     dialect: Any, statement: Any, keys: tuple[str, ...]
 ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
-    # The SQL of ``statement`` for rows of these keys, its parameters' order and each one's
-    # type processing (None: the value as it is), worked out once per shape.
+    # The driver's SQL of ``statement`` for parameters of these keys (every column's, for an
+    # insert: no default is filled in), its parameters' order and each one's type processing
+    # (None: the value as it is), worked out once per shape.
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     names = tuple(compiled.positiontup or ())
     processors = tuple(

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import literal_column, select
+from sqlalchemy import insert, literal_column, select
 
 from app.audit.models import AuditRecord
 from app.db import (
     Database,
+    execute_made_once,
     execute_with_new,
     fold_rows,
     insert_new,
@@ -117,3 +118,23 @@ async def test_a_value_too_long_for_its_column_is_refused_not_cut_short(
             await execute_with_new(session, select(literal_column("1")), {}, ())
         await session.rollback()
     assert await held(database) == []
+
+
+async def test_a_statement_made_once_answers_its_rows_and_its_errors_as_sqlalchemys(
+    database: Database,
+) -> None:
+    """``execute_made_once`` (PostgreSQL: on the driver's cursor, past SQLAlchemy's execution):
+    the rows it returns, the engine's listeners, and a broken constraint raised as SQLAlchemy
+    raises it, so that callers' handling (409s, 503s) stays as for any statement."""
+    audit = table_of(AuditRecord)
+    inserted = insert(audit).returning(audit.c.id)
+    with statements_sent(database) as statements:
+        async with transaction(database.write_sessions) as session:
+            rows = await execute_made_once(session, inserted, record("r1"))
+            assert [tuple(row) for row in rows] == [("r1",)]
+    assert any("INSERT INTO audit_events" in s for s in statements)
+    async with transaction(database.write_sessions) as session:
+        with pytest.raises(sa_exc.IntegrityError):
+            await execute_made_once(session, inserted, record("r1"))
+        await session.rollback()
+    assert await held(database) == [("r1", WHEN, 201, None)]

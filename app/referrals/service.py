@@ -20,7 +20,7 @@ from app.cases import service as cases
 from app.cases.models import Patient, Referral
 from app.cases.states import CLOSED_STATES, CaseState
 from app.cases.visibility import visible_referral, visible_to
-from app.db import table_of, utcnow
+from app.db import execute_made_once, table_of, utcnow
 from app.directory.models import SocialPrescribingService
 from app.directory.service import service_by_id
 from app.errors import (
@@ -127,7 +127,7 @@ async def _insert_new(session: AsyncSession, values: dict[str, Any]) -> Referral
     referral joins the session as the row, made as the loader makes one (no attribute events)."""
     statement = _INSERT[session.get_bind().dialect.name]
     row = {column: values[key] for key, column in _REFERRAL_KEYS}
-    if (await session.execute(statement, row)).first() is None:
+    if not await execute_made_once(session, statement, row):
         return None
     referral = _REFERRALS.new_instance()
     instance_state(referral).dict.update(values)
