@@ -40,7 +40,7 @@ from app.cases.states import (
 from app.cases.summary import discharge_summary
 from app.cases.views import task_view
 from app.cases.visibility import organisation_sees, runs_service, visible_case
-from app.db import utcnow
+from app.db import new_row, utcnow
 from app.directory.models import SocialPrescribingService
 from app.errors import BusinessRuleViolation, Conflict, Forbidden, NotFound, purged
 from app.fhir.task import TaskView
@@ -232,7 +232,8 @@ class CaseWork:
             case.version_id += 1
         case.updated_at = now
 
-        record = CaseEvent(
+        record = new_row(
+            CaseEvent,
             id=str(uuid.uuid4()),
             case_id=case.id,
             seq=case.last_event_seq,
@@ -319,7 +320,8 @@ async def open_case(
     """The case for a new referral, in state ``received`` with its ``referral.received`` event
     (``versions``: of what intake made besides, kept with the event's). ``finish`` False leaves
     the work open for the caller's further events (an import's history), to finish after them."""
-    case = Case(
+    case = new_row(
+        Case,
         id=str(uuid.uuid4()),
         referral_id=referral.id,
         service_id=referral.service_id,

@@ -20,7 +20,7 @@ from app.cases import service as cases
 from app.cases.models import Patient, Referral
 from app.cases.states import CLOSED_STATES, CaseState
 from app.cases.visibility import visible_referral, visible_to
-from app.db import execute_made_once, table_of, utcnow
+from app.db import execute_made_once, new_row, table_of, utcnow
 from app.directory.models import SocialPrescribingService
 from app.directory.service import service_by_id
 from app.errors import (
@@ -253,7 +253,8 @@ async def create_referral(
         held = await _existing(session, principal.organisation, draft)
         assert held is not None  # the conflicting row commits before ours can be refused
         return _repeat(held, raw)
-    patient = Patient(
+    patient = new_row(
+        Patient,
         id=str(uuid.uuid4()),
         referral_id=referral.id,
         resource=patient_of(referral.resource, draft.nhs_number),
