@@ -739,26 +739,39 @@ def _folded(statement: Any, shape: tuple[tuple[Table, tuple[str, ...]], ...]) ->
     return statement
 
 
+@functools.cache
+def _insert_plan(mapper: Any) -> tuple[tuple[str, str, bool, Any, bool], ...]:
+    # Per mapped class, worked out once: each column attribute's key, its column's, whether it
+    # is part of the primary key, and its Python-side default (None for none; called or not).
+    plan = []
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        default = column.default
+        if default is not None and default.is_scalar:
+            value, called = default.arg, False
+        elif default is not None and default.is_callable:
+            value, called = default.arg, True
+        else:
+            value, called = None, False
+        plan.append((prop.key, column.key, bool(column.primary_key), value, called))
+    return tuple(plan)
+
+
 def _insert_row(obj: Any) -> dict[str, Any] | None:
     """The row a new ORM object would be inserted as (its unset columns at their defaults), or
     None when the database must make part of it (a generated primary key)."""
     state = inspect(obj)
+    held = state.dict
     row: dict[str, Any] = {}
-    for prop in state.mapper.column_attrs:
-        column = prop.columns[0]
-        if prop.key in state.dict:
-            value = state.dict[prop.key]
-        elif column.primary_key:
+    for key, column_key, primary, default, called in _insert_plan(state.mapper):
+        if key in held:
+            value = held[key]
+        elif primary:
             return None
-        elif column.default is not None and column.default.is_scalar:
-            value = column.default.arg
-        elif column.default is not None and column.default.is_callable:
-            value = column.default.arg(None)
         else:
-            value = None
-        if prop.key not in state.dict:
-            state.dict[prop.key] = value  # the object as the row is: nothing left to load
-        row[column.key] = value
+            value = default(None) if called else default
+            held[key] = value  # the object as the row is: nothing left to load
+        row[column_key] = value
     return row
 
 
