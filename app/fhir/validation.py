@@ -418,23 +418,36 @@ def _rule_issues(
                     issues.append(
                         Issue("required", f"{where}.{name} is required", f"{where}.{name}")
                     )
-            issues.extend(_choice_issues(node, r4.choices.get(node_definition or "", ()), where))
+            choices = r4.choices.get(node_definition or "")
+            if choices:
+                issues.extend(_choice_issues(node, choices, where))
         targets = r4.reference_targets.get(node_definition or "", {}) if references else {}
         for key, value in node.items():
-            path = f"{where}.{key}"
             prop = shape.get(key)
-            if isinstance(value, list):
+            dated = rules and prop is not None and prop.dated
+            # Paths are made for objects and for what breaks a rule: most values are neither.
+            items: list[tuple[Any, str]]
+            if isinstance(value, dict):
+                items = [(value, f"{where}.{key}")]
+            elif isinstance(value, list):
+                path = f"{where}.{key}"
                 if rules:
                     issues.extend(_array_issues(node, key, value, path))
-                items = [(item, f"{path}[{index}]") for index, item in enumerate(value)]
-            elif rules and (value is None or value == ""):
-                what = "null" if value is None else "empty"
-                issues.append(Issue("structure", f"{path} is {what}: leave it out", path))
-                continue
+                items = [
+                    (item, f"{path}[{index}]")
+                    for index, item in enumerate(value)
+                    if dated or isinstance(item, dict)
+                ]
+                if dated:
+                    issues.extend(_calendar_issues(items))
             else:
-                items = [(value, path)]
-            if rules and prop is not None and prop.dated:
-                issues.extend(_calendar_issues(items))
+                if rules and (value is None or value == ""):
+                    path = f"{where}.{key}"
+                    what = "null" if value is None else "empty"
+                    issues.append(Issue("structure", f"{path} is {what}: leave it out", path))
+                elif dated:
+                    issues.extend(_calendar_issues([(value, f"{where}.{key}")]))
+                continue
             for item, item_path in items:
                 if not isinstance(item, dict):
                     continue
