@@ -100,30 +100,37 @@ class _R4:
     choices: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]  # definition → (element, names)
     primitive_names: dict[str, str]  # a primitive's pattern → its name, for messages
     shapes: dict[str, dict[str, _Property]] = field(default_factory=dict)
-    holding: frozenset[str] | None = None
+    holding: dict[str, frozenset[str]] | None = None
 
-    def holds_resources(self, definition: str) -> bool:
-        """Whether a resource can be held anywhere below an element of this type (Bundle.entry
-        can; Identifier, CodeableConcept and most others cannot), so walks skip the rest."""
+    def holding_elements(self, definition: str) -> frozenset[str]:
+        """The elements of this type that hold a resource, or a type that can hold one at any
+        depth (``contained``, ``Bundle.entry``; never ``identifier`` or ``code``): walks for
+        nested resources look at those alone."""
         if self.holding is None:
-            # Those holding one directly, then those holding one of those, until none is added.
             shapes = {
-                name: self.shape(name) for name, d in self.definitions.items() if "properties" in d
+                name: self.shape(name)
+                for name, spec in self.definitions.items()
+                if "properties" in spec
             }
-            holding = {
+            # Types holding one directly, then those holding one of those, until none is added.
+            holds = {
                 name for name, shape in shapes.items() if any(p.is_resource for p in shape.values())
             }
-            while True:
-                more = {
-                    name
-                    for name, shape in shapes.items()
-                    if name not in holding and any(p.definition in holding for p in shape.values())
-                }
-                if not more:
-                    break
-                holding |= more
-            self.holding = frozenset(holding)
-        return definition in self.holding
+            while more := {
+                name
+                for name, shape in shapes.items()
+                if name not in holds and any(p.definition in holds for p in shape.values())
+            }:
+                holds |= more
+            self.holding = {
+                name: frozenset(
+                    key
+                    for key, prop in shape.items()
+                    if prop.is_resource or prop.definition in holds
+                )
+                for name, shape in shapes.items()
+            }
+        return self.holding.get(definition, frozenset())
 
     def shape(self, definition: str) -> dict[str, _Property]:
         """The elements of a complex type or resource: name → what it holds."""
@@ -372,13 +379,11 @@ def _nested(resource: Mapping[str, Any], root: str) -> Iterator[tuple[Mapping[st
     while queue:
         node, definition, where = queue.popleft()
         shape = r4.shape(definition)
+        holding = r4.holding_elements(definition)
         for key, value in node.items():
-            prop = shape.get(key)
-            if prop is None or not (
-                prop.is_resource
-                or (prop.definition is not None and r4.holds_resources(prop.definition))
-            ):
+            if key not in holding:
                 continue
+            prop = shape[key]
             items = value if isinstance(value, list) else [value]
             for index, item in enumerate(items):
                 if not isinstance(item, dict):
