@@ -871,10 +871,14 @@ async def execute_made_once(
         await session.flush()
     connection = await session.connection()
     sync: Any = connection.sync_connection
-    sql, names, processors = _compiled(sync.dialect, statement, tuple(parameters))
+    sql, names, processors, held = _compiled(sync.dialect, statement, tuple(parameters))
     values = tuple(
         value if process is None else process(value)
-        for value, process in zip((parameters[name] for name in names), processors, strict=True)
+        for value, process in zip(
+            (parameters[name] if name in parameters else held[name] for name in names),
+            processors,
+            strict=True,
+        )
     )
     rows: list[Any] = await connection.run_sync(_on_driver_cursor, sql, values)
     return rows
@@ -888,9 +892,10 @@ def _on_driver_cursor(sync: Any, sql: str, values: tuple[Any, ...]) -> list[Any]
     try:
         cursor.execute(sql, values)
         return list(cursor.fetchall()) if cursor.description else []
-    except Exception as exc:
-        # Wrapped and handled as SQLAlchemy does any statement's error (a lost connection is
-        # invalidated, not handed out again).
+    except BaseException as exc:
+        # Wrapped and handled as SQLAlchemy does any statement's error: a lost connection, or
+        # one whose statement was cut short (a cancelled task: an import's stop), is
+        # invalidated, never handed out again in a state nobody knows.
         sync._handle_dbapi_exception(exc, sql, values, cursor, None)
         raise  # not reached: the line above raises
     finally:
@@ -953,7 +958,7 @@ def _sqlite_parameters(
 ) -> tuple[str, list[tuple[Any, ...]]]:
     # The statement's SQL for these rows and each row's parameters, as SQLAlchemy would bind
     # them (each column type's processing).
-    sql, names, processors = _compiled(sync.dialect, statement, tuple(rows[0]))
+    sql, names, processors, _held = _compiled(sync.dialect, statement, tuple(rows[0]))
     return sql, [
         tuple(
             value if process is None else process(value)
@@ -988,16 +993,22 @@ async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[An
 @functools.lru_cache(maxsize=256)
 def _compiled(
     dialect: Any, statement: Any, keys: tuple[str, ...]
-) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+) -> tuple[str, tuple[str, ...], tuple[Any, ...], dict[str, Any]]:
     # The driver's SQL of ``statement`` for parameters of these keys (every column's, for an
-    # insert: no default is filled in), its parameters' order and each one's type processing
-    # (None: the value as it is), worked out once per shape.
+    # insert: no default is filled in), its parameters' order, each one's type processing
+    # (None: the value as it is) and the values the statement holds itself (a literal made a
+    # parameter, as pg_sleep(5)'s 5), worked out once per shape.
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     names = tuple(compiled.positiontup or ())
     processors = tuple(
         compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
     )
-    return str(compiled), names, processors
+    held = {
+        name: bind.effective_value
+        for name, bind in compiled.binds.items()
+        if name not in keys and not bind.required
+    }
+    return str(compiled), names, processors, held
 
 
 def _inserts(rows: dict[Table, list[dict[str, Any]]]) -> list[tuple[Any, list[dict[str, Any]]]]:

@@ -5,13 +5,14 @@ keeps UTCDateTime's rule and each column's own checks. Both databases unless mar
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event, func, insert, literal_column, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, literal_column, select
 
 from app.audit.models import AuditRecord
 from app.db import (
@@ -138,3 +139,29 @@ async def test_a_statement_made_once_answers_its_rows_and_its_errors_as_sqlalche
             await execute_made_once(session, inserted, record("r1"))
         await session.rollback()
     assert await held(database) == [("r1", WHEN, 201, None)]
+
+
+@pytest.mark.postgresql_only
+async def test_a_statement_made_once_cut_short_leaves_no_connection_in_an_unknown_state(
+    database: Database,
+) -> None:
+    """A task cancelled while its statement runs (an import's stop) must not hand its connection
+    back as if nothing happened: as SQLAlchemy does, the connection is invalidated (seen: the
+    next loader's referral written without its case)."""
+    invalidated: list[object] = []
+    event.listen(database.engine.sync_engine, "invalidate", lambda *args: invalidated.append(1))
+
+    async def slow() -> None:
+        async with transaction(database.write_sessions) as session:
+            await execute_made_once(session, select(func.pg_sleep(5)), {})
+
+    task = asyncio.create_task(slow())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=10)
+    assert invalidated
+    async with transaction(database.write_sessions) as session:  # and the next one works
+        assert [
+            tuple(row) for row in await execute_made_once(session, select(literal_column("1")), {})
+        ] == [(1,)]
