@@ -871,16 +871,10 @@ async def execute_made_once(
         await session.flush()
     connection = await session.connection()
     sync: Any = connection.sync_connection
-    sql, names, processors, held = _compiled(sync.dialect, statement, tuple(parameters))
-    values = tuple(
-        value if process is None else process(value)
-        for value, process in zip(
-            (parameters[name] if name in parameters else held[name] for name in names),
-            processors,
-            strict=True,
-        )
+    compiled = _compiled(sync.dialect, statement, tuple(parameters))
+    rows: list[Any] = await connection.run_sync(
+        _on_driver_cursor, compiled.sql, compiled.bound(parameters)
     )
-    rows: list[Any] = await connection.run_sync(_on_driver_cursor, sql, values)
     return rows
 
 
@@ -958,14 +952,8 @@ def _sqlite_parameters(
 ) -> tuple[str, list[tuple[Any, ...]]]:
     # The statement's SQL for these rows and each row's parameters, as SQLAlchemy would bind
     # them (each column type's processing).
-    sql, names, processors, _held = _compiled(sync.dialect, statement, tuple(rows[0]))
-    return sql, [
-        tuple(
-            value if process is None else process(value)
-            for value, process in zip((row[name] for name in names), processors, strict=True)
-        )
-        for row in rows
-    ]
+    compiled = _compiled(sync.dialect, statement, tuple(rows[0]))
+    return compiled.sql, [compiled.bound(row) for row in rows]
 
 
 async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
@@ -990,14 +978,33 @@ async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[An
         ) from exc
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement's driver SQL for parameters of given keys (every column's, for an insert: no
+    default is filled in), its parameters' order, each one's type processing (None: the value
+    as it is) and the values the statement holds itself (a literal made a parameter, as
+    pg_sleep(5)'s 5)."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Any, ...]
+    held: dict[str, Any]
+
+    def bound(self, parameters: dict[str, Any]) -> tuple[Any, ...]:
+        """The driver's parameters for these values, as SQLAlchemy would bind them."""
+        return tuple(
+            value if process is None else process(value)
+            for value, process in zip(
+                (parameters[n] if n in parameters else self.held[n] for n in self.names),
+                self.processors,
+                strict=True,
+            )
+        )
+
+
 @functools.lru_cache(maxsize=256)
-def _compiled(
-    dialect: Any, statement: Any, keys: tuple[str, ...]
-) -> tuple[str, tuple[str, ...], tuple[Any, ...], dict[str, Any]]:
-    # The driver's SQL of ``statement`` for parameters of these keys (every column's, for an
-    # insert: no default is filled in), its parameters' order, each one's type processing
-    # (None: the value as it is) and the values the statement holds itself (a literal made a
-    # parameter, as pg_sleep(5)'s 5), worked out once per shape.
+def _compiled(dialect: Any, statement: Any, keys: tuple[str, ...]) -> _Compiled:
+    # Worked out once per statement and shape of parameters.
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     names = tuple(compiled.positiontup or ())
     processors = tuple(
@@ -1008,7 +1015,7 @@ def _compiled(
         for name, bind in compiled.binds.items()
         if name not in keys and not bind.required
     }
-    return str(compiled), names, processors, held
+    return _Compiled(str(compiled), names, processors, held)
 
 
 def _inserts(rows: dict[Table, list[dict[str, Any]]]) -> list[tuple[Any, list[dict[str, Any]]]]:
