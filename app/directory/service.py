@@ -10,14 +10,13 @@ from pydantic import ValidationError
 from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
-from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.util import identity_key
 
 from adapters import registry
 from adapters.base import Adapter, AdapterConfig, AdapterError, AdapterKind, ClinicalAdapter
 from app import caches
 from app.config import Settings
-from app.db import utcnow
+from app.db import new_row, utcnow
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
 from app.errors import (
@@ -124,7 +123,6 @@ async def list_services(session: AsyncSession) -> list[SocialPrescribingService]
 # The columns a remembered service holds: all of them. Its poll columns may be as old as the
 # cache (the reconciliation, their one reader, reads the row itself).
 _SERVICE_COLUMNS = tuple(a.key for a in inspect(SocialPrescribingService).column_attrs)
-_MANAGER = inspect(SocialPrescribingService).class_manager
 
 
 def _copy(value: Any) -> Any:
@@ -157,9 +155,9 @@ async def service_by_id(session: AsyncSession, service_id: str) -> SocialPrescri
         return service
     # Made as the loader makes an instance (its state filled in, no attribute events: a
     # quarter of the cost of the constructor's), then attached as if loaded: nothing to flush.
-    service = _MANAGER.new_instance()
-    instance_state(service).dict.update(
-        {key: _copy(value) for key, value in zip(_SERVICE_COLUMNS, values, strict=True)}
+    service = new_row(
+        SocialPrescribingService,
+        **{key: _copy(value) for key, value in zip(_SERVICE_COLUMNS, values, strict=True)},
     )
     make_transient_to_detached(service)
     session.add(service)

@@ -12,7 +12,6 @@ from sqlalchemy import inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
-from sqlalchemy.orm.attributes import instance_state
 
 from app.cases import history
 from app.cases import search as case_search
@@ -50,7 +49,6 @@ __all__ = ["stored_resource"]
 
 # Each column's attribute and column keys, and how instances are made (as the loader does).
 _REFERRAL_KEYS = tuple((a.key, a.columns[0].key) for a in inspect(Referral).column_attrs)
-_REFERRALS = inspect(Referral).class_manager
 # The unique constraint on a referral's identity: the organisation that sent it, and its identifier.
 _REFERRAL_IDENTITY = ["organisation", "identifier_system", "identifier_value"]
 
@@ -129,8 +127,7 @@ async def _insert_new(session: AsyncSession, values: dict[str, Any]) -> Referral
     row = {column: values[key] for key, column in _REFERRAL_KEYS}
     if not await execute_made_once(session, statement, row):
         return None
-    referral = _REFERRALS.new_instance()
-    instance_state(referral).dict.update(values)
+    referral = new_row(Referral, **values)
     make_transient_to_detached(referral)
     session.add(referral)
     return referral
