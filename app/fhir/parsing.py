@@ -216,10 +216,12 @@ def check_nested_types(data: dict[str, Any], where: str) -> None:
 
 
 def r4_issues(data: dict[str, Any], root: str | None = None) -> list[Issue]:
-    """What makes ``data`` invalid R4 beyond what the R4B models check: HL7's R4 JSON schema
-    (codes of required bindings, unknown elements), FHIR JSON's rules (no empty arrays, objects
-    or strings, no nulls, no modifierExtension we do not understand: none) and the resource
-    types each reference may name (app.fhir.validation). Located by FHIRPath, never quoting."""
+    """What makes ``data`` invalid R4: HL7's R4 JSON schema (types, formats, codes of required
+    bindings, unknown elements), FHIR JSON's rules (no empty arrays, objects or strings, no
+    nulls, real days, one type per choice element, no modifierExtension we do not understand:
+    none) and the resource types each reference may name (app.fhir.validation); for a referral,
+    the only structural check (tests/fhir/test_r4_covers_the_models.py). Located by FHIRPath,
+    never quoting."""
     # One walk for the rules and the references: intake validates every referral.
     issues = validate_resource(data, root=root, references=True)
     return [replace(issue, details="invalid-resource") for issue in issues[:20]]
