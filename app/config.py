@@ -17,13 +17,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPBRIDGE_", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL
-    # Connections per process (app.db.PoolLimits): kept open, opened beyond that under load, and
-    # the seconds a request waits for one (or for SQLite's write lock) before it is answered 503.
-    # A request holds one connection at a time, for a few milliseconds, and one process is one
-    # event loop: 5 + 5 outlast its CPU, and more only lengthen every transaction under overload
-    # (docs/DEPLOYMENT.md, bench/RESULTS.md).
-    database_pool_size: int = Field(default=5, ge=1)
-    database_pool_max_overflow: int = Field(default=5, ge=0)
+    # Connections per process (app.db.PoolLimits): kept once opened, opened beyond that under load
+    # and closed again when handed back, and the seconds a request waits for one (or for SQLite's
+    # write lock) before it is answered 503. A request holds one connection at a time, for a few
+    # milliseconds, and one process is one event loop: 10 outlast its CPU, and more only lengthen
+    # every transaction under overload (docs/DEPLOYMENT.md, bench/RESULTS.md). No overflow: under
+    # a load that keeps more than the pool busy, each overflow connection is closed as it comes
+    # back and opened again for the next request (a new PostgreSQL backend each time).
+    database_pool_size: int = Field(default=10, ge=1)
+    database_pool_max_overflow: int = Field(default=0, ge=0)
     database_pool_timeout: float = Field(default=3.0, gt=0, le=60)
     # A pooled PostgreSQL connection older than this is replaced when next taken from the pool:
     # it bounds how long a connection silently dropped by a firewall or proxy can linger.

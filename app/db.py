@@ -166,8 +166,8 @@ class PoolLimits:
     quickly instead of hanging. The defaults suit the command line; the server and workers take
     theirs from the settings (``SPBRIDGE_DATABASE_POOL_*``, :meth:`from_settings`)."""
 
-    size: int = 5
-    max_overflow: int = 5
+    size: int = 10
+    max_overflow: int = 0
     timeout: float = 30.0
     recycle: float = 1800.0
 

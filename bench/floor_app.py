@@ -4,9 +4,9 @@ One POST endpoint that reads the body, validates it with fhir.resources (R4B Ser
 writes one referral row and one outbox row in one transaction (BEGIN, two INSERTs, COMMIT: the
 floor issue 19 defines) and answers 201. Same stack as the bridge (FastAPI, uvicorn with its
 access log, SQLAlchemy async, one process), none of its rules. On PostgreSQL (asyncpg, no
-pre-ping, as the bridge) the row is JSONB, and its pool holds the bridge's most connections
-(10 + 10 overflow) as 20 kept open, so that the floor does not reconnect under load: it is the
-best this stack does. On SQLite
+pre-ping, as the bridge) the row is JSONB, and its pool keeps 20 connections open (the bridge's
+default: 10, no overflow), so that the floor does not reconnect under load: it is the best this
+stack does. On SQLite
 (aiosqlite) the row is JSON text, with the bridge's settings (WAL, ``synchronous=NORMAL``, a busy
 timeout, the write lock taken by ``BEGIN IMMEDIATE``), so that each is measured against a floor
 on the same database.
@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/spbridge_bench_floor"
-POOL_SIZE = 20  # the bridge's default pool (10) plus its overflow (10), all kept open
+POOL_SIZE = 20  # more than the bridge's default pool (10, no overflow), all kept open
 
 SQLITE_BUSY_MS = 3000  # the bridge's: its default pool timeout (SPBRIDGE_DATABASE_POOL_TIMEOUT)
 

@@ -26,7 +26,7 @@ It reports:
 waits, connections idle in transaction) instead.
 
     .venv/bin/python bench/outage.py [--rate 30] [--before 15] [--outage 20] [--after 25]
-        [--pool-size 5] [--max-overflow 5] [--pool-timeout 3] [--record]
+        [--pool-size 10] [--max-overflow 0] [--pool-timeout 3] [--record]
 """
 
 from __future__ import annotations
@@ -521,8 +521,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--settle", type=float, default=90.0, help="wait for the outbox to empty, s (90)"
     )
-    parser.add_argument("--pool-size", type=int, default=5)
-    parser.add_argument("--max-overflow", type=int, default=5)
+    parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--max-overflow", type=int, default=0)
     parser.add_argument("--pool-timeout", type=float, default=3.0)
     parser.add_argument("--pg", default="postgres@127.0.0.1:5432", help="user@host:port")
     parser.add_argument("--database", default="spbridge_bench_outage")
