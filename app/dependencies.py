@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import trail
 from app.config import Settings
 from app.db import ENQUEUED, Database, session_scope, utcnow
+from app.fhir import parsing
 from app.keys import KeyStore
 
 
@@ -27,9 +28,23 @@ def installation_keys(request: Request) -> KeyStore:
     return keys
 
 
-async def get_settings_from_app(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
+    """The process's settings, as create_app set them."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_settings_from_app(request: Request) -> Settings:
+    return app_settings(request)
+
+
+async def read_raw_body(request: Request) -> bytes:
+    """The body as sent, read before the caller is authenticated (declared ahead of require()):
+    authentication begins the request's transaction, which must not stay open while the client
+    is still sending (on SQLite it holds the database's write lock). The size limit comes from
+    the app's settings, not from a dependency of its own: one fewer for FastAPI to solve on
+    every write."""
+    return await parsing.read_body(request, app_settings(request).max_body_bytes)
 
 
 async def write_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -58,6 +73,7 @@ ReadSession = Annotated[AsyncSession, Depends(read_session, scope="function")]
 # function in a worker thread, and a request waiting for a thread while it holds a transaction
 # keeps its connection idle in transaction (under load, for as long as the pool is busy).
 AppSettings = Annotated[Settings, Depends(get_settings_from_app)]
+RawBody = Annotated[bytes, Depends(read_raw_body)]
 
 
 async def get_http(request: Request) -> httpx.AsyncClient:

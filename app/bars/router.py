@@ -12,7 +12,7 @@ from app.audit import trail
 from app.bars import service
 from app.bars.messages import EVENTS_SYSTEM, REASONS_SYSTEM, REQUEST_EVENT, read_message
 from app.cases.router import event_context
-from app.dependencies import AppSettings, WriteSession
+from app.dependencies import AppSettings, RawBody, WriteSession
 from app.errors import AppError, fhir_error_responses
 from app.fhir import parsing
 from app.fhir.http import check_format, fhir_body, fhir_resource_response
@@ -33,11 +33,6 @@ _SAID = {
     "unchanged": "ServiceRequest/{id} already stood so: nothing changed",
     "cancelled": "ServiceRequest/{id} cancelled",
 }
-
-
-async def _read_body(request: Request, settings: AppSettings) -> bytes:
-    """The body, read before the caller is authenticated (see app.referrals.router)."""
-    return await parsing.read_body(request, settings.max_body_bytes)
 
 
 @router.post(
@@ -76,7 +71,7 @@ async def process_message(
     request: Request,
     session: WriteSession,
     settings: AppSettings,
-    body: Annotated[bytes, Depends(_read_body)],
+    body: RawBody,
     principal: Sender,
     x_request_id: Annotated[str | None, Header(alias="X-Request-ID")] = None,
     target: Annotated[str | None, Header(alias="NHSD-Target-Identifier")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from app.dependencies import AppSettings, Now, ReadSession, WriteSession
+from app.dependencies import AppSettings, Now, RawBody, ReadSession, WriteSession
 from app.errors import BadRequest, NotFound, fhir_error_responses
 from app.fhir import notifications, parsing
 from app.fhir.http import check_format, fhir_base, fhir_body, fhir_resource_response
@@ -31,10 +31,6 @@ _NOTE = (
     " A subscription sees what its owner's organisation may see (the referrals it sent or "
     "receives; an admin's, all)."
 )
-
-
-async def _read_body(request: Request, settings: AppSettings) -> bytes:
-    return await parsing.read_body(request, settings.max_body_bytes)
 
 
 @router.get(
@@ -92,7 +88,7 @@ async def create_subscription(
     request: Request,
     session: WriteSession,
     settings: AppSettings,
-    body: Annotated[bytes, Depends(_read_body)],
+    body: RawBody,
     principal: Subscriber,
 ) -> Response:
     parsing.check_media_type(request.headers.get("content-type"))

@@ -24,7 +24,7 @@ from app.cases.router import (
 )
 from app.cases.views import patient_resource, service_request_resource
 from app.config import Settings
-from app.dependencies import AppSettings, Now, ReadSession, WriteSession
+from app.dependencies import AppSettings, Now, RawBody, ReadSession, WriteSession
 from app.errors import (
     AppError,
     BadRequest,
@@ -100,16 +100,6 @@ def _headers(referral: Referral, base: str) -> dict[str, str]:
         "Location": f"{base}/ServiceRequest/{referral.id}/_history/{referral.version_id}",
         **version_headers(referral.version_id, referral.last_updated),
     }
-
-
-async def _read_body(request: Request, settings: AppSettings) -> bytes:
-    """The body as sent, read before the caller is authenticated (this dependency is declared
-    ahead of require()): authentication begins the request's transaction, which must not stay
-    open while the client is still sending (on SQLite it holds the database's write lock)."""
-    return await parsing.read_body(request, settings.max_body_bytes)
-
-
-RawBody = Annotated[bytes, Depends(_read_body)]
 
 
 def _read_resource(
