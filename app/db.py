@@ -992,14 +992,12 @@ class _Compiled:
 
     def bound(self, parameters: dict[str, Any]) -> tuple[Any, ...]:
         """The driver's parameters for these values, as SQLAlchemy would bind them."""
-        return tuple(
-            value if process is None else process(value)
-            for value, process in zip(
-                (parameters[n] if n in parameters else self.held[n] for n in self.names),
-                self.processors,
-                strict=True,
-            )
-        )
+        # A loop, not generators: this runs for every value of every row intake writes.
+        values = []
+        for name, process in zip(self.names, self.processors, strict=True):
+            value = parameters[name] if name in parameters else self.held[name]
+            values.append(value if process is None else process(value))
+        return tuple(values)
 
 
 @functools.lru_cache(maxsize=256)

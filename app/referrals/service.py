@@ -49,6 +49,7 @@ __all__ = ["stored_resource"]
 
 # Each column's attribute and column keys, and how instances are made (as the loader does).
 _REFERRAL_KEYS = tuple((a.key, a.columns[0].key) for a in inspect(Referral).column_attrs)
+_REFERRAL_ATTRIBUTES = tuple(key for key, _column in _REFERRAL_KEYS)
 # The unique constraint on a referral's identity: the organisation that sent it, and its identifier.
 _REFERRAL_IDENTITY = ["organisation", "identifier_system", "identifier_value"]
 
@@ -207,7 +208,7 @@ async def create_referral(
     now = received_at or dt.datetime.now(dt.UTC)
     # Every column given (None where the referral has none): one insert statement, whatever
     # the referral holds.
-    values: dict[str, Any] = dict.fromkeys(key for key, _column in _REFERRAL_KEYS)
+    values: dict[str, Any] = dict.fromkeys(_REFERRAL_ATTRIBUTES)
     values.update(
         id=str(uuid.uuid4()),
         organisation=principal.organisation,
