@@ -97,7 +97,9 @@ class _R4:
     reference_targets: dict[str, dict[str, tuple[str, ...]]]
     required_primitives: dict[str, tuple[str, ...]]
     required_codes: dict[str, dict[str, tuple[str, ...]]]
-    choices: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]  # definition → (element, names)
+    # definition → its choice elements: (element, the names of its types, those names and
+    # their "_" siblings: one set lookup says whether more than one could be given)
+    choices: dict[str, tuple[tuple[str, tuple[str, ...], frozenset[str]], ...]]
     primitive_names: dict[str, str]  # a primitive's pattern → its name, for messages
     shapes: dict[str, dict[str, _Property]] = field(default_factory=dict)
     holding: dict[str, frozenset[str]] | None = None
@@ -174,7 +176,10 @@ def _r4() -> _R4:
             for definition, names in elements["requiredCodes"].items()
         },
         choices={
-            definition: tuple((name, tuple(names)) for name, names in groups.items())
+            definition: tuple(
+                (name, tuple(names), frozenset([*names, *(f"_{n}" for n in names)]))
+                for name, names in groups.items()
+            )
             for definition, groups in elements["choices"].items()
         },
         primitive_names=primitive_names,
@@ -509,10 +514,14 @@ def _calendar_issues(items: list[tuple[Any, str]]) -> list[Issue]:
 
 
 def _choice_issues(
-    node: Mapping[str, Any], choices: tuple[tuple[str, tuple[str, ...]], ...], where: str
+    node: Mapping[str, Any],
+    choices: tuple[tuple[str, tuple[str, ...], frozenset[str]], ...],
+    where: str,
 ) -> list[Issue]:
     issues = []
-    for element, names in choices:
+    for element, names, spellings in choices:
+        if len(spellings.intersection(node)) < 2:
+            continue  # the usual case, in one set operation: at most one of its names
         given = [name for name in names if name in node or f"_{name}" in node]
         if len(given) > 1:
             issues.append(
@@ -540,15 +549,18 @@ def _array_issues(node: Mapping[str, Any], key: str, value: list[Any], path: str
             )
             for index in range(len(value))
         )
+    if None not in value and "" not in value:
+        return issues  # the usual case, decided without a path for each item
     partner = node.get(key[1:] if key.startswith("_") else f"_{key}")
     partner_items: list[Any] = partner if isinstance(partner, list) else []
     for index, item in enumerate(value):
-        item_path = f"{path}[{index}]"
         if item is None:
             # [null, …] is how an array of primitives lines up with its _element array.
             if index >= len(partner_items) or partner_items[index] is None:
+                item_path = f"{path}[{index}]"
                 issues.append(Issue("structure", f"{item_path} is null: leave it out", item_path))
         elif item == "":
+            item_path = f"{path}[{index}]"
             issues.append(Issue("structure", f"{item_path} is empty: leave it out", item_path))
     return issues
 
