@@ -219,15 +219,17 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
+        # On the driver, as write_batches runs its statements: through SQLAlchemy's execution
+        # a BEGIN cost more of the process's CPU than the hop to SQLite's thread it needs.
         if conn.get_execution_options().get("read_only"):
-            conn.exec_driver_sql("BEGIN")
+            await_(_in_sqlite_thread(conn, [("BEGIN", None)]))
             return
         if not conn.info.get(_WRITING):
             await_(_take_turn())
             # Held until the connection goes back to the pool: a session gives it back as its
             # transaction ends, right after the COMMIT or ROLLBACK.
             conn.info[_WRITING] = True
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        await_(_in_sqlite_thread(conn, [("BEGIN IMMEDIATE", None)]))
 
     def _release(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
         if record is not None and record.info.pop(_WRITING, False):
@@ -321,6 +323,15 @@ class _OneCallCursor(AsyncAdapt_aiosqlite_cursor):
 class _OneCallConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = _OneCallCursor
+
+    def rollback(self) -> None:
+        # The pool rolls back every connection handed back to it, a committed one too. With no
+        # transaction open that does nothing but cost a hop to aiosqlite's thread, and sqlite3
+        # says whether one is open without the hop (a flag of the connection).
+        connection = self._connection._connection  # sqlite3's, None once closed
+        if connection is not None and not connection.in_transaction:
+            return
+        super().rollback()
 
 
 class _OneCallDBAPI(AsyncAdapt_aiosqlite_dbapi):
@@ -956,19 +967,26 @@ def _sqlite_parameters(
     return compiled.sql, [compiled.bound(row) for row in rows]
 
 
-async def _in_sqlite_thread(sync: Any, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-    """Run each statement with its parameter tuples in one call in the thread of the
-    SQLAlchemy connection ``sync`` (aiosqlite's), its errors wrapped as SQLAlchemy wraps them.
-    The engine's listeners see each statement before it runs, as they would any other."""
+async def _in_sqlite_thread(
+    sync: Any, statements: Sequence[tuple[str, list[tuple[Any, ...]] | None]]
+) -> None:
+    """Run each statement with its parameter tuples (None: a statement without parameters, run
+    once) in one call in the thread of the SQLAlchemy connection ``sync`` (aiosqlite's), its
+    errors wrapped as SQLAlchemy wraps them. The engine's listeners see each statement before it
+    runs, as they would any other."""
     for sql, parameters in statements:
-        sync.dispatch.before_cursor_execute(sync, None, sql, parameters, None, True)
+        many = parameters is not None
+        sync.dispatch.before_cursor_execute(sync, None, sql, parameters or (), None, many)
     driver: Any = sync.connection.driver_connection
     failed: list[str] = []
 
     def run() -> None:  # in aiosqlite's thread, the connection's own
         for sql, parameters in statements:
             failed[:] = [sql]
-            driver._conn.executemany(sql, parameters)
+            if parameters is None:
+                driver._conn.execute(sql)
+            else:
+                driver._conn.executemany(sql, parameters)
 
     try:
         await driver._execute(run)  # aiosqlite's one way to run a function in that thread

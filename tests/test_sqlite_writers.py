@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -85,6 +86,29 @@ async def test_the_gate_is_given_back_however_a_transaction_ends(database: Datab
         for how in ("a rollback", "an invalidation", "a close")
         for step in ("writing", "done")
     ]
+
+
+async def test_a_committed_connection_goes_back_without_a_rollback_an_open_one_with_one(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool resets every connection handed back; after a COMMIT there is nothing to roll
+    # back, and a rollback through aiosqlite is a hop to its thread for nothing.
+    rollbacks: list[str] = []
+    original = aiosqlite.Connection.rollback
+
+    async def rollback(connection: aiosqlite.Connection) -> None:
+        rollbacks.append("rollback")
+        await original(connection)
+
+    monkeypatch.setattr(aiosqlite.Connection, "rollback", rollback)
+    await _write(database, "committed", [])
+    assert rollbacks == []
+
+    session = database.write_sessions()
+    await session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the write lock is held
+    await session.close()  # handed back open: rolled back, the lock let go
+    assert rollbacks == ["rollback"]
+    await asyncio.wait_for(_write(database, "after", []), 2)  # busy timeout 0: not locked
 
 
 async def test_a_connection_keeps_its_turn_between_its_own_transactions(
