@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
@@ -107,6 +107,16 @@ def check_occurred_at(
         )
 
 
+# A case's events by idempotency key, the statements made once (built per request, a query
+# cost more of an event's CPU than running it).
+_KEYED_EVENTS = select(CaseEvent).where(
+    CaseEvent.case_id == bindparam("case_id"), CaseEvent.idempotency_key.is_not(None)
+)
+_EVENT_BY_KEY = select(CaseEvent).where(
+    CaseEvent.case_id == bindparam("case_id"), CaseEvent.idempotency_key == bindparam("key")
+)
+
+
 class CaseWork:
     """One writer's changes to one case in one transaction (DESIGN §3, issue 19).
 
@@ -142,11 +152,7 @@ class CaseWork:
     async def held_keys(self) -> set[str]:
         """The idempotency keys of the case's events (read once)."""
         if self._keyed is None:
-            held = await self.session.scalars(
-                select(CaseEvent).where(
-                    CaseEvent.case_id == self.case.id, CaseEvent.idempotency_key.is_not(None)
-                )
-            )
+            held = await self.session.scalars(_KEYED_EVENTS, {"case_id": self.case.id})
             self._keyed = {event.idempotency_key: event for event in held if event.idempotency_key}
         return set(self._keyed)
 
@@ -157,9 +163,7 @@ class CaseWork:
             return self._keyed.get(key)
         if key not in self._seen:
             self._seen[key] = await self.session.scalar(
-                select(CaseEvent).where(
-                    CaseEvent.case_id == self.case.id, CaseEvent.idempotency_key == key
-                )
+                _EVENT_BY_KEY, {"case_id": self.case.id, "key": key}
             )
         return self._seen[key]
 

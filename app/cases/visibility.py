@@ -11,8 +11,10 @@ the bootstrap admin's view of every organisation, come from ``app.security.scope
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import trail
@@ -23,22 +25,28 @@ from app.security import scope
 from app.security.auth import Principal
 
 
-def _services_of(organisation: str) -> Select[str]:
+def _services_of(organisation: Any) -> Select[str]:
     return select(SocialPrescribingService.id).where(
         SocialPrescribingService.organisation == organisation
+    )
+
+
+def _sent_or_runs(organisation: Any) -> ColumnElement[bool]:
+    # ``organisation``: the caller's, or a parameter standing for it in a statement made once.
+    return or_(
+        Referral.organisation == organisation,
+        Referral.service_id.in_(_services_of(organisation)),
     )
 
 
 def organisation_sees(principal: Principal) -> ColumnElement[bool] | None:
     """Referrals the caller's organisation sent or whose service it runs, purged or not (their
     audit records and deliveries outlive their patient data); None: everything."""
-    return scope.scoped(
-        principal,
-        lambda organisation: or_(
-            Referral.organisation == organisation,
-            Referral.service_id.in_(_services_of(organisation)),
-        ),
-    )
+    return scope.scoped(principal, _sent_or_runs)
+
+
+# organisation_sees with the organisation as the statement's parameter "organisation".
+_SEEN_BY_ORGANISATION = _sent_or_runs(bindparam("organisation"))
 
 
 def visible_to(principal: Principal) -> ColumnElement[bool] | None:
@@ -73,21 +81,32 @@ async def visible_case(
     """The case with its referral and service, if the caller's organisation sees it (404
     otherwise), noted in the request's audit record; ``lock`` takes the case's row lock for a
     change."""
-    query = (
-        select(Case, Referral, SocialPrescribingService)
-        .join(Case.referral)
-        .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
-        .where(Case.id == case_id)
-    )
-    query = scope.restrict(query, organisation_sees(principal))
-    if lock:
-        query = query.with_for_update(of=Case)
-    row = (await session.execute(query)).first()
+    condition = scope.scoped(principal, lambda _organisation: _SEEN_BY_ORGANISATION)
+    parameters = {"case_id": case_id}
+    if condition is _SEEN_BY_ORGANISATION:
+        parameters["organisation"] = principal.organisation or ""
+    row = (await session.execute(_case_statement(condition, lock), parameters)).first()
     if row is None:
         raise NotFound("No such case is known here")
     case, referral, service = row
     trail.note([referral])
     return case, referral, service
+
+
+@cache
+def _case_statement(
+    condition: ColumnElement[bool] | None, lock: bool
+) -> Select[Case, Referral, SocialPrescribingService]:
+    # Made once for each reach (everything, the organisation's, nothing) and lock: built per
+    # request, the query cost more of a case event's CPU than running it.
+    query = (
+        select(Case, Referral, SocialPrescribingService)
+        .join(Case.referral)
+        .join(SocialPrescribingService, SocialPrescribingService.id == Case.service_id)
+        .where(Case.id == bindparam("case_id"))
+    )
+    query = scope.restrict(query, condition)
+    return query.with_for_update(of=Case) if lock else query
 
 
 async def note_referrals(session: AsyncSession, referral_ids: Iterable[str | None]) -> None:
