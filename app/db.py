@@ -831,9 +831,11 @@ def _new_rows(
     return new, rows
 
 
-def _written(session: AsyncSession, new: list[Any]) -> None:
-    # The objects, written by a statement of ours, join the session as the rows they now are.
-    for obj in new:
+def join_as_rows(session: AsyncSession, objects: Iterable[Any]) -> None:
+    """Objects holding rows already in the database (written by a statement of ours, or
+    remembered from an earlier read) join the session as if it had loaded them: nothing to
+    flush, changes tracked from here."""
+    for obj in objects:
         make_transient_to_detached(obj)
         session.add(obj)
 
@@ -863,7 +865,7 @@ async def execute_with_new(
     for obj in new:
         session.expunge(obj)
     await execute_made_once(session, _folded(statement, shape), folded)
-    _written(session, new)
+    join_as_rows(session, new)
 
 
 async def execute_made_once(
@@ -926,7 +928,7 @@ async def insert_new(
     for obj in new:
         session.expunge(obj)
     await write_batches(session, [*_inserts(rows), *then])
-    _written(session, new)
+    join_as_rows(session, new)
 
 
 async def write_batches(

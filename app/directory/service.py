@@ -9,14 +9,13 @@ import httpx
 from pydantic import ValidationError
 from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
 from adapters import registry
 from adapters.base import Adapter, AdapterConfig, AdapterError, AdapterKind, ClinicalAdapter
 from app import caches
 from app.config import Settings
-from app.db import new_row, utcnow
+from app.db import join_as_rows, new_row, utcnow
 from app.directory.models import SocialPrescribingService
 from app.directory.schemas import ClinicalRouteIn, ServiceCreate
 from app.errors import (
@@ -159,8 +158,7 @@ async def service_by_id(session: AsyncSession, service_id: str) -> SocialPrescri
         SocialPrescribingService,
         **{key: _copy(value) for key, value in zip(_SERVICE_COLUMNS, values, strict=True)},
     )
-    make_transient_to_detached(service)
-    session.add(service)
+    join_as_rows(session, [service])
     return service
 
 

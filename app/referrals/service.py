@@ -11,7 +11,6 @@ from urllib.parse import parse_qsl
 from sqlalchemy import inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
 
 from app.cases import history
 from app.cases import search as case_search
@@ -19,7 +18,7 @@ from app.cases import service as cases
 from app.cases.models import Patient, Referral
 from app.cases.states import CLOSED_STATES, CaseState
 from app.cases.visibility import visible_referral, visible_to
-from app.db import execute_made_once, new_row, table_of, utcnow
+from app.db import execute_made_once, join_as_rows, new_row, table_of, utcnow
 from app.directory.models import SocialPrescribingService
 from app.directory.service import service_by_id
 from app.errors import (
@@ -47,7 +46,7 @@ from app.security.auth import Principal
 
 __all__ = ["stored_resource"]
 
-# Each column's attribute and column keys, and how instances are made (as the loader does).
+# Each column's attribute and column keys, and the attributes alone.
 _REFERRAL_KEYS = tuple((a.key, a.columns[0].key) for a in inspect(Referral).column_attrs)
 _REFERRAL_ATTRIBUTES = tuple(key for key, _column in _REFERRAL_KEYS)
 # The unique constraint on a referral's identity: the organisation that sent it, and its identifier.
@@ -129,8 +128,7 @@ async def _insert_new(session: AsyncSession, values: dict[str, Any]) -> Referral
     if not await execute_made_once(session, statement, row):
         return None
     referral = new_row(Referral, **values)
-    make_transient_to_detached(referral)
-    session.add(referral)
+    join_as_rows(session, [referral])
     return referral
 
 
