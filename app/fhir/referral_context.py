@@ -143,8 +143,7 @@ def referral_context(
     )
     unit = "individual"
     for extension in sr.get("extension") or []:
-        if extension.get("url") == EXTENSION_REFERRAL_UNIT and extension.get("valueCode") in (
-            REFERRAL_UNITS
-        ):
-            unit = extension["valueCode"]
+        code = extension.get("valueCode")
+        if extension.get("url") == EXTENSION_REFERRAL_UNIT and code in REFERRAL_UNITS:
+            unit = code
     return ReferralContext(source=source, staff_group=staff_group, unit=unit)

@@ -379,6 +379,7 @@ def assess(
         )
 
     authored_on = ""
+    earliest: dt.datetime | None = None
     given: str | None = sr.get("authoredOn")
     when = _date_time(given) if given is not None else None
     if when is None:
@@ -417,8 +418,7 @@ def assess(
     draft.referral_source = context.source
     draft.staff_group = context.staff_group
     draft.referral_unit = context.unit
-    referred = _earliest_instant(when) if when is not None else None
-    draft.age_band = age_band_on(draft.birth_date, (referred or now).date())
+    draft.age_band = age_band_on(draft.birth_date, (earliest or now).date())
 
     if rules.issues:
         raise BusinessRuleViolation(rules.issues[0].diagnostics, issues=rules.issues)
