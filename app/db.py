@@ -219,17 +219,19 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # On the driver, as write_batches runs its statements: through SQLAlchemy's execution
-        # a BEGIN cost more of the process's CPU than the hop to SQLite's thread it needs.
+        # Sent with the transaction's first statement, in its visit to SQLite's thread
+        # (_OneCallConnection.begin_with): a visit of its own cost more of the process's CPU
+        # than SQLite's work, and a transaction that sends nothing then costs no visit at all.
+        adapted: _OneCallConnection = conn.connection.dbapi_connection
         if conn.get_execution_options().get("read_only"):
-            await_(_in_sqlite_thread(conn, [("BEGIN", None)]))
+            adapted.begin_with("BEGIN", conn)
             return
         if not conn.info.get(_WRITING):
             await_(_take_turn())
             # Held until the connection goes back to the pool: a session gives it back as its
             # transaction ends, right after the COMMIT or ROLLBACK.
             conn.info[_WRITING] = True
-        await_(_in_sqlite_thread(conn, [("BEGIN IMMEDIATE", None)]))
+        adapted.begin_with("BEGIN IMMEDIATE", conn)
 
     def _release(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
         if record is not None and record.info.pop(_WRITING, False):
@@ -293,8 +295,12 @@ class _OneCallCursor(AsyncAdapt_aiosqlite_cursor):
 
     def _run(self, call: Any) -> None:
         connection = self._connection
+        adapted: Any = self._adapt_connection  # a _OneCallConnection
+        begin = adapted.begun()
 
         def work() -> tuple[Any, int, Any, list[Any]]:  # in the connection's thread
+            if begin is not None:
+                connection._conn.execute(begin)
             cursor = connection._conn.cursor()
             try:
                 call(cursor)
@@ -321,13 +327,46 @@ class _OneCallCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class _OneCallConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    """SQLAlchemy's aiosqlite connection, its BEGIN sent with the transaction's first statement
+    and its COMMIT or ROLLBACK only for a transaction SQLite has begun."""
+
+    __slots__ = ("_begin",)
     _cursor_cls = _OneCallCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        # The BEGIN still to send, and the SQLAlchemy connection whose listeners see it.
+        self._begin: tuple[str, Any] | None = None
+
+    def cursor(self, server_side: bool = False) -> Any:
+        # Every cursor the one-call kind (rows read whole: SQLite is in the process), so that
+        # no statement goes without the BEGIN before it.
+        return self._cursor_cls(self)
+
+    def begin_with(self, statement: str, conn: Any) -> None:
+        self._begin = (statement, conn)
+
+    def begun(self) -> str | None:
+        """The BEGIN to send before the statement about to go (None: none), shown to the
+        engine's listeners as it goes, as any statement is."""
+        if self._begin is None:
+            return None
+        statement, conn = self._begin
+        self._begin = None
+        conn.dispatch.before_cursor_execute(conn, None, statement, (), None, False)
+        return statement
+
+    def commit(self) -> None:
+        if self._begin is not None:  # nothing was sent: nothing to commit
+            self._begin = None
+            return
+        super().commit()
 
     def rollback(self) -> None:
         # The pool rolls back every connection handed back to it, a committed one too. With no
         # transaction open that does nothing but cost a hop to aiosqlite's thread, and sqlite3
         # says whether one is open without the hop (a flag of the connection).
+        self._begin = None
         connection = self._connection._connection  # sqlite3's, None once closed
         if connection is not None and not connection.in_transaction:
             return
@@ -872,14 +911,16 @@ async def execute_made_once(
     session: AsyncSession, statement: Any, parameters: dict[str, Any]
 ) -> list[Any]:
     """Execute ``statement`` (made once, not per request) with ``parameters`` in the session's
-    transaction and return its rows, on PostgreSQL by the driver's cursor with its SQL compiled
-    once per shape (:func:`_compiled`): SQLAlchemy's execution of a statement (its cache key,
-    execution context and result) cost more CPU than the driver's own work. As for any
-    statement: the session's pending objects are written first, the engine's listeners see it,
-    and its errors are SQLAlchemy's (a lost connection invalidated). Elsewhere, as usual."""
-    if session.get_bind().dialect.name != "postgresql":
-        result = await session.execute(statement, parameters)
-        return list(result) if result.returns_rows else []  # type: ignore[attr-defined]
+    transaction and return its rows as the driver gives them, by the driver with the SQL
+    compiled once per shape (:func:`_compiled`): SQLAlchemy's execution of a statement (its
+    cache key, execution context and result) cost more CPU than the driver's own work. On
+    SQLite in one visit to its thread, the transaction's BEGIN with it. As for any statement:
+    the session's pending objects are written first, the engine's listeners see it, and its
+    errors are SQLAlchemy's (a lost connection invalidated)."""
+    if session.get_bind().dialect.name == "sqlite":
+        writing = await _sqlite_writing(session)
+        compiled = _compiled(writing.dialect, statement, tuple(parameters))
+        return await _in_sqlite_thread(writing, [(compiled.sql, compiled.bound(parameters))])
     if session.sync_session.autoflush:
         await session.flush()
     connection = await session.connection()
@@ -970,32 +1011,43 @@ def _sqlite_parameters(
 
 
 async def _in_sqlite_thread(
-    sync: Any, statements: Sequence[tuple[str, list[tuple[Any, ...]] | None]]
-) -> None:
-    """Run each statement with its parameter tuples (None: a statement without parameters, run
-    once) in one call in the thread of the SQLAlchemy connection ``sync`` (aiosqlite's), its
-    errors wrapped as SQLAlchemy wraps them. The engine's listeners see each statement before it
-    runs, as they would any other."""
+    sync: Any, statements: Sequence[tuple[str, list[tuple[Any, ...]] | tuple[Any, ...] | None]]
+) -> list[Any]:
+    """Run each statement in one call in the thread of the SQLAlchemy connection ``sync``
+    (aiosqlite's), after the transaction's BEGIN if it is still to send, its errors wrapped as
+    SQLAlchemy wraps them; the last statement's rows. Each statement's parameters: a list of
+    tuples (run for each), a tuple (run once with it) or None (run once, without). The engine's
+    listeners see each statement before it runs, as they would any other."""
+    adapted: _OneCallConnection = sync.connection.dbapi_connection
+    begin = adapted.begun()
     for sql, parameters in statements:
-        many = parameters is not None
+        many = isinstance(parameters, list)
         sync.dispatch.before_cursor_execute(sync, None, sql, parameters or (), None, many)
-    driver: Any = sync.connection.driver_connection
+    driver: Any = adapted.driver_connection
     failed: list[str] = []
 
-    def run() -> None:  # in aiosqlite's thread, the connection's own
+    def run() -> list[Any]:  # in aiosqlite's thread, the connection's own
+        if begin is not None:
+            failed[:] = [begin]
+            driver._conn.execute(begin)
+        rows: list[Any] = []
         for sql, parameters in statements:
             failed[:] = [sql]
             if parameters is None:
-                driver._conn.execute(sql)
+                rows = driver._conn.execute(sql).fetchall()
+            elif isinstance(parameters, list):
+                rows = driver._conn.executemany(sql, parameters).fetchall()
             else:
-                driver._conn.executemany(sql, parameters)
+                rows = driver._conn.execute(sql, parameters).fetchall()
+        return rows
 
     try:
-        await driver._execute(run)  # aiosqlite's one way to run a function in that thread
+        found: list[Any] = await driver._execute(run)  # aiosqlite's way to run in that thread
     except sqlite3.Error as exc:
         raise sa_exc.DBAPIError.instance(
             failed[0] if failed else None, None, exc, sqlite3.Error, dialect=sync.dialect
         ) from exc
+    return found
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ unavailable (a 503), as one that waits for a pooled connection is."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,60 @@ async def test_a_writer_waiting_past_the_timeout_is_told_the_database_is_unavail
         await _write(db, "next", [])  # the gate works on after a timeout
     finally:
         await db.dispose()
+
+
+@pytest.fixture
+def visits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each visit to an aiosqlite connection's thread, by the function sent there."""
+    seen: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(connection: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await original(connection, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return seen
+
+
+async def test_begin_goes_with_the_first_statement_and_holds_the_lock_from_there(
+    database: Database, visits: list[str], tmp_path: Path
+) -> None:
+    await _write(database, "warm", [])  # the pool's connection opened (its own visits)
+    visits.clear()
+    other = sqlite3.connect(tmp_path / "writers.db", timeout=0, isolation_level=None)
+
+    async def write_then_fail() -> None:
+        async with transaction(database.write_sessions) as session:
+            await session.execute(
+                text("INSERT INTO report_pending_cases (case_id, noted_at) VALUES ('c', 'x')")
+            )
+            # One visit for BEGIN IMMEDIATE and the statement, and the lock held from it:
+            # another writer is refused at once (busy timeout 0) until the transaction ends.
+            assert len(visits) == 1
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            raise RuntimeError("rolled back: the INSERT was in the transaction")
+
+    try:
+        with pytest.raises(RuntimeError, match="rolled back"):
+            await write_then_fail()
+        assert other.execute("SELECT count(*) FROM report_pending_cases").fetchone() == (0,)
+    finally:
+        other.close()
+    assert len(visits) == 2  # the statement with its BEGIN, then the ROLLBACK
+
+
+async def test_a_transaction_that_sends_nothing_costs_no_visit(
+    database: Database, visits: list[str]
+) -> None:
+    await _write(database, "warm", [])  # the pool's connection opened (its own visits)
+    visits.clear()
+    async with transaction(database.write_sessions) as session:
+        await session.connection()  # begun, as a request's session is by its authentication
+    assert visits == []
+    async with transaction(database.read_sessions) as session:
+        await session.connection()
+    assert visits == []
+    await _write(database, "after", [])  # the gate given back, the next writer not blocked
+    assert len(visits) == 2  # its statement with the BEGIN, its COMMIT
