@@ -47,6 +47,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -917,14 +918,11 @@ async def execute_made_once(
     SQLite in one visit to its thread, the transaction's BEGIN with it. As for any statement:
     the session's pending objects are written first, the engine's listeners see it, and its
     errors are SQLAlchemy's (a lost connection invalidated)."""
-    if session.get_bind().dialect.name == "sqlite":
-        writing = await _sqlite_writing(session)
-        compiled = _compiled(writing.dialect, statement, tuple(parameters))
-        return await _in_sqlite_thread(writing, [(compiled.sql, compiled.bound(parameters))])
-    if session.sync_session.autoflush:
-        await session.flush()
-    connection = await session.connection()
+    connection = await _statement_connection(session)
     sync: Any = connection.sync_connection
+    if sync.dialect.name == "sqlite":
+        compiled = _compiled(sync.dialect, statement, tuple(parameters))
+        return await _in_sqlite_thread(sync, [(compiled.sql, compiled.bound(parameters))])
     compiled = _compiled(sync.dialect, statement, tuple(parameters))
     rows: list[Any] = await connection.run_sync(
         _on_driver_cursor, compiled.sql, compiled.bound(parameters)
@@ -986,19 +984,38 @@ async def write_batches(
         for statement, rows in batches:
             await session.execute(statement, rows)
         return
-    sync = await _sqlite_writing(session)
+    sync = (await _statement_connection(session)).sync_connection
     await _in_sqlite_thread(
         sync, [_sqlite_parameters(sync, statement, rows) for statement, rows in batches]
     )
 
 
-async def _sqlite_writing(session: AsyncSession) -> Any:
-    # The session's connection, its write transaction begun, and the session's pending objects
-    # written first, as session.execute would (autoflush): the statements see what it holds.
-    if session.sync_session.autoflush:
+# In a session's info: its transaction and that transaction's connection, so that the next
+# statement finds the connection without a visit to SQLAlchemy's greenlet (16 µs, and 12 µs
+# more for a flush with nothing to write: two of each on every referral).
+_STATEMENT_CONNECTION = "spbridge.statement_connection"
+
+
+async def _statement_connection(session: AsyncSession) -> AsyncConnection:
+    """The session's connection, its transaction begun and the session's pending objects
+    written first, as session.execute would have them (autoflush): the statement sees what the
+    session holds."""
+    sync_session = session.sync_session
+    if sync_session.autoflush and (sync_session.new or sync_session.deleted or sync_session.dirty):
         await session.flush()
+    held = session.info.get(_STATEMENT_CONNECTION)
+    transaction = sync_session.get_transaction()
+    if (
+        held is not None
+        and transaction is not None
+        and held[0] is transaction
+        and transaction.is_active
+    ):
+        connection: AsyncConnection = held[1]
+        return connection
     connection = await session.connection()
-    return connection.sync_connection
+    session.info[_STATEMENT_CONNECTION] = (sync_session.get_transaction(), connection)
+    return connection
 
 
 def _sqlite_parameters(
