@@ -24,7 +24,14 @@ from app.cases.router import (
 )
 from app.cases.views import patient_resource, service_request_resource
 from app.config import Settings
-from app.dependencies import AppSettings, Now, RawBody, ReadSession, WriteSession
+from app.dependencies import (
+    AppSettings,
+    Now,
+    RawBody,
+    ReadSession,
+    WriteSession,
+    app_settings,
+)
 from app.errors import (
     AppError,
     BadRequest,
@@ -166,11 +173,13 @@ def _assess(resource: dict[str, Any], settings: Settings) -> ReferralDraft:
 async def create_service_request(
     request: Request,
     session: WriteSession,
-    settings: AppSettings,
     body: RawBody,
     principal: Referrer,
     if_none_exist: Annotated[str | None, Header(alias="If-None-Exist")] = None,
 ) -> Response:
+    # The settings read from the app, not as a dependency: one fewer for FastAPI to solve on
+    # every referral.
+    settings = app_settings(request)
     data = _read_resource(request, body, "ServiceRequest")
     draft = _assess(data, settings)
     intake = await service.create_referral(
