@@ -109,6 +109,22 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time every PostgreSQL process on this host has used so far (backends,
+    WAL writer, checkpointer, autovacuum); NaN when none can be read (a server elsewhere). A
+    phase's share is what it adds while only its variant is loaded."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            text = stat.read_text()
+            if "(postgres)" not in text:
+                continue
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+            found = True
+    return total if found else math.nan
+
+
 def rss_bytes(pid: int | None) -> float:
     """Resident memory of a process now (Linux /proc), in bytes."""
     if pid is None:

@@ -16,7 +16,10 @@ loop: bridge then floor; open loop: floor then bridge; each ``--rounds`` times):
   latency measured from each request's scheduled send time (no coordinated omission).
 
 For each phase also the server's CPU time per referral (user + system of its process, from
-/proc/<pid>/stat before and after), and after the load its resident memory (VmRSS). Then, with
+/proc/<pid>/stat before and after), on PostgreSQL also its processes' (every backend and
+background process of the server on this host: the database shares the cores with the server and
+the load; only one variant is loaded at a time), and after the load the server's resident memory
+(VmRSS). Then, with
 the timed servers stopped, a counting pass (``--count`` referrals one at a time, after a warm-up)
 against a fresh process of each variant counts the database statements per referral
 (bench/counting.py says how: on the wire for PostgreSQL, by SQLAlchemy listeners in the server's
@@ -67,6 +70,7 @@ from bench.common import (
     machine,
     no_gc_pauses,
     percentile,
+    postgres_cpu_seconds,
     publish,
     recreate_database,
     rss_bytes,
@@ -101,6 +105,7 @@ class Phase:
     name: str  # WARM_UP, CLOSED or OPEN
     elapsed: float = 0.0
     server_cpu: float = math.nan  # seconds of CPU the server process used during the phase
+    database_cpu: float = math.nan  # PostgreSQL's processes' during the phase (same host)
     latencies: list[float] = field(default_factory=list)  # seconds, 2xx answers only
     outcomes: Counter[str] = field(default_factory=Counter)  # status code or error kind
 
@@ -125,6 +130,11 @@ class Phase:
         """Server CPU time per request sent."""
         return self.server_cpu / self.sent * 1000 if self.sent else math.nan
 
+    @property
+    def database_cpu_ms(self) -> float:
+        """PostgreSQL's CPU time per request sent (NaN on SQLite: it is in the server's)."""
+        return self.database_cpu / self.sent * 1000 if self.sent else math.nan
+
     def percentile_ms(self, p: float) -> float:
         return percentile(self.latencies, p) * 1000
 
@@ -137,10 +147,11 @@ class Phase:
     def merged(cls, phases: list[Phase]) -> Phase:
         """The phases of one variant and kind over every round, as one."""
         first = phases[0]
-        whole = cls(first.database, first.variant, first.name, server_cpu=0.0)
+        whole = cls(first.database, first.variant, first.name, server_cpu=0.0, database_cpu=0.0)
         for p in phases:
             whole.elapsed += p.elapsed
             whole.server_cpu += p.server_cpu
+            whole.database_cpu += p.database_cpu
             whole.latencies += p.latencies
             whole.outcomes += p.outcomes
         return whole
@@ -188,6 +199,7 @@ async def closed_loop(
     phase = Phase(variant.database, variant.name, name)
     budget = itertools.count()
     cpu_before = cpu_seconds(variant.server.pid)
+    database_before = _database_cpu(variant)
     start = time.perf_counter()
     deadline = start + duration
 
@@ -205,7 +217,13 @@ async def closed_loop(
     await asyncio.gather(*(client() for _ in range(concurrency)))
     phase.elapsed = time.perf_counter() - start
     phase.server_cpu = cpu_seconds(variant.server.pid) - cpu_before
+    phase.database_cpu = _database_cpu(variant) - database_before
     return phase
+
+
+def _database_cpu(variant: Variant) -> float:
+    # On SQLite the database's work is the server's own, counted with it.
+    return postgres_cpu_seconds() if variant.database == "postgresql" else math.nan
 
 
 async def open_loop(variant: Variant, args: argparse.Namespace) -> Phase:
@@ -230,6 +248,7 @@ async def open_loop(variant: Variant, args: argparse.Namespace) -> Phase:
 
     tasks: set[asyncio.Task[None]] = set()
     cpu_before = cpu_seconds(variant.server.pid)
+    database_before = _database_cpu(variant)
     start = time.perf_counter() + 0.01
     for i in range(count):
         scheduled = start + i / args.rate
@@ -247,6 +266,7 @@ async def open_loop(variant: Variant, args: argparse.Namespace) -> Phase:
             phase.outcomes["unanswered"] += 1
     phase.elapsed = time.perf_counter() - start
     phase.server_cpu = cpu_seconds(variant.server.pid) - cpu_before
+    phase.database_cpu = _database_cpu(variant) - database_before
     for connection in idle:
         connection.close()
     return phase
@@ -541,6 +561,17 @@ def part_lines(part: Part, args: argparse.Namespace) -> list[str]:
     rows = [
         ("closed-loop throughput (2xx/s)", {v: closed[v].throughput for v in VARIANTS}, 1),
         ("closed-loop server CPU (ms/referral)", {v: closed[v].server_cpu_ms for v in VARIANTS}, 2),
+        *(
+            [
+                (
+                    "closed-loop PostgreSQL CPU (ms/referral)",
+                    {v: closed[v].database_cpu_ms for v in VARIANTS},
+                    2,
+                )
+            ]
+            if pg
+            else []
+        ),
         ("open-loop server CPU (ms/referral)", {v: open_[v].server_cpu_ms for v in VARIANTS}, 2),
         ("open-loop p50 (ms)", {v: open_[v].percentile_ms(50) for v in VARIANTS}, 1),
         ("open-loop p99 (ms)", {v: open_[v].percentile_ms(99) for v in VARIANTS}, 1),
