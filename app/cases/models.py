@@ -21,7 +21,8 @@ class Referral(Base):
         # The idempotency guarantee: concurrent repeats collide here (DESIGN §10).
         UniqueConstraint("organisation", "identifier_system", "identifier_value"),
         Index("ix_referrals_created_at_id", "created_at", "id"),
-        # Reports: a service's referrals received in a period (app/reports).
+        # Reports: a service's referrals received in a period (app/reports); by service alone
+        # too (its leading column: no index of its own to keep up on every insert).
         Index("ix_referrals_service_id_created_at", "service_id", "created_at"),
     )
 
@@ -29,7 +30,7 @@ class Referral(Base):
     organisation: Mapped[str] = mapped_column(String(16))
     identifier_system: Mapped[str] = mapped_column(String(255))
     identifier_value: Mapped[str] = mapped_column(String(255))
-    service_id: Mapped[str] = mapped_column(String(64), ForeignKey("services.id"), index=True)
+    service_id: Mapped[str] = mapped_column(String(64), ForeignKey("services.id"))
     client_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     status: Mapped[str] = mapped_column(String(32))
     intent: Mapped[str] = mapped_column(String(32))
@@ -106,7 +107,7 @@ class ResourceVersion(Base):
 class Case(Base):
     __tablename__ = "cases"
     __table_args__ = (
-        # The worklist: a service's cases, oldest first.
+        # The worklist: a service's cases, oldest first (and a service's cases at all).
         Index("ix_cases_service_id_created_at", "service_id", "created_at"),
         # Task searches: what changed since (a referrer polls _lastUpdated=gt…).
         Index("ix_cases_updated_at_id", "updated_at", "id"),
@@ -114,7 +115,7 @@ class Case(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # also the FHIR Task id
     referral_id: Mapped[str] = mapped_column(String(36), ForeignKey("referrals.id"), unique=True)
-    service_id: Mapped[str] = mapped_column(String(64), ForeignKey("services.id"), index=True)
+    service_id: Mapped[str] = mapped_column(String(64), ForeignKey("services.id"))
     state: Mapped[str] = mapped_column(String(32), index=True)
     business_status: Mapped[str] = mapped_column(String(64))
     task_status: Mapped[str] = mapped_column(String(32))
@@ -143,12 +144,13 @@ class CaseEvent(Base):
 
     __tablename__ = "case_events"
     __table_args__ = (
+        # (case_id, seq) also serves lookups by case alone: no index of its own.
         UniqueConstraint("case_id", "seq"),
         UniqueConstraint("case_id", "idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    case_id: Mapped[str] = mapped_column(String(36), ForeignKey("cases.id"), index=True)
+    case_id: Mapped[str] = mapped_column(String(36), ForeignKey("cases.id"))
     seq: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(64), index=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
