@@ -165,3 +165,30 @@ async def test_a_statement_made_once_cut_short_leaves_no_connection_in_an_unknow
         assert [
             tuple(row) for row in await execute_made_once(session, select(literal_column("1")), {})
         ] == [(1,)]
+
+
+async def test_a_sessions_statements_follow_its_transactions_and_see_what_it_holds(
+    database: Database,
+) -> None:
+    """The connection a statement of ours runs on is kept for the transaction's next one
+    (app.db._statement_connection), never past it: after a commit or a rollback the session's
+    next statement is in a new transaction, on whatever connection that has; and the session's
+    pending objects are written first, as SQLAlchemy's autoflush would."""
+    audit = table_of(AuditRecord)
+    inserted = insert(audit).returning(audit.c.id)
+    session = database.write_sessions()
+    try:
+        await execute_made_once(session, inserted, record("r1"))
+        await session.commit()
+        await session.execute(select(literal_column("1")))  # the next transaction begun
+        await execute_made_once(session, inserted, record("r2"))
+        await session.rollback()  # r2 is gone with its transaction, r1 stays
+        await execute_made_once(session, inserted, record("r3"))
+        # A pending object is written before the statement that might depend on it.
+        session.add(AuditRecord(**record("r4")))
+        counted = select(func.count()).select_from(audit)  # r1, r3 and r4
+        assert [tuple(row) for row in await execute_made_once(session, counted, {})] == [(3,)]
+        await session.commit()
+    finally:
+        await session.close()
+    assert [row[0] for row in await held(database)] == ["r1", "r3", "r4"]
