@@ -297,6 +297,8 @@ class _OneCallCursor(AsyncAdapt_aiosqlite_cursor):
     def _run(self, call: Any) -> None:
         connection = self._connection
         adapted: Any = self._adapt_connection  # a _OneCallConnection
+        # Listeners saw this statement already (SQLAlchemy dispatches before calling us): they
+        # see its BEGIN just after it, though SQLite runs the BEGIN first.
         begin = adapted.begun()
 
         def work() -> tuple[Any, int, Any, list[Any]]:  # in the connection's thread
@@ -920,10 +922,9 @@ async def execute_made_once(
     errors are SQLAlchemy's (a lost connection invalidated)."""
     connection = await _statement_connection(session)
     sync: Any = connection.sync_connection
-    if sync.dialect.name == "sqlite":
-        compiled = _compiled(sync.dialect, statement, tuple(parameters))
-        return await _in_sqlite_thread(sync, [(compiled.sql, compiled.bound(parameters))])
     compiled = _compiled(sync.dialect, statement, tuple(parameters))
+    if sync.dialect.name == "sqlite":
+        return await _in_sqlite_thread(sync, [(compiled.sql, compiled.bound(parameters))])
     rows: list[Any] = await connection.run_sync(
         _on_driver_cursor, compiled.sql, compiled.bound(parameters)
     )
@@ -1028,18 +1029,18 @@ def _sqlite_parameters(
 
 
 async def _in_sqlite_thread(
-    sync: Any, statements: Sequence[tuple[str, list[tuple[Any, ...]] | tuple[Any, ...] | None]]
+    sync: Any, statements: Sequence[tuple[str, list[tuple[Any, ...]] | tuple[Any, ...]]]
 ) -> list[Any]:
     """Run each statement in one call in the thread of the SQLAlchemy connection ``sync``
     (aiosqlite's), after the transaction's BEGIN if it is still to send, its errors wrapped as
     SQLAlchemy wraps them; the last statement's rows. Each statement's parameters: a list of
-    tuples (run for each), a tuple (run once with it) or None (run once, without). The engine's
-    listeners see each statement before it runs, as they would any other."""
+    tuples (run for each) or one tuple (run once with it). The engine's listeners see each
+    statement before it runs, as they would any other."""
     adapted: _OneCallConnection = sync.connection.dbapi_connection
     begin = adapted.begun()
     for sql, parameters in statements:
         many = isinstance(parameters, list)
-        sync.dispatch.before_cursor_execute(sync, None, sql, parameters or (), None, many)
+        sync.dispatch.before_cursor_execute(sync, None, sql, parameters, None, many)
     driver: Any = adapted.driver_connection
     failed: list[str] = []
 
@@ -1050,9 +1051,7 @@ async def _in_sqlite_thread(
         rows: list[Any] = []
         for sql, parameters in statements:
             failed[:] = [sql]
-            if parameters is None:
-                rows = driver._conn.execute(sql).fetchall()
-            elif isinstance(parameters, list):
+            if isinstance(parameters, list):
                 rows = driver._conn.executemany(sql, parameters).fetchall()
             else:
                 rows = driver._conn.execute(sql, parameters).fetchall()
