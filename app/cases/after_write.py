@@ -133,31 +133,37 @@ async def keep_and_queue(
     now: dt.datetime,
 ) -> None:
     """What a piece of work on a case writes once, at its end: the resource versions its events
-    made (app.cases.history), the case's place in the report queue, and on PostgreSQL the rows
-    it made: one statement there (data-modifying CTEs), where SQLite, which has none, takes one
-    insert per table and two statements, in one visit to its thread (app.db.insert_new)."""
+    superseded or made (app.cases.history), the case's place in the report queue, and on
+    PostgreSQL the rows it made: one statement there (data-modifying CTEs), where SQLite, which
+    has none, takes one insert per table and two statements, in one visit to its thread
+    (app.db.insert_new)."""
     kept = history.rows(referral_id, versions)
     dialect = session.get_bind().dialect.name
-    if dialect != "postgresql" or not kept or len(kept) > _BATCH:
+    if dialect != "postgresql" or len(kept) > _BATCH:
         queued = [{"case_id": case_id, "noted_at": now}]
         then = [(history.keeping(dialect), kept), (_queueing(dialect), queued)]
         await insert_new(session, _WRITTEN_WHOLE, then)
         return
-    parameters = {"case_id": case_id, "noted_at": now}
-    parameters.update(rows_parameters("kept", _KEPT, kept))
+    parameters: dict[str, Any] = {"case_id": case_id, "noted_at": now}
+    if kept:
+        parameters.update(rows_parameters("kept", _KEPT, kept))
     # And the rows the work made (a new case, its events, records, deliveries) in the same
-    # statement: intake writes its referral's whole case in one round trip.
-    await execute_with_new(session, _keeping_and_queueing(), parameters, _WRITTEN_WHOLE)
+    # statement: intake, which keeps no version, writes its referral's whole case in one
+    # round trip.
+    await execute_with_new(session, _keeping_and_queueing(bool(kept)), parameters, _WRITTEN_WHOLE)
 
 
 _KEPT = history.COLUMNS
 
 
 @functools.cache
-def _keeping_and_queueing() -> Any:
-    # PostgreSQL: the versions kept and the case queued, one statement made once (app.db).
-    versions = table_of(ResourceVersion)
+def _keeping_and_queueing(keeping: bool) -> Any:
+    # PostgreSQL: the case queued and the versions kept (when there are any), one statement
+    # made once (app.db).
     queued = _queueing("postgresql").values(
         case_id=bindparam("case_id"), noted_at=bindparam("noted_at")
     )
+    if not keeping:
+        return queued
+    versions = table_of(ResourceVersion)
     return queued.add_cte(inserted_rows(versions, "kept", _KEPT, skip_existing=True).cte("kept"))

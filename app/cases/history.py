@@ -1,11 +1,15 @@
 """Every version of every resource we serve, kept as it was served (FHIR vread and _history).
 
-A version is kept in the transaction that makes it: the one domain function keeps the Task's new
-version at every case event, the referral's when the referrer's event changed it, and those of
-the records the event made or changed (``event_versions``, written once per piece of work on
-the case); intake and amendment keep the Patient's (``keep``). Keeping is idempotent (a version
-already kept is left as it is), so a writer never needs to know whether another kept it first.
-Reads go through the referral's visibility like every other read (``app.cases.served``).
+The current version of a resource is always served from its own row (``app.cases.served``);
+``resource_versions`` holds the ones before it. The Task, the referral (ServiceRequest) and its
+Patient are kept when superseded: the writer that is about to change one keeps it as it is
+first (the one domain function at every case event for the Task, and for the referral when an
+event changes its status; amendment for the referral and the Patient). A new referral so keeps
+nothing: its first versions are its rows. The records an event makes or changes (appointments,
+social prescriptions, wellbeing scores) are kept when made (``record_versions``), their current
+version among them. Keeping is idempotent (a version already kept is left as it is), so a
+writer never needs to know whether another kept it first. Reads go through the referral's
+visibility like every other read (``app.cases.served``).
 """
 
 from __future__ import annotations
@@ -130,28 +134,27 @@ async def keep(session: AsyncSession, referral_id: str, versions: Iterable[Versi
         await session.execute(keeping(session.get_bind().dialect.name), kept)
 
 
+def task_version(case: Case, referral: Referral, service_name: str) -> Version:
+    """The case's Task as it is now (kept when an event is about to supersede it)."""
+    return Version(
+        "Task",
+        case.id,
+        case.version_id,
+        case.updated_at,
+        task_resource(task_view(case, referral, service_name)),
+    )
+
+
 def event_versions(
     case: Case,
     referral: Referral,
     service_name: str,
     service_organisation: str,
     records: Sequence[Record],
-    *,
-    referral_changed: bool,
 ) -> list[Version]:
-    """The versions a case event made, as they are now: the Task's, the referral's when the
-    event changed it, and those of the records it made or changed (kept by ``keep``)."""
-    versions = [
-        Version(
-            "Task",
-            case.id,
-            case.version_id,
-            case.updated_at,
-            task_resource(task_view(case, referral, service_name)),
-        )
-    ]
-    if referral_changed:
-        versions.append(referral_version(referral))
+    """The versions of the records a case event made or changed, as they are now."""
+    if not records:
+        return []
     context = CaseContext(
         referral.id,
         referral.nhs_number,
@@ -160,6 +163,7 @@ def event_versions(
         service_organisation,
         (referral.identifier_system, referral.identifier_value),
     )
+    versions: list[Version] = []
     for record in records:
         versions += record_versions(record, context)
     return versions

@@ -206,6 +206,9 @@ class CaseWork:
                 extensions={"current_state": state, "allowed_events": refused.allowed},
             ) from None
         assert declared is not None  # next_status refuses an undeclared type
+        # The Task as this event finds it, kept once the event is applied (app.cases.history):
+        # its row serves only the current version. A new case's first event supersedes none.
+        superseded = [] if is_new else [history.task_version(case, referral, service.name)]
         effect = (
             await declared.effect(self.records, case, data, occurred_at, now)
             if declared.effect is not None
@@ -258,18 +261,14 @@ class CaseWork:
 
         referral_status = declared.referral_status
         if referral_status and referral.status != referral_status:
+            superseded.append(history.referral_version(referral))
             referral.status = referral_status
             referral.version_id += 1
             referral.last_updated = now
 
-        # Each version as it is now: the Task (and what changed with it) moves on at the next.
+        self._versions += superseded
         self._versions += history.event_versions(
-            case,
-            referral,
-            service.name,
-            service.organisation,
-            effect.records,
-            referral_changed=declared.from_referrer,
+            case, referral, service.name, service.organisation, effect.records
         )
         self._versions += versions
         await after_event(

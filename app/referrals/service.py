@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -264,7 +265,6 @@ async def create_referral(
         referral,
         service,
         context,
-        versions=[history.patient_version(patient)],
         finish=finish,
     )
     return Intake(referral, created=True, patient=patient, case_id=work.case.id, work=work)
@@ -381,6 +381,8 @@ async def update_referral(
         )
     assert draft is not None  # an active referral's update was assessed as a referral
     changed = changed_elements(referral.resource, incoming)
+    # The version this amendment supersedes, kept with its event (app.cases.history).
+    superseded = history.referral_version(referral)
     now = utcnow()
     referral.priority = draft.priority
     referral.reasons = draft.reasons
@@ -389,14 +391,22 @@ async def update_referral(
     referral.phone = draft.phone
     referral.postcode = draft.postcode
     referral.resource = incoming
-    await _apply(session, referral, "referral.updated", {"changed": changed}, context, now=now)
+    await _apply(
+        session,
+        referral,
+        "referral.updated",
+        {"changed": changed},
+        context,
+        now=now,
+        versions=[superseded],
+    )
     if any(name.startswith("Patient.") for name in changed):
         patient = await session.scalar(select(Patient).where(Patient.referral_id == referral.id))
         if patient is not None:
+            await history.keep(session, referral.id, [history.patient_version(patient)])
             patient.resource = patient_of(incoming, referral.nhs_number)
             patient.version_id += 1
             patient.last_updated = now
-            await history.keep(session, referral.id, [history.patient_version(patient)])
     return referral, True
 
 
@@ -409,6 +419,7 @@ async def _apply(
     *,
     cancel: bool = False,
     now: dt.datetime | None = None,
+    versions: Sequence[history.Version] = (),
 ) -> None:
     """The referrer's change as a case event: refused (409) once the case is closed."""
     case = await cases.lock_case(session, referral.id)
@@ -433,5 +444,6 @@ async def _apply(
         cases.NewEvent(type=event_type, source="clinician", data=data),
         context,
         now=now,
+        versions=versions,
     )
     await session.flush()

@@ -7,7 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from sqlalchemy import select
 
+from app.cases.models import ResourceVersion
+from app.db import Database
 from app.fhir.validation import validate_resource
 from tests.conftest import FHIR_JSON, Bridge, referral_resource
 from tests.support.cases import OpenCase, open_case
@@ -111,6 +114,32 @@ async def test_every_resource_has_its_versions(bridge: Bridge) -> None:
     task = f"/fhir/Task/{ids['Task']}/_history"
     first_task = (await http.get(f"{task}/1", headers=key)).json()
     assert (first_task["status"], "output" in first_task) == ("requested", False)
+
+
+async def test_a_version_is_kept_when_superseded_and_the_current_one_served_from_its_row(
+    bridge: Bridge, app: Any
+) -> None:
+    """A new referral keeps no copy of its first versions (its rows serve them); the event that
+    supersedes the Task keeps version 1 as it was served."""
+    case = await open_case(bridge)
+    database: Database = app.state.database
+
+    async def kept() -> list[tuple[str, int]]:
+        async with database.read_sessions() as session:
+            rows = await session.execute(
+                select(ResourceVersion.resource_type, ResourceVersion.version_id)
+                .where(ResourceVersion.referral_id == case.referral_id)
+                .order_by(ResourceVersion.resource_type, ResourceVersion.version_id)
+            )
+            return [(kind, number) for kind, number in rows]
+
+    assert await kept() == []
+    first = await case.task()
+    assert first["meta"]["versionId"] == "1"
+    await case.record({"type": "case.accepted"})
+    assert await kept() == [("Task", 1)]
+    task = f"/fhir/Task/{case.case_id}/_history"
+    assert (await bridge.http.get(f"{task}/1", headers=case.referrer)).json() == first
 
 
 async def test_versions_are_seen_only_as_the_resource_is(bridge: Bridge) -> None:

@@ -131,6 +131,9 @@ async def test_the_referrer_amends_an_open_referral(bridge: Bridge, app: Any) ->
     # A cancellation is still a change of status alone, at the current version.
     cancelled = await put(bridge, referrer, {**now, "status": "revoked"}, 'W/"2"')
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "revoked"
+    # Every version it had is served as it was, the one the cancellation superseded too.
+    history = (await bridge.http.get(f"{path}/_history", headers=referrer)).json()
+    assert [e["resource"] for e in history["entry"]] == [cancelled.json(), now, held]
 
 
 async def test_what_a_referrer_may_not_change_is_422_naming_it(bridge: Bridge) -> None:
