@@ -412,7 +412,54 @@ def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
         _configure_sqlite(engine, pool.timeout)
     else:
         _drop_closed_connections(engine)
+        _follow_statements_sent(engine)
     return engine
+
+
+# In a PostgreSQL connection's info, for its current transaction: a statement has been sent
+# (so the driver has begun a transaction), or its one statement has committed itself
+# (``execute_made_once(..., final=True)``): anything after it would not be atomic with it.
+_SENT = "spbridge.sent"
+_ALONE = "spbridge.committed_alone"
+
+
+def _follow_statements_sent(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _on_statement(connection: Any, *_args: Any) -> None:
+        info = connection.info
+        if info.get(_ALONE):
+            raise sa_exc.InvalidRequestError(
+                "a statement after the transaction's final one, which committed itself: it "
+                "would not be atomic with it"
+            )
+        info[_SENT] = True
+
+    def _over(connection: Any) -> None:
+        if connection.invalidated:
+            return  # its DBAPI connection is gone, and what was noted with it
+        connection.info.pop(_SENT, None)
+        connection.info.pop(_ALONE, None)
+
+    event.listen(sync_engine, "commit", _over)
+    event.listen(sync_engine, "rollback", _over)
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info.pop(_SENT, None)
+        record.info.pop(_ALONE, None)
+
+
+async def nothing_sent(session: AsyncSession) -> bool:
+    """PostgreSQL: whether the session's transaction has sent no statement yet, so that a
+    statement given as its final one (``execute_made_once(..., final=True)``) may commit
+    itself, with no BEGIN and no COMMIT of its own: intake's one round trip. Always False on
+    SQLite (its BEGIN goes with the first statement already). Nothing is flushed."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    connection = await _transaction_connection(session)
+    return not connection.info.get(_SENT)
 
 
 def _drop_closed_connections(engine: AsyncEngine) -> None:
@@ -641,6 +688,16 @@ def _driver_reason(exc: BaseException) -> str | None:
         # Refused, reset, unreachable or timed out while connecting: the driver raises these
         # itself, and SQLAlchemy passes them on unwrapped when a new connection fails.
         return "connection"
+    return None
+
+
+def violated_constraint(exc: BaseException) -> str | None:
+    """The name of the constraint a database error says was violated, if it names one
+    (asyncpg's errors do; SQLite's do not)."""
+    for cause in _chain(exc):
+        name = getattr(cause, "constraint_name", None)
+        if isinstance(name, str):
+            return name
     return None
 
 
@@ -873,6 +930,14 @@ def _new_rows(
     return new, rows
 
 
+def forget_unwritten(session: AsyncSession) -> None:
+    """Drop what the session holds but has not written: its new objects and the rows given to
+    :func:`fold_rows` (a piece of work the database refused before any of it was written)."""
+    for obj in list(session.new):
+        session.expunge(obj)
+    session.info.pop(FOLDED, None)
+
+
 def join_as_rows(session: AsyncSession, objects: Iterable[Any]) -> None:
     """Objects holding rows already in the database (written by a statement of ours, or
     remembered from an earlier read) join the session as if it had loaded them: nothing to
@@ -887,13 +952,16 @@ async def execute_with_new(
     statement: Any,
     parameters: dict[str, Any],
     foldable: tuple[type[Any], ...],
+    *,
+    final: bool = False,
 ) -> None:
     """Execute ``statement`` (PostgreSQL; made once, its values in ``parameters``) with the
     session's new objects inserted in it, as data-modifying CTEs: one round trip where the unit
     of work would make one per table, and SQL compiled once per shape (:func:`inserted_rows`).
     Foreign keys are checked at the statement's end, so the order of the inserts is free.
     Objects that cannot be folded (:func:`_new_rows`) are left to the unit of work (the
-    statement's own autoflush)."""
+    statement's own autoflush). ``final``: as for :func:`execute_made_once`. When the statement
+    fails, nothing of it joins the session: the new objects and folded rows are gone with it."""
     found = _new_rows(session, foldable)
     if found is None:
         await write_folded(session)
@@ -906,12 +974,12 @@ async def execute_with_new(
         folded.update(rows_parameters(f"new_{table.name}", columns, rows[table]))
     for obj in new:
         session.expunge(obj)
-    await execute_made_once(session, _folded(statement, shape), folded)
+    await execute_made_once(session, _folded(statement, shape), folded, final=final)
     join_as_rows(session, new)
 
 
 async def execute_made_once(
-    session: AsyncSession, statement: Any, parameters: dict[str, Any]
+    session: AsyncSession, statement: Any, parameters: dict[str, Any], *, final: bool = False
 ) -> list[Any]:
     """Execute ``statement`` (made once, not per request) with ``parameters`` in the session's
     transaction and return its rows as the driver gives them, by the driver with the SQL
@@ -919,34 +987,54 @@ async def execute_made_once(
     cache key, execution context and result) cost more CPU than the driver's own work. On
     SQLite in one visit to its thread, the transaction's BEGIN with it. As for any statement:
     the session's pending objects are written first, the engine's listeners see it, and its
-    errors are SQLAlchemy's (a lost connection invalidated)."""
+    errors are SQLAlchemy's (a lost connection invalidated).
+
+    ``final``: the caller sends nothing more in this transaction. On PostgreSQL, when the
+    transaction has sent nothing before it (:func:`nothing_sent`), the statement then commits
+    itself (one round trip: no BEGIN, no COMMIT; one statement is atomic on its own), and any
+    statement after it in the same transaction is refused (``InvalidRequestError``) rather than
+    run outside it. If it fails, nothing of it was written and no transaction is left aborted:
+    the session may go on to read."""
     connection = await _statement_connection(session)
     sync: Any = connection.sync_connection
     compiled = _compiled(sync.dialect, statement, tuple(parameters))
     if sync.dialect.name == "sqlite":
         return await _in_sqlite_thread(sync, [(compiled.sql, compiled.bound(parameters))])
     rows: list[Any] = await connection.run_sync(
-        _on_driver_cursor, compiled.sql, compiled.bound(parameters)
+        _on_driver_cursor, compiled.sql, compiled.bound(parameters), final
     )
     return rows
 
 
-def _on_driver_cursor(sync: Any, sql: str, values: tuple[Any, ...]) -> list[Any]:
+def _on_driver_cursor(sync: Any, sql: str, values: tuple[Any, ...], final: bool) -> list[Any]:
     # In SQLAlchemy's greenlet, as its own execution runs: the adapted driver begins the
     # transaction if it has not yet, and turns the driver's errors into DBAPI ones.
-    sync.dispatch.before_cursor_execute(sync, None, sql, values, None, False)
-    cursor = sync.connection.dbapi_connection.cursor()
+    adapted = sync.connection.dbapi_connection
+    alone = final and not sync.info.get(_SENT)
+    if alone:
+        # The DBAPI's autocommit for this one statement: the adapter then begins no
+        # transaction, and the session's COMMIT has none to end.
+        adapted.autocommit = True
     try:
-        cursor.execute(sql, values)
-        return list(cursor.fetchall()) if cursor.description else []
-    except BaseException as exc:
-        # Wrapped and handled as SQLAlchemy does any statement's error: a lost connection, or
-        # one whose statement was cut short (a cancelled task: an import's stop), is
-        # invalidated, never handed out again in a state nobody knows.
-        sync._handle_dbapi_exception(exc, sql, values, cursor, None)
-        raise  # not reached: the line above raises
+        sync.dispatch.before_cursor_execute(sync, None, sql, values, None, False)
+        cursor = adapted.cursor()
+        try:
+            cursor.execute(sql, values)
+            found = list(cursor.fetchall()) if cursor.description else []
+        except BaseException as exc:
+            # Wrapped and handled as SQLAlchemy does any statement's error: a lost connection,
+            # or one whose statement was cut short (a cancelled task: an import's stop), is
+            # invalidated, never handed out again in a state nobody knows.
+            sync._handle_dbapi_exception(exc, sql, values, cursor, None)
+            raise  # not reached: the line above raises
+        finally:
+            cursor.close()
     finally:
-        cursor.close()
+        if alone:
+            adapted.autocommit = False
+    if alone:
+        sync.info[_ALONE] = True
+    return found
 
 
 async def insert_new(
@@ -1004,6 +1092,12 @@ async def _statement_connection(session: AsyncSession) -> AsyncConnection:
     sync_session = session.sync_session
     if sync_session.autoflush and (sync_session.new or sync_session.deleted or sync_session.dirty):
         await session.flush()
+    return await _transaction_connection(session)
+
+
+async def _transaction_connection(session: AsyncSession) -> AsyncConnection:
+    # The session's connection for its transaction (begun if it was not), kept in its info.
+    sync_session = session.sync_session
     held = session.info.get(_STATEMENT_CONNECTION)
     transaction = sync_session.get_transaction()
     if (

@@ -171,9 +171,12 @@ async def test_an_outage_is_a_503_with_retry_after_then_referrals_are_taken_agai
 
 
 @pytest.mark.postgresql_only
+@pytest.mark.parametrize("warm", [True, False], ids=["one-statement", "after-a-read"])
 async def test_a_connection_lost_in_the_middle_of_a_referral_is_a_503_and_writes_nothing(
-    database_url: str, logged: io.StringIO
+    database_url: str, logged: io.StringIO, warm: bool
 ) -> None:
+    """Cut as the referral's insert goes out: warm, in intake's one statement, which was to
+    commit itself; cold, the installation's key read first, in the referral's own insert."""
     await empty_database(database_url)
     async with (
         through_proxy(database_url) as (proxy, url),
@@ -182,6 +185,8 @@ async def test_a_connection_lost_in_the_middle_of_a_referral_is_a_503_and_writes
         bridge = Bridge(http)
         await bridge.service()
         referrer = await bridge.key("clinical-system", "RW4", default_service="life-rooms")
+        if warm:
+            assert (await refer(http, referrer, "midway-0")).status_code == 201
         before = await row_counts(database_url)
         armed = True
 
@@ -189,12 +194,16 @@ async def test_a_connection_lost_in_the_middle_of_a_referral_is_a_503_and_writes
         def cut_at_the_insert(*args: Any) -> None:
             nonlocal armed
             statement = str(args[2])
-            if armed and statement.startswith("INSERT INTO referrals"):
+            if armed and "INSERT INTO referrals " in statement:
                 armed = False
                 proxy.cut_now()  # the referral's INSERT goes out on a dead connection
+                cut.append(statement.startswith("WITH "))
 
+        cut: list[bool] = []
         assert_unavailable(await refer(http, referrer, "midway-1"), "midway-1", fhir=True)
-        assert about(logged, "midway-1") == [("WARNING", "spbridge", "database unavailable")]
+        assert cut == [warm]
+        said = [line for line in about(logged, "midway-1") if line[1] != "spbridge.keys"]
+        assert said == [("WARNING", "spbridge", "database unavailable")]
         assert await row_counts(database_url) == before
         await proxy.restore()
         assert (await refer(http, referrer, "midway-2")).status_code == 201

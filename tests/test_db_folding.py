@@ -21,6 +21,7 @@ from app.db import (
     execute_with_new,
     fold_rows,
     insert_new,
+    nothing_sent,
     rows_parameters,
     table_of,
     transaction,
@@ -192,3 +193,61 @@ async def test_a_sessions_statements_follow_its_transactions_and_see_what_it_hol
     finally:
         await session.close()
     assert [row[0] for row in await held(database)] == ["r1", "r3", "r4"]
+
+
+@pytest.mark.postgresql_only
+async def test_a_final_statement_commits_itself_when_nothing_went_before_it(
+    database: Database,
+) -> None:
+    """``final=True`` with nothing sent before (intake's one round trip): the statement is
+    committed when it returns (another session sees its row before this one commits), nothing
+    may follow it in the same transaction, and the connection is itself again afterwards."""
+    audit = table_of(AuditRecord)
+    async with transaction(database.write_sessions) as session:
+        assert await nothing_sent(session)
+        await execute_made_once(session, insert(audit), record("r1"), final=True)
+        assert [row[0] for row in await held(database)] == ["r1"]  # before our commit
+        with pytest.raises(sa_exc.InvalidRequestError, match="final"):
+            await session.execute(select(literal_column("1")))
+        await session.rollback()
+    async with transaction(database.write_sessions) as session:  # a transaction as any other
+        assert await nothing_sent(session)
+        await execute_made_once(session, insert(audit), record("r2"))
+        assert not await nothing_sent(session)
+        assert [row[0] for row in await held(database)] == ["r1"]  # r2 not committed yet
+        await session.rollback()
+    assert [row[0] for row in await held(database)] == ["r1"]
+
+
+@pytest.mark.postgresql_only
+async def test_a_final_statement_after_another_stays_in_the_transaction(
+    database: Database,
+) -> None:
+    """A read went first: the final statement is then in the transaction, as any other, and
+    a rollback takes it back."""
+    audit = table_of(AuditRecord)
+    async with transaction(database.write_sessions) as session:
+        await session.execute(select(literal_column("1")))
+        assert not await nothing_sent(session)
+        await execute_made_once(session, insert(audit), record("r1"), final=True)
+        assert await held(database) == []
+        await session.rollback()
+    assert await held(database) == []
+
+
+@pytest.mark.postgresql_only
+async def test_a_final_statement_refused_leaves_the_session_free_to_read(
+    database: Database,
+) -> None:
+    """Refused (a broken constraint), a statement that was to commit itself wrote nothing and
+    left no transaction aborted: the session's next statement runs (intake then reads the held
+    referral), in a transaction of its own."""
+    audit = table_of(AuditRecord)
+    async with transaction(database.write_sessions) as session:
+        await execute_made_once(session, insert(audit), record("r1"))
+    async with transaction(database.write_sessions) as session:
+        with pytest.raises(sa_exc.IntegrityError):
+            await execute_made_once(session, insert(audit), record("r1", client_id="c"), final=True)
+        assert await session.scalar(select(func.count()).select_from(audit)) == 1
+        await execute_made_once(session, insert(audit), record("r2"))
+    assert [row[0] for row in await held(database)] == ["r1", "r2"]

@@ -173,6 +173,14 @@ def note(referrals: Iterable[HasPatient]) -> None:
             scope.patients[referral.id] = referral.nhs_number
 
 
+def forget(referrals: Iterable[HasPatient]) -> None:
+    """Take back a note of these referrals (ones the request made but did not write)."""
+    scope = _current.get()
+    if scope is not None:
+        for referral in referrals:
+            scope.patients.pop(referral.id, None)
+
+
 def note_patient(referral_id: str, nhs_number: str) -> None:
     scope = _current.get()
     if scope is not None:
@@ -360,6 +368,14 @@ class AuditUnavailable(ServiceUnavailable):
     unavailable, which is answered as every request is), so the request is refused."""
 
 
+async def prepare(asgi_scope: Scope, session: AsyncSession) -> None:
+    """Read what the request's record will need from the database (the pseudonym key, once a
+    process) before the request's work holds rows it has not written, which making the key
+    would flush early (intake writes its rows in one statement, the referral first)."""
+    if scope_of(asgi_scope) is not None:
+        await installation_pseudonym_key(asgi_scope["app"].state, session)
+
+
 async def stage(asgi_scope: Scope, session: AsyncSession, default_status: int) -> None:
     """Write the request's record in its own (write) transaction, before the commit."""
     audit = scope_of(asgi_scope)
@@ -394,6 +410,8 @@ async def _recording(writing: Awaitable[None]) -> None:
     database being unavailable is answered by the ErrorBoundary, as for every request)."""
     try:
         await writing
+    except AppError:
+        raise  # the write refused for a reason of its own, answered as such
     except Exception as exc:
         if unavailability(exc) is not None:
             raise

@@ -42,7 +42,16 @@ from app.outbox.models import Delivery
 _BATCH = 1000
 # What a piece of work makes with every key set (no relationship to fill in): written whole in
 # the work's last statement on PostgreSQL (app.db.execute_with_new).
-_WRITTEN_WHOLE = (Appointment, Case, CaseEvent, Delivery, Patient, Prescription, WellbeingScore)
+_WRITTEN_WHOLE = (
+    Appointment,
+    Case,
+    CaseEvent,
+    Delivery,
+    Patient,
+    Prescription,
+    Referral,  # intake's, on PostgreSQL (app.referrals.service: one statement)
+    WellbeingScore,
+)
 
 
 async def after_event(
@@ -131,12 +140,15 @@ async def keep_and_queue(
     versions: Sequence[history.Version],
     case_id: str,
     now: dt.datetime,
+    *,
+    final: bool = False,
 ) -> None:
     """What a piece of work on a case writes once, at its end: the resource versions its events
     superseded or made (app.cases.history), the case's place in the report queue, and on
     PostgreSQL the rows it made: one statement there (data-modifying CTEs), where SQLite, which
     has none, takes one insert per table and two statements, in one visit to its thread
-    (app.db.insert_new)."""
+    (app.db.insert_new). ``final``: the transaction's last statement (app.db.execute_made_once:
+    on PostgreSQL it commits itself when nothing went before it)."""
     kept = history.rows(referral_id, versions)
     dialect = session.get_bind().dialect.name
     if dialect != "postgresql" or len(kept) > _BATCH:
@@ -150,7 +162,9 @@ async def keep_and_queue(
     # And the rows the work made (a new case, its events, records, deliveries) in the same
     # statement: intake, which keeps no version, writes its referral's whole case in one
     # round trip.
-    await execute_with_new(session, _keeping_and_queueing(bool(kept)), parameters, _WRITTEN_WHOLE)
+    await execute_with_new(
+        session, _keeping_and_queueing(bool(kept)), parameters, _WRITTEN_WHOLE, final=final
+    )
 
 
 _KEPT = history.COLUMNS

@@ -283,12 +283,14 @@ class CaseWork:
         self._now = now
         return record
 
-    async def finish(self) -> None:
-        """Write what the events applied so far caused once: their versions, the report queue."""
+    async def finish(self, *, final: bool = False) -> None:
+        """Write what the events applied so far caused once: their versions, the report queue.
+        ``final``: nothing else is written in this transaction after it (intake: on
+        PostgreSQL its one statement may then commit itself, app.db.execute_made_once)."""
         if self._now is None:
             return
         await keep_and_queue(
-            self.session, self.referral.id, self._versions, self.case.id, self._now
+            self.session, self.referral.id, self._versions, self.case.id, self._now, final=final
         )
         self._versions, self._now = [], None
 

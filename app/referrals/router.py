@@ -4,6 +4,7 @@ versions, search, amendment and cancellation."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from typing import Annotated, Any
 
@@ -182,6 +183,7 @@ async def create_service_request(
     settings = app_settings(request)
     data = _read_resource(request, body, "ServiceRequest")
     draft = _assess(data, settings)
+    await trail.prepare(request.scope, session)
     intake = await service.create_referral(
         session,
         draft,
@@ -189,15 +191,13 @@ async def create_service_request(
         principal,
         event_context(request, principal),
         if_none_exist,
-        finish=False,
+        # A new referral's answer is known before its write: the audit record goes in with it.
+        record=functools.partial(trail.fold, request.scope, session),
     )
     referral = intake.referral
     trail.note([referral])
     status = 201 if intake.created else 200
     trail.set_status(status)
-    if intake.work is not None:
-        # The answer is known: the audit record goes in the new case's one statement.
-        await trail.fold(request.scope, session, status, intake.work.finish)
     said = (
         f"Referral accepted as ServiceRequest/{referral.id}"
         if intake.created

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import inspect, select
+from sqlalchemy import UniqueConstraint, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import trail
 from app.cases import history
 from app.cases import search as case_search
 from app.cases import service as cases
 from app.cases.models import Patient, Referral
 from app.cases.states import CLOSED_STATES, CaseState
 from app.cases.visibility import visible_referral, visible_to
-from app.db import execute_made_once, join_as_rows, new_row, table_of, utcnow
+from app.db import (
+    execute_made_once,
+    forget_unwritten,
+    join_as_rows,
+    new_row,
+    nothing_sent,
+    table_of,
+    utcnow,
+    violated_constraint,
+)
 from app.directory.models import SocialPrescribingService
 from app.directory.service import service_by_id
 from app.errors import (
@@ -52,6 +63,11 @@ _REFERRAL_KEYS = tuple((a.key, a.columns[0].key) for a in inspect(Referral).colu
 _REFERRAL_ATTRIBUTES = tuple(key for key, _column in _REFERRAL_KEYS)
 # The unique constraint on a referral's identity: the organisation that sent it, and its identifier.
 _REFERRAL_IDENTITY = ["organisation", "identifier_system", "identifier_value"]
+
+
+# The request's last write, given the answer's status and what writes: it writes the request's
+# audit record with it (app.audit.trail.fold).
+LastWrite = Callable[[int, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -120,17 +136,100 @@ def _insert_statement(dialect: str) -> Any:
 _INSERT = {dialect: _insert_statement(dialect) for dialect in ("postgresql", "sqlite")}
 
 
-async def _insert_new(session: AsyncSession, values: dict[str, Any]) -> Referral | None:
-    """Insert the referral of ``values`` (every column's, by attribute) unless its identifier is
-    held (None then), in one statement: no SELECT before it and no savepoint around it. The
-    referral joins the session as the row, made as the loader makes one (no attribute events)."""
+async def _insert_new(session: AsyncSession, referral: Referral) -> bool:
+    """Insert ``referral`` (a new row holding every column) unless its identifier is held
+    (False then), in one statement: no SELECT before it and no savepoint around it. Inserted,
+    the referral joins the session as the row. The session's pending objects are left for
+    later: they refer to the referral, which must be written first."""
     statement = _INSERT[session.get_bind().dialect.name]
-    row = {column: values[key] for key, column in _REFERRAL_KEYS}
-    if not await execute_made_once(session, statement, row):
-        return None
-    referral = new_row(Referral, **values)
+    held = referral.__dict__
+    row = {column: held[key] for key, column in _REFERRAL_KEYS}
+    with session.no_autoflush:
+        if not await execute_made_once(session, statement, row):
+            return False
     join_as_rows(session, [referral])
-    return referral
+    return True
+
+
+class _Held(Conflict):
+    """Intake's last write found the referral's identifier held (by a repeat, concurrent or
+    not): answered as the held referral, never sent to the client as such."""
+
+
+_IDENTITY_CONSTRAINT = next(
+    constraint.name
+    for constraint in table_of(Referral).constraints
+    if isinstance(constraint, UniqueConstraint)
+    and [column.name for column in constraint.columns] == _REFERRAL_IDENTITY
+)
+
+
+def _new_patient(referral: Referral, draft: ReferralDraft) -> Patient:
+    return new_row(
+        Patient,
+        id=str(uuid.uuid4()),
+        referral_id=referral.id,
+        resource=patient_of(referral.resource, draft.nhs_number),
+        version_id=1,
+        created_at=referral.created_at,
+        last_updated=referral.created_at,
+    )
+
+
+async def _held_instead(
+    session: AsyncSession, organisation: str, draft: ReferralDraft, raw: dict[str, Any]
+) -> Intake:
+    held = await _existing(session, organisation, draft)
+    assert held is not None  # the conflicting row commits before ours can be refused
+    return _repeat(held, raw)
+
+
+async def _intake_as_last_write(
+    session: AsyncSession,
+    referral: Referral,
+    draft: ReferralDraft,
+    raw: dict[str, Any],
+    service: SocialPrescribingService,
+    context: cases.EventContext,
+    record: LastWrite,
+) -> Intake:
+    """The new referral, its Patient and its case written as the request's last write, the
+    request's audit record with them (``record``). On PostgreSQL, when the transaction has sent
+    nothing before (app.db.nothing_sent), that is one statement which commits itself: the
+    unique constraint on the referral's identity refuses a held one, and the statement fails
+    whole, writing nothing. Otherwise the referral's insert goes first, as for any other
+    caller, and the rest in one statement after it (data-modifying CTEs) or, on SQLite, one
+    call. A held identifier leaves nothing of the new referral in the session: the held one
+    answers."""
+    assert referral.organisation is not None
+    patient = _new_patient(referral, draft)
+    session.add(patient)
+    with session.no_autoflush:  # what a cache had to read needs none of the new rows
+        work = await cases.open_case(session, referral, service, context, finish=False)
+
+    async def write() -> None:
+        if await nothing_sent(session):
+            session.add(referral)  # written by the work's statement, with the rest
+            try:
+                await work.finish(final=True)
+            except IntegrityError as exc:
+                # Refused whole, nothing written and no transaction left aborted: the held
+                # referral can be read (a refusal by a flush leaves the session inactive).
+                if violated_constraint(exc) == _IDENTITY_CONSTRAINT and session.is_active:
+                    raise _Held("A referral with this identifier is held already") from None
+                raise
+            return
+        if not await _insert_new(session, referral):
+            raise _Held("A referral with this identifier is held already")
+        await work.finish()
+
+    try:
+        await record(201, write)
+    except _Held:
+        forget_unwritten(session)
+        trail.forget([referral])
+        return await _held_instead(session, referral.organisation, draft, raw)
+    return Intake(referral, created=True, patient=patient, case_id=work.case.id, work=work)
 
 
 async def _target_service(
@@ -176,11 +275,15 @@ async def create_referral(
     *,
     received_at: dt.datetime | None = None,
     finish: bool = True,
+    record: LastWrite | None = None,
 ) -> Intake:
     """Store a new referral with its case, event and outbox rows, or return the one held.
 
     ``received_at`` is now unless the caller brings history (the sandbox's seeded cases, an
-    import); ``finish`` False leaves the new case's work open for the caller's further events."""
+    import); ``finish`` False leaves the new case's work open for the caller's further events.
+    ``record``: the request's last write, with its audit record (app.audit.trail.fold): given,
+    the new referral and its case are written through it as the request's last write
+    (``_intake_as_last_write``: one round trip on PostgreSQL), and ``finish`` is not read."""
     assert principal.organisation is not None
     check_requester(principal, draft)
     if if_none_exist:
@@ -243,22 +346,14 @@ async def create_referral(
         request_id=context.request_id,
         correlation_id=context.correlation_id,
     )
+    referral = new_row(Referral, **values)
     # The unique constraint decides between repeats, concurrent or not (DESIGN §10), in the
     # insert itself: no row comes back for a held identifier, which then answers as held.
-    referral = await _insert_new(session, values)
-    if referral is None:
-        held = await _existing(session, principal.organisation, draft)
-        assert held is not None  # the conflicting row commits before ours can be refused
-        return _repeat(held, raw)
-    patient = new_row(
-        Patient,
-        id=str(uuid.uuid4()),
-        referral_id=referral.id,
-        resource=patient_of(referral.resource, draft.nhs_number),
-        version_id=1,
-        created_at=now,
-        last_updated=now,
-    )
+    if record is not None:
+        return await _intake_as_last_write(session, referral, draft, raw, service, context, record)
+    if not await _insert_new(session, referral):
+        return await _held_instead(session, principal.organisation, draft, raw)
+    patient = _new_patient(referral, draft)
     session.add(patient)
     work = await cases.open_case(
         session,

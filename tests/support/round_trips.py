@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 
 
@@ -37,8 +38,11 @@ def statements_sent(database: Any) -> Iterator[list[str]]:
 @contextmanager
 def counted(app: Any, backend: str) -> Iterator[Trips]:
     """Round trips of ``app``'s engine while the block runs: every statement the driver sends,
-    and BEGIN (asyncpg sends it on its own; SQLite's BEGIN IMMEDIATE is a statement) and
-    COMMIT."""
+    and BEGIN and COMMIT as the driver sends them. On PostgreSQL those are asyncpg's own
+    (``Connection.execute`` of BEGIN, COMMIT or ROLLBACK: SQLAlchemy's begin and commit events
+    fire for a transaction the driver never began, a statement that committed itself); on
+    SQLite BEGIN IMMEDIATE is a statement, counted with the others, and the commit event is
+    the driver's COMMIT."""
     engine = app.state.database.engine.sync_engine
     seen = Trips()
 
@@ -46,19 +50,27 @@ def counted(app: Any, backend: str) -> Iterator[Trips]:
         seen.trips.append(" ".join(statement.split()[:3]))
         seen.statements.append(statement)
 
-    def began(_conn: Any) -> None:
-        if backend == "postgresql":  # SQLite's BEGIN IMMEDIATE is a statement, counted above
-            seen.trips.append("BEGIN")
-
     def committed(_conn: Any) -> None:
         seen.trips.append("COMMIT")
 
+    execute = asyncpg.Connection.execute
+
+    async def executed(connection: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        word = query.split()[0].rstrip(";").upper() if query.split() else ""
+        if word in ("BEGIN", "COMMIT", "ROLLBACK"):
+            seen.trips.append(word)
+        return await execute(connection, query, *args, **kwargs)
+
     event.listen(engine, "before_cursor_execute", sent)
-    event.listen(engine, "begin", began)
-    event.listen(engine, "commit", committed)
+    if backend == "postgresql":
+        asyncpg.Connection.execute = executed  # type: ignore[method-assign]
+    else:
+        event.listen(engine, "commit", committed)
     try:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", sent)
-        event.remove(engine, "begin", began)
-        event.remove(engine, "commit", committed)
+        if backend == "postgresql":
+            asyncpg.Connection.execute = execute  # type: ignore[method-assign]
+        else:
+            event.remove(engine, "commit", committed)
