@@ -2,9 +2,12 @@
 patient pseudonyms).
 
 Each key is one row of ``signing_keys``, made by the migrations so every process of one
-installation shares it. Should a row be gone, the first process to need it makes it inside a
-savepoint of the caller's session (another process may win the race: its key is then read), so
-the caller's transaction is never committed or rolled back here. A process reads each key once.
+installation shares it. Should a row be gone, the first process to need it makes it in the
+caller's transaction (``ON CONFLICT DO NOTHING``: another process may win the race, and its key
+is then read), which is never committed or rolled back here. Reading or making a key never
+flushes the caller's pending rows: a key needs none of them, and a writer that builds its rows
+before writing them in one statement (intake, app.referrals.service) must not have them written
+early, in the wrong order. A process reads each key once.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import datetime as dt
 import logging
 import secrets
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import String, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -49,22 +54,30 @@ async def _read(session: AsyncSession, purpose: KeyPurpose) -> str | None:
 
 
 async def get_or_create_key(session: AsyncSession, purpose: KeyPurpose) -> bytes:
-    """The installation's key for ``purpose``, made (in a savepoint) if its row is missing.
+    """The installation's key for ``purpose``, made if its row is missing.
 
     A new pseudonym key means pseudonyms made before no longer match; a new token or link key
     means tokens and links issued before stop working: hence the warning."""
-    held = await _read(session, purpose)
-    if held is None:
-        made = secrets.token_urlsafe(48)
-        try:
-            async with session.begin_nested():
-                session.add(SigningKey(purpose=purpose.value, secret=made, created_at=utcnow()))
-            held = made
-            log.warning("an installation key was missing; a new one was made: %s", purpose.value)
-        except IntegrityError:  # another process made it first: use theirs
-            held = await _read(session, purpose)
+    with session.no_autoflush:
+        held = await _read(session, purpose)
+        if held is None:
+            postgres = session.get_bind().dialect.name == "postgresql"
+            insert: Any = pg_insert if postgres else sqlite_insert
+            made = await session.scalar(
+                insert(SigningKey.__table__)
+                .values(
+                    purpose=purpose.value, secret=secrets.token_urlsafe(48), created_at=utcnow()
+                )
+                .on_conflict_do_nothing()
+                .returning(SigningKey.__table__.c.secret)
+            )
+            if made is not None:
+                log.warning(
+                    "an installation key was missing; a new one was made: %s", purpose.value
+                )
+            held = made or await _read(session, purpose)  # else another process made it first
             if held is None:
-                raise
+                raise RuntimeError(f"the installation key {purpose.value} could not be made")
     return held.encode()
 
 

@@ -368,14 +368,6 @@ class AuditUnavailable(ServiceUnavailable):
     unavailable, which is answered as every request is), so the request is refused."""
 
 
-async def prepare(asgi_scope: Scope, session: AsyncSession) -> None:
-    """Read what the request's record will need from the database (the pseudonym key, once a
-    process) before the request's work holds rows it has not written, which making the key
-    would flush early (intake writes its rows in one statement, the referral first)."""
-    if scope_of(asgi_scope) is not None:
-        await installation_pseudonym_key(asgi_scope["app"].state, session)
-
-
 async def stage(asgi_scope: Scope, session: AsyncSession, default_status: int) -> None:
     """Write the request's record in its own (write) transaction, before the commit."""
     audit = scope_of(asgi_scope)

@@ -183,7 +183,6 @@ async def create_service_request(
     settings = app_settings(request)
     data = _read_resource(request, body, "ServiceRequest")
     draft = _assess(data, settings)
-    await trail.prepare(request.scope, session)
     intake = await service.create_referral(
         session,
         draft,
